@@ -1,0 +1,29 @@
+from django.conf import settings
+from django.http import JsonResponse
+
+
+class BodySizeLimitMiddleware:
+    """Answer 413 to a request whose declared body exceeds API_MAX_BODY_BYTES.
+
+    DRF's parsers read the body as a stream and so bypass Django's
+    DATA_UPLOAD_MAX_MEMORY_SIZE; this check runs before any of it is parsed.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.path.startswith("/admin/"):
+            # Admin forms and bulk actions are staff-only and legitimately larger.
+            return self.get_response(request)
+        limit = settings.API_MAX_BODY_BYTES
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return JsonResponse({"detail": "Content-Length is not a number."}, status=400)
+        if length > limit:
+            return JsonResponse(
+                {"detail": f"Request body too large: {length} bytes, at most {limit} accepted."},
+                status=413,
+            )
+        return self.get_response(request)

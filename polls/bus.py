@@ -1,0 +1,94 @@
+"""The vote bus: where an accepted vote goes.
+
+With KAFKA_BROKERS set, votes are published to Kafka and applied by the worker
+(`manage.py consume_votes`). Without it (the embedded default), votes are applied
+in process by the very same batch code, one vote per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Protocol
+
+from django.conf import settings
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from polls.events import VoteEvent
+from polls.exceptions import VoteBusUnavailable
+from polls.topics import producer_config, vote_topic
+
+logger = logging.getLogger(__name__)
+
+
+class VoteBus(Protocol):
+    def publish(self, event: VoteEvent) -> None:
+        """Return once the vote is durable; raise VoteBusUnavailable otherwise."""
+
+
+class KafkaVoteBus:
+    def __init__(self, *, timeout: float) -> None:
+        self._timeout = timeout
+        self._producer = None
+        self._lock = threading.Lock()
+
+    def _get_producer(self):
+        # Built on first use, not at start: a web process must come up (and answer 503)
+        # while the broker is down, and connect once it is back.
+        with self._lock:
+            if self._producer is None:
+                try:
+                    self._producer = KafkaProducer(**producer_config(timeout=self._timeout))
+                except KafkaError as exc:
+                    raise VoteBusUnavailable(f"cannot connect to Kafka: {exc}") from exc
+            return self._producer
+
+    def publish(self, event: VoteEvent) -> None:
+        producer = self._get_producer()
+        try:
+            future = producer.send(vote_topic(), key=event.key, value=event.to_bytes())
+            future.get(timeout=self._timeout)
+        except KafkaError as exc:
+            logger.warning("vote %s not published: %s", event.vote_id, exc)
+            raise VoteBusUnavailable(str(exc)) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.close(timeout=self._timeout)
+                self._producer = None
+
+
+class InProcessVoteBus:
+    """Applies each vote at once with the worker's batch code: for trying the project."""
+
+    def publish(self, event: VoteEvent) -> None:
+        # Imported here: polls.services imports this module to publish.
+        from polls.services import votes_apply
+
+        votes_apply(events=[event])
+
+
+_bus: VoteBus | None = None
+_bus_lock = threading.Lock()
+
+
+def get_vote_bus() -> VoteBus:
+    global _bus
+    with _bus_lock:
+        if _bus is None:
+            if settings.KAFKA_BROKERS:
+                _bus = KafkaVoteBus(timeout=settings.VOTE_PUBLISH_TIMEOUT)
+            else:
+                _bus = InProcessVoteBus()
+        return _bus
+
+
+def reset_vote_bus() -> None:
+    """Drop the process's bus so the next vote builds one from the current settings."""
+    global _bus
+    with _bus_lock:
+        if isinstance(_bus, KafkaVoteBus):
+            _bus.close()
+        _bus = None

@@ -1,0 +1,29 @@
+"""Domain errors raised by the services; polling.exception_handler maps them to HTTP."""
+
+
+class PollError(Exception):
+    """Base of the errors a client can cause and be told about."""
+
+
+class PollNotFound(PollError):
+    def __init__(self, poll_id: int) -> None:
+        super().__init__(f"No poll with id {poll_id}.")
+
+
+class PollClosed(PollError):
+    def __init__(self, poll_id: int) -> None:
+        super().__init__(f"Poll {poll_id} is closed to votes.")
+
+
+class OptionOutOfRange(PollError):
+    def __init__(self, option: int, count: int) -> None:
+        self.option = option
+        super().__init__(f"Option {option} does not exist: this poll has options 1 to {count}.")
+
+
+class VoteBusUnavailable(Exception):
+    """The vote could not be made durable in time; nothing was accepted."""
+
+
+class MalformedVoteEvent(ValueError):
+    """A message in the vote topic that cannot be applied; it goes to the dead-letter topic."""

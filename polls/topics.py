@@ -1,0 +1,101 @@
+"""Topic names and Kafka client settings, in one place.
+
+Everything is read from Django settings at call time, never at import, so tests and
+commands can point the same code at another broker or topic.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+logger = logging.getLogger(__name__)
+
+
+def vote_topic() -> str:
+    return settings.KAFKA_TOPIC
+
+
+def dead_letter_topic() -> str:
+    return f"{settings.KAFKA_TOPIC}.dlq"
+
+
+def producer_config(*, timeout: float) -> dict[str, Any]:
+    """Settings of the vote producer: a vote is accepted only once it is durable.
+
+    acks="all" waits for every in-sync replica; idempotence stops the producer's own
+    retries from writing a vote twice. The blocking and delivery timeouts are the
+    request's budget, so a vote the broker never took is given up (and answered 503)
+    instead of being delivered after the client was told it failed.
+    """
+    timeout_ms = int(timeout * 1000)
+    return {
+        "bootstrap_servers": settings.KAFKA_BROKERS,
+        "client_id": "polling-web",
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": settings.KAFKA_LINGER_MS,
+        "max_block_ms": timeout_ms,
+        "request_timeout_ms": timeout_ms,
+        "delivery_timeout_ms": timeout_ms + settings.KAFKA_LINGER_MS,
+        "retry_backoff_ms": 100,
+        "reconnect_backoff_max_ms": 1000,
+        "allow_auto_create_topics": False,
+    }
+
+
+def dead_letter_producer_config() -> dict[str, Any]:
+    return {
+        "bootstrap_servers": settings.KAFKA_BROKERS,
+        "client_id": "polling-worker-dlq",
+        "acks": "all",
+        "enable_idempotence": True,
+        "allow_auto_create_topics": False,
+    }
+
+
+def consumer_config(*, group_id: str, max_records: int) -> dict[str, Any]:
+    """Settings of the vote worker's consumer: offsets are committed by hand, after the DB."""
+    return {
+        "bootstrap_servers": settings.KAFKA_BROKERS,
+        "client_id": "polling-worker",
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": max_records,
+        # A batch that waits on a restarting database must not cost the worker its
+        # partitions; the worker retries for at most this long before giving up.
+        "max_poll_interval_ms": 300_000,
+        "session_timeout_ms": 10_000,
+        "heartbeat_interval_ms": 3_000,
+        "reconnect_backoff_max_ms": 1000,
+        "allow_auto_create_topics": False,
+    }
+
+
+def ensure_topics() -> None:
+    """Create the vote topic and its dead-letter topic when missing (idempotent)."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.KAFKA_BROKERS, client_id="polling-admin")
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(
+                name=name,
+                num_partitions=settings.KAFKA_TOPIC_PARTITIONS,
+                replication_factor=settings.KAFKA_REPLICATION_FACTOR,
+            )
+            for name in (vote_topic(), dead_letter_topic())
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass  # another process created it between our list and create
+            logger.info("created Kafka topics %s", ", ".join(topic.name for topic in wanted))
+    finally:
+        admin.close()

@@ -1,0 +1,194 @@
+"""The vote worker: reads vote events from Kafka and applies them in batches.
+
+At-least-once delivery plus idempotent application gives exactly-once counting:
+
+    poll a batch ─► decode (poison → dead-letter topic) ─► votes_apply in one DB
+    transaction ─► DB commit ─► commit Kafka offsets
+
+Offsets are committed only after the database committed, so a crash anywhere before
+the offset commit means redelivery, and redelivered votes collide on their vote_id.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError
+
+from polls.events import VoteEvent
+from polls.exceptions import MalformedVoteEvent
+from polls.services import AppliedBatch, votes_apply
+from polls.topics import dead_letter_topic
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerStopped(Exception):
+    """Raised inside a batch when a stop was requested while it waited; nothing was committed."""
+
+
+@dataclass
+class BatchOutcome:
+    messages: int
+    applied: int
+    duplicates: int
+    dead_lettered: int
+
+
+class VoteWorker:
+    """One consumer of the vote topic. `run()` loops until `stop()`; tests call `consume_batch()`."""
+
+    def __init__(
+        self,
+        *,
+        consumer: KafkaConsumer,
+        dead_letter_producer: KafkaProducer,
+        batch_size: int,
+        batch_wait_ms: int,
+        db_retry_max_wait: float = 5.0,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        self.consumer = consumer
+        self.dead_letter_producer = dead_letter_producer
+        self.batch_size = batch_size
+        self.batch_wait_ms = batch_wait_ms
+        self.db_retry_max_wait = db_retry_max_wait
+        self._stop = stop_event or threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> None:
+        logger.info("vote worker started: batches of up to %d, waiting %d ms", self.batch_size, self.batch_wait_ms)
+        while not self._stop.is_set():
+            polled = self.consumer.poll(timeout_ms=self.batch_wait_ms, max_records=self.batch_size)
+            messages = [record for records in polled.values() for record in records]
+            if not messages:
+                continue
+            try:
+                outcome = self.consume_batch(messages)
+            except WorkerStopped:
+                break
+            self.commit_offsets(messages)
+            logger.info(
+                "batch of %d: %d applied, %d duplicates, %d dead-lettered",
+                outcome.messages,
+                outcome.applied,
+                outcome.duplicates,
+                outcome.dead_lettered,
+            )
+        logger.info("vote worker stopped")
+
+    def consume_batch(self, messages: Sequence[ConsumerRecord]) -> BatchOutcome:
+        """Apply one batch to the database and dead-letter what cannot be applied.
+
+        Does not commit offsets: the caller does, after this returns. Safe to call again
+        with the same messages (nothing is counted twice). Waits and retries while the
+        database is unreachable; raises WorkerStopped if asked to stop meanwhile.
+        """
+        events: list[VoteEvent] = []
+        poison: list[tuple[ConsumerRecord, str]] = []
+        record_of: dict[object, ConsumerRecord] = {}
+        for record in messages:
+            try:
+                event = VoteEvent.from_bytes(record.value)
+            except MalformedVoteEvent as exc:
+                poison.append((record, str(exc)))
+                continue
+            events.append(event)
+            record_of[event.vote_id] = record
+
+        result = self._apply_with_retry(events) if events else AppliedBatch()
+        poison.extend((record_of[event.vote_id], reason) for event, reason in result.rejected)
+        for record, reason in poison:
+            self._dead_letter(record, reason)
+        if poison:
+            # The dead letters must be durable before the offsets that skip them are committed.
+            self.dead_letter_producer.flush()
+        return BatchOutcome(
+            messages=len(messages),
+            applied=result.applied,
+            duplicates=result.duplicates,
+            dead_lettered=len(poison),
+        )
+
+    def commit_offsets(self, messages: Sequence[ConsumerRecord]) -> None:
+        next_offsets: dict[TopicPartition, int] = {}
+        for record in messages:
+            partition = TopicPartition(record.topic, record.partition)
+            next_offsets[partition] = max(next_offsets.get(partition, 0), record.offset + 1)
+        try:
+            self.consumer.commit(
+                {partition: OffsetAndMetadata(offset, "", -1) for partition, offset in next_offsets.items()}
+            )
+        except KafkaError as exc:
+            # The batch is in the database; after a rebalance or a broker bounce it will be
+            # redelivered and skipped as duplicates. Losing the commit costs only that.
+            logger.warning("offset commit failed, the batch will be redelivered: %s", exc)
+
+    def _apply_with_retry(self, events: list[VoteEvent]) -> AppliedBatch:
+        try:
+            return self._retry_while_unreachable(events)
+        except DatabaseError as exc:
+            # Not an outage but an event the database refuses: find it by applying the
+            # batch one vote at a time, and dead-letter only the ones refused.
+            logger.warning("batch refused by the database (%s); applying it vote by vote", exc)
+            return self._apply_one_by_one(events)
+
+    def _apply_one_by_one(self, events: list[VoteEvent]) -> AppliedBatch:
+        total = AppliedBatch()
+        for event in events:
+            try:
+                single = self._retry_while_unreachable([event])
+            except DatabaseError as exc:
+                total.rejected.append((event, f"refused by the database: {exc}"))
+                continue
+            total.applied += single.applied
+            total.duplicates += single.duplicates
+            total.rejected.extend(single.rejected)
+            total.poll_ids |= single.poll_ids
+        return total
+
+    def _retry_while_unreachable(self, events: list[VoteEvent]) -> AppliedBatch:
+        """votes_apply, waiting out an unreachable database (never skipping the batch)."""
+        wait = 0.1
+        while True:
+            try:
+                return votes_apply(events=events)
+            except (OperationalError, InterfaceError) as exc:
+                if self._stop.is_set():
+                    raise WorkerStopped from exc
+                logger.warning("database unavailable, retrying the batch in %.1f s: %s", wait, exc)
+                # The connection is unusable after a server restart; drop it so the next
+                # attempt opens a fresh one.
+                connection.close()
+                self._stop.wait(wait)
+                wait = min(wait * 2, self.db_retry_max_wait)
+
+    def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
+        logger.error(
+            "dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+        )
+        self.dead_letter_producer.send(
+            dead_letter_topic(),
+            key=record.key,
+            value=record.value if record.value is not None else b"",
+            headers=[
+                ("dlq.reason", reason.encode()),
+                ("dlq.topic", record.topic.encode()),
+                ("dlq.partition", str(record.partition).encode()),
+                ("dlq.offset", str(record.offset).encode()),
+                ("dlq.at", str(time.time()).encode()),
+            ],
+        )
