@@ -9,6 +9,9 @@ class Poll(models.Model):
     question = models.CharField(max_length=500)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Grows by one with every batch that changes the poll's counters, in the same
+    # transaction: live viewers use it to drop stale broadcasts.
+    version = models.BigIntegerField(default=0, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]

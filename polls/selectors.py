@@ -38,5 +38,6 @@ def poll_totals(*, poll: Poll) -> dict[str, Any]:
     ]
     data["total"] = sum(option.votes for option in options)
     data["status"] = poll.status
+    data["version"] = poll.version
     data["created_at"] = poll.created_at.isoformat()
     return data

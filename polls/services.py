@@ -97,12 +97,9 @@ def votes_apply(*, events: Iterable[VoteEvent]) -> AppliedBatch:
             rows.append((event, option_id))
 
         inserted: Counter[int] = Counter()
-        poll_of_option: dict[int, int] = {}
         for start in range(0, len(rows), _INSERT_CHUNK):
-            for option_id in _insert_votes(rows[start : start + _INSERT_CHUNK]):
-                inserted[option_id] += 1
-        for event, option_id in rows:
-            poll_of_option[option_id] = event.poll_id
+            inserted.update(_insert_votes(rows[start : start + _INSERT_CHUNK]))
+        poll_of_option = {option_id: event.poll_id for event, option_id in rows}
 
         # A fixed order of row locks, so two workers applying overlapping batches
         # during a rebalance cannot deadlock on the counters.
@@ -112,6 +109,8 @@ def votes_apply(*, events: Iterable[VoteEvent]) -> AppliedBatch:
         result.applied = sum(inserted.values())
         result.duplicates += len(rows) - result.applied
         result.poll_ids = {poll_of_option[option_id] for option_id in inserted}
+        for poll_id in sorted(result.poll_ids):
+            Poll.objects.filter(pk=poll_id).update(version=F("version") + 1)
         if result.poll_ids:
             broadcast_polls_on_commit(poll_ids=result.poll_ids)
     return result
