@@ -1,0 +1,116 @@
+"""Fixtures shared by the whole suite: real services, topics, server and worker processes."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+
+import pytest
+from django.conf import settings as django_settings
+from django.db import connection
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from polls.bus import reset_vote_bus
+from polls.topics import consumer_config, dead_letter_producer_config, ensure_topics
+from polls.worker import VoteWorker
+from testsupport.plugin import service_stack
+from testsupport.processes import WebServer, WorkerProcess, wait_until
+
+
+@pytest.fixture(scope="session")
+def services():
+    """The PostgreSQL, Redis and Kafka processes of this test run."""
+    return service_stack()
+
+
+@pytest.fixture
+def kafka_topic(settings):
+    """A fresh vote topic (and dead-letter topic) for one test, so tests never share votes."""
+    name = f"polls-test-{uuid.uuid4().hex[:12]}"
+    settings.KAFKA_TOPIC = name
+    settings.KAFKA_CONSUMER_GROUP = f"workers-{name}"
+    reset_vote_bus()
+    ensure_topics()
+    yield name
+    reset_vote_bus()
+
+
+def read_topic(topic: str, *, timeout_ms: int = 3000) -> list:
+    """Every message in a topic, read from the beginning by a throwaway consumer."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=django_settings.KAFKA_BROKERS,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=timeout_ms,
+    )
+    try:
+        # A topic made a moment ago may be missing from this client's first metadata.
+        wait_until(lambda: topic in consumer.topics(), timeout=15, what=f"topic {topic} in metadata")
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        end = consumer.end_offsets(partitions)
+        if not any(end.values()):
+            return []
+        return list(consumer)
+    finally:
+        consumer.close()
+
+
+@pytest.fixture
+def process_env(kafka_topic, transactional_db):
+    """The environment of a web or worker process that shares this test's database and topic."""
+    db = connection.settings_dict
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=f"postgresql://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        KAFKA_TOPIC=kafka_topic,
+        KAFKA_CONSUMER_GROUP=django_settings.KAFKA_CONSUMER_GROUP,
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def web_server(process_env, tmp_path):
+    server = WebServer(env=process_env, log_dir=tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def vote_worker(process_env, tmp_path):
+    worker = WorkerProcess(env=process_env, log_dir=tmp_path, group=process_env["KAFKA_CONSUMER_GROUP"])
+    worker.start()
+    yield worker
+    worker.kill()
+
+
+def make_vote_worker(*, group: str, batch_size: int = 500) -> VoteWorker:
+    """A VoteWorker in this process, on real Kafka clients, subscribed to the test topic."""
+    consumer = KafkaConsumer(**consumer_config(group_id=group, max_records=batch_size))
+    consumer.subscribe([django_settings.KAFKA_TOPIC])
+    producer = KafkaProducer(**dead_letter_producer_config())
+    return VoteWorker(consumer=consumer, dead_letter_producer=producer, batch_size=batch_size, batch_wait_ms=50)
+
+
+@pytest.fixture
+def worker_thread(kafka_topic, transactional_db):
+    """The vote worker running in a thread of the test process, applying to the test database."""
+    worker = make_vote_worker(group=django_settings.KAFKA_CONSUMER_GROUP)
+
+    def run() -> None:
+        try:
+            worker.run()
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=run, name="vote-worker", daemon=True)
+    thread.start()
+    yield worker
+    worker.stop()
+    thread.join(30)
+    worker.consumer.close(autocommit=False)
+    worker.dead_letter_producer.close(timeout=5)

@@ -1,0 +1,97 @@
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from polls.exceptions import OptionOutOfRange, PollClosed, PollNotFound
+from polls.models import Option, Poll, Vote
+from polls.services import counters_verify, poll_create, vote_cast, votes_apply
+from polls.tests.factories import counts, make_poll, vote_event
+
+pytestmark = pytest.mark.django_db
+
+
+def test_poll_create_numbers_options_from_one():
+    poll = poll_create(question="Lunch?", options=["Soup", "Salad"])
+    assert [(o.position, o.text, o.votes) for o in poll.options.order_by("position")] == [
+        (1, "Soup", 0),
+        (2, "Salad", 0),
+    ]
+    assert poll.status == Poll.Status.OPEN
+
+
+def test_votes_apply_counts_each_vote_once_per_option():
+    poll = make_poll()
+    result = votes_apply(events=[vote_event(poll, 1), vote_event(poll, 3), vote_event(poll, 3)])
+    assert (result.applied, result.duplicates, result.rejected) == (3, 0, [])
+    assert result.poll_ids == {poll.pk}
+    assert counts(poll) == [1, 0, 2, 0]
+    assert Vote.objects.filter(poll=poll).count() == 3
+
+
+def test_the_same_batch_applied_twice_is_counted_once():
+    poll = make_poll()
+    batch = [vote_event(poll, 2) for _ in range(50)]
+    votes_apply(events=batch)
+    again = votes_apply(events=batch)
+    assert (again.applied, again.duplicates) == (0, 50)
+    assert again.poll_ids == set()
+    assert counts(poll) == [0, 50, 0, 0]
+
+
+def test_a_vote_repeated_inside_one_batch_is_counted_once():
+    poll = make_poll()
+    event = vote_event(poll, 4)
+    result = votes_apply(events=[event, event, event])
+    assert (result.applied, result.duplicates) == (1, 2)
+    assert counts(poll) == [0, 0, 0, 1]
+
+
+def test_votes_for_a_missing_poll_or_option_are_rejected_not_counted():
+    poll = make_poll(options=("Yes", "No"))
+    result = votes_apply(events=[vote_event(poll, 3), vote_event(987654, 1), vote_event(poll, 1)])
+    assert result.applied == 1
+    assert {reason for _, reason in result.rejected} == {
+        "poll 987654 has no option 1",
+        f"poll {poll.pk} has no option 3",
+    }
+    assert counts(poll) == [1, 0]
+
+
+def test_each_applied_batch_grows_the_poll_version():
+    poll = make_poll()
+    votes_apply(events=[vote_event(poll, 1)])
+    votes_apply(events=[vote_event(poll, 2), vote_event(poll, 2)])
+    duplicate = vote_event(poll, 1)
+    votes_apply(events=[duplicate])
+    versions = [Poll.objects.get(pk=poll.pk).version]
+    votes_apply(events=[duplicate])  # nothing new: the version stays
+    versions.append(Poll.objects.get(pk=poll.pk).version)
+    assert versions == [3, 3]
+
+
+def test_vote_cast_refuses_unknown_polls_closed_polls_and_options_out_of_range(settings):
+    settings.KAFKA_BROKERS = []  # nothing here may reach a bus; the checks come first
+    poll = make_poll(options=("Yes", "No"))
+    with pytest.raises(PollNotFound):
+        vote_cast(poll_id=poll.pk + 1000, option=1, voter_key="k")
+    with pytest.raises(OptionOutOfRange, match="Option 3 does not exist: this poll has options 1 to 2"):
+        vote_cast(poll_id=poll.pk, option=3, voter_key="k")
+    with pytest.raises(OptionOutOfRange):
+        vote_cast(poll_id=poll.pk, option=0, voter_key="k")
+    Poll.objects.filter(pk=poll.pk).update(status=Poll.Status.CLOSED)
+    with pytest.raises(PollClosed):
+        vote_cast(poll_id=poll.pk, option=1, voter_key="k")
+    assert Vote.objects.count() == 0
+
+
+def test_verify_counts_reports_and_repairs_a_wrong_counter(capsys):
+    poll = make_poll()
+    votes_apply(events=[vote_event(poll, 1), vote_event(poll, 1)])
+    assert counters_verify() == []
+    Option.objects.filter(poll=poll, position=1).update(votes=5)
+    with pytest.raises(CommandError, match="1 counter"):
+        call_command("verify_counts")
+    assert "poll %d option 1: counter 5, vote rows 2" % poll.pk in capsys.readouterr().out
+    call_command("verify_counts", "--repair")
+    assert counts(poll) == [2, 0, 0, 0]
+    assert counters_verify() == []

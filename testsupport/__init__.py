@@ -1,0 +1,1 @@
+"""Test support: the real services and server processes the test suite runs against."""
