@@ -109,8 +109,10 @@ class WorkerProcess(ManagedProcess):
             log_dir=log_dir,
         )
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, *, wait: bool = True) -> None:
         super().start()
+        if not wait:
+            return
 
         def consuming() -> bool:
             if not self.alive():

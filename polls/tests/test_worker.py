@@ -1,0 +1,122 @@
+"""The vote worker against the real broker: batches, redelivery, dead letters, shutdown."""
+
+import signal
+import time
+
+import pytest
+from django.conf import settings
+from kafka import KafkaProducer
+
+from conftest import make_vote_worker, read_topic
+from polls.bus import get_vote_bus
+from polls.models import Vote
+from polls.services import counters_verify
+from polls.tests.factories import counts, make_poll, vote_event
+from polls.topics import dead_letter_topic
+from testsupport.processes import WorkerProcess, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def publish(*events):
+    bus = get_vote_bus()
+    for event in events:
+        bus.publish(event)
+
+
+def poll_batch(worker, expected: int, timeout: float = 30):
+    """Poll until `expected` messages arrived (the first polls also join the group)."""
+    messages = []
+    deadline = time.monotonic() + timeout
+    while len(messages) < expected and time.monotonic() < deadline:
+        polled = worker.consumer.poll(timeout_ms=200)
+        messages.extend(record for records in polled.values() for record in records)
+    assert len(messages) == expected, f"got {len(messages)} of {expected} messages"
+    return messages
+
+
+def close(worker):
+    worker.consumer.close(autocommit=False)
+    worker.dead_letter_producer.close(timeout=5)
+
+
+def test_a_batch_delivered_twice_is_counted_once(kafka_topic):
+    poll = make_poll()
+    publish(*[vote_event(poll, 1 + n % 4) for n in range(40)])
+    worker = make_vote_worker(group="redelivery")
+    try:
+        messages = poll_batch(worker, 40)
+        first = worker.consume_batch(messages)
+        second = worker.consume_batch(messages)
+    finally:
+        close(worker)
+    assert (first.applied, first.duplicates) == (40, 0)
+    assert (second.applied, second.duplicates) == (0, 40)
+    assert counts(poll) == [10, 10, 10, 10]
+    assert Vote.objects.count() == 40
+
+
+def test_a_worker_stopped_between_db_commit_and_offset_commit_counts_nothing_twice(kafka_topic, process_env, tmp_path):
+    poll = make_poll()
+    publish(*[vote_event(poll, 2) for _ in range(25)])
+    group = process_env["KAFKA_CONSUMER_GROUP"]
+
+    # The first worker applies the batch and stops before committing its offsets.
+    first = make_vote_worker(group=group)
+    try:
+        first.consume_batch(poll_batch(first, 25))
+    finally:
+        close(first)
+    assert counts(poll) == [0, 25, 0, 0]
+
+    # A restarted worker (the real command) gets the same 25 votes again, plus 5 new ones.
+    publish(*[vote_event(poll, 3) for _ in range(5)])
+    worker = WorkerProcess(env=process_env, log_dir=tmp_path, group=group)
+    worker.start()
+    try:
+        wait_until(lambda: "25 duplicates" in worker.log() or "30 applied" in worker.log(), timeout=60,
+                   what="the restarted worker to see the redelivered batch")
+        wait_until(lambda: counts(poll) == [0, 25, 5, 0], timeout=30, what="the new votes")
+        time.sleep(1)  # nothing more may arrive
+    finally:
+        assert worker.terminate() == 0
+    assert counts(poll) == [0, 25, 5, 0]
+    assert "25 duplicates" in worker.log()
+    assert counters_verify() == []
+
+
+def test_a_poison_message_goes_to_the_dead_letter_topic_and_the_next_vote_counts(kafka_topic, worker_thread):
+    poll = make_poll()
+    raw = KafkaProducer(bootstrap_servers=settings.KAFKA_BROKERS, acks="all")
+    raw.send(kafka_topic, key=str(poll.pk).encode(), value=b'{"this is": "not a vote"')
+    raw.send(kafka_topic, key=str(poll.pk).encode(), value=vote_event(poll, 9).to_bytes())  # no option 9
+    raw.flush()
+    raw.close()
+    publish(vote_event(poll, 1))
+
+    wait_until(lambda: counts(poll) == [1, 0, 0, 0], timeout=30, what="the good vote after the poison")
+    wait_until(lambda: len(read_topic(dead_letter_topic(), timeout_ms=500)) == 2, timeout=30, what="2 dead letters")
+    letters = read_topic(dead_letter_topic())
+    reasons = sorted(dict(letter.headers)["dlq.reason"].decode() for letter in letters)
+    assert reasons[0].startswith("not JSON")
+    assert reasons[1] == f"poll {poll.pk} has no option 9"
+    assert {dict(letter.headers)["dlq.topic"].decode() for letter in letters} == {kafka_topic}
+    assert b'{"this is": "not a vote"' in {letter.value for letter in letters}
+
+
+def test_the_worker_command_stops_cleanly_on_sigterm_and_sigint(process_env, tmp_path):
+    for number, sig in enumerate((signal.SIGTERM, signal.SIGINT)):
+        worker = WorkerProcess(env=process_env, log_dir=tmp_path, group=process_env["KAFKA_CONSUMER_GROUP"],
+                               name=f"worker-{number}")
+        worker.start()
+        worker.process.send_signal(sig)
+        assert worker.process.wait(30) == 0
+        assert "vote worker stopped" in worker.log()
+
+
+def test_the_worker_command_explains_a_missing_broker_setting(process_env, tmp_path):
+    env = {**process_env, "KAFKA_BROKERS": ""}
+    worker = WorkerProcess(env=env, log_dir=tmp_path, group="none")
+    worker.start(wait=False)
+    assert worker.process.wait(60) == 1
+    assert "KAFKA_BROKERS is not set" in worker.log()

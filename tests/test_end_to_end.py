@@ -1,0 +1,101 @@
+"""The whole vote path with real processes: daphne, the worker, Kafka and PostgreSQL."""
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from polls.services import counters_verify
+from testsupport.processes import REPO, WebServer, WorkerProcess, wait_until
+from tests.http import request
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SEED_POLL = {"question": "What is your favorite color?", "option1": "Red", "option2": "Blue",
+             "option3": "Green", "option4": "Yellow"}
+
+
+def totals(server, poll_id):
+    body = request("GET", f"{server.url}/polls/{poll_id}").json()
+    return [body[f"option{n}"] for n in range(1, 5)]
+
+
+def test_hundreds_of_concurrent_votes_are_all_counted_exactly(web_server, vote_worker):
+    created = request("POST", f"{web_server.url}/polls", SEED_POLL)
+    assert created.status == 201
+    poll_id = created.json()["id"]
+    plan = [1 + n % 4 for n in range(600)] + [3] * 100  # 150, 150, 250, 150
+
+    def vote(option):
+        return request("POST", f"{web_server.url}/polls/{poll_id}/vote", {"poll_id": poll_id, "option": option}).status
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        statuses = list(pool.map(vote, plan))
+    assert statuses.count(204) == len(plan), {s: statuses.count(s) for s in set(statuses)}
+
+    wait_until(lambda: totals(web_server, poll_id) == [150, 150, 250, 150], timeout=60,
+               what="all 700 votes counted")
+    body = request("GET", f"{web_server.url}/polls/{poll_id}").json()
+    assert body["total"] == 700
+    board = request("GET", f"{web_server.url}/leaderboard").json()["leaderboard"]
+    assert board[0] == {"option": "Green", "count": 250, "poll_id": poll_id, "position": 3,
+                        "question": "What is your favorite color?"}
+    assert counters_verify() == []
+
+
+def test_with_the_broker_down_a_vote_gets_503_and_is_never_counted(services, process_env, tmp_path):
+    env = {**process_env, "VOTE_PUBLISH_TIMEOUT": "2"}
+    web = WebServer(env=env, log_dir=tmp_path)
+    worker = WorkerProcess(env=env, log_dir=tmp_path, group=env["KAFKA_CONSUMER_GROUP"])
+    web.start()
+    worker.start()
+    try:
+        poll_id = request("POST", f"{web.url}/polls", SEED_POLL).json()["id"]
+        vote_url = f"{web.url}/polls/{poll_id}/vote"
+        assert request("POST", vote_url, {"option": 1}).status == 204
+        wait_until(lambda: totals(web, poll_id) == [1, 0, 0, 0], timeout=30, what="the first vote")
+
+        services.kafka.stop()
+        try:
+            refused = request("POST", vote_url, {"option": 2})
+            assert refused.status == 503
+            assert refused.headers["Retry-After"] == "2"
+            assert refused.json() == {"detail": "The vote was not recorded: the vote log is unavailable. Retry later."}
+        finally:
+            services.kafka.start()
+
+        # Once the broker is back, votes are accepted again (the producer reconnects).
+        accepted = 0
+        for _ in range(30):
+            if request("POST", vote_url, {"option": 3}).status == 204:
+                accepted += 1
+                if accepted == 2:
+                    break
+        assert accepted == 2
+        wait_until(lambda: totals(web, poll_id) == [1, 0, 2, 0], timeout=60, what="the votes after the outage")
+        # The refused vote for option 2 must not turn up later either: give it time to.
+        time.sleep(3)
+        assert totals(web, poll_id) == [1, 0, 2, 0]
+    finally:
+        web.kill()
+        worker.kill()
+
+
+def test_the_embedded_default_needs_no_services(tmp_path):
+    """`make run`'s mode: SQLite, votes applied in process, no Kafka or Redis."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BROKERS", "REDIS_URL")}
+    env.update(DEBUG="1", SQLITE_PATH=str(tmp_path / "embedded.sqlite3"))
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=env, check=True)
+    web = WebServer(env=env, log_dir=tmp_path)
+    web.start()
+    try:
+        poll = request("POST", f"{web.url}/polls", SEED_POLL).json()
+        for option in (2, 2, 4):
+            assert request("POST", f"{web.url}/polls/{poll['id']}/vote", {"option": option}).status == 204
+        # Applied before the 204: the next read sees it.
+        assert totals(web, poll["id"]) == [0, 2, 0, 1]
+    finally:
+        web.kill()
