@@ -33,11 +33,8 @@ class ServiceError(RuntimeError):
 
 
 def services_dir() -> Path:
-    """``<repo>/.services``, created on first use and ignored by git from inside."""
+    """``<repo>/.services`` (git-ignored), created on first use."""
     SERVICES_DIR.mkdir(exist_ok=True)
-    ignore = SERVICES_DIR / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("*\n")
     return SERVICES_DIR
 
 

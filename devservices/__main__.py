@@ -1,0 +1,114 @@
+"""``python -m devservices up|down|status|install``: the project's own long-lived servers.
+
+Data, logs and pidfiles live in ``<repo>/.services/<service>``. ``up`` prints only the
+environment lines on stdout (progress and errors go to stderr), so its output can be
+sourced or appended to an env file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from ._base import Service, ServiceError, port_open, services_dir
+from .install import KAFKA_VERSION, KAFKA_ZK_VERSION, ensure_installed
+from .kafka_server import KafkaServer
+from .postgres import PostgresServer
+from .redis_server import RedisServer
+
+
+def _services() -> tuple[PostgresServer, RedisServer, KafkaServer]:
+    root = services_dir()
+    return (
+        PostgresServer(port=5432, data_dir=root / "postgres"),
+        RedisServer(port=6379, data_dir=root / "redis"),
+        KafkaServer(port=9092, controller_port=9093, data_dir=root / "kafka"),
+    )
+
+
+def _stop_debian_cluster(port: int) -> None:
+    """Stop a cluster of Debian's postgresql package that holds ``port``.
+
+    Installing the postgresql package creates a "main" cluster on 5432 and may start
+    it; that server is nothing of ours, but it is disposable on a development
+    machine, so it is stopped (not removed) to free the port.
+    """
+    if shutil.which("pg_lsclusters") is None:
+        return
+    listing = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True)
+    for line in listing.stdout.splitlines():
+        version, cluster, cluster_port, status = line.split()[:4]
+        if cluster_port == str(port) and status.startswith("online"):
+            print(f"devservices: stopping Debian's PostgreSQL cluster {version}/{cluster} "
+                  f"to free port {port}", file=sys.stderr)
+            subprocess.run(["pg_ctlcluster", version, cluster, "stop"], check=False)
+
+
+def up() -> int:
+    ensure_installed()
+    postgres, redis, kafka = services = _services()
+    if not postgres.is_running() and port_open(postgres.port):
+        _stop_debian_cluster(postgres.port)
+    # Started side by side: Kafka alone takes several seconds to come up.
+    with ThreadPoolExecutor(len(services)) as pool:
+        futures = [(service, pool.submit(service.start)) for service in services]
+    failed = False
+    for service, future in futures:
+        error = future.exception()
+        if error is not None:
+            print(f"devservices: {service.name} failed: {error}", file=sys.stderr)
+            failed = True
+    if failed:
+        return 1
+    print(f"DATABASE_URL={postgres.url}")
+    print(f"REDIS_URL={redis.url}")
+    print(f"KAFKA_BROKERS={kafka.bootstrap}")
+    return 0
+
+
+def down() -> int:
+    for service in reversed(_services()):
+        was_running = service.is_running()
+        service.stop()
+        if was_running:
+            print(f"devservices: stopped {service.name}", file=sys.stderr)
+    return 0
+
+
+def status() -> int:
+    services: tuple[Service, ...] = _services()
+    for service in services:
+        pid = service.pid
+        state = f"running (pid {pid})" if pid is not None else "stopped"
+        print(f"{service.name:<9} 127.0.0.1:{service.port:<5} {state}   {service.data_dir}")
+    return 0 if all(service.is_running() for service in services) else 3
+
+
+def install() -> int:
+    ensure_installed(kafka_versions=(KAFKA_VERSION, KAFKA_ZK_VERSION))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m devservices", description="PostgreSQL, Redis and Kafka on 127.0.0.1"
+    )
+    parser.add_argument(
+        "command",
+        choices=["up", "down", "status", "install"],
+        help="up: install if needed, start and print env lines; down: stop; "
+        "status: show (exit 3 unless all run); install: only install",
+    )
+    command = parser.parse_args(argv).command
+    try:
+        return {"up": up, "down": down, "status": status, "install": install}[command]()
+    except ServiceError as error:
+        print(f"devservices: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
