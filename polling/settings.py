@@ -36,6 +36,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "polls",
     "leaderboard",
@@ -110,9 +113,34 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "polling.exception_handler.api_exception_handler",
-    "UNAUTHENTICATED_USER": None,
 }
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Polling API",
+    "DESCRIPTION": (
+        "Create polls, vote at high concurrency, read results and the leaderboard. "
+        "Votes travel through Kafka and are counted exactly once; live results stream "
+        "over WebSockets at /ws and /ws/polls/{id}."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# The shared cache: rate-limit counters must hold across web processes.
+if env_str("REDIS_URL"):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env_str("REDIS_URL")}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # --- Votes -------------------------------------------------------------------------
 
@@ -136,7 +164,17 @@ VOTE_BATCH_WAIT_MS = env_int("VOTE_BATCH_WAIT_MS", 200, minimum=0)
 LEADERBOARD_DEFAULT_LIMIT = env_int("LEADERBOARD_DEFAULT_LIMIT", 10, minimum=1)
 LEADERBOARD_MAX_LIMIT = env_int("LEADERBOARD_MAX_LIMIT", 100, minimum=1)
 
-POLL_MAX_OPTIONS = 4
+POLL_MAX_OPTIONS = env_int("POLL_MAX_OPTIONS", 10, minimum=2)
+# Off by default: the seed's API lets anyone create polls.
+POLLS_CREATE_REQUIRES_AUTH = env_bool("POLLS_CREATE_REQUIRES_AUTH", False)
+VOTER_COOKIE_MAX_AGE = env_int("VOTER_COOKIE_MAX_AGE", 365 * 24 * 3600, minimum=60)
+
+# Rate limits as "<count>/<s|min|hour>"; "0" turns one off. Everyone behind one NAT (a
+# venue, an office) shares an address, hence a generous per-address vote limit.
+RATE_LIMIT_VOTES_PER_ADDRESS = env_str("RATE_LIMIT_VOTES_PER_ADDRESS", "1200/min")
+RATE_LIMIT_VOTES_PER_VOTER = env_str("RATE_LIMIT_VOTES_PER_VOTER", "60/min")
+RATE_LIMIT_POLLS_PER_ADDRESS = env_str("RATE_LIMIT_POLLS_PER_ADDRESS", "60/min")
+RATE_LIMIT_CACHE = "default"
 
 # --- Real time -----------------------------------------------------------------------
 
@@ -177,19 +215,57 @@ WS_SNAPSHOT_POLLS = env_int("WS_SNAPSHOT_POLLS", 20, minimum=0)
 
 # --- Production hardening ------------------------------------------------------------
 
-if not DEBUG:
-    SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
-    CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
-    SECURE_CONTENT_TYPE_NOSNIFF = True
-    SECURE_REFERRER_POLICY = "same-origin"
-    X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# Off by default so that plain-HTTP setups (compose on localhost, tests) work; turn on
+# behind TLS. `manage.py check --deploy` passes with the values in .env.example.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# "HTTP_X_FORWARDED_PROTO,https" behind a proxy that terminates TLS and sets that header.
+_proxy_ssl_header = env_list("SECURE_PROXY_SSL_HEADER", [])
+SECURE_PROXY_SSL_HEADER = tuple(_proxy_ssl_header) if len(_proxy_ssl_header) == 2 else None
 
+# --- Operations ------------------------------------------------------------------------
+
+# Logs go to stderr: one JSON object per line in production (for log collectors), plain
+# text in DEBUG; LOG_FORMAT=json|plain overrides either.
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+LOG_FORMAT = env_str("LOG_FORMAT", "plain" if DEBUG else "json")
+if LOG_FORMAT not in ("json", "plain"):
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} must be 'json' or 'plain'.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "polling.logging.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"kafka": {"level": "WARNING"}},
+    "loggers": {
+        "kafka": {"level": "WARNING"},
+        # Django's own console handler (DEBUG only) would print its records a second
+        # time, in another format; they reach the root handler anyway.
+        "django": {"handlers": [], "propagate": True},
+    },
 }
+
+# Request metrics time the whole stack, so their middleware comes first; probes and
+# scrapes are answered next, ahead of the Host header check (see polling.health).
+MIDDLEWARE = [
+    "polling.metrics.RequestMetricsMiddleware",
+    "polling.health.ProbeMiddleware",
+    *(name for name in MIDDLEWARE if name not in ("polling.metrics.RequestMetricsMiddleware", "polling.health.ProbeMiddleware")),
+]
+
+# How long /readyz waits for each service (they are checked side by side).
+READYZ_TIMEOUT = env_float("READYZ_TIMEOUT", 1.0, minimum=0.1)
+# The vote worker serves its Prometheus metrics on this port; 0 turns that off.
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0, minimum=0)
+# Seconds between the vote worker's progress lines (votes applied, batches, lag); 0: none.
+WORKER_PROGRESS_INTERVAL = env_float("WORKER_PROGRESS_INTERVAL", 30.0, minimum=0)

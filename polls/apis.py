@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-import hashlib
+import csv
+import io
 
 from django.conf import settings
+from django.http import HttpResponse
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from polls.selectors import poll_get, poll_totals
-from polls.services import poll_create, vote_cast
+from polling.throttles import PollCreateRateThrottle, VoteAddressRateThrottle, VoteVoterRateThrottle
+from polls import docs
+from polls.models import Poll
+from polls.selectors import poll_get, poll_list, poll_results_visible, poll_totals
+from polls.services import poll_create, poll_set_status, vote_cast
+from polls.voters import COOKIE_NAME, Voter, voter_from_request, voter_token_issue
 
 
 class StrictIntegerField(serializers.IntegerField):
@@ -23,66 +33,269 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
-class PollCreateApi(APIView):
-    class InputSerializer(serializers.Serializer):
+class CanCreatePolls(BasePermission):
+    """Open to everyone, as the seed's API was, unless POLLS_CREATE_REQUIRES_AUTH is set."""
+
+    message = "Sign in (session or token) to create polls."
+
+    def has_permission(self, request, view):
+        if request.method != "POST" or not settings.POLLS_CREATE_REQUIRES_AUTH:
+            return True
+        return bool(request.user and request.user.is_authenticated)
+
+
+class CanModeratePoll(BasePermission):
+    """Staff, or the signed-in user who created the poll."""
+
+    message = "Only staff or the poll's creator may close or reopen it."
+
+    def has_object_permission(self, request, view, poll):
+        user = request.user
+        return bool(user and user.is_authenticated and (user.is_staff or poll.created_by_id == user.pk))
+
+
+class PollsPagination(PageNumberPagination):
+    page_size = 20
+    page_size_query_param = "page_size"
+    max_page_size = 100
+
+
+class PollsApi(APIView):
+    """`GET /polls` lists polls; `POST /polls` creates one (the seed's endpoint)."""
+
+    permission_classes = [CanCreatePolls]
+
+    def get_throttles(self):
+        return [PollCreateRateThrottle()] if self.request.method == "POST" else []
+
+    class CreateInputSerializer(serializers.Serializer):
         question = serializers.CharField(max_length=500)
+        options = serializers.ListField(child=serializers.CharField(max_length=200), required=False, allow_empty=True)
+        closes_at = serializers.DateTimeField(required=False, allow_null=True)
+        results_visibility = serializers.ChoiceField(choices=Poll.Visibility.choices, default=Poll.Visibility.ALWAYS)
+        one_vote_per = serializers.ChoiceField(choices=Poll.OneVotePer.choices, default=Poll.OneVotePer.NONE)
+        max_choices = StrictIntegerField(min_value=1, default=1)
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
+            # The seed's shape: option1..optionN as separate fields.
             for position in range(1, settings.POLL_MAX_OPTIONS + 1):
-                self.fields[f"option{position}"] = serializers.CharField(
-                    max_length=200, required=False, allow_null=True
-                )
+                self.fields[f"option{position}"] = serializers.CharField(max_length=200, required=False, allow_null=True)
 
         def validate(self, attrs):
-            given = [(position, attrs.get(f"option{position}")) for position in range(1, settings.POLL_MAX_OPTIONS + 1)]
-            options = [text for _, text in given if text is not None]
+            maximum = settings.POLL_MAX_OPTIONS
+            given = [(position, attrs.pop(f"option{position}", None)) for position in range(1, maximum + 1)]
+            numbered = [text for _, text in given if text is not None]
+            listed = attrs.pop("options", None)
+            if listed and numbered:
+                raise serializers.ValidationError({"options": ["Give options either as a list or as option1..optionN, not both."]})
+            if listed is None or not listed:
+                first_missing = next((position for position, text in given if text is None), None)
+                if first_missing is not None and first_missing <= len(numbered):
+                    raise serializers.ValidationError(
+                        {f"option{first_missing}": [f"Options must be consecutive from option1: option{first_missing} is missing."]}
+                    )
+                options = numbered
+            else:
+                options = listed
             if len(options) < 2:
                 raise serializers.ValidationError({"options": ["A poll needs at least 2 options: give option1 and option2."]})
-            first_missing = next((position for position, text in given if text is None), None)
-            if first_missing is not None and first_missing <= len(options):
-                raise serializers.ValidationError(
-                    {f"option{first_missing}": [f"Options must be consecutive from option1: option{first_missing} is missing."]}
-                )
+            if len(options) > maximum:
+                raise serializers.ValidationError({"options": [f"A poll has at most {maximum} options."]})
             if len({text.casefold() for text in options}) != len(options):
                 raise serializers.ValidationError({"options": ["Options must differ from one another."]})
-            return {"question": attrs["question"], "options": options}
+            if attrs["max_choices"] > len(options):
+                raise serializers.ValidationError({"max_choices": [f"Ensure this value is at most the number of options ({len(options)})."]})
+            closes_at = attrs.get("closes_at")
+            if closes_at is not None and closes_at <= timezone.now():
+                raise serializers.ValidationError({"closes_at": ["Must be in the future."]})
+            return {**attrs, "options": options}
 
+    class ListFilterSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=Poll.Status.choices, required=False)
+        search = serializers.CharField(max_length=200, required=False)
+        ordering = serializers.ChoiceField(
+            choices=["created_at", "-created_at", "total_votes", "-total_votes", "question", "-question"],
+            default="-created_at",
+        )
+
+    @extend_schema(
+        operation_id="polls_list",
+        parameters=[
+            OpenApiParameter("status", str, enum=["open", "closed"]),
+            OpenApiParameter("search", str, description="Case-insensitive substring of the question."),
+            OpenApiParameter("ordering", str, enum=["created_at", "-created_at", "total_votes", "-total_votes", "question", "-question"]),
+            OpenApiParameter("page", int),
+            OpenApiParameter("page_size", int, description="At most 100."),
+        ],
+        responses={200: docs.PollPageSerializer, 400: docs.ErrorSerializer},
+        examples=[docs.POLL_PAGE_EXAMPLE],
+    )
+    def get(self, request: Request) -> Response:
+        filters = self.ListFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        paginator = PollsPagination()
+        page = paginator.paginate_queryset(poll_list(**filters.validated_data), request, view=self)
+        voter = voter_from_request(request)
+        return paginator.get_paginated_response(
+            [poll_totals(poll=poll, visible=poll_results_visible(poll=poll, voter=voter)) for poll in page]
+        )
+
+    @extend_schema(
+        operation_id="polls_create",
+        request=CreateInputSerializer,
+        responses={201: docs.PollSerializer, 400: docs.ErrorSerializer, 401: docs.ErrorSerializer, 429: docs.ErrorSerializer},
+        examples=[docs.SEED_CREATE_EXAMPLE, docs.LIST_CREATE_EXAMPLE, docs.POLL_EXAMPLE],
+    )
     def post(self, request: Request) -> Response:
-        serializer = self.InputSerializer(data=request.data)
+        serializer = self.CreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        poll = poll_create(**serializer.validated_data)
+        user = request.user if request.user and request.user.is_authenticated else None
+        poll = poll_create(**serializer.validated_data, created_by=user)
         return Response(poll_totals(poll=poll_get(poll_id=poll.pk)), status=status.HTTP_201_CREATED)
 
 
 class PollDetailApi(APIView):
+    @extend_schema(
+        operation_id="polls_retrieve",
+        responses={200: docs.PollSerializer, 404: docs.ErrorSerializer},
+        examples=[docs.POLL_EXAMPLE],
+    )
     def get(self, request: Request, poll_id: int) -> Response:
-        return Response(poll_totals(poll=poll_get(poll_id=poll_id)))
+        poll = poll_get(poll_id=poll_id)
+        visible = poll_results_visible(poll=poll, voter=voter_from_request(request))
+        return Response(poll_totals(poll=poll, visible=visible))
 
 
 class PollVoteApi(APIView):
-    class InputSerializer(serializers.Serializer):
-        option = StrictIntegerField()
-        poll_id = StrictIntegerField(required=False)
+    throttle_classes = [VoteAddressRateThrottle, VoteVoterRateThrottle]
 
+    class InputSerializer(serializers.Serializer):
+        option = StrictIntegerField(required=False)
+        options = serializers.ListField(child=StrictIntegerField(), required=False, min_length=1, max_length=100)
+        poll_id = StrictIntegerField(required=False)
+        vote_id = serializers.UUIDField(required=False)
+
+        def validate(self, attrs):
+            if ("option" in attrs) == ("options" in attrs):
+                raise serializers.ValidationError({"option": ["Give option (one choice) or options (a list), not both." if "option" in attrs else "This field is required."]})
+            return attrs
+
+    @extend_schema(
+        operation_id="polls_vote",
+        request=InputSerializer,
+        parameters=[
+            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, description="Retries with the same key count once."),
+            OpenApiParameter("X-Voter-Token", str, OpenApiParameter.HEADER, description="An anonymous voter token from POST /voters."),
+        ],
+        responses={
+            204: OpenApiResponse(description="The vote is durable and will be counted."),
+            400: docs.ErrorSerializer,
+            401: docs.ErrorSerializer,
+            404: docs.ErrorSerializer,
+            409: docs.ErrorSerializer,
+            413: docs.ErrorSerializer,
+            415: docs.ErrorSerializer,
+            429: docs.ErrorSerializer,
+            503: docs.ErrorSerializer,
+        },
+        examples=[docs.VOTE_EXAMPLE, docs.MULTI_VOTE_EXAMPLE],
+    )
     def post(self, request: Request, poll_id: int) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        body_poll_id = serializer.validated_data.get("poll_id")
-        if body_poll_id is not None and body_poll_id != poll_id:
-            raise serializers.ValidationError(
-                {"poll_id": [f"Does not match the poll in the path: {body_poll_id} != {poll_id}."]}
-            )
-        vote_cast(poll_id=poll_id, option=serializer.validated_data["option"], voter_key=voter_key(request))
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        data = serializer.validated_data
+        if data.get("poll_id") is not None and data["poll_id"] != poll_id:
+            raise serializers.ValidationError({"poll_id": [f"Does not match the poll in the path: {data['poll_id']} != {poll_id}."]})
+        voter = voter_from_request(request)
+        new_token = None
+        if voter.token_id is None and voter.user_id is None:
+            # Browsers get a voter token with their first vote, so one-vote-per-voter
+            # polls work for them without a separate call.
+            token_id, new_token = voter_token_issue()
+            voter = Voter(user_id=None, token_id=token_id, address_key=voter.address_key)
+        key = request.headers.get("Idempotency-Key") or (str(data["vote_id"]) if "vote_id" in data else None)
+        if key is not None and not 1 <= len(key) <= 200:
+            raise serializers.ValidationError({"Idempotency-Key": ["Must be 1 to 200 characters."]})
+        vote_cast(
+            poll_id=poll_id,
+            options=data["options"] if "options" in data else [data["option"]],
+            voter=voter,
+            idempotency_key=key,
+        )
+        response = Response(status=status.HTTP_204_NO_CONTENT)
+        if new_token is not None:
+            _set_voter_cookie(response, new_token)
+        return response
 
 
-def voter_key(request: Request) -> str:
-    """Who cast a vote, as far as the seed's anonymous API can tell.
+def _set_voter_cookie(response: Response, signed_token: str) -> None:
+    response.set_cookie(
+        COOKIE_NAME,
+        signed_token,
+        max_age=settings.VOTER_COOKIE_MAX_AGE,
+        httponly=True,
+        samesite="Lax",
+        secure=settings.SESSION_COOKIE_SECURE,
+    )
 
-    A hash, not the address itself: enough to see a flood from one client in the vote
-    history without keeping voters' IP addresses.
-    """
-    address = request.META.get("REMOTE_ADDR") or "unknown"
-    digest = hashlib.sha256(f"{settings.SECRET_KEY}:{address}".encode()).hexdigest()[:16]
-    return f"ip:{digest}"
+
+class PollStatusApi(APIView):
+    """`POST /polls/{id}/close` and `/reopen`: staff or the poll's creator."""
+
+    permission_classes = [CanModeratePoll]
+    status_to_set: str = Poll.Status.CLOSED
+
+    @extend_schema(request=None, responses={200: docs.PollSerializer, 401: docs.ErrorSerializer, 403: docs.ErrorSerializer, 404: docs.ErrorSerializer})
+    def post(self, request: Request, poll_id: int) -> Response:
+        poll = poll_get(poll_id=poll_id)
+        self.check_object_permissions(request, poll)
+        poll = poll_set_status(poll=poll, status=self.status_to_set, actor=request.user)
+        return Response(poll_totals(poll=poll_get(poll_id=poll.pk)))
+
+
+class PollExportApi(APIView):
+    """`GET /polls/{id}/export.csv` and `/export.json`: the results, where they are visible."""
+
+    export_format = "json"
+
+    @extend_schema(responses={200: OpenApiResponse(description="The results, one row per option."), 403: docs.ErrorSerializer, 404: docs.ErrorSerializer})
+    def get(self, request: Request, poll_id: int):
+        poll = poll_get(poll_id=poll_id)
+        if not poll_results_visible(poll=poll, voter=voter_from_request(request)):
+            return Response({"detail": "The results of this poll are not visible yet."}, status=status.HTTP_403_FORBIDDEN)
+        totals = poll_totals(poll=poll)
+        filename = f"poll-{poll.pk}-results.{self.export_format}"
+        if self.export_format == "csv":
+            response = HttpResponse(results_csv(totals), content_type="text/csv; charset=utf-8")
+        else:
+            response = Response(totals)
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response
+
+
+def results_csv(totals: dict) -> str:
+    """A poll's results as CSV: one row per option, with the question and its share."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["poll_id", "question", "position", "option", "votes", "percent"])
+    total = totals["total"] or 0
+    for option in totals["options"]:
+        share = f"{100 * option['count'] / total:.1f}" if total else "0.0"
+        writer.writerow([totals["id"], totals["question"], option["position"], option["text"], option["count"], share])
+    return out.getvalue()
+
+
+class VoterTokenApi(APIView):
+    """`POST /voters`: a new anonymous voter token, for one-vote-per-voter polls."""
+
+    @extend_schema(
+        request=None,
+        responses={201: inline_serializer("VoterToken", {"voter_token": serializers.CharField()})},
+        examples=[OpenApiExample("A token", value={"voter_token": "kq3…:Xb1…"}, response_only=True)],
+    )
+    def post(self, request: Request) -> Response:
+        _, signed = voter_token_issue()
+        response = Response({"voter_token": signed}, status=status.HTTP_201_CREATED)
+        _set_voter_cookie(response, signed)
+        return response

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Protocol
 
 from django.conf import settings
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from polling.metrics import vote_published
 from polls.events import VoteEvent
 from polls.exceptions import VoteBusUnavailable
 from polls.topics import producer_config, vote_topic
@@ -45,13 +47,19 @@ class KafkaVoteBus:
             return self._producer
 
     def publish(self, event: VoteEvent) -> None:
-        producer = self._get_producer()
+        started = time.perf_counter()
         try:
+            producer = self._get_producer()
             future = producer.send(vote_topic(), key=event.key, value=event.to_bytes())
             future.get(timeout=self._timeout)
         except KafkaError as exc:
+            vote_published(seconds=time.perf_counter() - started, ok=False)
             logger.warning("vote %s not published: %s", event.vote_id, exc)
             raise VoteBusUnavailable(str(exc)) from exc
+        except VoteBusUnavailable:  # no producer: the broker was unreachable
+            vote_published(seconds=time.perf_counter() - started, ok=False)
+            raise
+        vote_published(seconds=time.perf_counter() - started, ok=True)
 
     def close(self) -> None:
         with self._lock:
@@ -67,7 +75,9 @@ class InProcessVoteBus:
         # Imported here: polls.services imports this module to publish.
         from polls.services import votes_apply
 
+        started = time.perf_counter()
         votes_apply(events=[event])
+        vote_published(seconds=time.perf_counter() - started, ok=True)
 
 
 _bus: VoteBus | None = None

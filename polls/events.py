@@ -3,8 +3,12 @@
 The wire format is one JSON object per message, keyed by the poll id so that all votes
 of a poll land on one partition in order:
 
-    {"vote_id": "<uuid>", "poll_id": 1, "option": 2, "voter_key": "anon:…",
-     "cast_at": "2026-11-25T16:00:00.123456+00:00"}
+    {"vote_id": "<uuid>", "poll_id": 1, "option": 2, "options": [2],
+     "voter_key": "ip:…", "dedupe_key": null, "cast_at": "2026-11-25T16:00:00.123456+00:00"}
+
+`vote_id` identifies the ballot. `option` is its first choice (the seed's single-choice
+shape); `options` lists every choice of a multiple-choice ballot. A reader accepts a
+message with only `option`. `dedupe_key` is set when the poll allows one ballot per voter.
 """
 
 from __future__ import annotations
@@ -16,28 +20,41 @@ from datetime import datetime
 
 from polls.exceptions import MalformedVoteEvent
 
-_FIELDS = {"vote_id", "poll_id", "option", "voter_key", "cast_at"}
+_REQUIRED = {"vote_id", "poll_id", "voter_key", "cast_at"}
+_MAX_KEY = 128
+_MAX_CHOICES = 100
 
 
 @dataclass(frozen=True, slots=True)
 class VoteEvent:
     vote_id: uuid.UUID
     poll_id: int
-    option: int
+    options: tuple[int, ...]
     voter_key: str
     cast_at: datetime
+    dedupe_key: str | None = None
 
     @property
     def key(self) -> bytes:
         return str(self.poll_id).encode()
+
+    def row_ids(self) -> list[tuple[uuid.UUID, int]]:
+        """(vote row id, option) per choice; the first row's id is the ballot's own.
+
+        Derived, not random, so that a redelivered ballot yields the same row ids.
+        """
+        first, *rest = self.options
+        return [(self.vote_id, first)] + [(uuid.uuid5(self.vote_id, str(option)), option) for option in rest]
 
     def to_bytes(self) -> bytes:
         return json.dumps(
             {
                 "vote_id": str(self.vote_id),
                 "poll_id": self.poll_id,
-                "option": self.option,
+                "option": self.options[0],
+                "options": list(self.options),
                 "voter_key": self.voter_key,
+                "dedupe_key": self.dedupe_key,
                 "cast_at": self.cast_at.isoformat(),
             },
             separators=(",", ":"),
@@ -50,23 +67,32 @@ class VoteEvent:
             raise MalformedVoteEvent("empty message")
         try:
             data = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise MalformedVoteEvent(f"not JSON: {exc}") from None
         if not isinstance(data, dict):
             raise MalformedVoteEvent("not a JSON object")
-        missing = _FIELDS - data.keys()
+        missing = _REQUIRED - data.keys()
+        if "option" not in data and "options" not in data:
+            missing.add("option")
         if missing:
             raise MalformedVoteEvent(f"missing fields: {', '.join(sorted(missing))}")
         try:
             vote_id = uuid.UUID(data["vote_id"])
         except (TypeError, ValueError, AttributeError):
             raise MalformedVoteEvent("vote_id is not a UUID") from None
-        for name in ("poll_id", "option"):
-            value = data[name]
-            if type(value) is not int or value < 1 or value > 2**63 - 1:
-                raise MalformedVoteEvent(f"{name} is not a positive integer")
-        if not isinstance(data["voter_key"], str) or len(data["voter_key"]) > 128:
+        _check_positive(data["poll_id"], "poll_id")
+        options = data["options"] if "options" in data else [data["option"]]
+        if not isinstance(options, list) or not 1 <= len(options) <= _MAX_CHOICES:
+            raise MalformedVoteEvent("options is not a list of 1 to 100 options")
+        for option in options:
+            _check_positive(option, "option")
+        if len(set(options)) != len(options):
+            raise MalformedVoteEvent("options repeats an option")
+        if not isinstance(data["voter_key"], str) or len(data["voter_key"]) > _MAX_KEY:
             raise MalformedVoteEvent("voter_key is not a string of at most 128 characters")
+        dedupe_key = data.get("dedupe_key")
+        if dedupe_key is not None and (not isinstance(dedupe_key, str) or not 0 < len(dedupe_key) <= _MAX_KEY):
+            raise MalformedVoteEvent("dedupe_key is not null or a string of 1 to 128 characters")
         try:
             cast_at = datetime.fromisoformat(data["cast_at"])
         except (TypeError, ValueError):
@@ -76,7 +102,14 @@ class VoteEvent:
         return cls(
             vote_id=vote_id,
             poll_id=data["poll_id"],
-            option=data["option"],
+            options=tuple(options),
             voter_key=data["voter_key"],
             cast_at=cast_at,
+            dedupe_key=dedupe_key,
         )
+
+
+def _check_positive(value: object, name: str) -> None:
+    # bool is an int in Python; a JSON true is not an id.
+    if type(value) is not int or value < 1 or value > 2**63 - 1:
+        raise MalformedVoteEvent(f"{name} is not a positive integer")

@@ -21,6 +21,20 @@ class OptionOutOfRange(PollError):
         super().__init__(f"Option {option} does not exist: this poll has options 1 to {count}.")
 
 
+class InvalidChoices(PollError):
+    """A ballot with too many choices, or the same option twice."""
+
+
+class AlreadyVoted(PollError):
+    def __init__(self, poll_id: int) -> None:
+        super().__init__(f"You have already voted in poll {poll_id}: it takes one vote per voter.")
+
+
+class SignInRequired(PollError):
+    def __init__(self, what: str) -> None:
+        super().__init__(f"Sign in to {what}.")
+
+
 class VoteBusUnavailable(Exception):
     """The vote could not be made durable in time; nothing was accepted."""
 

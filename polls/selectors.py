@@ -2,42 +2,111 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from django.db.models import Count
+from django.db.models import Count, Q, QuerySet, Sum
+from django.utils import timezone
 
 from polls.exceptions import PollNotFound
-from polls.models import Option, Poll
+from polls.models import Option, Poll, Vote
+from polls.voters import Voter
 
 
-def poll_get(*, poll_id: int) -> Poll:
-    """The poll with its options prefetched in position order."""
-    poll = Poll.objects.prefetch_related("options").filter(pk=poll_id).first()
+def poll_is_open(*, status: str, closes_at: datetime | None, now: datetime | None = None) -> bool:
+    return status == Poll.Status.OPEN and (closes_at is None or closes_at > (now or timezone.now()))
+
+
+def poll_get(*, poll_id: int, include_hidden: bool = False) -> Poll:
+    """The poll with its options prefetched in position order; hidden polls only on request."""
+    polls = Poll.objects.prefetch_related("options")
+    if not include_hidden:
+        polls = polls.filter(hidden=False)
+    poll = polls.filter(pk=poll_id).first()
     if poll is None:
         raise PollNotFound(poll_id)
     return poll
 
 
-def poll_option_count(*, poll_id: int) -> tuple[str, int]:
-    """(status, number of options) of a poll with one query: what a vote is checked against."""
-    row = Poll.objects.filter(pk=poll_id).annotate(count=Count("options")).values_list("status", "count")
+@dataclass(frozen=True)
+class VoteTarget:
+    """What a vote is checked against, read with one query."""
+
+    id: int
+    status: str
+    closes_at: datetime | None
+    one_vote_per: str
+    max_choices: int
+    option_count: int
+
+    @property
+    def is_open(self) -> bool:
+        return poll_is_open(status=self.status, closes_at=self.closes_at)
+
+
+def poll_vote_target(*, poll_id: int) -> VoteTarget:
+    row = (
+        Poll.objects.filter(pk=poll_id, hidden=False)
+        .annotate(option_count=Count("options"))
+        .values_list("id", "status", "closes_at", "one_vote_per", "max_choices", "option_count")
+    )
     try:
-        return row.get()
+        return VoteTarget(*row.get())
     except Poll.DoesNotExist:
         raise PollNotFound(poll_id) from None
 
 
-def poll_totals(*, poll: Poll) -> dict[str, Any]:
-    """The poll in the seed's shape (id, question, option1..N counts) plus richer fields."""
+def voter_has_voted(*, poll_id: int, voter: Voter) -> bool:
+    return Vote.objects.filter(poll_id=poll_id, voter_key=voter.key).exists()
+
+
+def poll_results_visible(*, poll: Poll, voter: Voter | None) -> bool:
+    """Whether this viewer may see the counts (the poll's stand against bandwagoning)."""
+    if poll.results_visibility == Poll.Visibility.ALWAYS:
+        return True
+    if poll.results_visibility == Poll.Visibility.AFTER_CLOSE:
+        return not poll_is_open(status=poll.status, closes_at=poll.closes_at)
+    if not poll_is_open(status=poll.status, closes_at=poll.closes_at):
+        return True
+    return voter is not None and voter_has_voted(poll_id=poll.pk, voter=voter)
+
+
+def poll_totals(*, poll: Poll, visible: bool = True) -> dict[str, Any]:
+    """The poll in the seed's shape (id, question, option1..N counts) plus richer fields.
+
+    When the viewer may not see the results yet, every count is null and
+    `results_hidden` is true.
+    """
     options: list[Option] = list(poll.options.all())
     data: dict[str, Any] = {"id": poll.pk, "question": poll.question}
     for option in options:
-        data[f"option{option.position}"] = option.votes
+        data[f"option{option.position}"] = option.votes if visible else None
     data["options"] = [
-        {"position": option.position, "text": option.text, "count": option.votes} for option in options
+        {"position": option.position, "text": option.text, "count": option.votes if visible else None}
+        for option in options
     ]
-    data["total"] = sum(option.votes for option in options)
-    data["status"] = poll.status
+    data["total"] = sum(option.votes for option in options) if visible else None
+    data["status"] = Poll.Status.OPEN if poll_is_open(status=poll.status, closes_at=poll.closes_at) else Poll.Status.CLOSED
+    data["closes_at"] = poll.closes_at.isoformat() if poll.closes_at else None
+    data["results_visibility"] = poll.results_visibility
+    data["results_hidden"] = not visible
+    data["one_vote_per"] = poll.one_vote_per
+    data["max_choices"] = poll.max_choices
     data["version"] = poll.version
     data["created_at"] = poll.created_at.isoformat()
     return data
+
+
+def poll_list(*, status: str | None = None, search: str | None = None, ordering: str = "-created_at") -> QuerySet[Poll]:
+    """Visible polls, filtered and ordered; `status` is the effective one (closes_at counts)."""
+    polls = Poll.objects.filter(hidden=False).prefetch_related("options").annotate(total_votes=Sum("options__votes"))
+    now = timezone.now()
+    open_q = Q(status=Poll.Status.OPEN) & (Q(closes_at__isnull=True) | Q(closes_at__gt=now))
+    if status == Poll.Status.OPEN:
+        polls = polls.filter(open_q)
+    elif status == Poll.Status.CLOSED:
+        polls = polls.exclude(open_q)
+    if search:
+        polls = polls.filter(question__icontains=search)
+    return polls.order_by(ordering, "-id" if ordering.startswith("-") else "id")

@@ -6,7 +6,9 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import connection, transaction
 from django.db.models import Count, F, OuterRef, Subquery
 from django.db.models.functions import Coalesce
@@ -14,43 +16,128 @@ from django.utils import timezone
 
 from polls.bus import get_vote_bus
 from polls.events import VoteEvent
-from polls.exceptions import OptionOutOfRange, PollClosed
-from polls.models import Option, Poll, Vote
-from polls.selectors import poll_option_count
+from polls.exceptions import AlreadyVoted, InvalidChoices, OptionOutOfRange, PollClosed, SignInRequired
+from polls.models import AuditEntry, Option, Poll, Vote
+from polls.selectors import poll_vote_target
+from polls.voters import Voter
 from realtime.broadcast import broadcast_polls_on_commit
 
 
-def poll_create(*, question: str, options: Sequence[str]) -> Poll:
+def poll_create(
+    *,
+    question: str,
+    options: Sequence[str],
+    closes_at: datetime | None = None,
+    results_visibility: str = Poll.Visibility.ALWAYS,
+    one_vote_per: str = Poll.OneVotePer.NONE,
+    max_choices: int = 1,
+    created_by: AbstractBaseUser | None = None,
+) -> Poll:
     """Create a poll with its options numbered 1..N in the given order."""
     with transaction.atomic():
-        poll = Poll.objects.create(question=question)
+        poll = Poll.objects.create(
+            question=question,
+            closes_at=closes_at,
+            results_visibility=results_visibility,
+            one_vote_per=one_vote_per,
+            max_choices=max_choices,
+            created_by=created_by,
+        )
         Option.objects.bulk_create(
             Option(poll=poll, position=position, text=text) for position, text in enumerate(options, start=1)
         )
     return poll
 
 
-def vote_cast(*, poll_id: int, option: int, voter_key: str) -> VoteEvent:
-    """Check the vote against the poll and make it durable on the vote bus.
+def poll_set_status(*, poll: Poll, status: str, actor: AbstractBaseUser | None = None) -> Poll:
+    """Close or reopen a poll, with an audit record of who did it."""
+    action = AuditEntry.Action.CLOSE if status == Poll.Status.CLOSED else AuditEntry.Action.REOPEN
+    with transaction.atomic():
+        poll.status = status
+        if status == Poll.Status.OPEN and poll.closes_at is not None and poll.closes_at <= timezone.now():
+            # Reopening a poll past its deadline would leave it closed: the deadline goes.
+            poll.closes_at = None
+        poll.save(update_fields=["status", "closes_at"])
+        AuditEntry.objects.create(poll=poll, action=action, actor=actor)
+        broadcast_polls_on_commit(poll_ids=[poll.pk])
+    return poll
+
+
+def poll_set_hidden(*, poll: Poll, hidden: bool, actor: AbstractBaseUser | None = None) -> Poll:
+    """Hide a poll from the API, the leaderboard and the WebSockets, or show it again."""
+    with transaction.atomic():
+        poll.hidden = hidden
+        poll.save(update_fields=["hidden"])
+        AuditEntry.objects.create(
+            poll=poll, action=AuditEntry.Action.HIDE if hidden else AuditEntry.Action.UNHIDE, actor=actor
+        )
+        broadcast_polls_on_commit(poll_ids=[poll.pk])
+    return poll
+
+
+# Idempotency keys name a ballot within a poll: the same key always yields the same id.
+_IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c1c52-4b0e-4f5e-9d36-2a4f3f0c7a11")
+
+
+def vote_cast(
+    *,
+    poll_id: int,
+    options: Sequence[int],
+    voter: Voter,
+    idempotency_key: str | None = None,
+) -> VoteEvent:
+    """Check a ballot against the poll and make it durable on the vote bus.
 
     Returns only once the bus has accepted the vote (for Kafka: acknowledged by all
-    in-sync replicas); raises PollNotFound, PollClosed, OptionOutOfRange or
-    VoteBusUnavailable otherwise, and then nothing was published.
+    in-sync replicas); raises PollNotFound, PollClosed, OptionOutOfRange,
+    InvalidChoices, SignInRequired, AlreadyVoted or VoteBusUnavailable otherwise, and
+    then nothing was published. A retry with the same idempotency key publishes the
+    same ballot id, which the worker counts once.
     """
-    status, option_count = poll_option_count(poll_id=poll_id)
-    if status != Poll.Status.OPEN:
+    target = poll_vote_target(poll_id=poll_id)
+    if not target.is_open:
         raise PollClosed(poll_id)
-    if not 1 <= option <= option_count:
-        raise OptionOutOfRange(option, option_count)
-    event = VoteEvent(
-        vote_id=uuid.uuid4(),
-        poll_id=poll_id,
-        option=option,
-        voter_key=voter_key,
-        cast_at=timezone.now(),
-    )
+    if len(set(options)) != len(options):
+        raise InvalidChoices("The same option is chosen twice.")
+    if len(options) > target.max_choices:
+        raise InvalidChoices(
+            f"At most {target.max_choices} option{'s' if target.max_choices > 1 else ''} may be chosen in this poll."
+        )
+    for option in options:
+        if not 1 <= option <= target.option_count:
+            raise OptionOutOfRange(option, target.option_count)
+
+    vote_id = uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{poll_id}:{idempotency_key}") if idempotency_key else uuid.uuid4()
+    if idempotency_key and Vote.objects.filter(vote_id=vote_id).exists():
+        # A retry of a ballot already counted: answer as the first time, publish nothing.
+        return _ballot(vote_id, poll_id, options, voter, None)
+
+    dedupe_key = None
+    if target.one_vote_per == Poll.OneVotePer.USER:
+        if voter.user_id is None:
+            raise SignInRequired("vote in this poll: it takes one vote per signed-in user")
+        dedupe_key = f"user:{voter.user_id}"
+    elif target.one_vote_per == Poll.OneVotePer.VOTER:
+        dedupe_key = voter.key
+    # The database's unique constraint is what guarantees one ballot; this check only
+    # lets most duplicates hear 409 instead of a 204 for a vote that will not count.
+    if dedupe_key and Vote.objects.filter(poll_id=poll_id, dedupe_key=dedupe_key).exists():
+        raise AlreadyVoted(poll_id)
+
+    event = _ballot(vote_id, poll_id, options, voter, dedupe_key)
     get_vote_bus().publish(event)
     return event
+
+
+def _ballot(vote_id: uuid.UUID, poll_id: int, options: Sequence[int], voter: Voter, dedupe_key: str | None) -> VoteEvent:
+    return VoteEvent(
+        vote_id=vote_id,
+        poll_id=poll_id,
+        options=tuple(options),
+        voter_key=voter.key,
+        cast_at=timezone.now(),
+        dedupe_key=dedupe_key,
+    )
 
 
 @dataclass
@@ -68,14 +155,18 @@ class AppliedBatch:
 # PostgreSQL's limits while a batch still costs a handful of round trips.
 _INSERT_CHUNK = 1000
 
+# (row vote_id, ballot event, option_id, dedupe_key)
+_Row = tuple[uuid.UUID, VoteEvent, int, "str | None"]
+
 
 def votes_apply(*, events: Iterable[VoteEvent]) -> AppliedBatch:
     """Apply a batch of vote events in one transaction, idempotently.
 
-    Vote rows are inserted with ON CONFLICT DO NOTHING, so an event seen before (a Kafka
-    redelivery) inserts nothing; only the rows actually inserted are added to the
-    option counters, with one F() UPDATE per touched option. Broadcasts of the new
-    totals are queued to run after the transaction commits.
+    Vote rows are inserted with ON CONFLICT DO NOTHING, so a ballot seen before (a Kafka
+    redelivery) or a second ballot of a voter on a one-vote-per-voter poll inserts
+    nothing; only the rows actually inserted are added to the option counters, with
+    one F() UPDATE per touched option. Broadcasts of the new totals are queued to run
+    after the transaction commits.
     """
     result = AppliedBatch()
     unique: dict[uuid.UUID, VoteEvent] = {}
@@ -89,27 +180,37 @@ def votes_apply(*, events: Iterable[VoteEvent]) -> AppliedBatch:
 
     with transaction.atomic():
         option_ids = _option_ids(poll_ids={event.poll_id for event in unique.values()})
-        rows = []
+        ballots: list[list[_Row]] = []
         for event in unique.values():
-            option_id = option_ids.get((event.poll_id, event.option))
-            if option_id is None:
-                result.rejected.append((event, f"poll {event.poll_id} has no option {event.option}"))
-                continue
-            rows.append((event, option_id))
+            rows: list[_Row] = []
+            for row_id, option in event.row_ids():
+                option_id = option_ids.get((event.poll_id, option))
+                if option_id is None:
+                    result.rejected.append((event, f"poll {event.poll_id} has no option {option}"))
+                    break
+                # Only the first row carries the dedupe key: the unique (poll, dedupe_key)
+                # then allows one ballot per voter, however many options it chose.
+                rows.append((row_id, event, option_id, event.dedupe_key if not rows else None))
+            else:
+                ballots.append(rows)
 
         inserted: Counter[int] = Counter()
-        for start in range(0, len(rows), _INSERT_CHUNK):
-            inserted.update(_insert_votes(rows[start : start + _INSERT_CHUNK]))
-        poll_of_option = {option_id: event.poll_id for event, option_id in rows}
+        first_inserted = _insert_rows([rows[0] for rows in ballots])
+        for _, option_id in first_inserted:
+            inserted[option_id] += 1
+        new_ballots = {row_id for row_id, _ in first_inserted}
+        # The other choices of a ballot go in only when its first row did.
+        for _, option_id in _insert_rows([row for rows in ballots if rows[0][0] in new_ballots for row in rows[1:]]):
+            inserted[option_id] += 1
 
         # A fixed order of row locks, so two workers applying overlapping batches
         # during a rebalance cannot deadlock on the counters.
         for option_id in sorted(inserted):
             Option.objects.filter(pk=option_id).update(votes=F("votes") + inserted[option_id])
 
-        result.applied = sum(inserted.values())
-        result.duplicates += len(rows) - result.applied
-        result.poll_ids = {poll_of_option[option_id] for option_id in inserted}
+        result.applied = len(new_ballots)
+        result.duplicates += len(ballots) - result.applied
+        result.poll_ids = {rows[0][1].poll_id for rows in ballots if rows[0][0] in new_ballots}
         for poll_id in sorted(result.poll_ids):
             Poll.objects.filter(pk=poll_id).update(version=F("version") + 1)
         if result.poll_ids:
@@ -126,28 +227,40 @@ def _option_ids(*, poll_ids: set[int]) -> dict[tuple[int, int], int]:
     }
 
 
-def _insert_votes(rows: list[tuple[VoteEvent, int]]) -> list[int]:
-    """INSERT the rows, skipping any whose vote_id exists; return the inserted option ids.
+def _insert_rows(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
+    """INSERT vote rows, skipping any that conflict; return (vote_id, option_id) of those inserted.
 
     Django's bulk_create(ignore_conflicts=True) cannot tell which rows were inserted,
     and that is exactly what the counters need, hence RETURNING.
     """
+    inserted: list[tuple[uuid.UUID, int]] = []
+    for start in range(0, len(rows), _INSERT_CHUNK):
+        inserted.extend(_insert_chunk(rows[start : start + _INSERT_CHUNK]))
+    return inserted
+
+
+def _insert_chunk(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
+    if not rows:
+        return []
     meta = Vote._meta
-    fields = [meta.get_field(name) for name in ("vote_id", "poll", "option", "voter_key", "cast_at", "applied_at")]
+    names = ("vote_id", "ballot_id", "poll", "option", "voter_key", "dedupe_key", "cast_at", "applied_at")
+    fields = [meta.get_field(name) for name in names]
     now = timezone.now()
     params: list[object] = []
-    for event, option_id in rows:
-        values = (event.vote_id, event.poll_id, option_id, event.voter_key, event.cast_at, now)
+    for row_id, event, option_id, dedupe_key in rows:
+        values = (row_id, event.vote_id, event.poll_id, option_id, event.voter_key, dedupe_key, event.cast_at, now)
         params.extend(f.get_db_prep_value(v, connection) for f, v in zip(fields, values))
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
     placeholders = ", ".join(["(" + ", ".join(["%s"] * len(fields)) + ")"] * len(rows))
     sql = (
-        f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES {placeholders} "
-        f"ON CONFLICT DO NOTHING RETURNING {connection.ops.quote_name(meta.get_field('option').column)}"
+        f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {placeholders} "
+        f"ON CONFLICT DO NOTHING RETURNING {quote('vote_id')}, {quote(meta.get_field('option').column)}"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return [row[0] for row in cursor.fetchall()]
+        # SQLite hands back the uuid as 32 hex digits, PostgreSQL as a UUID.
+        return [(uuid.UUID(str(vote_id)), option_id) for vote_id, option_id in cursor.fetchall()]
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 from django.urls import path, register_converter
 
-from polls.apis import PollCreateApi, PollDetailApi, PollVoteApi
+from polls.apis import PollDetailApi, PollExportApi, PollsApi, PollStatusApi, PollVoteApi, VoterTokenApi
+from polls.models import Poll
 
 
 class IdConverter:
@@ -18,7 +19,12 @@ class IdConverter:
 register_converter(IdConverter, "id")
 
 urlpatterns = [
-    path("polls", PollCreateApi.as_view(), name="poll-create"),
+    path("polls", PollsApi.as_view(), name="polls"),
     path("polls/<id:poll_id>", PollDetailApi.as_view(), name="poll-detail"),
     path("polls/<id:poll_id>/vote", PollVoteApi.as_view(), name="poll-vote"),
+    path("polls/<id:poll_id>/close", PollStatusApi.as_view(status_to_set=Poll.Status.CLOSED), name="poll-close"),
+    path("polls/<id:poll_id>/reopen", PollStatusApi.as_view(status_to_set=Poll.Status.OPEN), name="poll-reopen"),
+    path("polls/<id:poll_id>/export.csv", PollExportApi.as_view(export_format="csv"), name="poll-export-csv"),
+    path("polls/<id:poll_id>/export.json", PollExportApi.as_view(export_format="json"), name="poll-export-json"),
+    path("voters", VoterTokenApi.as_view(), name="voters"),
 ]

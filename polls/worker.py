@@ -22,6 +22,7 @@ from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartitio
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
+from polling import metrics
 from polls.events import VoteEvent
 from polls.exceptions import MalformedVoteEvent
 from polls.services import AppliedBatch, votes_apply
@@ -42,6 +43,28 @@ class BatchOutcome:
     dead_lettered: int
 
 
+@dataclass
+class Progress:
+    """What the worker did since it started (or since the last progress line)."""
+
+    batches: int = 0
+    messages: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+
+    def add(self, outcome: BatchOutcome) -> None:
+        self.batches += 1
+        self.messages += outcome.messages
+        self.applied += outcome.applied
+        self.duplicates += outcome.duplicates
+        self.dead_lettered += outcome.dead_lettered
+
+
+# Seconds between two refreshes of the consumer-lag gauges (cheap: no request to Kafka).
+LAG_REFRESH_INTERVAL = 1.0
+
+
 class VoteWorker:
     """One consumer of the vote topic. `run()` loops until `stop()`; tests call `consume_batch()`."""
 
@@ -54,13 +77,20 @@ class VoteWorker:
         batch_wait_ms: int,
         db_retry_max_wait: float = 5.0,
         stop_event: threading.Event | None = None,
+        progress_interval: float = 0.0,
     ) -> None:
         self.consumer = consumer
         self.dead_letter_producer = dead_letter_producer
         self.batch_size = batch_size
         self.batch_wait_ms = batch_wait_ms
         self.db_retry_max_wait = db_retry_max_wait
+        self.progress_interval = progress_interval
         self._stop = stop_event or threading.Event()
+        self.total = Progress()
+        self._since_report = Progress()
+        self._last_report = time.monotonic()
+        self._last_lag_refresh = 0.0
+        self._lags: dict[tuple[str, int], int] = {}
 
     def stop(self) -> None:
         self._stop.set()
@@ -74,21 +104,78 @@ class VoteWorker:
         while not self._stop.is_set():
             polled = self.consumer.poll(timeout_ms=self.batch_wait_ms, max_records=self.batch_size)
             messages = [record for records in polled.values() for record in records]
-            if not messages:
-                continue
-            try:
-                outcome = self.consume_batch(messages)
-            except WorkerStopped:
-                break
-            self.commit_offsets(messages)
-            logger.info(
-                "batch of %d: %d applied, %d duplicates, %d dead-lettered",
-                outcome.messages,
-                outcome.applied,
-                outcome.duplicates,
-                outcome.dead_lettered,
-            )
+            if messages:
+                try:
+                    outcome = self.consume_batch(messages)
+                except WorkerStopped:
+                    break
+                self.commit_offsets(messages)
+                self.total.add(outcome)
+                self._since_report.add(outcome)
+                logger.info(
+                    "batch of %d: %d applied, %d duplicates, %d dead-lettered",
+                    outcome.messages,
+                    outcome.applied,
+                    outcome.duplicates,
+                    outcome.dead_lettered,
+                )
+            self._refresh_lag()
+            self._maybe_report_progress()
         logger.info("vote worker stopped")
+
+    def partition_lags(self) -> dict[tuple[str, int], int]:
+        """Messages not yet consumed, per assigned partition, from what the consumer knows.
+
+        The high watermark comes with every fetch response and the position is local
+        state, so this sends nothing to Kafka. Partitions not fetched yet are left out.
+        """
+        lags: dict[tuple[str, int], int] = {}
+        for partition in self.consumer.assignment() or ():
+            try:
+                highwater = self.consumer.highwater(partition)
+                position = self.consumer.position(partition, timeout_ms=0) if highwater is not None else None
+            except KafkaError:  # revoked by a rebalance meanwhile
+                continue
+            if highwater is not None and position is not None:
+                lags[(partition.topic, partition.partition)] = max(highwater - position, 0)
+        return lags
+
+    def _refresh_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag_refresh < LAG_REFRESH_INTERVAL:
+            return
+        self._last_lag_refresh = now
+        self._lags = self.partition_lags()
+        metrics.worker_lag_set(self._lags)
+
+    def _maybe_report_progress(self) -> None:
+        if self.progress_interval <= 0:
+            return
+        now = time.monotonic()
+        elapsed = now - self._last_report
+        if elapsed < self.progress_interval:
+            return
+        done = self._since_report
+        lag = sum(self._lags.values())
+        logger.info(
+            "progress: %d votes applied, %d duplicates, %d dead-lettered in %d batches over the last %.0f s "
+            "(%.1f votes/s); %d applied since start; lag %d on %d partitions",
+            done.applied, done.duplicates, done.dead_lettered, done.batches, elapsed,
+            done.applied / elapsed, self.total.applied, lag, len(self._lags),
+            extra={"progress": {
+                "interval_s": round(elapsed, 1),
+                "batches": done.batches,
+                "votes_applied": done.applied,
+                "duplicates": done.duplicates,
+                "dead_lettered": done.dead_lettered,
+                "votes_applied_total": self.total.applied,
+                "batches_total": self.total.batches,
+                "lag": lag,
+                "lag_by_partition": {f"{topic}[{partition}]": n for (topic, partition), n in sorted(self._lags.items())},
+            }},
+        )
+        self._since_report = Progress()
+        self._last_report = now
 
     def consume_batch(self, messages: Sequence[ConsumerRecord]) -> BatchOutcome:
         """Apply one batch to the database and dead-letter what cannot be applied.
@@ -97,6 +184,7 @@ class VoteWorker:
         with the same messages (nothing is counted twice). Waits and retries while the
         database is unreachable; raises WorkerStopped if asked to stop meanwhile.
         """
+        started = time.perf_counter()
         events: list[VoteEvent] = []
         poison: list[tuple[ConsumerRecord, str]] = []
         record_of: dict[object, ConsumerRecord] = {}
@@ -116,12 +204,20 @@ class VoteWorker:
         if poison:
             # The dead letters must be durable before the offsets that skip them are committed.
             self.dead_letter_producer.flush()
-        return BatchOutcome(
+        outcome = BatchOutcome(
             messages=len(messages),
             applied=result.applied,
             duplicates=result.duplicates,
             dead_lettered=len(poison),
         )
+        metrics.worker_batch_done(
+            messages=outcome.messages,
+            applied=outcome.applied,
+            duplicates=outcome.duplicates,
+            dead_lettered=outcome.dead_lettered,
+            seconds=time.perf_counter() - started,
+        )
+        return outcome
 
     def commit_offsets(self, messages: Sequence[ConsumerRecord]) -> None:
         next_offsets: dict[TopicPartition, int] = {}
@@ -135,6 +231,7 @@ class VoteWorker:
         except KafkaError as exc:
             # The batch is in the database; after a rebalance or a broker bounce it will be
             # redelivered and skipped as duplicates. Losing the commit costs only that.
+            metrics.WORKER_OFFSET_COMMIT_FAILURES.inc()
             logger.warning("offset commit failed, the batch will be redelivered: %s", exc)
 
     def _apply_with_retry(self, events: list[VoteEvent]) -> AppliedBatch:
@@ -169,6 +266,7 @@ class VoteWorker:
             except (OperationalError, InterfaceError) as exc:
                 if self._stop.is_set():
                     raise WorkerStopped from exc
+                metrics.WORKER_DATABASE_RETRIES.inc()
                 logger.warning("database unavailable, retrying the batch in %.1f s: %s", wait, exc)
                 # The connection is unusable after a server restart; drop it so the next
                 # attempt opens a fresh one.

@@ -14,13 +14,16 @@ def make_poll(question: str = "Favourite colour?", options: tuple[str, ...] = ("
     return poll_create(question=question, options=options)
 
 
-def vote_event(poll: Poll | int, option: int, *, vote_id: uuid.UUID | None = None) -> VoteEvent:
+def vote_event(
+    poll: Poll | int, *options: int, vote_id: uuid.UUID | None = None, dedupe_key: str | None = None
+) -> VoteEvent:
     return VoteEvent(
         vote_id=vote_id or uuid.uuid4(),
         poll_id=poll if isinstance(poll, int) else poll.pk,
-        option=option,
+        options=options,
         voter_key="test",
         cast_at=datetime.now(UTC),
+        dedupe_key=dedupe_key,
     )
 
 

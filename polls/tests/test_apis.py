@@ -87,8 +87,9 @@ def test_an_accepted_vote_is_in_kafka_keyed_by_poll_when_the_204_is_sent(client,
     assert post_json(client, f"/polls/{poll.pk}/vote", {"option": 4}).status_code == 204
     (record,) = read_topic(kafka_topic)
     event = VoteEvent.from_bytes(record.value)
-    assert (record.key, event.poll_id, event.option) == (str(poll.pk).encode(), poll.pk, 4)
-    assert event.voter_key.startswith("ip:")
+    assert (record.key, event.poll_id, event.options) == (str(poll.pk).encode(), poll.pk, (4,))
+    assert event.voter_key.startswith("voter:")  # a token was issued with this first vote
+    assert event.dedupe_key is None  # the seed's polls take any number of votes
 
 
 def test_get_unknown_poll_is_404_with_a_message(client, db):

@@ -2,10 +2,11 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from polls.exceptions import OptionOutOfRange, PollClosed, PollNotFound
+from polls.exceptions import InvalidChoices, OptionOutOfRange, PollClosed, PollNotFound
 from polls.models import Option, Poll, Vote
 from polls.services import counters_verify, poll_create, vote_cast, votes_apply
 from polls.tests.factories import counts, make_poll, vote_event
+from polls.voters import Voter
 
 pytestmark = pytest.mark.django_db
 
@@ -69,18 +70,26 @@ def test_each_applied_batch_grows_the_poll_version():
     assert versions == [3, 3]
 
 
+VOTER = Voter(user_id=None, token_id="t0ken", address_key="abc")
+
+
 def test_vote_cast_refuses_unknown_polls_closed_polls_and_options_out_of_range(settings):
-    settings.KAFKA_BROKERS = []  # nothing here may reach a bus; the checks come first
+    settings.KAFKA_BROKERS = []  # the in-process bus: anything published would be counted
     poll = make_poll(options=("Yes", "No"))
     with pytest.raises(PollNotFound):
-        vote_cast(poll_id=poll.pk + 1000, option=1, voter_key="k")
+        vote_cast(poll_id=poll.pk + 1000, options=[1], voter=VOTER)
     with pytest.raises(OptionOutOfRange, match="Option 3 does not exist: this poll has options 1 to 2"):
-        vote_cast(poll_id=poll.pk, option=3, voter_key="k")
+        vote_cast(poll_id=poll.pk, options=[3], voter=VOTER)
     with pytest.raises(OptionOutOfRange):
-        vote_cast(poll_id=poll.pk, option=0, voter_key="k")
+        vote_cast(poll_id=poll.pk, options=[0], voter=VOTER)
+    with pytest.raises(InvalidChoices, match="At most 1 option may be chosen"):
+        vote_cast(poll_id=poll.pk, options=[1, 2], voter=VOTER)
     Poll.objects.filter(pk=poll.pk).update(status=Poll.Status.CLOSED)
     with pytest.raises(PollClosed):
-        vote_cast(poll_id=poll.pk, option=1, voter_key="k")
+        vote_cast(poll_id=poll.pk, options=[1], voter=VOTER)
+    Poll.objects.filter(pk=poll.pk).update(status=Poll.Status.OPEN, hidden=True)
+    with pytest.raises(PollNotFound):
+        vote_cast(poll_id=poll.pk, options=[1], voter=VOTER)
     assert Vote.objects.count() == 0
 
 

@@ -1,3 +1,4 @@
+import logging
 import signal
 import threading
 
@@ -6,8 +7,12 @@ from django.core.management.base import BaseCommand, CommandError
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
+from polling.metrics import worker_metrics_serve
 from polls.topics import consumer_config, dead_letter_producer_config, ensure_topics, vote_topic
 from polls.worker import VoteWorker
+
+# Through logging, not self.stdout: in production every line the worker writes is JSON.
+logger = logging.getLogger("polls.worker")
 
 
 class Command(BaseCommand):
@@ -24,12 +29,37 @@ class Command(BaseCommand):
                             help="How long a poll for a batch waits for votes (default: VOTE_BATCH_WAIT_MS).")
         parser.add_argument("--group", default=settings.KAFKA_CONSUMER_GROUP,
                             help="Kafka consumer group (default: KAFKA_CONSUMER_GROUP).")
+        parser.add_argument("--metrics-port", type=int, default=settings.WORKER_METRICS_PORT,
+                            help="Serve Prometheus metrics at http://<addr>:PORT/metrics; 0 turns "
+                                 "them off (default: WORKER_METRICS_PORT, off).")
+        parser.add_argument("--metrics-addr", default="0.0.0.0",
+                            help="Address the metrics server listens on (default: 0.0.0.0).")
+        parser.add_argument("--progress-interval", type=float, default=settings.WORKER_PROGRESS_INTERVAL,
+                            help="Seconds between progress lines (votes applied, batches, lag); 0 turns "
+                                 "them off (default: WORKER_PROGRESS_INTERVAL, 30).")
 
-    def handle(self, *args, batch_size, batch_wait_ms, group, **options):
+    def handle(self, *args, batch_size, batch_wait_ms, group, metrics_port, metrics_addr, progress_interval, **options):
         if not settings.KAFKA_BROKERS:
             raise CommandError("KAFKA_BROKERS is not set: the worker reads votes from Kafka.")
         if batch_size < 1 or batch_wait_ms < 0:
             raise CommandError("--batch-size must be at least 1 and --batch-wait-ms at least 0.")
+        if not 0 <= metrics_port <= 65535 or progress_interval < 0:
+            raise CommandError("--metrics-port must be 0 to 65535 and --progress-interval at least 0.")
+        metrics_server = None
+        if metrics_port:
+            try:
+                metrics_server = worker_metrics_serve(port=metrics_port, addr=metrics_addr)
+            except OSError as exc:
+                raise CommandError(f"cannot serve metrics on {metrics_addr}:{metrics_port}: {exc}") from exc
+            logger.info("metrics at http://%s:%d/metrics", metrics_addr, metrics_port)
+        try:
+            self._consume(group=group, batch_size=batch_size, batch_wait_ms=batch_wait_ms,
+                          progress_interval=progress_interval)
+        finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
+
+    def _consume(self, *, group, batch_size, batch_wait_ms, progress_interval):
         stop = threading.Event()
 
         def request_stop(signum, frame):
@@ -43,15 +73,15 @@ class Command(BaseCommand):
             return
         consumer.subscribe([vote_topic()])
         worker = VoteWorker(consumer=consumer, dead_letter_producer=producer,
-                            batch_size=batch_size, batch_wait_ms=batch_wait_ms, stop_event=stop)
-        self.stdout.write(f"consuming {vote_topic()} as group {group}; SIGTERM or Ctrl-C stops")
+                            batch_size=batch_size, batch_wait_ms=batch_wait_ms, stop_event=stop,
+                            progress_interval=progress_interval)
+        logger.info("consuming %s as group %s; SIGTERM or Ctrl-C stops", vote_topic(), group)
         try:
             worker.run()
         finally:
             # No autocommit on close: only what the worker committed after the DB is final.
             consumer.close(autocommit=False)
             producer.close(timeout=5)
-        self.stdout.write("vote worker stopped")
 
     def _connect(self, *, group, batch_size, stop):
         """Create the topics and clients, waiting for the broker as long as it takes."""
@@ -63,8 +93,8 @@ class Command(BaseCommand):
                 producer = KafkaProducer(**dead_letter_producer_config())
                 return consumer, producer
             except KafkaError as exc:
-                self.stderr.write(f"Kafka at {','.join(settings.KAFKA_BROKERS)} unreachable ({exc}); "
-                                  f"retrying in {wait:.0f} s")
+                logger.warning("Kafka at %s unreachable (%s); retrying in %.0f s",
+                               ",".join(settings.KAFKA_BROKERS), exc, wait)
                 stop.wait(wait)
                 wait = min(wait * 2, 30.0)
         return None, None

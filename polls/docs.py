@@ -1,0 +1,107 @@
+"""Shapes and examples for the OpenAPI schema (drf-spectacular).
+
+The views answer dictionaries built by the selectors; these serializers only describe
+them, so the schema says what clients get.
+"""
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiExample
+from rest_framework import serializers
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField(help_text="What is wrong. Field errors come as {field: [messages]} instead.")
+
+
+class OptionTotalsSerializer(serializers.Serializer):
+    position = serializers.IntegerField(min_value=1)
+    text = serializers.CharField()
+    count = serializers.IntegerField(allow_null=True, help_text="Null while the results are hidden from this viewer.")
+
+
+class PollSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    question = serializers.CharField()
+    options = OptionTotalsSerializer(many=True)
+    total = serializers.IntegerField(allow_null=True)
+    status = serializers.ChoiceField(choices=["open", "closed"])
+    closes_at = serializers.DateTimeField(allow_null=True)
+    results_visibility = serializers.ChoiceField(choices=["always", "after_vote", "after_close"])
+    results_hidden = serializers.BooleanField()
+    one_vote_per = serializers.ChoiceField(choices=["none", "voter", "user"])
+    max_choices = serializers.IntegerField(min_value=1)
+    version = serializers.IntegerField(help_text="Grows with every applied batch of votes.")
+    created_at = serializers.DateTimeField()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for position in range(1, settings.POLL_MAX_OPTIONS + 1):
+            self.fields[f"option{position}"] = serializers.IntegerField(
+                required=position <= 2, allow_null=True, help_text=f"Votes for option {position} (the seed's shape)."
+            )
+
+
+class PollPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = PollSerializer(many=True)
+
+
+_POLL = {
+    "id": 1,
+    "question": "What is your favorite color?",
+    "option1": 5,
+    "option2": 3,
+    "option3": 8,
+    "option4": 2,
+    "options": [
+        {"position": 1, "text": "Red", "count": 5},
+        {"position": 2, "text": "Blue", "count": 3},
+        {"position": 3, "text": "Green", "count": 8},
+        {"position": 4, "text": "Yellow", "count": 2},
+    ],
+    "total": 18,
+    "status": "open",
+    "closes_at": None,
+    "results_visibility": "always",
+    "results_hidden": False,
+    "one_vote_per": "none",
+    "max_choices": 1,
+    "version": 7,
+    "created_at": "2026-11-25T16:00:00+00:00",
+}
+
+POLL_EXAMPLE = OpenApiExample("A poll with its counts", value=_POLL, response_only=True)
+POLL_PAGE_EXAMPLE = OpenApiExample(
+    "A page of polls", value={"count": 1, "next": None, "previous": None, "results": [_POLL]}, response_only=True
+)
+SEED_CREATE_EXAMPLE = OpenApiExample(
+    "The seed's body",
+    value={"question": "What is your favorite color?", "option1": "Red", "option2": "Blue", "option3": "Green", "option4": "Yellow"},
+    request_only=True,
+)
+LIST_CREATE_EXAMPLE = OpenApiExample(
+    "Options as a list, multiple choice, one vote per voter",
+    value={
+        "question": "Which talks will you attend?",
+        "options": ["Kafka", "Channels", "PostgreSQL", "Redis", "Django"],
+        "max_choices": 2,
+        "one_vote_per": "voter",
+        "results_visibility": "after_vote",
+        "closes_at": "2030-01-01T18:00:00Z",
+    },
+    request_only=True,
+)
+VOTE_EXAMPLE = OpenApiExample("The seed's vote", value={"poll_id": 1, "option": 3}, request_only=True)
+MULTI_VOTE_EXAMPLE = OpenApiExample("A multiple-choice ballot", value={"options": [1, 4]}, request_only=True)
+LEADERBOARD_EXAMPLE = OpenApiExample(
+    "Options ranked across polls",
+    value={
+        "leaderboard": [
+            {"option": "Green", "count": 10, "poll_id": 1, "position": 3, "question": "What is your favorite color?"},
+            {"option": "Red", "count": 8, "poll_id": 1, "position": 1, "question": "What is your favorite color?"},
+        ]
+    },
+    response_only=True,
+)

@@ -1,0 +1,79 @@
+"""Who is voting: the identity a vote is deduplicated and rate-limited by.
+
+Three kinds, strongest first: a signed-in user; an anonymous voter token that the
+server issues (in a signed cookie for browsers, or the X-Voter-Token header for API
+clients); and, for the seed's anonymous clients, only the client's address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core import signing
+
+from polls.exceptions import PollError
+
+COOKIE_NAME = "voter"
+HEADER = "HTTP_X_VOTER_TOKEN"
+_SALT = "polls.voter-token"
+
+
+class InvalidVoterToken(PollError):
+    def __init__(self) -> None:
+        super().__init__("X-Voter-Token is not a voter token issued by this server: get one from POST /voters.")
+
+
+@dataclass(frozen=True)
+class Voter:
+    user_id: int | None
+    # The unsigned id inside a voter token, when the client has one.
+    token_id: str | None
+    # A keyed hash of the client's address: never the address itself.
+    address_key: str
+
+    @property
+    def key(self) -> str:
+        """What a vote row records as its voter: the strongest identity known."""
+        if self.user_id is not None:
+            return f"user:{self.user_id}"
+        if self.token_id is not None:
+            return f"voter:{self.token_id}"
+        return f"ip:{self.address_key}"
+
+
+def voter_token_issue() -> tuple[str, str]:
+    """A new anonymous voter: (token id, signed token to hand to the client)."""
+    token_id = secrets.token_urlsafe(16)
+    return token_id, signing.Signer(salt=_SALT).sign(token_id)
+
+
+def voter_token_read(signed: str) -> str | None:
+    try:
+        return signing.Signer(salt=_SALT).unsign(signed)
+    except signing.BadSignature:
+        return None
+
+
+def client_address_key(address: str) -> str:
+    return hashlib.sha256(f"{settings.SECRET_KEY}:{address}".encode()).hexdigest()[:16]
+
+
+def voter_from_request(request) -> Voter:
+    """The voter behind a request. A forged X-Voter-Token is an error; a bad cookie is ignored."""
+    token_id = None
+    header = request.META.get(HEADER)
+    if header:
+        token_id = voter_token_read(header)
+        if token_id is None:
+            raise InvalidVoterToken()
+    elif request.COOKIES.get(COOKIE_NAME):
+        token_id = voter_token_read(request.COOKIES[COOKIE_NAME])
+    user = getattr(request, "user", None)
+    return Voter(
+        user_id=user.pk if user is not None and user.is_authenticated else None,
+        token_id=token_id,
+        address_key=client_address_key(request.META.get("REMOTE_ADDR") or "unknown"),
+    )
