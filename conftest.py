@@ -36,6 +36,15 @@ def kafka_topic(settings):
     reset_vote_bus()
 
 
+@pytest.fixture
+def in_process_bus(settings):
+    """Votes applied in process, as in the embedded default: a 204 means already counted."""
+    settings.KAFKA_BROKERS = []
+    reset_vote_bus()
+    yield
+    reset_vote_bus()
+
+
 def read_topic(topic: str, *, timeout_ms: int = 3000) -> list:
     """Every message in a topic, read from the beginning by a throwaway consumer."""
     consumer = KafkaConsumer(

@@ -18,9 +18,11 @@ class Answer:
         return json.loads(self.body)
 
 
-def request(method: str, url: str, body=None, *, timeout: float = 30) -> Answer:
+def request(method: str, url: str, body=None, *, headers: dict[str, str] | None = None, timeout: float = 30) -> Answer:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
             return Answer(response.status, dict(response.headers), response.read())

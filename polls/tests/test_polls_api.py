@@ -1,0 +1,133 @@
+"""Listing, moderation through the API, export, the voter-token endpoint and the schema."""
+
+import csv
+import io
+import json
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+from rest_framework.authtoken.models import Token
+
+from polls.models import AuditEntry, Poll
+from polls.services import poll_create, votes_apply
+from polls.tests.factories import make_poll, vote_event
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def client():
+    return Client(HTTP_HOST="localhost")
+
+
+def token_header(user) -> dict:
+    return {"HTTP_AUTHORIZATION": f"Token {Token.objects.create(user=user).key}"}
+
+
+def test_polls_can_be_created_with_an_options_list_of_up_to_ten(client):
+    body = {"question": "Best decade?", "options": [f"{1900 + 10 * n}s" for n in range(10)]}
+    response = client.post("/polls", json.dumps(body), content_type="application/json")
+    assert response.status_code == 201
+    created = response.json()
+    assert [created[f"option{n}"] for n in range(1, 11)] == [0] * 10
+    assert [o["text"] for o in created["options"]][-1] == "1990s"
+    body["options"].append("2000s")
+    response = client.post("/polls", json.dumps(body), content_type="application/json")
+    assert (response.status_code, response.json()) == (400, {"options": ["A poll has at most 10 options."]})
+    both = {"question": "q", "options": ["a", "b"], "option1": "c", "option2": "d"}
+    assert client.post("/polls", json.dumps(both), content_type="application/json").json() == {
+        "options": ["Give options either as a list or as option1..optionN, not both."]}
+
+
+def test_polls_are_listed_paginated_filtered_and_searched(client):
+    for n in range(25):
+        make_poll(f"Question {n}")
+    colour = make_poll("Favourite colour of the sea?")
+    votes_apply(events=[vote_event(colour, 1) for _ in range(3)])
+    Poll.objects.filter(question="Question 0").update(status=Poll.Status.CLOSED)
+    Poll.objects.filter(question="Question 1").update(hidden=True)
+
+    page = client.get("/polls").json()
+    assert page["count"] == 25  # the hidden poll is not listed
+    assert len(page["results"]) == 20 and page["next"].endswith("page=2")
+    assert page["results"][0]["question"] == "Favourite colour of the sea?"  # newest first
+    assert client.get("/polls?search=colour").json()["results"][0]["option1"] == 3
+    assert [p["question"] for p in client.get("/polls?status=closed").json()["results"]] == ["Question 0"]
+    assert client.get("/polls?status=open&page_size=5").json()["count"] == 24
+    assert client.get("/polls?ordering=-total_votes").json()["results"][0]["id"] == colour.pk
+    bad = client.get("/polls?status=maybe")
+    assert (bad.status_code, bad.json()) == (400, {"status": ['"maybe" is not a valid choice.']})
+
+
+def test_close_and_reopen_need_staff_or_the_creator_and_are_audited(client):
+    users = get_user_model().objects
+    creator, stranger, staff = (users.create_user(name) for name in ("creator", "stranger", "staff"))
+    users.filter(pk=staff.pk).update(is_staff=True)
+    poll = poll_create(question="Mine", options=["a", "b"], created_by=creator)
+
+    assert client.post(f"/polls/{poll.pk}/close").status_code == 401
+    assert client.post(f"/polls/{poll.pk}/close", **token_header(stranger)).status_code == 403
+    closed = client.post(f"/polls/{poll.pk}/close", **token_header(creator))
+    assert (closed.status_code, closed.json()["status"]) == (200, "closed")
+    reopened = client.post(f"/polls/{poll.pk}/reopen", **token_header(staff))
+    assert (reopened.status_code, reopened.json()["status"]) == (200, "open")
+    assert [(e.action, e.actor.username) for e in AuditEntry.objects.order_by("id")] == [
+        ("close", "creator"), ("reopen", "staff")]
+
+
+def test_results_export_as_csv_and_json(client):
+    poll = make_poll()
+    votes_apply(events=[vote_event(poll, 3), vote_event(poll, 3), vote_event(poll, 1), vote_event(poll, 2)])
+    response = client.get(f"/polls/{poll.pk}/export.csv")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert response["Content-Disposition"] == f'attachment; filename="poll-{poll.pk}-results.csv"'
+    rows = list(csv.reader(io.StringIO(response.content.decode())))
+    assert rows == [
+        ["poll_id", "question", "position", "option", "votes", "percent"],
+        [str(poll.pk), "Favourite colour?", "1", "Red", "1", "25.0"],
+        [str(poll.pk), "Favourite colour?", "2", "Blue", "1", "25.0"],
+        [str(poll.pk), "Favourite colour?", "3", "Green", "2", "50.0"],
+        [str(poll.pk), "Favourite colour?", "4", "Yellow", "0", "0.0"],
+    ]
+    exported = client.get(f"/polls/{poll.pk}/export.json").json()
+    assert (exported["total"], exported["option3"]) == (4, 2)
+
+
+def test_hidden_polls_disappear_from_the_api_and_the_leaderboard(client):
+    poll = make_poll()
+    votes_apply(events=[vote_event(poll, 1)])
+    Poll.objects.filter(pk=poll.pk).update(hidden=True)
+    assert client.get(f"/polls/{poll.pk}").status_code == 404
+    assert client.post(f"/polls/{poll.pk}/vote", '{"option": 1}', content_type="application/json").status_code == 404
+    assert client.get("/leaderboard").json() == {"leaderboard": []}
+    assert client.get(f"/leaderboard?poll={poll.pk}").status_code == 404
+
+
+def test_leaderboard_of_one_poll_and_of_polls_by_total(client):
+    colours, pets = make_poll(), make_poll("Cats or dogs?", ("Cats", "Dogs"))
+    votes_apply(events=[vote_event(colours, 2), vote_event(pets, 1), vote_event(pets, 1), vote_event(pets, 2)])
+    one = client.get(f"/leaderboard?poll={pets.pk}").json()["leaderboard"]
+    assert [(e["option"], e["count"]) for e in one] == [("Cats", 2), ("Dogs", 1)]
+    polls = client.get("/leaderboard?by=polls").json()["leaderboard"]
+    assert polls == [
+        {"poll_id": pets.pk, "question": "Cats or dogs?", "total": 3},
+        {"poll_id": colours.pk, "question": "Favourite colour?", "total": 1},
+    ]
+
+
+def test_the_openapi_schema_and_docs_are_served_with_examples(client):
+    response = client.get("/api/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    schema = json.loads(response.content)
+    assert schema["openapi"].startswith("3.")
+    paths = schema["paths"]
+    for path in ("/polls", "/polls/{poll_id}", "/polls/{poll_id}/vote", "/leaderboard", "/voters"):
+        assert path in paths, path
+    vote = paths["/polls/{poll_id}/vote"]["post"]
+    assert set(vote["responses"]) >= {"204", "400", "404", "409", "503"}
+    assert "examples" in vote["requestBody"]["content"]["application/json"]
+    assert "examples" in paths["/polls"]["post"]["requestBody"]["content"]["application/json"]
+    docs = client.get("/api/docs")
+    assert docs.status_code == 200 and b"swagger" in docs.content.lower()
