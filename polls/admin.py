@@ -1,6 +1,18 @@
-from django.contrib import admin
+"""Moderation in Django admin: staff only, with Django's permissions and an audit trail."""
 
-from polls.models import Option, Poll
+from functools import partial
+
+from django.contrib import admin, messages
+from django.db.models import Sum
+from django.http import HttpResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from polls.exports import results_csv
+from polls.models import AuditEntry, Option, Poll, Vote
+from polls.selectors import poll_get, poll_totals
+from polls.services import poll_set_hidden, poll_set_status
 
 
 class OptionInline(admin.TabularInline):
@@ -9,10 +21,115 @@ class OptionInline(admin.TabularInline):
     readonly_fields = ["votes"]
     extra = 0
 
+    def get_readonly_fields(self, request, obj=None):
+        # Renumbering options of a poll that has votes would move the votes with them.
+        if obj is not None and obj.version > 0:
+            return ["position", "text", "votes"]
+        return self.readonly_fields
+
+    def has_delete_permission(self, request, obj=None):
+        return obj is None or obj.version == 0
+
+
+class AuditEntryInline(admin.TabularInline):
+    model = AuditEntry
+    fields = ["at", "action", "actor", "note"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
 
 @admin.register(Poll)
 class PollAdmin(admin.ModelAdmin):
-    list_display = ["id", "question", "status", "created_at"]
-    list_filter = ["status", "created_at"]
-    search_fields = ["question"]
-    inlines = [OptionInline]
+    list_display = ["id", "question", "status", "hidden", "total_votes", "one_vote_per", "results_visibility", "created_at"]
+    list_filter = ["status", "hidden", "one_vote_per", "results_visibility", ("created_at", admin.DateFieldListFilter)]
+    search_fields = ["question", "options__text"]
+    date_hierarchy = "created_at"
+    # Status and visibility change only through the actions, which keep the audit trail.
+    readonly_fields = ["status", "hidden", "version", "created_at", "created_by", "vote_history_link"]
+    inlines = [OptionInline, AuditEntryInline]
+    actions = ["close_polls", "reopen_polls", "hide_polls", "unhide_polls", "export_results_csv"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(total=Sum("options__votes"))
+
+    @admin.display(description="votes", ordering="total")
+    def total_votes(self, poll):
+        return poll.total or 0
+
+    @admin.display(description="vote history")
+    def vote_history_link(self, poll):
+        url = reverse("admin:polls_vote_changelist") + f"?poll__id__exact={poll.pk}"
+        return format_html('<a href="{}">{} vote rows</a>', url, poll.votes.count())
+
+    def _each(self, request, queryset, change, done: str):
+        for poll in queryset:
+            change(poll=poll, actor=request.user)
+        self.message_user(request, f"{queryset.count()} poll(s) {done}.", messages.SUCCESS)
+
+    @admin.action(description="Close selected polls", permissions=["change"])
+    def close_polls(self, request, queryset):
+        self._each(request, queryset, partial(poll_set_status, status=Poll.Status.CLOSED), "closed")
+
+    @admin.action(description="Reopen selected polls", permissions=["change"])
+    def reopen_polls(self, request, queryset):
+        self._each(request, queryset, partial(poll_set_status, status=Poll.Status.OPEN), "reopened")
+
+    @admin.action(description="Hide selected polls", permissions=["change"])
+    def hide_polls(self, request, queryset):
+        self._each(request, queryset, partial(poll_set_hidden, hidden=True), "hidden")
+
+    @admin.action(description="Show selected polls again", permissions=["change"])
+    def unhide_polls(self, request, queryset):
+        self._each(request, queryset, partial(poll_set_hidden, hidden=False), "shown again")
+
+    @admin.action(description="Export results of selected polls (CSV)", permissions=["view"])
+    def export_results_csv(self, request, queryset):
+        parts = []
+        for poll in queryset.order_by("id"):
+            csv_text = results_csv(poll_totals(poll=poll_get(poll_id=poll.pk, include_hidden=True)))
+            parts.append(csv_text if not parts else csv_text.split("\n", 1)[1])
+            AuditEntry.objects.create(poll=poll, action=AuditEntry.Action.EXPORT, actor=request.user)
+        response = HttpResponse("".join(parts), content_type="text/csv; charset=utf-8")
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        response["Content-Disposition"] = f'attachment; filename="poll-results-{stamp}.csv"'
+        return response
+
+
+@admin.register(Vote)
+class VoteAdmin(admin.ModelAdmin):
+    """The vote history: read-only, since counters must always equal these rows."""
+
+    list_display = ["vote_id", "poll", "option", "voter_key", "cast_at", "applied_at"]
+    list_filter = [("cast_at", admin.DateFieldListFilter)]
+    search_fields = ["=vote_id", "=ballot_id", "voter_key"]
+    list_select_related = ["poll", "option"]
+    show_full_result_count = False  # counting millions of rows on every page is slow
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    list_display = ["at", "action", "poll", "actor", "note"]
+    list_filter = ["action", ("at", admin.DateFieldListFilter)]
+    search_fields = ["poll__question", "actor__username"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

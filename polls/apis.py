@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-
 from django.conf import settings
 from django.http import HttpResponse
 from django.utils import timezone
@@ -18,6 +15,7 @@ from rest_framework.views import APIView
 
 from polling.throttles import PollCreateRateThrottle, VoteAddressRateThrottle, VoteVoterRateThrottle
 from polls import docs
+from polls.exports import results_csv
 from polls.models import Poll
 from polls.selectors import poll_get, poll_list, poll_results_visible, poll_totals
 from polls.services import poll_create, poll_set_status, vote_cast
@@ -272,18 +270,6 @@ class PollExportApi(APIView):
             response = Response(totals)
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response
-
-
-def results_csv(totals: dict) -> str:
-    """A poll's results as CSV: one row per option, with the question and its share."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["poll_id", "question", "position", "option", "votes", "percent"])
-    total = totals["total"] or 0
-    for option in totals["options"]:
-        share = f"{100 * option['count'] / total:.1f}" if total else "0.0"
-        writer.writerow([totals["id"], totals["question"], option["position"], option["text"], option["count"], share])
-    return out.getvalue()
 
 
 class VoterTokenApi(APIView):
