@@ -1,15 +1,17 @@
 """The vote worker against the real broker: batches, redelivery, dead letters, shutdown."""
 
+import io
 import signal
 import time
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 from kafka import KafkaProducer
 
 from conftest import make_vote_worker, read_topic
 from polls.bus import get_vote_bus
-from polls.models import Vote
+from polls.models import Option, Poll, Vote
 from polls.services import counters_verify
 from polls.tests.factories import counts, make_poll, vote_event
 from polls.topics import dead_letter_topic
@@ -120,3 +122,31 @@ def test_the_worker_command_explains_a_missing_broker_setting(process_env, tmp_p
     worker.start(wait=False)
     assert worker.process.wait(60) == 1
     assert "KAFKA_BROKERS is not set" in worker.log()
+
+
+def test_dead_letters_can_be_listed_and_replayed_once_their_cause_is_fixed(kafka_topic, worker_thread):
+    poll = make_poll(options=("Yes", "No"))
+    publish(vote_event(poll, 1))
+    orphan = vote_event(poll.pk + 1000, 1)  # a poll that does not exist (yet)
+    raw = KafkaProducer(bootstrap_servers=settings.KAFKA_BROKERS, acks="all")
+    raw.send(kafka_topic, key=orphan.key, value=orphan.to_bytes())
+    raw.flush()
+    raw.close()
+    wait_until(lambda: len(read_topic(dead_letter_topic(), timeout_ms=500)) == 1, timeout=30, what="the dead letter")
+
+    out = io.StringIO()
+    call_command("dead_letters", "list", stdout=out)
+    assert f"poll {poll.pk + 1000} has no option 1" in out.getvalue()
+    assert out.getvalue().rstrip().endswith("1 dead letter(s)")
+
+    # The cause is fixed: the poll it was for now exists.
+    fixed = Poll.objects.create(pk=poll.pk + 1000, question="Restored")
+    Option.objects.create(poll=fixed, position=1, text="only")
+    out = io.StringIO()
+    call_command("dead_letters", "replay", stdout=out)
+    assert out.getvalue().strip() == "replayed 1 dead letter(s) into the vote topic"
+    wait_until(lambda: counts(fixed) == [1], timeout=30, what="the replayed vote")
+    out = io.StringIO()
+    call_command("dead_letters", "replay", stdout=out)  # each dead letter is replayed once
+    assert out.getvalue().strip() == "replayed 0 dead letter(s) into the vote topic"
+    assert counts(poll) == [1, 0]
