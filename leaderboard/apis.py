@@ -1,32 +1,37 @@
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from leaderboard.selectors import leaderboard_polls, leaderboard_top
+from polling.strict import query_data
 from polls import docs
 from polls.selectors import poll_get
 
 
 class LeaderboardApi(APIView):
     class FilterSerializer(serializers.Serializer):
-        limit = serializers.IntegerField(min_value=1, required=False)
-        poll = serializers.IntegerField(min_value=1, max_value=2**63 - 1, required=False)
-        by = serializers.ChoiceField(choices=["options", "polls"], default="options")
+        poll = serializers.IntegerField(
+            min_value=1, max_value=2**63 - 1, required=False, help_text="Rank only this poll's options."
+        )
+        by = serializers.ChoiceField(
+            choices=["options", "polls"], default="options", help_text="Rank options (default) or polls by total votes."
+        )
 
-        def validate_limit(self, value: int) -> int:
-            if value > settings.LEADERBOARD_MAX_LIMIT:
-                raise serializers.ValidationError(f"Ensure this value is at most {settings.LEADERBOARD_MAX_LIMIT}.")
-            return value
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # The bounds come from settings, read when a request is validated.
+            self.fields["limit"] = serializers.IntegerField(
+                min_value=1,
+                max_value=settings.LEADERBOARD_MAX_LIMIT,
+                required=False,
+                help_text=f"Entries to return: {settings.LEADERBOARD_DEFAULT_LIMIT} by default.",
+            )
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter("limit", int, description="Entries to return: 10 by default, at most 100."),
-            OpenApiParameter("poll", int, description="Rank only this poll's options."),
-            OpenApiParameter("by", str, enum=["options", "polls"], description="Rank options (default) or polls by total votes."),
-        ],
+        parameters=[FilterSerializer],
         responses={
             200: inline_serializer(
                 "Leaderboard",
@@ -45,13 +50,13 @@ class LeaderboardApi(APIView):
                     )
                 },
             ),
-            400: docs.ErrorSerializer,
+            400: docs.VALIDATION_ERROR,
             404: docs.ErrorSerializer,
         },
         examples=[docs.LEADERBOARD_EXAMPLE],
     )
     def get(self, request: Request) -> Response:
-        filters = self.FilterSerializer(data=request.query_params)
+        filters = self.FilterSerializer(data=query_data(request))
         filters.is_valid(raise_exception=True)
         limit = filters.validated_data.get("limit", settings.LEADERBOARD_DEFAULT_LIMIT)
         poll_id = filters.validated_data.get("poll")

@@ -8,11 +8,12 @@ from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.permissions import BasePermission
+from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from polling.strict import StrictCharField, StrictIntegerField, query_data
 from polling.throttles import PollCreateRateThrottle, VoteAddressRateThrottle, VoteVoterRateThrottle
 from polls import docs
 from polls.exports import results_csv
@@ -20,15 +21,6 @@ from polls.models import Poll
 from polls.selectors import poll_get, poll_list, poll_results_visible, poll_totals
 from polls.services import poll_create, poll_set_status, vote_cast
 from polls.voters import COOKIE_NAME, Voter, voter_from_request, voter_token_issue
-
-
-class StrictIntegerField(serializers.IntegerField):
-    """An integer that must be a JSON number: "1", 1.0 and true are refused, not coerced."""
-
-    def to_internal_value(self, data):
-        if type(data) is not int:
-            self.fail("invalid")
-        return super().to_internal_value(data)
 
 
 class CanCreatePolls(BasePermission):
@@ -61,14 +53,15 @@ class PollsPagination(PageNumberPagination):
 class PollsApi(APIView):
     """`GET /polls` lists polls; `POST /polls` creates one (the seed's endpoint)."""
 
-    permission_classes = [CanCreatePolls]
+    # AllowAny beside the real rule tells the schema that reading needs no credentials.
+    permission_classes = [AllowAny, CanCreatePolls]
 
     def get_throttles(self):
         return [PollCreateRateThrottle()] if self.request.method == "POST" else []
 
     class CreateInputSerializer(serializers.Serializer):
-        question = serializers.CharField(max_length=500)
-        options = serializers.ListField(child=serializers.CharField(max_length=200), required=False, allow_empty=True)
+        question = StrictCharField(max_length=500)
+        options = serializers.ListField(child=StrictCharField(max_length=200), required=False, allow_empty=True)
         closes_at = serializers.DateTimeField(required=False, allow_null=True)
         results_visibility = serializers.ChoiceField(choices=Poll.Visibility.choices, default=Poll.Visibility.ALWAYS)
         one_vote_per = serializers.ChoiceField(choices=Poll.OneVotePer.choices, default=Poll.OneVotePer.NONE)
@@ -78,7 +71,7 @@ class PollsApi(APIView):
             super().__init__(*args, **kwargs)
             # The seed's shape: option1..optionN as separate fields.
             for position in range(1, settings.POLL_MAX_OPTIONS + 1):
-                self.fields[f"option{position}"] = serializers.CharField(max_length=200, required=False, allow_null=True)
+                self.fields[f"option{position}"] = StrictCharField(max_length=200, required=False, allow_null=True)
 
         def validate(self, attrs):
             maximum = settings.POLL_MAX_OPTIONS
@@ -111,7 +104,11 @@ class PollsApi(APIView):
 
     class ListFilterSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=Poll.Status.choices, required=False)
-        search = serializers.CharField(max_length=200, required=False)
+        search = serializers.CharField(
+            max_length=200, required=False, allow_blank=True, help_text="Case-insensitive part of the question."
+        )
+        page = serializers.IntegerField(min_value=1, required=False)
+        page_size = serializers.IntegerField(min_value=1, max_value=PollsPagination.max_page_size, required=False)
         ordering = serializers.ChoiceField(
             choices=["created_at", "-created_at", "total_votes", "-total_votes", "question", "-question"],
             default="-created_at",
@@ -119,21 +116,16 @@ class PollsApi(APIView):
 
     @extend_schema(
         operation_id="polls_list",
-        parameters=[
-            OpenApiParameter("status", str, enum=["open", "closed"]),
-            OpenApiParameter("search", str, description="Case-insensitive substring of the question."),
-            OpenApiParameter("ordering", str, enum=["created_at", "-created_at", "total_votes", "-total_votes", "question", "-question"]),
-            OpenApiParameter("page", int),
-            OpenApiParameter("page_size", int, description="At most 100."),
-        ],
-        responses={200: docs.PollPageSerializer, 400: docs.ErrorSerializer},
+        parameters=[ListFilterSerializer],
+        responses={200: docs.PollPageSerializer, 400: docs.VALIDATION_ERROR, 404: docs.ErrorSerializer},
         examples=[docs.POLL_PAGE_EXAMPLE],
     )
     def get(self, request: Request) -> Response:
-        filters = self.ListFilterSerializer(data=request.query_params)
+        filters = self.ListFilterSerializer(data=query_data(request))
         filters.is_valid(raise_exception=True)
         paginator = PollsPagination()
-        page = paginator.paginate_queryset(poll_list(**filters.validated_data), request, view=self)
+        criteria = {k: v for k, v in filters.validated_data.items() if k in ("status", "search", "ordering")}
+        page = paginator.paginate_queryset(poll_list(**criteria), request, view=self)
         voter = voter_from_request(request)
         return paginator.get_paginated_response(
             [poll_totals(poll=poll, visible=poll_results_visible(poll=poll, voter=voter)) for poll in page]
@@ -142,7 +134,7 @@ class PollsApi(APIView):
     @extend_schema(
         operation_id="polls_create",
         request=CreateInputSerializer,
-        responses={201: docs.PollSerializer, 400: docs.ErrorSerializer, 401: docs.ErrorSerializer, 429: docs.ErrorSerializer},
+        responses={201: docs.PollSerializer, 400: docs.VALIDATION_ERROR, 401: docs.ErrorSerializer, 429: docs.ErrorSerializer},
         examples=[docs.SEED_CREATE_EXAMPLE, docs.LIST_CREATE_EXAMPLE, docs.POLL_EXAMPLE],
     )
     def post(self, request: Request) -> Response:
@@ -188,7 +180,7 @@ class PollVoteApi(APIView):
         ],
         responses={
             204: OpenApiResponse(description="The vote is durable and will be counted."),
-            400: docs.ErrorSerializer,
+            400: docs.VALIDATION_ERROR,
             401: docs.ErrorSerializer,
             404: docs.ErrorSerializer,
             409: docs.ErrorSerializer,

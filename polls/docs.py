@@ -5,12 +5,22 @@ them, so the schema says what clients get.
 """
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiExample
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework import serializers
 
 
 class ErrorSerializer(serializers.Serializer):
-    detail = serializers.CharField(help_text="What is wrong. Field errors come as {field: [messages]} instead.")
+    detail = serializers.CharField(help_text="What is wrong.")
+
+
+# A 400 names each wrong field with its messages ({"option": ["..."]}), or gives a
+# "detail" for a body that is not JSON at all: any object.
+VALIDATION_ERROR = OpenApiResponse(
+    response=OpenApiTypes.OBJECT,
+    description='The request is invalid: {"<field>": ["<message>", ...]} or {"detail": "<message>"}.',
+    examples=[OpenApiExample("A wrong field", value={"option": ["Option 5 does not exist: this poll has options 1 to 4."]})],
+)
 
 
 class OptionTotalsSerializer(serializers.Serializer):

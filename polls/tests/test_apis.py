@@ -135,7 +135,7 @@ def test_leaderboard_ranks_options_of_all_polls_most_votes_first(client, kafka_t
     [
         ("limit=0", {"limit": ["Ensure this value is greater than or equal to 1."]}),
         ("limit=abc", {"limit": ["A valid integer is required."]}),
-        ("limit=101", {"limit": ["Ensure this value is at most 100."]}),
+        ("limit=101", {"limit": ["Ensure this value is less than or equal to 100."]}),
     ],
 )
 def test_leaderboard_refuses_a_bad_limit(client, query, error):
