@@ -11,7 +11,7 @@ PORT   ?= 8000
 # Environment of the real services started by `make services` (read by web and worker).
 SERVICES_ENV := .services/env
 
-.PHONY: install run test services services-stop services-status web worker migrate check clean bench
+.PHONY: install run test services services-stop services-status web worker migrate check clean bench audit
 
 install: $(VENV)/.installed
 
@@ -65,3 +65,8 @@ check: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache db.sqlite3
+
+# Known vulnerabilities in the pinned runtime dependencies (needs PyPI's JSON API).
+audit: install
+	$(BIN)/pip install --quiet --disable-pip-version-check pip-audit==2.10.1
+	$(BIN)/pip-audit -r requirements.txt
