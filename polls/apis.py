@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from polling.metrics import VoteIntakeMetricsMixin
 from polling.strict import StrictCharField, StrictIntegerField, query_data
 from polling.throttles import PollCreateRateThrottle, VoteAddressRateThrottle, VoteVoterRateThrottle
 from polls import docs
@@ -157,7 +158,7 @@ class PollDetailApi(APIView):
         return Response(poll_totals(poll=poll, visible=visible))
 
 
-class PollVoteApi(APIView):
+class PollVoteApi(VoteIntakeMetricsMixin, APIView):
     throttle_classes = [VoteAddressRateThrottle, VoteVoterRateThrottle]
 
     class InputSerializer(serializers.Serializer):

@@ -90,6 +90,12 @@ class Command(BaseCommand):
             try:
                 ensure_topics()
                 consumer = KafkaConsumer(**consumer_config(group_id=group, max_records=batch_size))
+                # A topic created a moment ago can be missing from this client's first
+                # metadata; joining the group then assigns it no partitions, and the worker
+                # idles until the next metadata refresh (minutes). Join once it is known.
+                if not consumer.partitions_for_topic(vote_topic()):
+                    consumer.close(autocommit=False)
+                    raise KafkaError(f"no partitions known yet for topic {vote_topic()}")
                 producer = KafkaProducer(**dead_letter_producer_config())
                 return consumer, producer
             except KafkaError as exc:

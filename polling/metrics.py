@@ -1,0 +1,292 @@
+"""Prometheus metrics: definitions, the request middleware, vote intake hooks, /metrics.
+
+Two registries, one per role, so that each process exposes only what it measures:
+``WEB_REGISTRY`` is served by the web process at ``/metrics``; ``WORKER_REGISTRY`` by
+``manage.py consume_votes --metrics-port N`` on a port of its own. Each also carries
+the process, platform and GC collectors (CPU, memory, open files, Python version).
+
+Every label takes values from a fixed set (view names from the urlconf, HTTP
+methods and statuses, rejection reasons named by exception classes, partitions), so
+a client cannot grow the series without bound by sending odd paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse
+from django.urls import Resolver404, resolve
+from django.views.decorators.http import require_safe
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import choose_encoder, start_http_server
+
+
+def _registry() -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+WEB_REGISTRY = _registry()
+WORKER_REGISTRY = _registry()
+
+# Seconds: from a cached-connection read (ms) to a request that waited out the vote
+# publish timeout (VOTE_PUBLISH_TIMEOUT, 5 s by default).
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# --- Web: HTTP requests ---------------------------------------------------------------
+
+HTTP_REQUESTS = Counter(
+    "polling_http_requests",
+    "HTTP requests answered, by view (URL name), method and status.",
+    ["view", "method", "status"],
+    registry=WEB_REGISTRY,
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "polling_http_request_duration_seconds",
+    "Time to answer an HTTP request, middleware included, by view, method and status.",
+    ["view", "method", "status"],
+    buckets=_LATENCY_BUCKETS,
+    registry=WEB_REGISTRY,
+)
+
+# --- Web: vote intake -------------------------------------------------------------------
+
+VOTES_ACCEPTED = Counter(
+    "polling_votes_accepted",
+    "Votes answered 204: durable on the vote bus (or a retry of one already counted).",
+    registry=WEB_REGISTRY,
+)
+VOTES_REJECTED = Counter(
+    "polling_votes_rejected",
+    "Votes refused with a 4xx before anything was published, by reason.",
+    ["reason"],
+    registry=WEB_REGISTRY,
+)
+VOTES_UNAVAILABLE = Counter(
+    "polling_votes_unavailable",
+    "Votes answered 503 because the vote bus could not make them durable in time.",
+    registry=WEB_REGISTRY,
+)
+VOTE_PUBLISH_DURATION = Histogram(
+    "polling_vote_publish_duration_seconds",
+    "Time for the vote bus to make one vote durable (Kafka: until acks=all), by outcome.",
+    ["outcome"],
+    buckets=_LATENCY_BUCKETS,
+    registry=WEB_REGISTRY,
+)
+
+# --- Worker -------------------------------------------------------------------------------
+
+WORKER_BATCH_SIZE = Histogram(
+    "polling_worker_batch_size",
+    "Messages in one batch the vote worker applied.",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
+    registry=WORKER_REGISTRY,
+)
+WORKER_BATCH_DURATION = Histogram(
+    "polling_worker_batch_duration_seconds",
+    "Time to decode, apply (one transaction) and dead-letter one batch.",
+    buckets=_LATENCY_BUCKETS,
+    registry=WORKER_REGISTRY,
+)
+WORKER_VOTES_APPLIED = Counter(
+    "polling_worker_votes_applied", "Votes the worker added to the counters.", registry=WORKER_REGISTRY
+)
+WORKER_VOTES_DUPLICATES = Counter(
+    "polling_worker_votes_duplicates",
+    "Redelivered or repeated votes the worker skipped (their vote_id was already applied).",
+    registry=WORKER_REGISTRY,
+)
+WORKER_VOTES_DEAD_LETTERED = Counter(
+    "polling_worker_votes_dead_lettered",
+    "Messages sent to the dead-letter topic (malformed, or refused by the database).",
+    registry=WORKER_REGISTRY,
+)
+WORKER_OFFSET_COMMIT_FAILURES = Counter(
+    "polling_worker_offset_commit_failures",
+    "Offset commits that failed after the batch was applied (the batch is redelivered).",
+    registry=WORKER_REGISTRY,
+)
+WORKER_DATABASE_RETRIES = Counter(
+    "polling_worker_database_retries",
+    "Batch attempts retried because the database was unreachable.",
+    registry=WORKER_REGISTRY,
+)
+WORKER_CONSUMER_LAG = Gauge(
+    "polling_worker_consumer_lag",
+    "Messages in a partition that this worker has not consumed yet (high watermark - position).",
+    ["topic", "partition"],
+    registry=WORKER_REGISTRY,
+)
+
+
+def worker_batch_done(*, messages: int, applied: int, duplicates: int, dead_lettered: int, seconds: float) -> None:
+    WORKER_BATCH_SIZE.observe(messages)
+    WORKER_BATCH_DURATION.observe(seconds)
+    WORKER_VOTES_APPLIED.inc(applied)
+    WORKER_VOTES_DUPLICATES.inc(duplicates)
+    WORKER_VOTES_DEAD_LETTERED.inc(dead_lettered)
+
+
+def worker_lag_set(lags: dict[tuple[str, int], int]) -> None:
+    """Publish the lag of the partitions this worker holds; forget the ones it lost."""
+    current = {(topic, str(partition)) for topic, partition in lags}
+    for labels in _lag_labels - current:
+        WORKER_CONSUMER_LAG.remove(*labels)
+    for (topic, partition), lag in lags.items():
+        WORKER_CONSUMER_LAG.labels(topic, str(partition)).set(lag)
+    _lag_labels.clear()
+    _lag_labels.update(current)
+
+
+_lag_labels: set[tuple[str, str]] = set()
+
+
+def worker_metrics_serve(*, port: int, addr: str = "0.0.0.0"):
+    """Serve WORKER_REGISTRY over HTTP from a daemon thread; return the server (call shutdown())."""
+    server, _thread = start_http_server(port, addr=addr, registry=WORKER_REGISTRY)
+    return server
+
+
+# --- Vote intake: what the vote endpoint answered -----------------------------------------
+
+
+def vote_accepted() -> None:
+    VOTES_ACCEPTED.inc()
+
+
+def vote_rejected(reason: str) -> None:
+    VOTES_REJECTED.labels(reason).inc()
+
+
+def vote_unavailable() -> None:
+    VOTES_UNAVAILABLE.inc()
+
+
+def vote_published(*, seconds: float, ok: bool) -> None:
+    VOTE_PUBLISH_DURATION.labels("ok" if ok else "error").observe(seconds)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def vote_rejection_reason(exc: BaseException) -> str | None:
+    """The reason label for an exception that made the vote endpoint answer 4xx.
+
+    Domain errors (polls.exceptions.PollError) are named after their class
+    (PollClosed -> "poll_closed"); DRF's errors by their default code ("invalid",
+    "parse_error", "unsupported_media_type", "throttled", ...). None for anything
+    that is not a rejection: the vote bus being down (a 503) or a server error.
+    """
+    from rest_framework.exceptions import APIException
+
+    from polls.exceptions import PollError, VoteBusUnavailable
+
+    if isinstance(exc, VoteBusUnavailable):
+        return None
+    if isinstance(exc, PollError):
+        return _snake(type(exc).__name__)
+    if isinstance(exc, Http404):
+        return "not_found"
+    if isinstance(exc, APIException) and 400 <= exc.status_code < 500:
+        return str(exc.default_code)
+    return None
+
+
+class VoteIntakeMetricsMixin:
+    """Counts what a DRF vote view answered: accepted (2xx), rejected (4xx by reason), 503.
+
+    Put it first among the view's bases. It uses APIView's own hooks:
+    ``handle_exception`` sees every error, throttling and parsing included, and
+    ``finalize_response`` every answer.
+    """
+
+    def handle_exception(self, exc):
+        from polls.exceptions import VoteBusUnavailable
+
+        if isinstance(exc, VoteBusUnavailable):
+            vote_unavailable()
+        else:
+            reason = vote_rejection_reason(exc)
+            if reason is not None:
+                vote_rejected(reason)
+        return super().handle_exception(exc)
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if 200 <= response.status_code < 300:
+            vote_accepted()
+        return response
+
+
+# --- HTTP request metrics --------------------------------------------------------------------
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "<unmatched>"
+
+
+def view_label(request: HttpRequest) -> str:
+    """The URL name of the view a request went to (or would have), bounded for labels."""
+    match = getattr(request, "resolver_match", None)
+    if match is None:
+        # Answered by a middleware before URL resolution (413, a probe): resolve here.
+        try:
+            match = resolve(request.path_info, getattr(request, "urlconf", None))
+        except Resolver404:
+            return UNMATCHED
+    return match.view_name or match._func_path
+
+
+access_logger = logging.getLogger("polling.access")
+
+
+class RequestMetricsMiddleware:
+    """Counts and times every HTTP request by view, method and status; writes the access log.
+
+    First in MIDDLEWARE, so the time includes the other middleware and the answers they
+    give themselves (413 for a large body, a probe's answer). The access log goes
+    through logging (JSON in production) in place of daphne's own plain-text one, which
+    the image turns off (``daphne -v 0``). It leaves out the client's address, as the
+    vote history does.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        started = time.perf_counter()
+        response = self.get_response(request)
+        seconds = time.perf_counter() - started
+        view = view_label(request)
+        method = request.method if request.method in _METHODS else "other"
+        HTTP_REQUESTS.labels(view, method, str(response.status_code)).inc()
+        HTTP_REQUEST_DURATION.labels(view, method, str(response.status_code)).observe(seconds)
+        if settings.ACCESS_LOG:
+            access_logger.info(
+                '"%s %s" %d %.1f ms', request.method, request.path, response.status_code, seconds * 1000,
+                extra={"http": {"method": request.method, "path": request.path, "status": response.status_code,
+                                "view": view, "duration_ms": round(seconds * 1000, 2)}},
+            )
+        return response
+
+
+@require_safe
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """The web process's metrics in Prometheus' text format (OpenMetrics when asked)."""
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return HttpResponse(encoder(WEB_REGISTRY), content_type=content_type)

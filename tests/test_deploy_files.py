@@ -1,0 +1,535 @@
+"""The Dockerfile and the compose files, checked against the code they deploy.
+
+No Docker engine runs here, so these files are parsed instead and every name in them
+that the code also knows is cross-checked: environment variables against what the
+settings read and .env.example, service names and ports against the URLs in that
+environment, commands against the management commands and the ASGI module, health
+check paths against the urlconf, copied packages against INSTALLED_APPS, imports
+against the pinned requirements. The settings are loaded in a clean process with
+exactly the environment a compose service gets, in production mode.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.metadata
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from django.conf import settings
+from django.core.management import get_commands, load_command_class
+from django.urls import resolve
+
+from devservices import free_port
+from testsupport.processes import WebServer, WorkerProcess
+
+REPO = Path(__file__).resolve().parent.parent
+COMPOSE_FILES = ("docker-compose.yml", "docker-compose.zookeeper.yml")
+APP_SERVICES = ("migrate", "web", "worker")
+# The project's own Python packages (what the image must contain, and what is not a
+# third-party import).
+PROJECT_PACKAGES = ("polling", "polls", "leaderboard", "realtime")
+ENV_READERS = {"env_str", "env_bool", "env_int", "env_float", "env_list"}
+
+
+# --- Parsing ------------------------------------------------------------------------------
+
+
+def load_compose(name: str) -> dict:
+    return yaml.safe_load((REPO / name).read_text())
+
+
+_INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+
+
+def interpolate(value, given: dict[str, str] | None = None) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}, with `given` as the shell's variables."""
+    given = given or {}
+
+    def substitute(match: re.Match) -> str:
+        name, op, arg = match["name"], match["op"], match["arg"]
+        if given.get(name):
+            return given[name]
+        if op and op.endswith("?"):
+            raise LookupError(f"{name} is required: {arg}")
+        return arg if op and op.endswith("-") else ""
+
+    return _INTERPOLATION.sub(substitute, str(value)).replace("$$", "$")
+
+
+def interpolation_names(value) -> set[str]:
+    return {match["name"] for match in _INTERPOLATION.finditer(str(value))}
+
+
+def service_env(service: dict, given: dict[str, str] | None = None) -> dict[str, str]:
+    environment = service.get("environment") or {}
+    if isinstance(environment, list):
+        environment = dict(item.split("=", 1) for item in environment)
+    return {key: interpolate(value, given) for key, value in environment.items()}
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    lines, current = [], ""
+    for raw in (REPO / "Dockerfile").read_text().splitlines():
+        stripped = raw.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue
+        current += " " + stripped.removesuffix("\\")
+        if not stripped.endswith("\\"):
+            lines.append(current.strip())
+            current = ""
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def dockerfile(instruction: str) -> list[str]:
+    return [arguments for name, arguments in dockerfile_instructions() if name == instruction]
+
+
+def dockerfile_cmd() -> list[str]:
+    (cmd,) = dockerfile("CMD")
+    return json.loads(cmd)
+
+
+def env_names_read_by(path: Path) -> dict[str, dict]:
+    """Environment variables a module reads: name -> {"default": bool, "required": bool}."""
+    found: dict[str, dict] = {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+        first = node.args[0] if node.args else None
+        if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
+            continue
+        if name in ENV_READERS:
+            keywords = {keyword.arg: keyword.value for keyword in node.keywords}
+            required = keywords.get("required")
+            found[first.value] = {
+                "default": len(node.args) > 1 or "default" in keywords,
+                "required": required is not None and not (isinstance(required, ast.Constant) and not required.value),
+            }
+        elif name in ("getenv", "get") and _is_os_environ(func):
+            found[first.value] = {"default": len(node.args) > 1, "required": False}
+    return found
+
+
+def _is_os_environ(func) -> bool:
+    source = ast.unparse(func)
+    return source in ("os.getenv", "os.environ.get")
+
+
+def project_env_names() -> dict[str, dict]:
+    names: dict[str, dict] = {}
+    for package in PROJECT_PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            if "tests" not in path.parts and path.name != "env.py":
+                names.update(env_names_read_by(path))
+    return names
+
+
+def env_example_names() -> set[str]:
+    text = (REPO / ".env.example").read_text()
+    return set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", text, flags=re.MULTILINE))
+
+
+# --- Settings and .env.example --------------------------------------------------------------
+
+
+def test_every_variable_the_code_reads_is_listed_in_env_example():
+    read = set(project_env_names())
+    assert "SECRET_KEY" in read and "KAFKA_BROKERS" in read  # the scan works
+    missing = sorted(read - env_example_names())
+    assert not missing, f".env.example does not list {missing}"
+
+
+def test_env_example_lists_only_variables_the_code_reads():
+    stale = sorted(env_example_names() - set(project_env_names()))
+    assert not stale, f".env.example lists variables nothing reads: {stale}"
+
+
+def test_env_example_itself_loads_in_production_mode():
+    values = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", (REPO / ".env.example").read_text(), flags=re.MULTILINE))
+    values["SECRET_KEY"] = "a-real-secret-for-this-check-only-0123456789abcdef"
+    loaded = load_settings(values)
+    assert loaded["DEBUG"] is False
+    assert loaded["LOG_FORMAT"] == "json"
+
+
+# --- Compose ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=COMPOSE_FILES)
+def compose(request):
+    return request.param, load_compose(request.param)
+
+
+def test_compose_has_the_whole_system_with_dependencies_that_exist(compose):
+    name, spec = compose
+    services = spec["services"]
+    expected = {"postgres", "redis", "kafka", *APP_SERVICES} | ({"zookeeper"} if "zookeeper" in name else set())
+    assert set(services) == expected
+    declared_volumes = set(spec.get("volumes") or {})
+    for service_name, service in services.items():
+        for dependency, condition in (service.get("depends_on") or {}).items():
+            assert dependency in services, f"{service_name} depends on unknown {dependency}"
+            if condition["condition"] == "service_healthy":
+                assert "healthcheck" in services[dependency], f"{dependency} has no healthcheck"
+        for volume in service.get("volumes") or []:
+            source = volume.split(":", 1)[0]
+            if not source.startswith((".", "/")):
+                assert source in declared_volumes, f"{service_name} uses undeclared volume {source}"
+    assert services["postgres"]["volumes"] and services["kafka"]["volumes"]
+    for app in ("web", "worker"):
+        assert services[app]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+        assert services[app]["depends_on"]["kafka"] == {"condition": "service_healthy"}
+        assert services[app].get("init") is True
+    assert services["migrate"]["restart"] == "no"
+    assert "healthcheck" in services["web"] and "healthcheck" in services["worker"]
+
+
+def test_compose_images_are_pinned(compose):
+    _, spec = compose
+    for service_name, service in spec["services"].items():
+        if "build" in service:
+            continue  # our own image
+        image = service["image"]
+        assert ":" in image and not image.endswith(":latest"), f"{service_name} image {image} is not pinned"
+
+
+def test_the_kraft_file_runs_kafka_4_without_zookeeper():
+    kafka = load_compose("docker-compose.yml")["services"]["kafka"]
+    assert kafka["image"].startswith("apache/kafka:4.")
+    env = service_env(kafka)
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert "KAFKA_ZOOKEEPER_CONNECT" not in env
+
+
+def test_the_zookeeper_file_runs_kafka_3_9_registered_in_zookeeper():
+    services = load_compose("docker-compose.zookeeper.yml")["services"]
+    kafka, zookeeper = services["kafka"], services["zookeeper"]
+    # Confluent Platform 7.9.x is Apache Kafka 3.9.x.
+    assert re.fullmatch(r"confluentinc/cp-kafka:7\.9\.\d+", kafka["image"])
+    assert zookeeper["image"].split(":")[1] == kafka["image"].split(":")[1]
+    env = service_env(kafka)
+    zk_port = service_env(zookeeper)["ZOOKEEPER_CLIENT_PORT"]
+    assert env["KAFKA_ZOOKEEPER_CONNECT"] == f"zookeeper:{zk_port}"
+    assert "KAFKA_PROCESS_ROLES" not in env
+    assert kafka["depends_on"]["zookeeper"] == {"condition": "service_healthy"}
+    assert f"/dev/tcp/127.0.0.1/{zk_port}" in " ".join(zookeeper["healthcheck"]["test"])
+
+
+def test_both_files_define_everything_but_the_broker_identically():
+    kraft, zk = (load_compose(name) for name in COMPOSE_FILES)
+    for service in ("postgres", "redis", *APP_SERVICES):
+        assert kraft["services"][service] == zk["services"][service], f"{service} differs between the files"
+    assert zk.get("name"), "the ZooKeeper variant needs a project name of its own (separate volumes)"
+
+
+def test_compose_app_environment_names_only_settings_the_code_reads(compose):
+    _, spec = compose
+    read = set(project_env_names())
+    for app in APP_SERVICES:
+        service = spec["services"][app]
+        unknown = sorted(set(service.get("environment") or {}) - read)
+        assert not unknown, f"{app} sets variables nothing reads: {unknown}"
+        # The ${VARS} a user may set from the shell are settings too.
+        used = set().union(*(interpolation_names(value) for value in (service.get("environment") or {}).values()))
+        assert used <= read, sorted(used - read)
+
+
+def load_settings(environment: dict[str, str]) -> dict:
+    """Import the settings in a clean process with exactly this environment; some values back."""
+    script = (
+        "import json, django\n"
+        "from django.conf import settings as s\n"
+        "django.setup()\n"
+        "db = s.DATABASES['default']\n"
+        "print(json.dumps({'DEBUG': s.DEBUG, 'ENGINE': db['ENGINE'], 'DB_HOST': db.get('HOST'),"
+        " 'DB_PORT': db.get('PORT'), 'DB_NAME': db['NAME'], 'DB_USER': db.get('USER'),"
+        " 'DB_PASSWORD': db.get('PASSWORD'), 'KAFKA_BROKERS': s.KAFKA_BROKERS, 'REDIS_URL': s.REDIS_URL,"
+        " 'ALLOWED_HOSTS': s.ALLOWED_HOSTS, 'WORKER_METRICS_PORT': s.WORKER_METRICS_PORT,"
+        " 'LOG_FORMAT': s.LOG_FORMAT, 'MIDDLEWARE': s.MIDDLEWARE}, default=str))\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "polling.settings", **environment}
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, f"the settings refuse this environment:\n{result.stderr[-2000:]}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_settings_load_in_production_mode_with_exactly_the_compose_environment(compose):
+    name, spec = compose
+    services = spec["services"]
+    with pytest.raises(LookupError, match="SECRET_KEY"):
+        service_env(services["web"])  # compose refuses to start without it, as it should
+    shell = {"SECRET_KEY": "a-real-secret-for-this-check-only-0123456789abcdef"}
+    for app in APP_SERVICES:
+        loaded = load_settings(service_env(services[app], shell))
+        assert loaded["DEBUG"] is False
+        assert loaded["LOG_FORMAT"] == "json"
+
+        # The database URL names the postgres service with its own credentials.
+        postgres = service_env(services["postgres"])
+        assert loaded["ENGINE"] == "django.db.backends.postgresql"
+        assert loaded["DB_HOST"] in services and "postgres" in services[loaded["DB_HOST"]]["image"]
+        assert int(loaded["DB_PORT"]) == 5432
+        assert (loaded["DB_NAME"], loaded["DB_USER"], loaded["DB_PASSWORD"]) == (
+            postgres["POSTGRES_DB"], postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"])
+
+        # Kafka: every bootstrap address is a listener the broker advertises.
+        advertised = service_env(services["kafka"])["KAFKA_ADVERTISED_LISTENERS"]
+        advertised_addresses = {urlsplit(listener).netloc for listener in advertised.split(",")}
+        for broker in loaded["KAFKA_BROKERS"]:
+            assert broker in advertised_addresses, f"{app}: {broker} is not among {advertised_addresses}"
+            assert broker.split(":")[0] in services
+
+        redis = urlsplit(loaded["REDIS_URL"])
+        assert redis.hostname in services and "redis" in services[redis.hostname]["image"]
+        assert redis.port == 6379
+
+        assert "polling.health.ProbeMiddleware" in loaded["MIDDLEWARE"]
+
+
+# --- Commands, ports and health checks -------------------------------------------------------
+
+
+def check_command(argv: list[str]) -> dict:
+    """Parse a container command the way its program will; return what it names."""
+    assert argv[0] == "python", argv
+    if argv[1:3] == ["-m", "daphne"]:
+        from daphne.cli import CommandLineInterface
+
+        args = CommandLineInterface().parser.parse_args(argv[3:])
+        module_name, attribute = args.application.split(":")
+        module = importlib.import_module(module_name)
+        assert callable(getattr(module, attribute)), args.application
+        assert args.host == "0.0.0.0", "in a container the server must listen on every interface"
+        return {"role": "web", "port": args.port, "verbosity": args.verbosity}
+    assert argv[1] == "manage.py" and (REPO / "manage.py").exists()
+    name = argv[2]
+    commands = get_commands()
+    assert name in commands, f"manage.py has no command {name}"
+    load_command_class(commands[name], name).create_parser("manage.py", name).parse_args(argv[3:])
+    return {"role": name}
+
+
+def test_the_image_runs_the_asgi_application_and_compose_runs_real_commands(compose):
+    _, spec = compose
+    default = check_command(dockerfile_cmd())
+    assert default["role"] == "web"
+    assert default["verbosity"] == 0, "daphne's plain-text access log would break the JSON log stream"
+    services = spec["services"]
+    assert services["web"]["command"] == dockerfile_cmd()
+    assert check_command(services["migrate"]["command"])["role"] == "migrate"
+    assert check_command(services["worker"]["command"])["role"] == "consume_votes"
+    web_port = check_command(services["web"]["command"])["port"]
+    assert f"{web_port}:{web_port}" in services["web"]["ports"]
+    assert str(web_port) in dockerfile("EXPOSE")[0].split()
+
+
+def healthcheck_url(service: dict) -> str:
+    test = service["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"], test
+    compile(test[3], "healthcheck", "exec")  # at least valid Python
+    (url,) = re.findall(r"'(http://[^']+)'", test[3])
+    return url
+
+
+def test_health_checks_probe_endpoints_the_urlconf_serves(compose):
+    _, spec = compose
+    services = spec["services"]
+    web_url = urlsplit(healthcheck_url(services["web"]))
+    web_port = check_command(services["web"]["command"])["port"]
+    assert web_url.port == web_port
+    assert resolve(web_url.path).url_name in ("healthz", "readyz")
+    # Answered before the Host check, so the probe works whatever ALLOWED_HOSTS says.
+    from polling.health import PROBE_PATHS
+
+    assert web_url.path in PROBE_PATHS
+
+    worker_url = urlsplit(healthcheck_url(services["worker"]))
+    worker_env = service_env(services["worker"], {"SECRET_KEY": "any"})
+    worker_port = int(worker_env["WORKER_METRICS_PORT"])
+    assert worker_url.port == worker_port and worker_url.path == "/metrics"
+    assert str(worker_port) in services["worker"]["expose"]
+    assert str(worker_port) in dockerfile("EXPOSE")[0].split()
+
+
+# --- Dockerfile ----------------------------------------------------------------------------------
+
+
+def test_the_image_is_slim_non_root_and_on_the_projects_python():
+    (base,) = dockerfile("FROM")
+    assert re.fullmatch(r"python:(\d+\.\d+)[\w.-]*-slim(-\w+)?", base), base
+    assert base.split(":")[1].startswith(f"{sys.version_info.major}.{sys.version_info.minor}")
+    instructions = dockerfile_instructions()
+    users = [(i, arguments) for i, (name, arguments) in enumerate(instructions) if name == "USER"]
+    assert users, "the image runs as root"
+    last_user_at, user = users[-1]
+    assert user.split(":")[0] not in ("root", "0")
+    assert all(name != "RUN" for name, _ in instructions[last_user_at:]), "RUN after USER runs as that user"
+
+
+def test_the_image_contains_every_package_the_project_needs():
+    copied = {arguments.split()[0].rstrip("/") for arguments in dockerfile("COPY")}
+    needed = {"manage.py", "requirements.txt"}
+    for dotted in (*settings.INSTALLED_APPS, settings.ROOT_URLCONF, settings.ASGI_APPLICATION):
+        top = dotted.split(".")[0]
+        if (REPO / top).is_dir():
+            needed.add(top)
+    missing = sorted(needed - copied)
+    assert not missing, f"the Dockerfile does not COPY {missing}"
+    assert any("pip install -r requirements.txt" in run for run in dockerfile("RUN"))
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert ".env" in ignored and ".git" in ignored, "secrets and history must stay out of the build context"
+
+
+# --- Requirements -----------------------------------------------------------------------------------
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("-r"):
+            pins.update(_pins(path.parent / line.split()[1]))
+        elif "==" in line:
+            name, version = line.split("==")
+            pins[_normalize(name)] = version.strip()
+    return pins
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower().split("[")[0]
+
+
+def _third_party_imports(paths) -> set[str]:
+    modules = set()
+    local = {*PROJECT_PACKAGES, "devservices", "testsupport", "tests", "conftest", "bench"}
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    return {m for m in modules if m not in sys.stdlib_module_names and m not in local and m != "__future__"}
+
+
+def _distributions(modules: set[str]) -> dict[str, str]:
+    mapping = importlib.metadata.packages_distributions()
+    found = {}
+    for module in modules:
+        dists = mapping.get(module)
+        assert dists, f"{module} is imported but not installed"
+        found[module] = _normalize(dists[0])
+    return found
+
+
+def _app_code() -> list[Path]:
+    return [path for package in PROJECT_PACKAGES for path in (REPO / package).rglob("*.py")
+            if "tests" not in path.parts]
+
+
+def _test_code() -> list[Path]:
+    paths = [REPO / "conftest.py", *(REPO / "testsupport").rglob("*.py"), *(REPO / "tests").rglob("*.py")]
+    paths += [path for package in PROJECT_PACKAGES for path in (REPO / package).rglob("tests/*.py")]
+    return paths
+
+
+def test_every_runtime_import_is_pinned_in_requirements_txt_at_the_installed_version():
+    modules = _third_party_imports(_app_code()) | {
+        app.split(".")[0] for app in settings.INSTALLED_APPS if not app.startswith("django.")
+    } - set(PROJECT_PACKAGES)
+    pins = _pins(REPO / "requirements.txt")
+    problems = []
+    for module, dist in sorted(_distributions(modules - set(PROJECT_PACKAGES)).items()):
+        if dist not in pins:
+            problems.append(f"{dist} (imported as {module}) is not pinned in requirements.txt")
+        elif pins[dist] != importlib.metadata.version(dist):
+            problems.append(f"{dist}=={pins[dist]} pinned but {importlib.metadata.version(dist)} installed")
+    assert not problems, "\n".join(problems)
+
+
+def _installed_with(pins: dict[str, str]) -> set[str]:
+    """The pinned distributions and everything they require, transitively."""
+    seen: set[str] = set()
+    todo = list(pins)
+    while todo:
+        dist = todo.pop()
+        if dist in seen:
+            continue
+        seen.add(dist)
+        try:
+            requirements = importlib.metadata.requires(dist) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for requirement in requirements:
+            if "extra ==" not in requirement:
+                todo.append(_normalize(re.match(r"[A-Za-z0-9._-]+", requirement)[0]))
+    return seen
+
+
+def test_every_test_import_is_installed_by_requirements_dev_txt():
+    """Test code may lean on what the pinned packages bring along (asgiref with Django)."""
+    installed = _installed_with(_pins(REPO / "requirements-dev.txt"))
+    missing = sorted(f"{dist} (imported as {module})"
+                     for module, dist in _distributions(_third_party_imports(_test_code())).items()
+                     if dist not in installed)
+    assert not missing, f"not pinned in requirements-dev.txt: {missing}"
+
+
+def test_the_makefile_serves_the_same_application_as_the_image():
+    makefile = (REPO / "Makefile").read_text()
+    commands = [shlex.split(line.split("$(BIN)/python", 1)[1]) for line in makefile.splitlines()
+                if "-m daphne" in line and "$(BIN)/python" in line]
+    assert commands
+    for argv in commands:
+        assert argv[-1] == dockerfile_cmd()[-1]
+
+
+# --- The image's commands, run for real ---------------------------------------------------------
+
+
+def image_web_server(env: dict[str, str], log_dir: Path) -> WebServer:
+    """daphne started with the Dockerfile's CMD, on a free port of 127.0.0.1."""
+    port = free_port()
+    server = WebServer(env=env, log_dir=log_dir, port=port)
+    replace = {"python": sys.executable, "0.0.0.0": "127.0.0.1", "8000": str(port)}
+    server.args = [replace.get(arg, arg) for arg in dockerfile_cmd()]
+    return server
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_image_and_compose_commands_run_and_pass_the_compose_health_checks(process_env, tmp_path):
+    services = load_compose("docker-compose.yml")["services"]
+    # Readiness here is about the command and the path; slack for a loaded machine.
+    web = image_web_server({**process_env, "READYZ_TIMEOUT": "3"}, tmp_path)
+    metrics_port = free_port()
+    worker = WorkerProcess(env={**process_env, "WORKER_METRICS_PORT": str(metrics_port)}, log_dir=tmp_path,
+                           group=process_env["KAFKA_CONSUMER_GROUP"])
+    # The compose worker command as is; the group and metrics port come from the environment.
+    worker.args = [sys.executable if arg == "python" else arg for arg in services["worker"]["command"]]
+    worker_url = healthcheck_url(services["worker"])
+    web.start()
+    worker.start()
+    try:
+        web_probe = services["web"]["healthcheck"]["test"][3].replace(":8000/", f":{web.port}/")
+        worker_probe = services["worker"]["healthcheck"]["test"][3].replace(
+            f":{urlsplit(worker_url).port}/", f":{metrics_port}/")
+        for probe in (web_probe, worker_probe):
+            result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
+            assert result.returncode == 0, result.stderr
+    finally:
+        web.kill()
+        worker.kill()
