@@ -88,7 +88,8 @@ def status() -> int:
 
 
 def install() -> int:
-    ensure_installed(kafka_versions=(KAFKA_VERSION, KAFKA_ZK_VERSION))
+    # Everything the test suite needs, Chromium for the live page's tests included.
+    ensure_installed(kafka_versions=(KAFKA_VERSION, KAFKA_ZK_VERSION), browser=True)
     return 0
 
 

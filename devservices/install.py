@@ -39,8 +39,13 @@ def ensure_installed(
     redis: bool = True,
     kafka: bool = True,
     kafka_versions: Iterable[str] = (KAFKA_VERSION,),
+    browser: bool = False,
 ) -> None:
-    """Install whatever is missing; fast (no network) when everything is there."""
+    """Install whatever is missing; fast (no network) when everything is there.
+
+    `browser` adds Debian's Chromium, which the live page's browser tests drive
+    (test tools may not download browsers of their own here).
+    """
     packages: list[str] = []
     if postgres and postgres_bin_dir() is None:
         packages.append("postgresql")
@@ -50,6 +55,8 @@ def ensure_installed(
         packages.append("default-jre-headless")
     if kafka and shutil.which("mvn") is None:
         packages.append("maven")
+    if browser and shutil.which("chromium") is None:
+        packages.append("chromium")
     if packages:
         _apt_install(packages)
     if kafka:

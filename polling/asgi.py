@@ -10,13 +10,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "polling.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
 from realtime.routing import websocket_urlpatterns  # noqa: E402
+from realtime.security import allowed_hosts_origin_validator  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+        # Cookies and a lazy session: the voter cookie and the signed-in user decide who
+        # may see counts that a poll shows only to those who voted (realtime.voters).
+        "websocket": allowed_hosts_origin_validator(SessionMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

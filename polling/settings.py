@@ -265,6 +265,8 @@ MIDDLEWARE = [
     *(name for name in MIDDLEWARE if name not in ("polling.metrics.RequestMetricsMiddleware", "polling.health.ProbeMiddleware")),
 ]
 
+# One access-log line per HTTP request (logger "polling.access"), through the formatter above.
+ACCESS_LOG = env_bool("ACCESS_LOG", True)
 # How long /readyz waits for each service (they are checked side by side).
 READYZ_TIMEOUT = env_float("READYZ_TIMEOUT", 1.0, minimum=0.1)
 # The vote worker serves its Prometheus metrics on this port; 0 turns that off.

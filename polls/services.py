@@ -57,7 +57,7 @@ def poll_set_status(*, poll: Poll, status: str, actor: AbstractBaseUser | None =
         if status == Poll.Status.OPEN and poll.closes_at is not None and poll.closes_at <= timezone.now():
             # Reopening a poll past its deadline would leave it closed: the deadline goes.
             poll.closes_at = None
-        poll.save(update_fields=["status", "closes_at"])
+        _save_and_bump_version(poll, ["status", "closes_at"])
         AuditEntry.objects.create(poll=poll, action=action, actor=actor)
         broadcast_polls_on_commit(poll_ids=[poll.pk])
     return poll
@@ -67,12 +67,18 @@ def poll_set_hidden(*, poll: Poll, hidden: bool, actor: AbstractBaseUser | None 
     """Hide a poll from the API, the leaderboard and the WebSockets, or show it again."""
     with transaction.atomic():
         poll.hidden = hidden
-        poll.save(update_fields=["hidden"])
+        _save_and_bump_version(poll, ["hidden"])
         AuditEntry.objects.create(
             poll=poll, action=AuditEntry.Action.HIDE if hidden else AuditEntry.Action.UNHIDE, actor=actor
         )
         broadcast_polls_on_commit(poll_ids=[poll.pk])
     return poll
+
+
+def _save_and_bump_version(poll: Poll, fields: list[str]) -> None:
+    """Save the fields and grow the version, so live viewers take the change as news."""
+    Poll.objects.filter(pk=poll.pk).update(**{name: getattr(poll, name) for name in fields}, version=F("version") + 1)
+    poll.refresh_from_db(fields=["version"])
 
 
 # Idempotency keys name a ballot within a poll: the same key always yields the same id.

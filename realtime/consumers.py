@@ -1,0 +1,276 @@
+"""WebSocket consumers: ws/polls/<id> (one poll) and ws (every poll).
+
+Thin by design: check the request, join the group, accept, send the snapshot; after
+that the handlers only forward what the broadcaster published. Close codes:
+
+    1013  this server process has WS_MAX_CONNECTIONS open already: try again later
+    4400  the client kept sending messages it was told were wrong
+    4404  no such poll, or no such WebSocket path
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.consumer import get_handler_name
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from realtime.broadcast import get_broadcaster
+from realtime.events import (
+    POLL_SNAPSHOT,
+    POLLS_GROUP,
+    POLLS_SNAPSHOT,
+    PONG,
+    error_message,
+    poll_group,
+    poll_message,
+    poll_results_group,
+)
+from realtime.selectors import poll_live_totals, polls_snapshot, viewer_sees_results
+from realtime.voters import voter_from_scope
+
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_BAD_MESSAGES = 4400
+CLOSE_NOT_FOUND = 4404
+
+# Wrong messages a client may send (each answered with an error) before it is closed.
+_MAX_BAD_MESSAGES = 10
+# Poll ids fit a 64-bit column; a longer number is "no such poll", not a database error.
+_MAX_ID_DIGITS = 18
+
+
+class _ConnectionSlots:
+    """Counts this process's open WebSocket connections against WS_MAX_CONNECTIONS.
+
+    A plain counter suffices: every consumer of a server process runs on its one loop.
+    """
+
+    def __init__(self) -> None:
+        self.open = 0
+
+    def acquire(self) -> bool:
+        if self.open >= settings.WS_MAX_CONNECTIONS:
+            return False
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        self.open -= 1
+
+
+connection_slots = _ConnectionSlots()
+
+
+class _SnapshotLoader:
+    """Shares one database read among the viewers of a poll that connect together.
+
+    When a server restarts, thousands of viewers reconnect within a second; one query each
+    would queue on the single database thread for many seconds. Viewers that ask while
+    no read of their key has started yet share the next read. A viewer that asks while
+    a read is running waits for the one after it: that read started before the viewer
+    joined its group, so it might miss a broadcast the viewer did not get either.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[Any, asyncio.Future] = {}
+        self._running: dict[Any, asyncio.Task] = {}
+
+    async def get(self, key: Any, read: Callable[[], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        batch = self._waiting.get(key)
+        if batch is None or batch.get_loop() is not loop:
+            batch = loop.create_future()
+            self._waiting[key] = batch
+            loop.create_task(self._load(key, batch, read))
+        return await asyncio.shield(batch)
+
+    async def _load(self, key: Any, batch: asyncio.Future, read: Callable[[], Any]) -> None:
+        running = self._running.get(key)
+        if running is not None and not running.done() and running.get_loop() is asyncio.get_running_loop():
+            await asyncio.wait([running])
+        if self._waiting.get(key) is batch:
+            del self._waiting[key]
+        me = asyncio.current_task()
+        self._running[key] = me
+        try:
+            batch.set_result(await database_sync_to_async(read)())
+        except Exception as exc:  # noqa: BLE001 - handed to every waiter, raised there
+            batch.set_exception(exc)
+            # Retrieved here: if every waiter left meanwhile, asyncio would warn that
+            # the exception was never retrieved.
+            batch.exception()
+        finally:
+            if self._running.get(key) is me:
+                del self._running[key]
+
+
+snapshots = _SnapshotLoader()
+
+
+def _viewer_sees_results(live, scope) -> bool:
+    return viewer_sees_results(totals=live, voter=voter_from_scope(scope))
+
+
+class _LiveConsumer(AsyncJsonWebsocketConsumer):
+    """What both endpoints share: the connection cap, client messages, the handlers."""
+
+    holds_slot = False
+    bad_messages = 0
+    # Highest version sent per poll on this connection: an update below it is stale.
+    versions: dict[int, int]
+
+    async def connect(self) -> None:
+        self.versions = {}
+        if not connection_slots.acquire():
+            # Accepted only to say why: a refused handshake gives the client no reason.
+            await self.accept()
+            await self.send_json(
+                error_message(code="too_many_connections", message="This server is full; try again later.")
+            )
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            return
+        self.holds_slot = True
+        get_broadcaster().attach_event_loop(asyncio.get_running_loop())
+        await self.join()
+
+    async def join(self) -> None:
+        raise NotImplementedError
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels (4.2+) first hops to the sync thread to close stale database
+        # connections before every handler. These handlers touch the database only
+        # through database_sync_to_async, which does that itself; and with thousands of
+        # viewers of a poll, one hop per viewer per broadcast, all through the single
+        # sync thread, made a broadcast take seconds to reach everyone.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Here rather than in disconnect(): a consumer that is cancelled or crashes
+            # never gets there, and its slot would be lost for the life of the process.
+            if self.holds_slot:
+                self.holds_slot = False
+                connection_slots.release()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        # Replaces the JSON consumer's receive, which raises on malformed JSON.
+        if text_data is None:
+            await self._refuse("binary_not_supported", "Send JSON text frames, not binary ones.")
+            return
+        try:
+            content = json.loads(text_data)
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested deep enough
+            await self._refuse("invalid_json", "That message is not JSON.")
+            return
+        if isinstance(content, dict) and content.get("type") == "ping":
+            await self.send_json({"type": PONG})
+        else:
+            await self._refuse("unknown_message", 'The only message a client may send is {"type": "ping"}.')
+
+    async def _refuse(self, code: str, message: str) -> None:
+        self.bad_messages += 1
+        await self.send_json(error_message(code=code, message=message))
+        if self.bad_messages >= _MAX_BAD_MESSAGES:
+            await self.close(code=CLOSE_BAD_MESSAGES)
+
+    async def _not_found(self, message: str) -> None:
+        await self.accept()
+        await self.send_json(error_message(code="not_found", message=message))
+        await self.close(code=CLOSE_NOT_FOUND)
+
+    def _is_newer(self, poll_id: int, version: int) -> bool:
+        # Equal passes: a moderator's close or reopen changes the status, not the version.
+        if version < self.versions.get(poll_id, -1):
+            return False
+        self.versions[poll_id] = version
+        return True
+
+    # -- channel layer handlers ----------------------------------------------------------
+    # The broadcaster encodes each event's JSON once for every viewer (see
+    # realtime.events), hence send(text_data=...) rather than send_json.
+
+    async def poll_updated(self, event: dict[str, Any]) -> None:
+        if self._is_newer(event["poll_id"], event["version"]):
+            await self.send(text_data=event["text"])
+
+    async def leaderboard_updated(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=event["text"])
+
+    async def poll_removed(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=event["text"])
+
+
+class PollConsumer(_LiveConsumer):
+    """ws/polls/<poll_id>: a poll.snapshot, then that poll's poll.updated events."""
+
+    async def join(self) -> None:
+        raw_id: str = self.scope["url_route"]["kwargs"]["poll_id"]
+        if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= _MAX_ID_DIGITS):
+            await self._not_found(f"No poll with id {raw_id!r}.")
+            return
+        poll_id = int(raw_id)
+        # Joined before the snapshot is read, so no update can fall between the two; the
+        # group is settled once the viewer's right to see the counts is known.
+        group = poll_group(poll_id)
+        await self.channel_layer.group_add(group, self.channel_name)
+        live = await snapshots.get(("poll", poll_id), lambda: poll_live_totals(poll_id=poll_id))
+        snapshot = None if live is None else live.public
+        if live is not None and live.full is not None:
+            if await database_sync_to_async(_viewer_sees_results)(live, self.scope):
+                await self.channel_layer.group_add(poll_results_group(poll_id), self.channel_name)
+                await self.channel_layer.group_discard(group, self.channel_name)
+                group = poll_results_group(poll_id)
+                # Read again after joining the results group, for the same reason as above.
+                live = await snapshots.get(("poll", poll_id), lambda: poll_live_totals(poll_id=poll_id))
+                snapshot = None if live is None else (live.full or live.public)
+        if snapshot is None:
+            await self.channel_layer.group_discard(group, self.channel_name)
+            await self._not_found(f"No poll with id {poll_id}.")
+            return
+        self.groups = [group]  # discarded on disconnect by the base class
+        await self.accept()
+        self.versions[poll_id] = snapshot["version"]
+        await self.send_json(poll_message(event_type=POLL_SNAPSHOT, totals=snapshot))
+
+    async def poll_removed(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=event["text"])
+        await self.close(code=CLOSE_NOT_FOUND)
+
+    async def leaderboard_updated(self, event: dict[str, Any]) -> None:
+        return None  # only the every-poll stream carries the leaderboard
+
+
+class PollsConsumer(_LiveConsumer):
+    """ws: a polls.snapshot, then poll.updated of every poll and leaderboard.updated."""
+
+    async def join(self) -> None:
+        await self.channel_layer.group_add(POLLS_GROUP, self.channel_name)
+        self.groups = [POLLS_GROUP]
+        snapshot = await snapshots.get("polls", polls_snapshot)
+        await self.accept()
+        for totals in snapshot["polls"]:
+            self.versions[totals["id"]] = totals["version"]
+        await self.send_json({"type": POLLS_SNAPSHOT, **snapshot})
+
+    def _is_newer(self, poll_id: int, version: int) -> bool:
+        # A viewer of every poll would otherwise keep a version for every poll it ever
+        # saw; it is only filtered against its snapshot, and the client keeps the rest.
+        known = self.versions.pop(poll_id, None)
+        return known is None or version >= known
+
+
+class NotFoundConsumer(_LiveConsumer):
+    """Any other WebSocket path: a clear 4404 rather than a routing exception."""
+
+    async def connect(self) -> None:
+        await self._not_found(f"No WebSocket endpoint at {self.scope['path']}; use /ws or /ws/polls/<id>.")

@@ -1,0 +1,59 @@
+"""Fixtures of the realtime tests: the real Redis channel layer and a fresh broadcaster."""
+
+from __future__ import annotations
+
+import pytest
+from channels.layers import channel_layers, get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
+
+from realtime.broadcast import reset_broadcaster
+from realtime.consumers import connection_slots
+
+
+@pytest.fixture
+def live(transactional_db, settings):
+    """Committed data (the broadcaster reads from its own thread) over the real Redis layer.
+
+    Depends on transactional_db so that its teardown (stopping the broadcaster thread and
+    its database connection) runs before the test database is flushed.
+    """
+    assert settings.REDIS_URL, "the test services must export REDIS_URL"
+    channel_layers.backends.clear()
+    layer = get_channel_layer()
+    assert isinstance(layer, RedisPubSubChannelLayer), f"expected the Redis pub/sub layer, got {layer!r}"
+    reset_broadcaster()
+    yield layer
+    reset_broadcaster()
+    channel_layers.backends.clear()
+    assert connection_slots.open == 0, "a test left WebSocket connections counted as open"
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def page():
+    """A page of Debian's headless Chromium driven by Playwright (never a downloaded browser).
+
+    One browser per test, not per module: Playwright's sync API keeps an event loop
+    running on this thread while it is open, and Django then refuses the database
+    teardown of transactional tests as "async". Requested after the server fixtures, it
+    is closed before their teardown.
+    """
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1100, "height": 800})
+        yield context.new_page()
+        context.close()
+        browser.close()

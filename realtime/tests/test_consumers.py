@@ -1,0 +1,330 @@
+"""The WebSocket endpoints through the project's ASGI application, over the real Redis layer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+
+from polls.models import Poll
+from polls.tests.factories import make_poll
+from realtime.broadcast import get_broadcaster
+from realtime.consumers import CLOSE_BAD_MESSAGES, CLOSE_NOT_FOUND, CLOSE_TRY_AGAIN_LATER, connection_slots
+from realtime.events import poll_group, poll_updated_layer_message
+from realtime.selectors import poll_live_totals
+from realtime.tests.helpers import apply_votes, communicator, drain, receive, receive_until, run
+
+SEED_KEYS = {"id", "question", "option1", "option2", "option3", "option4", "options", "total", "status", "version"}
+
+
+def test_a_poll_socket_gets_the_poll_snapshot_first(live):
+    poll = make_poll("Best editor?", ("vim", "emacs", "nano"))
+
+    async def scenario():
+        await apply_votes(poll, 1, 1, 3)
+        comm = communicator(f"/ws/polls/{poll.pk}")
+        connected, _ = await comm.connect()
+        assert connected
+        snapshot = await receive(comm)
+        await comm.disconnect()
+        return snapshot
+
+    snapshot = run(scenario)
+    assert snapshot["type"] == "poll.snapshot"
+    assert snapshot["id"] == poll.pk
+    assert snapshot["question"] == "Best editor?"
+    assert (snapshot["option1"], snapshot["option2"], snapshot["option3"]) == (2, 0, 1)
+    assert "option4" not in snapshot
+    assert snapshot["options"] == [
+        {"position": 1, "text": "vim", "count": 2},
+        {"position": 2, "text": "emacs", "count": 0},
+        {"position": 3, "text": "nano", "count": 1},
+    ]
+    assert snapshot["total"] == 3
+    assert snapshot["version"] == 3
+    assert snapshot["status"] == "open"
+
+
+def test_votes_applied_by_the_worker_code_reach_the_poll_socket_with_growing_versions(live):
+    poll = make_poll()
+
+    async def scenario():
+        comm = communicator(f"/ws/polls/{poll.pk}")
+        assert (await comm.connect())[0]
+        snapshot = await receive(comm)
+        updates = []
+        for option in (2, 2, 4):
+            await apply_votes(poll, option)
+            # Waiting for each one keeps the sends apart, whatever the rate limit folds.
+            updates += await receive_until(comm, lambda m, n=len(updates): m["total"] > snapshot["total"] + n)
+        await comm.disconnect()
+        return snapshot, updates
+
+    snapshot, updates = run(scenario)
+    assert snapshot["total"] == 0 and snapshot["version"] == 0
+    assert [m["type"] for m in updates] == ["poll.updated"] * len(updates)
+    assert set(updates[-1]) >= SEED_KEYS
+    assert [updates[-1][f"option{n}"] for n in range(1, 5)] == [0, 2, 0, 1]
+    assert updates[-1]["total"] == 3
+    versions = [m["version"] for m in updates]
+    assert versions == sorted(set(versions)), f"versions must strictly grow: {versions}"
+    assert versions[-1] == 3
+
+
+def test_the_every_poll_socket_gets_a_snapshot_then_updates_of_any_poll_and_the_leaderboard(live):
+    older = make_poll("Older?", ("a", "b"))
+    newer = make_poll("Newer?", ("c", "d"))
+
+    async def scenario():
+        comm = communicator("/ws")
+        assert (await comm.connect())[0]
+        snapshot = await receive(comm)
+        await apply_votes(older, 2)
+        seen = await receive_until(comm, lambda m: m["type"] == "poll.updated" and m["id"] == older.pk)
+        seen += await receive_until(comm, lambda m: m["type"] == "leaderboard.updated")
+        await comm.disconnect()
+        return snapshot, seen
+
+    snapshot, seen = run(scenario)
+    assert snapshot["type"] == "polls.snapshot"
+    assert [p["id"] for p in snapshot["polls"]] == [newer.pk, older.pk]  # newest first
+    assert snapshot["polls"][1]["option1"] == 0
+    assert isinstance(snapshot["leaderboard"], list)
+    update = next(m for m in seen if m["type"] == "poll.updated")
+    assert (update["option1"], update["option2"], update["total"], update["version"]) == (0, 1, 1, 1)
+    board = next(m for m in seen if m["type"] == "leaderboard.updated")["leaderboard"]
+    assert board[0]["option"] == "b" and board[0]["count"] == 1 and board[0]["poll_id"] == older.pk
+
+
+def test_a_poll_socket_only_hears_its_own_poll(live):
+    watched, other = make_poll("Watched?", ("a", "b")), make_poll("Other?", ("c", "d"))
+
+    async def scenario():
+        comm = communicator(f"/ws/polls/{watched.pk}")
+        assert (await comm.connect())[0]
+        await receive(comm)
+        await apply_votes(other, 1, 2)
+        await apply_votes(watched, 1)
+        messages = await receive_until(comm, lambda m: m["type"] == "poll.updated")
+        messages += await drain(comm, quiet=0.5)
+        await comm.disconnect()
+        return messages
+
+    messages = run(scenario)
+    assert {m["id"] for m in messages} == {watched.pk}
+    assert messages[-1]["option1"] == 1
+
+
+def test_a_stale_update_is_not_forwarded(live, settings):
+    poll = make_poll()
+
+    async def scenario():
+        await apply_votes(poll, 1, 1)
+        assert await sync_to_async(get_broadcaster().flush)()  # the votes' own updates are out
+        comm = communicator(f"/ws/polls/{poll.pk}")
+        assert (await comm.connect())[0]
+        snapshot = await receive(comm)
+        stale = dict(snapshot, version=snapshot["version"] - 1, option1=1, total=1)
+        stale.pop("type")
+        await live.group_send(poll_group(poll.pk), poll_updated_layer_message(totals=stale))
+        newer = dict(stale, version=snapshot["version"] + 1, option1=5, total=5)
+        await live.group_send(poll_group(poll.pk), poll_updated_layer_message(totals=newer))
+        messages = await drain(comm, quiet=1.0)
+        await comm.disconnect()
+        return messages
+
+    messages = run(scenario)
+    assert [(m["version"], m["option1"]) for m in messages] == [(3, 5)]
+
+
+def test_a_foreign_origin_is_refused_at_the_handshake(live):
+    poll = make_poll()
+
+    async def scenario():
+        results = {}
+        for origin in (b"http://evil.example", b"http://localhost.evil.example", b"null"):
+            comm = communicator(f"/ws/polls/{poll.pk}", origin=origin)
+            connected, _ = await comm.connect()
+            results[origin] = connected
+            await comm.disconnect()
+        return results
+
+    assert run(scenario) == {b"http://evil.example": False, b"http://localhost.evil.example": False, b"null": False}
+    assert connection_slots.open == 0
+
+
+def test_allowed_origins_and_non_browser_clients_without_origin_are_accepted(live):
+    poll = make_poll()
+
+    async def scenario():
+        results = []
+        for origin in (b"http://localhost", b"https://localhost:8443", b"http://127.0.0.1:8000", None):
+            comm = communicator(f"/ws/polls/{poll.pk}", origin=origin)
+            connected, _ = await comm.connect()
+            results.append(connected and (await receive(comm))["type"] == "poll.snapshot")
+            await comm.disconnect()
+        return results
+
+    assert run(scenario) == [True, True, True, True]
+
+
+def test_an_unknown_or_malformed_poll_id_closes_with_4404_and_says_why(live):
+    poll = make_poll()
+
+    async def scenario():
+        outcomes = []
+        for path in (f"/ws/polls/{poll.pk + 1000}", "/ws/polls/abc", "/ws/polls/1e3", "/ws/polls/" + "9" * 30, "/ws/nope", "/elsewhere"):
+            comm = communicator(path)
+            connected, _ = await comm.connect()
+            first = await receive(comm)
+            closed = await comm.receive_output(timeout=2)
+            outcomes.append((path, connected, first["type"], first["code"], closed))
+            await comm.wait()
+        return outcomes
+
+    for path, connected, kind, code, closed in run(scenario):
+        assert (connected, kind, code) == (True, "error", "not_found"), path
+        assert closed == {"type": "websocket.close", "code": CLOSE_NOT_FOUND}, path
+    assert connection_slots.open == 0
+
+
+def test_a_hidden_poll_is_not_found_and_hiding_it_tells_its_viewers(live):
+    hidden, shown = make_poll("Hidden?", ("a", "b")), make_poll("Shown?", ("c", "d"))
+    Poll.objects.filter(pk=hidden.pk).update(hidden=True)
+
+    async def scenario():
+        comm = communicator(f"/ws/polls/{hidden.pk}")
+        await comm.connect()
+        refused = await receive(comm)
+        closed = await comm.receive_output(timeout=2)
+
+        viewer = communicator(f"/ws/polls/{shown.pk}")
+        assert (await viewer.connect())[0]
+        await receive(viewer)
+        await database_sync_to_async(Poll.objects.filter(pk=shown.pk).update)(hidden=True)
+        # What the moderation service does after hiding a poll.
+        get_broadcaster().request(poll_ids=[shown.pk])
+        removed = await receive(viewer)
+        viewer_closed = await viewer.receive_output(timeout=2)
+        return refused, closed, removed, viewer_closed
+
+    refused, closed, removed, viewer_closed = run(scenario)
+    assert refused["code"] == "not_found" and closed["code"] == CLOSE_NOT_FOUND
+    assert removed == {"type": "poll.removed", "id": shown.pk}
+    assert viewer_closed["code"] == CLOSE_NOT_FOUND
+
+
+def test_results_held_back_until_close_are_null_on_the_socket(live):
+    poll = make_poll()
+    Poll.objects.filter(pk=poll.pk).update(results_visibility=Poll.Visibility.AFTER_CLOSE)
+
+    async def scenario():
+        comm = communicator(f"/ws/polls/{poll.pk}")
+        assert (await comm.connect())[0]
+        snapshot = await receive(comm)
+        await apply_votes(poll, 1, 2)
+        update = (await receive_until(comm, lambda m: m["version"] == 2))[-1]
+        await database_sync_to_async(Poll.objects.filter(pk=poll.pk).update)(status=Poll.Status.CLOSED)
+        get_broadcaster().request(poll_ids=[poll.pk])
+        after_close = (await receive_until(comm, lambda m: m["status"] == "closed"))[-1]
+        await comm.disconnect()
+        return snapshot, update, after_close
+
+    snapshot, update, after_close = run(scenario)
+    for message in (snapshot, update):
+        assert message["results_hidden"] is True
+        assert message["option1"] is None and message["total"] is None
+        assert all(option["count"] is None for option in message["options"])
+    assert after_close["results_hidden"] is False
+    assert (after_close["option1"], after_close["option2"], after_close["total"]) == (1, 1, 2)
+
+
+def test_garbage_from_a_client_gets_error_messages_then_a_4400_close(live):
+    poll = make_poll()
+
+    async def scenario():
+        comm = communicator(f"/ws/polls/{poll.pk}")
+        assert (await comm.connect())[0]
+        await receive(comm)
+        await comm.send_to(text_data='{"type": "ping"}')
+        pong = await receive(comm)
+        answers = []
+        garbage = ["not json", "[1, 2]", '{"type": "vote", "option": 1}', "{", '"ping"', "[" * 100_000, "null", "1e999999"]
+        for text in garbage:
+            await comm.send_to(text_data=text)
+            answers.append(await receive(comm))
+        await comm.send_to(bytes_data=b"\x89PNG")
+        answers.append(await receive(comm))
+        await comm.send_to(text_data="still garbage")
+        answers.append(await receive(comm))
+        closed = await comm.receive_output(timeout=2)
+        return pong, answers, closed
+
+    pong, answers, closed = run(scenario)
+    assert pong == {"type": "pong"}
+    assert len(answers) == 10
+    assert all(a["type"] == "error" and a["message"] for a in answers)
+    assert [a["code"] for a in answers[:2]] == ["invalid_json", "unknown_message"]
+    assert answers[8]["code"] == "binary_not_supported"
+    assert closed == {"type": "websocket.close", "code": CLOSE_BAD_MESSAGES}
+    assert connection_slots.open == 0
+
+
+def test_connections_past_the_per_process_cap_are_refused_with_1013_until_one_leaves(live, settings):
+    settings.WS_MAX_CONNECTIONS = 2
+    poll = make_poll()
+
+    async def scenario():
+        first, second = communicator(f"/ws/polls/{poll.pk}"), communicator("/ws")
+        for comm in (first, second):
+            assert (await comm.connect())[0]
+            await receive(comm)
+        assert connection_slots.open == 2
+        third = communicator(f"/ws/polls/{poll.pk}")
+        await third.connect()
+        refused = await receive(third)
+        closed = await third.receive_output(timeout=2)
+        await third.wait()
+        await first.disconnect()
+        fourth = communicator(f"/ws/polls/{poll.pk}")
+        assert (await fourth.connect())[0]
+        accepted = await receive(fourth)
+        await second.disconnect()
+        await fourth.disconnect()
+        return refused, closed, accepted
+
+    refused, closed, accepted = run(scenario)
+    assert refused["type"] == "error" and refused["code"] == "too_many_connections"
+    assert closed == {"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER}
+    assert accepted["type"] == "poll.snapshot"
+
+
+def test_viewers_connecting_together_share_the_snapshot_read_and_all_get_it(live, django_assert_max_num_queries):
+    poll = make_poll()
+    run(apply_votes, poll, 3)
+
+    async def scenario():
+        comms = [communicator(f"/ws/polls/{poll.pk}") for _ in range(50)]
+        results = await asyncio.gather(*(comm.connect() for comm in comms))
+        snapshots = [await receive(comm) for comm in comms]
+        for comm in comms:
+            await comm.disconnect()
+        return results, snapshots
+
+    # One read is three statements (snapshot isolation, the poll, its options): 150 for
+    # 50 viewers reading alone; together they share a few reads.
+    with django_assert_max_num_queries(15):
+        results, snapshots = run(scenario)
+    assert all(connected for connected, _ in results)
+    assert all(s["type"] == "poll.snapshot" and s["option3"] == 1 and s["version"] == 1 for s in snapshots)
+
+
+def test_the_layer_message_carries_the_client_json_encoded_once(live):
+    poll = make_poll()
+    totals = poll_live_totals(poll_id=poll.pk).public
+    message = poll_updated_layer_message(totals=totals)
+    assert message["type"] == "poll.updated"
+    assert (message["poll_id"], message["version"]) == (poll.pk, 0)
+    assert json.loads(message["text"]) == {"type": "poll.updated", **totals}

@@ -1,0 +1,92 @@
+"""A vote POSTed to a real server goes through Kafka and the worker to a real WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+import websockets
+
+from testsupport.processes import WebServer
+from tests.http import request
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+POLL = {"question": "Tabs or spaces?", "option1": "Tabs", "option2": "Spaces"}
+
+
+async def _next(ws, predicate, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic())))
+        if predicate(message):
+            return message
+
+
+def test_a_vote_posted_over_http_reaches_websocket_viewers_through_kafka_and_the_worker(web_server, vote_worker):
+    poll_id = request("POST", f"{web_server.url}/polls", POLL).json()["id"]
+    ws_url = web_server.url.replace("http://", "ws://")
+
+    async def scenario():
+        origin = web_server.url
+        async with websockets.connect(f"{ws_url}/ws/polls/{poll_id}", origin=origin) as one, websockets.connect(
+            f"{ws_url}/ws", origin=origin
+        ) as every:
+            snapshot = json.loads(await one.recv())
+            every_snapshot = json.loads(await every.recv())
+            answer = await asyncio.to_thread(request, "POST", f"{web_server.url}/polls/{poll_id}/vote", {"option": 2})
+            voted_at = time.monotonic()
+            update = await _next(one, lambda m: m["type"] == "poll.updated")
+            latency = time.monotonic() - voted_at
+            seen_by_every = await _next(every, lambda m: m["type"] == "poll.updated" and m["id"] == poll_id)
+            return snapshot, every_snapshot, answer.status, update, seen_by_every, latency
+
+    snapshot, every_snapshot, status, update, seen_by_every, latency = asyncio.run(scenario())
+    assert status == 204
+    assert snapshot["type"] == "poll.snapshot" and snapshot["total"] == 0
+    assert every_snapshot["type"] == "polls.snapshot" and every_snapshot["polls"][0]["id"] == poll_id
+    for message in (update, seen_by_every):
+        assert (message["id"], message["option1"], message["option2"], message["total"]) == (poll_id, 0, 1, 1)
+        assert message["version"] == 1
+    print(f"vote-to-screen through Kafka and the worker: {latency * 1000:.0f} ms")
+
+
+def test_a_browser_origin_of_another_site_is_refused_by_the_real_server(web_server):
+    ws_url = web_server.url.replace("http://", "ws://")
+
+    async def scenario():
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(f"{ws_url}/ws", origin="http://evil.example"):
+                pass
+        return refused.value.response.status_code
+
+    assert asyncio.run(scenario()) == 403
+
+
+def test_viewers_of_a_restarted_server_reconnect_and_resync_from_the_snapshot(web_server, vote_worker):
+    poll_id = request("POST", f"{web_server.url}/polls", POLL).json()["id"]
+    ws_url = f"{web_server.url.replace('http://', 'ws://')}/ws/polls/{poll_id}"
+
+    async def scenario():
+        async with websockets.connect(ws_url) as ws:
+            assert json.loads(await ws.recv())["type"] == "poll.snapshot"
+            web_server.kill()
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+        # Votes land while the web server is down: cast through a second server process.
+        other = WebServer(env=web_server.env, log_dir=web_server.log_path.parent)
+        await asyncio.to_thread(other.start)
+        try:
+            for _ in range(3):
+                answer = await asyncio.to_thread(request, "POST", f"{other.url}/polls/{poll_id}/vote", {"option": 1})
+                assert answer.status == 204
+            await asyncio.to_thread(web_server.start)
+            async with websockets.connect(ws_url) as ws:
+                return await _next(ws, lambda m: m["total"] == 3)
+        finally:
+            other.kill()
+
+    resynced = asyncio.run(scenario())
+    assert resynced["option1"] == 3 and resynced["version"] >= 1
