@@ -99,8 +99,21 @@ class PollAdmin(admin.ModelAdmin):
         return response
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows that are records, not data to edit: staff may look, nobody may change them."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Vote)
-class VoteAdmin(admin.ModelAdmin):
+class VoteAdmin(ReadOnlyAdmin):
     """The vote history: read-only, since counters must always equal these rows."""
 
     list_display = ["vote_id", "poll", "option", "voter_key", "cast_at", "applied_at"]
@@ -109,27 +122,9 @@ class VoteAdmin(admin.ModelAdmin):
     list_select_related = ["poll", "option"]
     show_full_result_count = False  # counting millions of rows on every page is slow
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(ReadOnlyAdmin):
     list_display = ["at", "action", "poll", "actor", "note"]
     list_filter = ["action", ("at", admin.DateFieldListFilter)]
     search_fields = ["poll__question", "actor__username"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
