@@ -63,6 +63,12 @@ worker: migrate
 check: install
 	$(BIN)/python manage.py check
 
+# The benchmark suite: starts its own real services and servers, prints a table of
+# figures beside their references (ratios), e.g. make bench BENCH_ARGS="--quick".
+bench: install
+	$(BIN)/python -m devservices install
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache db.sqlite3
 

@@ -1,0 +1,230 @@
+"""Section 2: how fast one vote worker applies votes from Kafka into PostgreSQL.
+
+The vote topic is pre-filled once with N valid vote events (the product's own VoteEvent
+wire format, keyed by poll), spread over P polls of 4 options. Each round then empties
+the vote rows and counters, starts one `manage.py consume_votes` under a new consumer
+group (so it reads the topic from the start) and times it from the first counted vote
+until all N are counted, reading the option counters (40 rows, cheap) every 50 ms.
+
+The reference, in the same rounds: one transaction per vote, i.e. the product's
+votes_apply called with one event at a time from a separate process, straight from
+memory (no Kafka, no offset commits: the most generous per-vote baseline), for at most
+the phase duration.
+
+Helpers run as Django processes (`python -m bench.apply_rate setup|prefill|per-vote`)
+with the product's environment; the runner itself never imports Django.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+from bench.common import PYTHON, REPO, Profiler, Row, Worker, django_env, log, manage, median, paired_ratio, sql
+
+
+def _helper(env: dict[str, str], *args: str, timeout: float = 900) -> dict:
+    result = subprocess.run([PYTHON, "-m", "bench.apply_rate", *args], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"bench.apply_rate {args[0]} failed:\n{result.stdout}\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _counted(database_url: str, poll_ids: list[int]) -> int:
+    return int(sql(database_url, "SELECT coalesce(sum(votes), 0) FROM polls_option WHERE poll_id = ANY(%s)", [poll_ids])[0][0])
+
+
+def _reset(database_url: str) -> None:
+    sql(database_url, "TRUNCATE polls_vote", fetch=False)
+    sql(database_url, "UPDATE polls_option SET votes = 0", fetch=False)
+    sql(database_url, "UPDATE polls_poll SET version = 0", fetch=False)
+    sql(database_url, "VACUUM ANALYZE polls_option", fetch=False)
+
+
+def _time_worker(ctx, env: dict[str, str], database_url: str, poll_ids: list[int], total: int, group: str, name: str):
+    worker = Worker(name=name, env=env, log_dir=ctx.work_dir, group=group, extra=ctx.worker_args)
+    worker.start()
+    spies = Profiler.attach(name, [worker.pid], 10)
+    try:
+        deadline = time.monotonic() + 600
+        first_at = None
+        first_count = 0
+        count = 0
+        while time.monotonic() < deadline:
+            count = _counted(database_url, poll_ids)
+            now = time.monotonic()
+            if first_at is None and count > 0:
+                first_at, first_count = now, count
+            if count >= total:
+                break
+            if not worker.alive():
+                raise RuntimeError(f"worker exited:\n{worker.log()[-3000:]}")
+            time.sleep(0.05)
+        done_at = time.monotonic()
+        memory = worker.memory()
+    finally:
+        Profiler.wait(spies)
+        worker.stop()
+    if count < total:
+        raise RuntimeError(f"worker counted {count} of {total} votes in 600 s")
+    seconds = max(done_at - first_at, 1e-3)
+    return (total - first_count) / seconds, seconds, memory
+
+
+def run_apply(ctx) -> list[Row]:
+    services = ctx.services
+    topic = f"bench-apply-{uuid.uuid4().hex[:8]}"
+    database_url = services.database_url("bench_apply")
+    env = django_env(database_url=database_url, kafka=services.kafka_bootstrap, redis=services.redis_url,
+                     topic=topic, extra=ctx.product_env)
+    manage(env, "migrate", "--no-input")
+    setup = _helper(env, "setup", "--polls", str(ctx.apply_polls))
+    poll_ids = setup["poll_ids"]
+    prefill = _helper(env, "prefill", "--count", str(ctx.apply_events), "--poll-ids", ",".join(map(str, poll_ids)))
+    log(f"apply: {ctx.apply_events:,} events pre-filled over {len(poll_ids)} polls in {prefill['seconds']:.1f} s "
+        f"({prefill['rate']:,.0f}/s)")
+    batched: list[float] = []
+    per_vote: list[float] = []
+    consistent = True
+    for round_index in range(ctx.runs):
+        _reset(database_url)
+        rate, seconds, memory = _time_worker(ctx, env, database_url, poll_ids, ctx.apply_events,
+                                             group=f"bench-apply-{round_index}-{uuid.uuid4().hex[:6]}",
+                                             name=f"apply-worker-{round_index}")
+        rows = sql(database_url, "SELECT count(*) FROM polls_vote")[0][0]
+        consistent &= rows == _counted(database_url, poll_ids)
+        batched.append(rate)
+        previous = ctx.memory.get("worker (apply, batched)", {"rss_mb": 0, "peak_mb": 0})
+        ctx.memory["worker (apply, batched)"] = {k: max(previous[k], memory[k]) for k in memory}
+        log(f"apply round {round_index + 1}/{ctx.runs}: one worker applied {rate:,.0f} votes/s "
+            f"({ctx.apply_events:,} in {seconds:.1f} s)")
+        _reset(database_url)
+        single = _helper(env, "per-vote", "--count", str(ctx.per_vote_events), "--poll-ids", ",".join(map(str, poll_ids)),
+                         "--seconds", str(ctx.duration))
+        per_vote.append(single["rate"])
+        log(f"apply round {round_index + 1}/{ctx.runs}: one transaction per vote {single['rate']:,.0f} votes/s")
+    rate, reference = median(batched), median(per_vote)
+    ratio = paired_ratio(batched, per_vote)
+    return [
+        Row("2 apply", "votes/s applied by one worker (Kafka -> PostgreSQL)", rate, "votes/s",
+            "one transaction per vote (votes_apply x1)", reference, ratio, ">= 10x, >= 50,000/s",
+            ratio >= 10 and rate >= 50_000,
+            note=(f"{ctx.apply_events:,} events over {len(poll_ids)} polls x 4 options, batch settings "
+                  f"{' '.join(ctx.worker_args) or 'default (VOTE_BATCH_SIZE, VOTE_BATCH_WAIT_MS)'}; "
+                  f"counters {'equal' if consistent else 'DIFFER FROM'} the vote rows after every round"),
+            runs=batched),
+    ]
+
+
+# --- the Django-side helpers ---------------------------------------------------------------
+
+
+def _django() -> None:
+    import django
+
+    django.setup()
+
+
+def make_event(poll_id: int, option: int, serial: int):
+    """A valid VoteEvent of the product's current shape (its fields are looked up by name)."""
+    import dataclasses
+
+    from django.utils import timezone
+
+    from polls.events import VoteEvent
+
+    known = {
+        "vote_id": lambda: uuid.uuid4(),
+        "poll_id": lambda: poll_id,
+        "option": lambda: option,
+        "options": lambda: (option,),
+        "voter_key": lambda: f"bench:{serial}",
+        "cast_at": lambda: timezone.now(),
+        "dedupe_key": lambda: None,
+    }
+    kwargs = {}
+    for f in dataclasses.fields(VoteEvent):
+        if f.name in known:
+            kwargs[f.name] = known[f.name]()
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise RuntimeError(f"VoteEvent has a field the benchmark does not know: {f.name}")
+    return VoteEvent(**kwargs)
+
+
+def _cmd_setup(args) -> dict:
+    from polls.services import poll_create
+    from polls.topics import ensure_topics
+
+    ensure_topics()
+    polls = [poll_create(question=f"Benchmark poll {n}?", options=["Red", "Blue", "Green", "Yellow"]) for n in range(args.polls)]
+    return {"poll_ids": [poll.pk for poll in polls]}
+
+
+def _choices(poll_ids: list[int], count: int):
+    for serial in range(count):
+        yield poll_ids[serial % len(poll_ids)], serial // len(poll_ids) % 4 + 1, serial
+
+
+def _cmd_prefill(args) -> dict:
+    from django.conf import settings
+    from kafka import KafkaProducer
+
+    from polls.topics import vote_topic
+
+    poll_ids = [int(x) for x in args.poll_ids.split(",")]
+    producer = KafkaProducer(bootstrap_servers=settings.KAFKA_BROKERS, acks="all", linger_ms=50,
+                             batch_size=512 * 1024, max_request_size=8 * 1024 * 1024, compression_type=None)
+    began = time.monotonic()
+    topic = vote_topic()
+    for poll_id, option, serial in _choices(poll_ids, args.count):
+        event = make_event(poll_id, option, serial)
+        producer.send(topic, key=event.key, value=event.to_bytes())
+    producer.flush()
+    producer.close()
+    seconds = time.monotonic() - began
+    return {"count": args.count, "seconds": seconds, "rate": args.count / seconds}
+
+
+def _cmd_per_vote(args) -> dict:
+    from django.db import connection
+
+    from polls.services import votes_apply
+
+    poll_ids = [int(x) for x in args.poll_ids.split(",")]
+    events = [make_event(p, o, s) for p, o, s in _choices(poll_ids, args.count)]
+    votes_apply(events=[make_event(poll_ids[0], 1, -1)])  # connect and warm up outside the timing
+    began = time.monotonic()
+    done = 0
+    for event in events:
+        votes_apply(events=[event])
+        done += 1
+        if done % 50 == 0 and time.monotonic() - began > args.seconds:
+            break
+    seconds = time.monotonic() - began
+    connection.close()
+    return {"count": done, "seconds": seconds, "rate": done / seconds}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.apply_rate")
+    sub = parser.add_subparsers(dest="command", required=True)
+    setup = sub.add_parser("setup")
+    setup.add_argument("--polls", type=int, default=10)
+    for name in ("prefill", "per-vote"):
+        command = sub.add_parser(name)
+        command.add_argument("--count", type=int, required=True)
+        command.add_argument("--poll-ids", required=True)
+        command.add_argument("--seconds", type=float, default=10.0, help="per-vote: stop after this long")
+    args = parser.parse_args(argv)
+    _django()
+    handler = {"setup": _cmd_setup, "prefill": _cmd_prefill, "per-vote": _cmd_per_vote}[args.command]
+    print(json.dumps(handler(args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

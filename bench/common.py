@@ -1,0 +1,663 @@
+"""What every benchmark section shares: services, server processes, load, memory, stats.
+
+Nothing here is a test: the sections print figures. Everything runs on 127.0.0.1 in
+temporary directories, on free ports, and stops what it started.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from devservices import KafkaServer, PostgresServer, RedisServer, ensure_installed, free_port  # noqa: E402
+
+PYTHON = sys.executable
+LOADGEN = REPO / "bench" / "loadgen.py"
+SECRET_KEY = "bench-only-secret-key-not-for-production-0123456789abcdef"
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- services ----------------------------------------------------------------------------
+
+
+@dataclass
+class Services:
+    """Real PostgreSQL, Redis and Kafka of this benchmark run, in one temporary directory.
+
+    `Services.external()` uses already running ones instead (DATABASE_URL of a user who
+    may create databases, REDIS_URL, KAFKA_BROKERS): handy while iterating on a section.
+    """
+
+    root: Path | None
+    pg: dict | None = None  # host, port, user, password
+    redis_url: str | None = None
+    kafka_bootstrap: str | None = None
+    servers: list = field(default_factory=list)
+
+    @classmethod
+    def start(cls, *, postgres: bool = True, redis: bool = True, kafka: bool = True) -> Services:
+        ensure_installed(postgres=postgres, redis=redis, kafka=kafka)
+        root = Path(tempfile.mkdtemp(prefix="polling-bench-"))
+        services = cls(root=root)
+        if postgres:
+            pg = PostgresServer(port=free_port(), data_dir=root / "postgres")
+            services.servers.append(pg)
+            services.pg = {"host": "127.0.0.1", "port": pg.port, "user": pg.user, "password": pg.password}
+        if redis:
+            server = RedisServer(port=free_port(), data_dir=root / "redis")
+            services.servers.append(server)
+            services.redis_url = server.url
+        if kafka:
+            server = KafkaServer(port=free_port(), controller_port=free_port(), data_dir=root / "kafka")
+            services.servers.append(server)
+            services.kafka_bootstrap = server.bootstrap
+        began = time.monotonic()
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            errors = [f.exception() for f in [pool.submit(s.start) for s in services.servers]]
+        failed = [e for e in errors if e is not None]
+        if failed:
+            services.stop()
+            raise failed[0]
+        log(f"services up in {time.monotonic() - began:.1f} s under {root}: "
+            + ", ".join(f"{s.name}:{s.port}" for s in services.servers))
+        return services
+
+    @classmethod
+    def external(cls) -> Services:
+        from urllib.parse import urlparse
+
+        url = urlparse(os.environ["DATABASE_URL"])
+        return cls(
+            root=None,
+            pg={"host": url.hostname, "port": url.port or 5432, "user": url.username, "password": url.password},
+            redis_url=os.environ.get("REDIS_URL"),
+            kafka_bootstrap=os.environ.get("KAFKA_BROKERS"),
+        )
+
+    def stop(self) -> None:
+        for service in self.servers:
+            try:
+                service.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                log(f"could not stop {service!r}: {exc}")
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def database_url(self, name: str) -> str:
+        """A fresh database `name` on the benchmark's PostgreSQL (dropped first if it exists)."""
+        import psycopg2
+
+        pg = self.pg
+        conn = psycopg2.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"], dbname="postgres")
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            cursor.execute(f'CREATE DATABASE "{name}" OWNER "{pg["user"]}"')
+        conn.close()
+        return f"postgresql://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{name}"
+
+
+def django_env(
+    *,
+    database_url: str | None,
+    kafka: str | None = None,
+    redis: str | None = None,
+    topic: str | None = None,
+    settings_module: str = "polling.settings",
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of a production process (DEBUG off) of the given shape."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BROKERS", "REDIS_URL", "KAFKA_TOPIC")}
+    env.update(
+        SECRET_KEY=SECRET_KEY,
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        DEBUG="0",
+        LOG_LEVEL="INFO",  # the product's default: what production logs, it pays for
+        DJANGO_SETTINGS_MODULE=settings_module,
+        PYTHONPATH=str(REPO),
+        # The load comes from one address: rate limits stay on (their cache round trips
+        # are part of the vote's cost) but so high that they never refuse a vote.
+        RATE_LIMIT_VOTES_PER_ADDRESS="1000000000/min",
+        RATE_LIMIT_VOTES_PER_VOTER="1000000000/min",
+        RATE_LIMIT_POLLS_PER_ADDRESS="1000000000/min",
+    )
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    if kafka:
+        env["KAFKA_BROKERS"] = kafka
+    if redis:
+        env["REDIS_URL"] = redis
+    if topic:
+        env["KAFKA_TOPIC"] = topic
+    env.update(extra or {})
+    return env
+
+
+def manage(env: dict[str, str], *args: str, timeout: float = 600) -> str:
+    result = subprocess.run(
+        [PYTHON, "manage.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def sql(database_url: str, statement: str, params: Sequence | None = None, *, fetch: bool = True):
+    import psycopg2
+
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchall() if fetch and cursor.description else None
+    finally:
+        conn.close()
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+class Process:
+    """A child process in its own session, its output in a log file; stopped by its own pid."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path, pass_fds: Sequence[int] = (),
+                 repo: Path = REPO) -> None:
+        self.name = name
+        self.repo = repo
+        self.args = args
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.pass_fds = tuple(pass_fds)
+        self.popen: subprocess.Popen | None = None
+
+    def start(self) -> Process:
+        with open(self.log_path, "ab") as out:
+            self.popen = subprocess.Popen(
+                self.args, cwd=self.repo, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, pass_fds=self.pass_fds,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 20) -> None:
+        if not self.alive():
+            return
+        os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+    def memory(self) -> dict[str, float]:
+        """Resident memory now and at its peak (VmRSS, VmHWM from /proc), MB, with children."""
+        return proc_memory([self.pid] + child_pids(self.pid))
+
+
+def proc_memory(pids: Sequence[int]) -> dict[str, float]:
+    rss = peak = 0.0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                rss += int(line.split()[1]) / 1024
+            elif line.startswith("VmHWM:"):
+                peak += int(line.split()[1]) / 1024
+    return {"rss_mb": rss, "peak_mb": peak}
+
+
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if fields[1] == str(pid):
+                children.append(int(entry.name))
+                children.extend(child_pids(int(entry.name)))
+    return children
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (from /proc/<pid>/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def wait_until(predicate, *, timeout: float, interval: float = 0.1, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class WebServer:
+    """The ASGI application served as production serves it: `python -m daphne`.
+
+    procs > 1 runs that many daphne processes on one listening socket (bound here and
+    passed with --fd, as a process supervisor would), the kernel spreading connections.
+    """
+
+    def __init__(self, *, name: str, env: dict[str, str], log_dir: Path, procs: int = 1,
+                 server: str = "daphne", app: str = "polling.asgi:application", repo: Path = REPO,
+                 server_args: Sequence[str] = ()) -> None:
+        self.name = name
+        self.repo = repo
+        self.server_args = list(server_args)
+        self.env = env
+        self.log_dir = log_dir
+        self.procs_wanted = procs
+        self.server = server
+        self.app = app
+        self.port = 0
+        self.socket: socket.socket | None = None
+        self.processes: list[Process] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _args(self, fd: int) -> list[str]:
+        python = self.env.get("BENCH_PYTHON", PYTHON)
+        if self.server == "daphne":
+            return [python, "-m", "daphne", "--fd", str(fd), *self.server_args, self.app]
+        if self.server == "uvicorn":
+            return [python, "-m", "uvicorn", "--fd", str(fd), *self.server_args, self.app]
+        raise ValueError(f"unknown server {self.server}")
+
+    def start(self, timeout: float = 60) -> WebServer:
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(4096)
+        self.socket.set_inheritable(True)
+        self.port = self.socket.getsockname()[1]
+        fd = self.socket.fileno()
+        for index in range(self.procs_wanted):
+            process = Process(f"{self.name}-{index}", self._args(fd), self.env, self.log_dir, pass_fds=[fd], repo=self.repo)
+            self.processes.append(process.start())
+
+        def answers() -> bool:
+            for process in self.processes:
+                if not process.alive():
+                    raise RuntimeError(f"{process.name} exited:\n{process.log()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"{self.url}/leaderboard", timeout=2).read()
+                return True
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                return False
+
+        try:
+            wait_until(answers, timeout=timeout, what=f"{self.name} to answer")
+        except BaseException:
+            self.stop()
+            raise
+        # Each process imports Django lazily on its first request: warm all of them.
+        for _ in range(4 * self.procs_wanted):
+            urllib.request.urlopen(f"{self.url}/leaderboard", timeout=5).read()
+        return self
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
+        if self.socket is not None:
+            self.socket.close()
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def memory(self) -> dict[str, float]:
+        """Per process: the largest current and peak RSS among the server processes."""
+        figures = [p.memory() for p in self.processes]
+        return {"rss_mb": max(f["rss_mb"] for f in figures), "peak_mb": max(f["peak_mb"] for f in figures)}
+
+    def cpu_seconds(self) -> float:
+        return sum(proc_cpu_seconds(pid) for pid in self.pids())
+
+
+class Worker(Process):
+    """`manage.py consume_votes`: one vote worker."""
+
+    def __init__(self, *, name: str, env: dict[str, str], log_dir: Path, group: str, extra: Sequence[str] = (),
+                 repo: Path = REPO) -> None:
+        python = env.get("BENCH_PYTHON", PYTHON)
+        super().__init__(name, [python, "manage.py", "consume_votes", "--group", group, *extra], env, log_dir, repo=repo)
+
+    def start(self, timeout: float = 60) -> Worker:
+        """Start and wait for its "consuming" log line (at INFO), at most `timeout` s."""
+        super().start()
+        try:
+            wait_until(lambda: "consuming" in self.log() or not self.alive(), timeout=timeout, what=f"{self.name} to consume")
+        except RuntimeError:
+            log(f"{self.name} never logged 'consuming' (LOG_LEVEL above INFO?); going on")
+        if not self.alive():
+            raise RuntimeError(f"{self.name} exited:\n{self.log()[-3000:]}")
+        return self
+
+
+
+# --- profiling ---------------------------------------------------------------------------
+
+
+class Profiler:
+    """py-spy attached to running processes for a while (`bench/run.py --profile DIR`).
+
+    Writes collapsed stacks (`<name>-<pid>.txt`, for flame graph tools or summarize())
+    and nothing else; a process is not slowed by more than the sampling (--nonblocking).
+    """
+
+    directory: Path | None = None
+    rate = 250
+
+    @classmethod
+    def attach(cls, name: str, pids: Sequence[int], seconds: float) -> list[subprocess.Popen]:
+        if cls.directory is None:
+            return []
+        spy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
+        running = []
+        for pid in pids:
+            out = cls.directory / f"{name}-{pid}.txt"
+            running.append(subprocess.Popen(
+                [spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", str(cls.rate),
+                 "--nonblocking", "--format", "raw", "--output", str(out)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return running
+
+    @staticmethod
+    def wait(running: list[subprocess.Popen]) -> None:
+        for popen in running:
+            try:
+                popen.wait(60)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+
+
+def summarize_profile(path: Path, top: int = 30) -> str:
+    """The functions with the most samples in a collapsed-stack file, inclusive and self."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    lines = [f"{path.name}: {total} samples"]
+    for frame, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {100 * n / total:5.1f}% incl {100 * own.get(frame, 0) / total:5.1f}% self  {frame[:150]}")
+    return "\n".join(lines)
+
+
+# --- load ----------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    answers: int
+    status: dict[str, int]
+    errors: int
+    generator_cpu_s: float
+    window_s: float
+    server_cpu_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def generator_ceiling_rps(self) -> float:
+        """Answers per second one generator core could drive, from its CPU per answer."""
+        if self.generator_cpu_s <= 0:
+            return float("inf")
+        return self.answers / self.generator_cpu_s
+
+    @property
+    def ok_fraction(self) -> float:
+        good = sum(v for k, v in self.status.items() if k.startswith("2"))
+        return good / self.answers if self.answers else 0.0
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def http_load(
+    *,
+    port: int,
+    paths: Sequence[str],
+    bodies: Sequence[str] = (),
+    method: str = "POST",
+    connections: int = 64,
+    duration: float = 10.0,
+    warmup: float = 2.0,
+    procs: int = 1,
+    work_dir: Path,
+    server: WebServer | None = None,
+) -> LoadResult:
+    """Closed-loop HTTP load from `procs` generator processes; returns merged figures."""
+    start_at = time.time() + 1.0  # the generator processes' interpreters start meanwhile
+    generators = []
+    per_proc = [connections // procs + (1 if i < connections % procs else 0) for i in range(procs)]
+    for index, count in enumerate(per_proc):
+        latency_file = work_dir / f"latencies-{os.getpid()}-{index}-{time.monotonic_ns()}.bin"
+        args = [PYTHON, str(LOADGEN), "http", "--port", str(port), "--method", method,
+                "--connections", str(count), "--start-at", f"{start_at:.6f}",
+                "--warmup", str(warmup), "--duration", str(duration), "--latencies", str(latency_file)]
+        for path in paths:
+            args += ["--path", path]
+        for body in bodies:
+            args += ["--body", body]
+        generators.append((subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), latency_file))
+    cpu_server_before = server_cpu_at_window = 0.0
+    if server is not None:
+        # Server CPU over the measured window only.
+        time.sleep(max(0.0, start_at + warmup - time.time()))
+        cpu_server_before = server.cpu_seconds()
+        spies = Profiler.attach(f"{server.name}-{paths[0].strip('/').replace('/', '_')}", server.pids(), duration)
+        time.sleep(max(0.0, start_at + warmup + duration - time.time()))
+        server_cpu_at_window = server.cpu_seconds() - cpu_server_before
+        Profiler.wait(spies)
+    latencies = array.array("f")
+    answers = errors = 0
+    cpu = 0.0
+    status: dict[str, int] = {}
+    status_all: dict[str, int] = {}
+    for popen, latency_file in generators:
+        out, err = popen.communicate(timeout=warmup + duration + 120)
+        if popen.returncode != 0:
+            raise RuntimeError(f"load generator failed:\n{err}")
+        result = json.loads(out.strip().splitlines()[-1])
+        answers += result["answers"]
+        errors += result["errors"]
+        cpu += result["cpu_s"]
+        for k, v in result["status"].items():
+            status[k] = status.get(k, 0) + v
+        for k, v in result["status_all"].items():
+            status_all[k] = status_all.get(k, 0) + v
+        with open(latency_file, "rb") as data:
+            latencies.frombytes(data.read())
+        latency_file.unlink()
+    ordered = sorted(latencies)
+    return LoadResult(
+        rps=answers / duration,
+        p50_ms=percentile(ordered, 50) / 1000,
+        p90_ms=percentile(ordered, 90) / 1000,
+        p99_ms=percentile(ordered, 99) / 1000,
+        answers=answers,
+        status=status,
+        errors=errors,
+        generator_cpu_s=cpu,
+        window_s=duration,
+        server_cpu_s=server_cpu_at_window,
+        extra={"status_all": status_all},
+    )
+
+
+class Viewers:
+    """N WebSocket viewers in a separate process, kept connected until stop()."""
+
+    def __init__(self, *, port: int, path: str, count: int, max_seconds: float, connect_concurrency: int = 100) -> None:
+        self.args = [PYTHON, str(LOADGEN), "viewers", "--port", str(port), "--path", path, "--count", str(count),
+                     "--duration", str(max_seconds), "--connect-concurrency", str(connect_concurrency)]
+        self.popen: subprocess.Popen | None = None
+        self.connected = 0
+        self.connect_s = 0.0
+
+    def start(self, timeout: float = 120) -> Viewers:
+        self.popen = subprocess.Popen(self.args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + timeout
+        line = self.popen.stderr.readline()  # printed once every viewer is connected or failed
+        if not line or time.monotonic() > deadline:
+            raise RuntimeError(f"viewers did not connect: {line!r}")
+        info = json.loads(line)
+        self.connected, self.connect_s = info["connected"], info["connect_s"]
+        return self
+
+    def stop(self) -> dict:
+        if self.popen is None or self.popen.poll() is not None:
+            return {}
+        self.popen.send_signal(signal.SIGTERM)
+        out, _ = self.popen.communicate(timeout=30)
+        lines = out.strip().splitlines()
+        return json.loads(lines[-1]) if lines else {}
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+# --- figures -------------------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    values = [v for v in values if v == v]  # drop NaN
+    return statistics.median(values) if values else float("nan")
+
+
+def paired_ratio(values: Sequence[float], references: Sequence[float]) -> float:
+    """The median of each round's figure over the reference measured in that same round.
+
+    On a shared machine whose speed drifts between rounds, pairing cancels the drift
+    that a ratio of the two medians would keep.
+    """
+    return median([v / r for v, r in zip(values, references) if r])
+
+
+@dataclass
+class Row:
+    """One line of the printed table: a figure beside its reference, as a ratio."""
+
+    section: str
+    metric: str
+    value: float
+    unit: str
+    reference: str = ""
+    reference_value: float | None = None
+    ratio: float | None = None
+    target: str = ""
+    ok: bool | None = None
+    note: str = ""
+    runs: list[float] = field(default_factory=list)
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if value != value:
+        return "n/a"
+    if abs(value) >= 1000:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 100:
+        text = f"{value:.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.2f}"
+    return f"{text} {unit}".strip()
+
+
+def print_table(rows: Sequence[Row], *, title: str, out=sys.stdout) -> None:
+    header = ["section", "figure (median)", "value", "reference (same run)", "ref value", "ratio", "target", "ok"]
+    lines = []
+    for row in rows:
+        lines.append([
+            row.section,
+            row.metric,
+            fmt(row.value, row.unit),
+            row.reference or "-",
+            fmt(row.reference_value, row.unit) if row.reference_value is not None else "-",
+            f"{row.ratio:.2f}x" if row.ratio is not None and row.ratio == row.ratio else "-",
+            row.target or "-",
+            {True: "yes", False: "NO", None: "-"}[row.ok],
+        ])
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
+    rule = "+".join("-" * (w + 2) for w in widths)
+    print(f"\n{title}", file=out)
+    print(rule, file=out)
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)), file=out)
+    print(rule, file=out)
+    last_section = None
+    for row, line in zip(rows, lines):
+        if last_section is not None and row.section != last_section:
+            print(rule, file=out)
+        last_section = row.section
+        print(" | ".join(cell.ljust(w) for cell, w in zip(line, widths)), file=out)
+    print(rule, file=out)
+    print("  ratio = median over the rounds of (figure / its reference measured in the same round)", file=out)
+    notes = [(row.section, row.metric, row.note) for row in rows if row.note]
+    for section, metric, note in notes:
+        print(f"  * {section} / {metric}: {note}", file=out)
+    out.flush()
