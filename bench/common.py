@@ -107,10 +107,10 @@ class Services:
 
     def database_url(self, name: str) -> str:
         """A fresh database `name` on the benchmark's PostgreSQL (dropped first if it exists)."""
-        import psycopg2
+        import psycopg
 
         pg = self.pg
-        conn = psycopg2.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"], dbname="postgres")
+        conn = psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"], dbname="postgres")
         conn.autocommit = True
         with conn.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -165,9 +165,9 @@ def manage(env: dict[str, str], *args: str, timeout: float = 600) -> str:
 
 
 def sql(database_url: str, statement: str, params: Sequence | None = None, *, fetch: bool = True):
-    import psycopg2
+    import psycopg
 
-    conn = psycopg2.connect(database_url)
+    conn = psycopg.connect(database_url)
     conn.autocommit = True
     try:
         with conn.cursor() as cursor:

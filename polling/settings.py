@@ -79,9 +79,18 @@ TEMPLATES = [
 
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
-    # No persistent connections: under ASGI each request may run on a new thread, and a
-    # kept-open connection per thread leaks until PostgreSQL runs out of slots.
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+    # A pool, not persistent connections: under ASGI each request may run on a new
+    # thread, and a kept-open connection per thread leaks until PostgreSQL runs out of
+    # slots, while a new connection per request (a login and a new backend process) was
+    # a third of the web process's time per vote (bench/run.py --profile).
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)}
+    if env_bool("DB_POOL", True):
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env_int("DB_POOL_MIN_SIZE", 2, minimum=0),
+            "max_size": env_int("DB_POOL_MAX_SIZE", 16, minimum=1),
+            # Seconds a request waits for a free connection before failing (503).
+            "timeout": env_float("DB_POOL_TIMEOUT", 10.0, minimum=0.1),
+        }
 else:
     DATABASES = {
         "default": {
@@ -140,7 +149,7 @@ SPECTACULAR_SETTINGS = {
 
 # The shared cache: rate-limit counters must hold across web processes.
 if env_str("REDIS_URL"):
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env_str("REDIS_URL")}}
+    CACHES = {"default": {"BACKEND": "polling.cache.SharedClientRedisCache", "LOCATION": env_str("REDIS_URL")}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg2
+import psycopg
 import pytest
 import redis
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -36,14 +36,14 @@ def test_free_port_never_repeats() -> None:
 
 def test_postgres_keeps_committed_rows_across_a_kill(tmp_path: Path) -> None:
     with PostgresServer(port=free_port(), data_dir=tmp_path / "pg") as pg:
-        with psycopg2.connect(pg.url) as conn, conn.cursor() as cur:
+        with psycopg.connect(pg.url) as conn, conn.cursor() as cur:
             cur.execute("SELECT 1")
             assert cur.fetchone() == (1,)
             cur.execute("CREATE TABLE t (v text)")
             cur.execute("INSERT INTO t VALUES ('kept')")
         conn.close()
         # Django's test runner creates its own database: the role must be allowed to.
-        conn = psycopg2.connect(pg.url)
+        conn = psycopg.connect(pg.url)
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("CREATE DATABASE test_polling")
@@ -53,7 +53,7 @@ def test_postgres_keeps_committed_rows_across_a_kill(tmp_path: Path) -> None:
         pg.kill()
         assert not pg.is_running()
         pg.restart()
-        with psycopg2.connect(pg.url) as conn, conn.cursor() as cur:
+        with psycopg.connect(pg.url) as conn, conn.cursor() as cur:
             cur.execute("SELECT v FROM t")
             assert cur.fetchall() == [("kept",)]
         conn.close()
