@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.db import close_old_connections
 from django.http import JsonResponse
 
 
@@ -27,3 +28,23 @@ class BodySizeLimitMiddleware:
                 status=413,
             )
         return self.get_response(request)
+
+
+class ReleaseDatabaseConnectionMiddleware:
+    """Give the request's database connection back to the pool when its view returns.
+
+    Django returns it on request_finished, which under ASGI never fires for a request
+    whose client went away mid-view (Django cancels the request, the sync view's thread
+    still finishes). Each such request kept a pooled connection forever: 16 client
+    timeouts during a Kafka outage exhausted the pool and every later vote got 503
+    (found by tests/faults). Listed last, this runs in the view's own thread.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        try:
+            return self.get_response(request)
+        finally:
+            close_old_connections()

@@ -48,6 +48,7 @@ class KafkaVoteBus:
 
     def publish(self, event: VoteEvent) -> None:
         started = time.perf_counter()
+        producer = None
         try:
             producer = self._get_producer()
             future = producer.send(vote_topic(), key=event.key, value=event.to_bytes())
@@ -55,11 +56,27 @@ class KafkaVoteBus:
         except KafkaError as exc:
             vote_published(seconds=time.perf_counter() - started, ok=False)
             logger.warning("vote %s not published: %s", event.vote_id, exc)
+            self._discard(producer)
             raise VoteBusUnavailable(str(exc)) from exc
         except VoteBusUnavailable:  # no producer: the broker was unreachable
             vote_published(seconds=time.perf_counter() - started, ok=False)
             raise
         vote_published(seconds=time.perf_counter() - started, ok=True)
+
+    def _discard(self, producer: KafkaProducer | None) -> None:
+        """Replace a producer that failed a vote with a fresh one at the next vote.
+
+        After a broker is killed with votes in flight, kafka-python's idempotent producer
+        never delivers on those partitions again (its sequence state is not reset): every
+        later vote timed out, 80 s after the broker was back (measured). A new producer
+        gets a new producer id and works at once. The old one is force-closed, which also
+        drops records that were answered 503.
+        """
+        with self._lock:
+            if producer is None or self._producer is not producer:
+                return  # already replaced by a request that failed at the same time
+            self._producer = None
+        threading.Thread(target=producer.close, kwargs={"timeout": 0}, daemon=True, name="producer-close").start()
 
     def close(self) -> None:
         with self._lock:
