@@ -150,7 +150,14 @@ SPECTACULAR_SETTINGS = {
 
 # The shared cache: rate-limit counters must hold across web processes.
 if env_str("REDIS_URL"):
-    CACHES = {"default": {"BACKEND": "polling.cache.SharedClientRedisCache", "LOCATION": env_str("REDIS_URL")}}
+    CACHES = {
+        "default": {
+            "BACKEND": "polling.cache.SharedClientRedisCache",
+            "LOCATION": env_str("REDIS_URL"),
+            # A stopped or hung Redis must cost a vote milliseconds, not a stall.
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 

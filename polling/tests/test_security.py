@@ -110,3 +110,16 @@ def test_security_headers_are_sent(client):
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["X-Frame-Options"] == "DENY"
     assert response["Referrer-Policy"] == "same-origin"
+
+
+def test_votes_go_on_when_the_rate_limit_cache_is_down(client, settings, in_process_bus, services):
+    settings.RATE_LIMIT_VOTES_PER_ADDRESS = "5/hour"
+    poll = make_poll()
+    services.redis.stop()
+    try:
+        statuses = [client.post(f"/polls/{poll.pk}/vote", '{"option": 3}', content_type="application/json").status_code
+                    for _ in range(3)]
+    finally:
+        services.redis.start()
+    assert statuses == [204, 204, 204]
+    assert poll.options.get(position=3).votes == 3
