@@ -54,7 +54,8 @@ def dead_letters_replay(*, limit: int | None = None) -> int:
     safe: a vote already counted collides on its vote_id; one that fails again comes
     back to the dead-letter topic.
     """
-    producer = KafkaProducer(bootstrap_servers=settings.KAFKA_BROKERS, acks="all", enable_idempotence=True)
+    # Not idempotent, for the reason given in polls.topics.dead_letter_producer_config.
+    producer = KafkaProducer(bootstrap_servers=settings.KAFKA_BROKERS, acks="all", enable_idempotence=False)
     replayed = 0
     try:
         for consumer, letter in dead_letters_read(group=settings.KAFKA_CONSUMER_GROUP + REPLAY_GROUP_SUFFIX, limit=limit):

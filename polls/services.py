@@ -85,6 +85,11 @@ def _save_and_bump_version(poll: Poll, fields: list[str]) -> None:
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c1c52-4b0e-4f5e-9d36-2a4f3f0c7a11")
 
 
+def ballot_id(*, poll_id: int, idempotency_key: str) -> uuid.UUID:
+    """The ballot id of a vote sent with this Idempotency-Key: the same for every retry."""
+    return uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{poll_id}:{idempotency_key}")
+
+
 def vote_cast(
     *,
     poll_id: int,
@@ -113,7 +118,7 @@ def vote_cast(
         if not 1 <= option <= target.option_count:
             raise OptionOutOfRange(option, target.option_count)
 
-    vote_id = uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{poll_id}:{idempotency_key}") if idempotency_key else uuid.uuid4()
+    vote_id = ballot_id(poll_id=poll_id, idempotency_key=idempotency_key) if idempotency_key else uuid.uuid4()
     if idempotency_key and Vote.objects.filter(vote_id=vote_id).exists():
         # A retry of a ballot already counted: answer as the first time, publish nothing.
         return _ballot(vote_id, poll_id, options, voter, None)
@@ -131,8 +136,22 @@ def vote_cast(
         raise AlreadyVoted(poll_id)
 
     event = _ballot(vote_id, poll_id, options, voter, dedupe_key)
+    _release_connection()
     get_vote_bus().publish(event)
     return event
+
+
+def _release_connection() -> None:
+    """Give the database connection back to the pool before waiting on the vote bus.
+
+    Publishing waits up to VOTE_PUBLISH_TIMEOUT for the broker's acknowledgement; with
+    the broker down, every vote in flight held a pooled connection for that long, the
+    pool ran dry and the API stopped answering at all (found by tests/faults). The vote
+    path reads nothing after this; anything that does gets a connection again.
+    Inside an atomic block (a test's transaction, ATOMIC_REQUESTS) it is left alone.
+    """
+    if not connection.in_atomic_block:
+        connection.close()
 
 
 def _ballot(vote_id: uuid.UUID, poll_id: int, options: Sequence[int], voter: Voter, dedupe_key: str | None) -> VoteEvent:

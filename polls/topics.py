@@ -53,7 +53,11 @@ def dead_letter_producer_config() -> dict[str, Any]:
         "bootstrap_servers": settings.KAFKA_BROKERS,
         "client_id": "polling-worker-dlq",
         "acks": "all",
-        "enable_idempotence": True,
+        # Not idempotent: kafka-python 3.0.12 never recovers an idempotent producer whose
+        # batches expired while the broker was down (see polls.bus), and this one is not
+        # replaced, so the worker's flush would hang. A dead letter written twice is
+        # harmless: replaying it counts the vote once (its vote_id).
+        "enable_idempotence": False,
         "allow_auto_create_topics": False,
     }
 
