@@ -30,21 +30,39 @@ class VoteBus(Protocol):
 
 
 class KafkaVoteBus:
+    # After a failed connection, votes are refused at once for this long instead of each
+    # spending its budget on another attempt.
+    RECONNECT_BACKOFF = 1.0
+
     def __init__(self, *, timeout: float) -> None:
         self._timeout = timeout
         self._producer = None
         self._lock = threading.Lock()
+        self._unreachable: str | None = None
+        self._unreachable_until = 0.0
 
     def _get_producer(self):
         # Built on first use, not at start: a web process must come up (and answer 503)
-        # while the broker is down, and connect once it is back.
-        with self._lock:
+        # while the broker is down, and connect once it is back. One request connects at
+        # a time; the others wait for it within their own budget, and while the broker
+        # is known to be unreachable they are refused at once. Before this, with the
+        # broker down, every vote queued behind one 30 s connection attempt after another
+        # and clients timed out instead of hearing 503 (found by tests/faults).
+        if not self._lock.acquire(timeout=self._timeout):
+            raise VoteBusUnavailable("timed out waiting for the connection to Kafka")
+        try:
             if self._producer is None:
+                if time.monotonic() < self._unreachable_until:
+                    raise VoteBusUnavailable(f"cannot connect to Kafka: {self._unreachable}")
                 try:
                     self._producer = KafkaProducer(**producer_config(timeout=self._timeout))
                 except KafkaError as exc:
-                    raise VoteBusUnavailable(f"cannot connect to Kafka: {exc}") from exc
+                    self._unreachable = str(exc) or type(exc).__name__
+                    self._unreachable_until = time.monotonic() + self.RECONNECT_BACKOFF
+                    raise VoteBusUnavailable(f"cannot connect to Kafka: {self._unreachable}") from exc
             return self._producer
+        finally:
+            self._lock.release()
 
     def publish(self, event: VoteEvent) -> None:
         started = time.perf_counter()

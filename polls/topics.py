@@ -30,7 +30,9 @@ def producer_config(*, timeout: float) -> dict[str, Any]:
     acks="all" waits for every in-sync replica; idempotence stops the producer's own
     retries from writing a vote twice. The blocking and delivery timeouts are the
     request's budget, so a vote the broker never took is given up (and answered 503)
-    instead of being delivered after the client was told it failed.
+    instead of being delivered after the client was told it failed. So is the bootstrap
+    wait of the constructor (30 s by default): a web process starting, or replacing a
+    failed producer, while the broker is down must answer 503 within the budget.
     """
     timeout_ms = int(timeout * 1000)
     return {
@@ -40,6 +42,7 @@ def producer_config(*, timeout: float) -> dict[str, Any]:
         "enable_idempotence": True,
         "linger_ms": settings.KAFKA_LINGER_MS,
         "max_block_ms": timeout_ms,
+        "bootstrap_timeout_ms": timeout_ms,
         "request_timeout_ms": timeout_ms,
         "delivery_timeout_ms": timeout_ms + settings.KAFKA_LINGER_MS,
         "retry_backoff_ms": 100,
