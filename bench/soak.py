@@ -29,6 +29,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,9 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown faults {sorted(unknown)}; choose from {', '.join(FAULTS)}")
     seed = random.randrange(1 << 30) if args.seed is None else args.seed
+    # SIGTERM (a CI timeout) ends the run through the finally below, which stops the
+    # processes and services it started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     rng = random.Random(seed)
 
     from devservices import KafkaServer, PostgresServer, RedisServer, ensure_installed, free_port
@@ -168,8 +172,9 @@ def main() -> int:
             if fault == "worker":
                 victim = rng.choice(workers)
                 victim.kill()
-                workers[workers.index(victim)] = new_worker()
-                detail = f"killed {victim.name}, started {workers[-1].name}"
+                replacement = new_worker()
+                workers[workers.index(victim)] = replacement
+                detail = f"killed {victim.name}, started {replacement.name}"
             elif fault == "rebalance":
                 extra = new_worker()
                 time.sleep(rng.uniform(3, 8))

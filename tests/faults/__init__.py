@@ -1,0 +1,1 @@
+"""Fault tests: votes streamed through real processes while services crash and return."""
