@@ -111,6 +111,8 @@ class VoteWorker:
         self._last_report = time.monotonic()
         self._last_lag_refresh = 0.0
         self._lags: dict[tuple[str, int], int] = {}
+        # Next offset per partition of what is in the database (the offsets to commit).
+        self._applied: dict[TopicPartition, int] = {}
 
     def stop(self) -> None:
         self._stop.set()
@@ -153,11 +155,15 @@ class VoteWorker:
             # The applying thread's database connection is its own: close it there.
             applier.submit(_close_connection).result()
             applier.shutdown()
+        self._commit_applied()
         logger.info("vote worker stopped")
 
     def _batch_done(self, messages: list[ConsumerRecord], outcome: BatchOutcome) -> None:
         """After the batch's transaction committed: commit its offsets and count it."""
-        self.commit_offsets(messages)
+        # Not waited for: a synchronous commit held up the decoding of the next batch
+        # (a tenth of this thread's samples). A lost one means only redelivery, and
+        # run() waits for a last commit of everything applied before it returns.
+        self.commit_offsets(messages, wait=False)
         self.total.add(outcome)
         self._since_report.add(outcome)
         logger.info(
@@ -271,20 +277,51 @@ class VoteWorker:
         )
         return outcome
 
-    def commit_offsets(self, messages: Sequence[ConsumerRecord]) -> None:
+    def commit_offsets(self, messages: Sequence[ConsumerRecord], *, wait: bool = True) -> None:
+        """Commit the offsets past these messages; call only once their batch's transaction committed.
+
+        With wait=False the commit is sent and not waited for (the loop in run() goes on
+        decoding meanwhile); a failure is logged when the reply arrives.
+        """
         next_offsets: dict[TopicPartition, int] = {}
         for record in messages:
             partition = TopicPartition(record.topic, record.partition)
             next_offsets[partition] = max(next_offsets.get(partition, 0), record.offset + 1)
+        self._applied.update(next_offsets)
+        offsets = {partition: OffsetAndMetadata(offset, "", -1) for partition, offset in next_offsets.items()}
+        if not wait:
+            self.consumer.commit_async(offsets, callback=self._async_commit_done)
+            return
         try:
-            self.consumer.commit(
-                {partition: OffsetAndMetadata(offset, "", -1) for partition, offset in next_offsets.items()}
-            )
+            self.consumer.commit(offsets)
         except KafkaError as exc:
-            # The batch is in the database; after a rebalance or a broker bounce it will be
-            # redelivered and skipped as duplicates. Losing the commit costs only that.
-            metrics.WORKER_OFFSET_COMMIT_FAILURES.inc()
-            logger.warning("offset commit failed, the batch will be redelivered: %s", exc)
+            self._commit_failed(exc)
+
+    def _commit_applied(self) -> None:
+        """On the way out: wait for a commit of everything applied, on the partitions still ours.
+
+        Covers async commits still in flight or lost; a partition revoked meanwhile is
+        left to its new owner (committing ours could only move its offset back).
+        """
+        assigned = self.consumer.assignment() or set()
+        offsets = {p: OffsetAndMetadata(o, "", -1) for p, o in self._applied.items() if p in assigned}
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets)
+        except KafkaError as exc:
+            self._commit_failed(exc)
+
+    def _async_commit_done(self, offsets: object, response: object) -> None:
+        if isinstance(response, Exception):
+            self._commit_failed(response)
+
+    @staticmethod
+    def _commit_failed(exc: Exception) -> None:
+        # The batch is in the database; after a rebalance or a broker bounce it will be
+        # redelivered and skipped as duplicates. Losing the commit costs only that.
+        metrics.WORKER_OFFSET_COMMIT_FAILURES.inc()
+        logger.warning("offset commit failed, the batch will be redelivered: %s", exc)
 
     def _apply_with_retry(self, events: list[VoteEvent]) -> AppliedBatch:
         try:
