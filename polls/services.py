@@ -318,10 +318,13 @@ def _insert_unnest(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
         "AS v(vote_id, ballot_id, poll_id, option_id, voter_key, dedupe_key, cast_at) "
         f"ON CONFLICT DO NOTHING RETURNING {quote('vote_id')}, {quote(meta.get_field('option').column)}"
     )
+    row_ids = [str(row[0]) for row in rows]
+    # A ballot's first row has the ballot's own id: its text is made once.
+    ballot_ids = [text if row[0] is row[1].vote_id else str(row[1].vote_id) for text, row in zip(row_ids, rows)]
     params = [
         timezone.now(),
-        _array_literal(str(row[0]) for row in rows),
-        _array_literal(str(row[1].vote_id) for row in rows),
+        _array_literal(row_ids),
+        _array_literal(ballot_ids),
         _array_literal(str(row[1].poll_id) for row in rows),
         _array_literal(str(row[2]) for row in rows),
         [row[1].voter_key for row in rows],
