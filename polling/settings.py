@@ -179,7 +179,7 @@ VOTE_PUBLISH_TIMEOUT = env_float("VOTE_PUBLISH_TIMEOUT", 5.0, minimum=0.1)
 VOTE_RETRY_AFTER = env_int("VOTE_RETRY_AFTER", 2, minimum=1)
 # Producer batching: how long a send waits for others to share its request.
 KAFKA_LINGER_MS = env_int("KAFKA_LINGER_MS", 2, minimum=0)
-VOTE_BATCH_SIZE = env_int("VOTE_BATCH_SIZE", 500, minimum=1)
+VOTE_BATCH_SIZE = env_int("VOTE_BATCH_SIZE", 2000, minimum=1)
 VOTE_BATCH_WAIT_MS = env_int("VOTE_BATCH_WAIT_MS", 200, minimum=0)
 
 LEADERBOARD_DEFAULT_LIMIT = env_int("LEADERBOARD_DEFAULT_LIMIT", 10, minimum=1)

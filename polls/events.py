@@ -43,6 +43,8 @@ class VoteEvent:
 
         Derived, not random, so that a redelivered ballot yields the same row ids.
         """
+        if len(self.options) == 1:  # most ballots: spare the list building below
+            return [(self.vote_id, self.options[0])]
         first, *rest = self.options
         return [(self.vote_id, first)] + [(uuid.uuid5(self.vote_id, str(option)), option) for option in rest]
 

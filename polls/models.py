@@ -71,9 +71,12 @@ class Vote(models.Model):
     # Generated before the vote enters Kafka (from the ballot id and the option), so a
     # redelivered message collides on this key and is ignored instead of counted again.
     vote_id = models.UUIDField(unique=True)
-    # The ballot this choice belongs to: the event's vote_id.
-    ballot_id = models.UUIDField(db_index=True)
-    poll = models.ForeignKey(Poll, on_delete=models.CASCADE, related_name="votes")
+    # The ballot this choice belongs to: the event's vote_id. Not indexed: no query looks
+    # a ballot up by it (the admin's exact search ORs it with a substring match, which
+    # reads the table anyway), and every index costs each inserted row.
+    ballot_id = models.UUIDField()
+    # No index of its own: (poll, dedupe_key) and (poll, voter_key) start with poll_id.
+    poll = models.ForeignKey(Poll, on_delete=models.CASCADE, related_name="votes", db_index=False)
     option = models.ForeignKey(Option, on_delete=models.CASCADE, related_name="vote_rows")
     voter_key = models.CharField(max_length=128, blank=True)
     # Set on the first row of a ballot when the poll allows one vote per voter or user;
@@ -87,7 +90,6 @@ class Vote(models.Model):
             models.UniqueConstraint(fields=["poll", "dedupe_key"], name="vote_one_ballot_per_voter"),
         ]
         indexes = [
-            models.Index(fields=["poll", "cast_at"], name="vote_poll_cast_idx"),
             # "Has this viewer voted?", for results shown only after voting.
             models.Index(fields=["poll", "voter_key"], name="vote_poll_voter_idx"),
         ]

@@ -176,8 +176,8 @@ class AppliedBatch:
     poll_ids: set[int] = field(default_factory=set)
 
 
-# Rows per INSERT statement: keeps the parameter count far below SQLite's and
-# PostgreSQL's limits while a batch still costs a handful of round trips.
+# Rows per INSERT statement where rows are sent as VALUES (SQLite): keeps the parameter
+# count far below SQLite's limit while a batch still costs a handful of round trips.
 _INSERT_CHUNK = 1000
 
 # (row vote_id, ballot event, option_id, dedupe_key)
@@ -190,8 +190,9 @@ def votes_apply(*, events: Iterable[VoteEvent]) -> AppliedBatch:
     Vote rows are inserted with ON CONFLICT DO NOTHING, so a ballot seen before (a Kafka
     redelivery) or a second ballot of a voter on a one-vote-per-voter poll inserts
     nothing; only the rows actually inserted are added to the option counters, with
-    one F() UPDATE per touched option. Broadcasts of the new totals are queued to run
-    after the transaction commits.
+    one UPDATE for all touched options (on PostgreSQL; one per option elsewhere), and
+    every touched poll's version grows by one. Broadcasts of the new totals are queued
+    to run after the transaction commits.
     """
     result = AppliedBatch()
     unique: dict[uuid.UUID, VoteEvent] = {}
@@ -204,7 +205,7 @@ def votes_apply(*, events: Iterable[VoteEvent]) -> AppliedBatch:
         return result
 
     with transaction.atomic():
-        option_ids = _option_ids(poll_ids={event.poll_id for event in unique.values()})
+        option_ids = _options_lock(poll_ids={event.poll_id for event in unique.values()})
         ballots: list[list[_Row]] = []
         for event in unique.values():
             rows: list[_Row] = []
@@ -225,31 +226,57 @@ def votes_apply(*, events: Iterable[VoteEvent]) -> AppliedBatch:
             inserted[option_id] += 1
         new_ballots = {row_id for row_id, _ in first_inserted}
         # The other choices of a ballot go in only when its first row did.
-        for _, option_id in _insert_rows([row for rows in ballots if rows[0][0] in new_ballots for row in rows[1:]]):
+        rest = [row for rows in ballots if len(rows) > 1 and rows[0][0] in new_ballots for row in rows[1:]]
+        for _, option_id in _insert_rows(rest):
             inserted[option_id] += 1
 
-        # A fixed order of row locks, so two workers applying overlapping batches
-        # during a rebalance cannot deadlock on the counters.
-        for option_id in sorted(inserted):
-            Option.objects.filter(pk=option_id).update(votes=F("votes") + inserted[option_id])
-
+        _counters_add(counts=inserted)
         result.applied = len(new_ballots)
         result.duplicates += len(ballots) - result.applied
-        result.poll_ids = {rows[0][1].poll_id for rows in ballots if rows[0][0] in new_ballots}
-        for poll_id in sorted(result.poll_ids):
-            Poll.objects.filter(pk=poll_id).update(version=F("version") + 1)
+        result.poll_ids = {unique[vote_id].poll_id for vote_id in new_ballots}
         if result.poll_ids:
+            Poll.objects.filter(pk__in=sorted(result.poll_ids)).update(version=F("version") + 1)
             broadcast_polls_on_commit(poll_ids=result.poll_ids)
     return result
 
 
-def _option_ids(*, poll_ids: set[int]) -> dict[tuple[int, int], int]:
-    return {
-        (poll_id, position): option_id
-        for option_id, poll_id, position in Option.objects.filter(poll_id__in=poll_ids).values_list(
-            "id", "poll_id", "position"
-        )
-    }
+def _options_lock(*, poll_ids: set[int]) -> dict[tuple[int, int], int]:
+    """The options of these polls by (poll, position), locked until the batch commits.
+
+    Call inside the batch transaction. The rows are locked in id order, the same order
+    in every worker, so two workers applying overlapping batches during a rebalance
+    wait for each other here instead of deadlocking on the counter or version updates
+    later in the transaction (whatever order those statements visit their rows in).
+    NO KEY UPDATE is the lock the counter UPDATE takes anyway; it does not block the
+    foreign-key checks of other transactions inserting votes. SQLite ignores it: a
+    SQLite transaction holds the whole database.
+    """
+    options = (
+        Option.objects.filter(poll_id__in=sorted(poll_ids))
+        .order_by("id")
+        .select_for_update(no_key=True)
+        .values_list("id", "poll_id", "position")
+    )
+    return {(poll_id, position): option_id for option_id, poll_id, position in options}
+
+
+def _counters_add(*, counts: Counter[int]) -> None:
+    """Add each option's newly inserted rows to its counter. Call inside the batch transaction."""
+    if not counts:
+        return
+    if connection.vendor == "postgresql":
+        # One statement for all touched options; the rows are already locked (_options_lock).
+        table = connection.ops.quote_name(Option._meta.db_table)
+        ids = sorted(counts)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} AS o SET votes = o.votes + v.n "
+                f"FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, n) WHERE o.id = v.id",
+                [ids, [counts[option_id] for option_id in ids]],
+            )
+        return
+    for option_id in sorted(counts):
+        Option.objects.filter(pk=option_id).update(votes=F("votes") + counts[option_id])
 
 
 def _insert_rows(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
@@ -258,18 +285,67 @@ def _insert_rows(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
     Django's bulk_create(ignore_conflicts=True) cannot tell which rows were inserted,
     and that is exactly what the counters need, hence RETURNING.
     """
+    if not rows:
+        return []
+    if connection.vendor == "postgresql":
+        return _insert_unnest(rows)
     inserted: list[tuple[uuid.UUID, int]] = []
     for start in range(0, len(rows), _INSERT_CHUNK):
         inserted.extend(_insert_chunk(rows[start : start + _INSERT_CHUNK]))
     return inserted
 
 
+_VOTE_COLUMNS = ("vote_id", "ballot_id", "poll", "option", "voter_key", "dedupe_key", "cast_at", "applied_at")
+
+
+def _insert_unnest(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
+    """PostgreSQL: all rows in one INSERT ... SELECT FROM unnest(one array per column).
+
+    A statement of eight parameters whatever the batch size, so the query text is the
+    same every time. A VALUES list with a placeholder per value cost more in Django's
+    per-field conversion and in psycopg's parsing of the query than the insert took in
+    the database. The uuid, integer and time arrays go as array literals built here:
+    psycopg's generic list adaptation cost more per row than the rest of the insert.
+    Their text needs no quoting; the voter and dedupe keys (any text) are left to psycopg.
+    """
+    meta = Vote._meta
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(meta.get_field(name).column) for name in _VOTE_COLUMNS)
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({columns}) "
+        "SELECT v.*, %s FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[], %s::bigint[], "
+        "%s::text[], %s::text[], %s::timestamptz[]) "
+        "AS v(vote_id, ballot_id, poll_id, option_id, voter_key, dedupe_key, cast_at) "
+        f"ON CONFLICT DO NOTHING RETURNING {quote('vote_id')}, {quote(meta.get_field('option').column)}"
+    )
+    row_ids = [str(row[0]) for row in rows]
+    # A ballot's first row has the ballot's own id: its text is made once.
+    ballot_ids = [text if row[0] is row[1].vote_id else str(row[1].vote_id) for text, row in zip(row_ids, rows)]
+    params = [
+        timezone.now(),
+        _array_literal(row_ids),
+        _array_literal(ballot_ids),
+        _array_literal(str(row[1].poll_id) for row in rows),
+        _array_literal(str(row[2]) for row in rows),
+        [row[1].voter_key for row in rows],
+        [row[3] for row in rows],
+        _array_literal(row[1].cast_at.isoformat() for row in rows),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _array_literal(items: Iterable[str]) -> str:
+    """A PostgreSQL array literal of items that need no quoting (no comma, brace, quote or space)."""
+    return "{" + ",".join(items) + "}"
+
+
 def _insert_chunk(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
     if not rows:
         return []
     meta = Vote._meta
-    names = ("vote_id", "ballot_id", "poll", "option", "voter_key", "dedupe_key", "cast_at", "applied_at")
-    fields = [meta.get_field(name) for name in names]
+    fields = [meta.get_field(name) for name in _VOTE_COLUMNS]
     now = timezone.now()
     params: list[object] = []
     for row_id, event, option_id, dedupe_key in rows:

@@ -5,6 +5,8 @@ At-least-once delivery plus idempotent application gives exactly-once counting:
     poll a batch ─► decode (poison → dead-letter topic) ─► votes_apply in one DB
     transaction ─► DB commit ─► commit Kafka offsets
 
+The next batch is polled and decoded while the previous one is in the database.
+
 Offsets are committed only after the database committed, so a crash anywhere before
 the offset commit means redelivery, and redelivered votes collide on their vote_id.
 """
@@ -15,7 +17,8 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
@@ -31,6 +34,11 @@ from polls.topics import dead_letter_topic
 logger = logging.getLogger(__name__)
 
 
+def _close_connection() -> None:
+    # `connection` is per thread: looked up here, in the thread that runs this.
+    connection.close()
+
+
 class WorkerStopped(Exception):
     """Raised inside a batch when a stop was requested while it waited; nothing was committed."""
 
@@ -41,6 +49,18 @@ class BatchOutcome:
     applied: int
     duplicates: int
     dead_lettered: int
+
+
+@dataclass
+class DecodedBatch:
+    """A batch's messages decoded, before it is applied."""
+
+    messages: int
+    events: list[VoteEvent] = field(default_factory=list)
+    # Messages that are not valid vote events, with why: they go to the dead-letter topic.
+    poison: list[tuple[ConsumerRecord, str]] = field(default_factory=list)
+    record_of: dict[object, ConsumerRecord] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 @dataclass
@@ -91,6 +111,8 @@ class VoteWorker:
         self._last_report = time.monotonic()
         self._last_lag_refresh = 0.0
         self._lags: dict[tuple[str, int], int] = {}
+        # Next offset per partition of what is in the database (the offsets to commit).
+        self._applied: dict[TopicPartition, int] = {}
 
     def stop(self) -> None:
         self._stop.set()
@@ -100,28 +122,57 @@ class VoteWorker:
         return self._stop.is_set()
 
     def run(self) -> None:
+        """Poll, decode and apply batches until `stop()`.
+
+        A second thread applies each batch to the database while this one fetches and
+        decodes the next: the database's work and its commit leave the GIL free. Batches
+        still reach the database one at a time and in order (the next is handed over
+        only once the previous one committed), and the offsets of a batch are committed
+        only after its transaction committed.
+        """
         logger.info("vote worker started: batches of up to %d, waiting %d ms", self.batch_size, self.batch_wait_ms)
-        while not self._stop.is_set():
-            polled = self.consumer.poll(timeout_ms=self.batch_wait_ms, max_records=self.batch_size)
-            messages = [record for records in polled.values() for record in records]
-            if messages:
-                try:
-                    outcome = self.consume_batch(messages)
-                except WorkerStopped:
-                    break
-                self.commit_offsets(messages)
-                self.total.add(outcome)
-                self._since_report.add(outcome)
-                logger.info(
-                    "batch of %d: %d applied, %d duplicates, %d dead-lettered",
-                    outcome.messages,
-                    outcome.applied,
-                    outcome.duplicates,
-                    outcome.dead_lettered,
-                )
-            self._refresh_lag()
-            self._maybe_report_progress()
+        applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vote-apply")
+        in_flight: tuple[Future[BatchOutcome], list[ConsumerRecord]] | None = None
+        try:
+            while not self._stop.is_set():
+                polled = self.consumer.poll(timeout_ms=self.batch_wait_ms, max_records=self.batch_size)
+                messages = [record for records in polled.values() for record in records]
+                decoded = self.decode(messages) if messages else None
+                finished = in_flight
+                outcome = finished[0].result() if finished is not None else None
+                in_flight = (applier.submit(self.apply, decoded), messages) if decoded is not None else None
+                if finished is not None:
+                    self._batch_done(finished[1], outcome)
+                self._refresh_lag()
+                self._maybe_report_progress()
+            if in_flight is not None:
+                self._batch_done(in_flight[1], in_flight[0].result())
+        except WorkerStopped:
+            pass
+        finally:
+            # Whatever ended the loop: a batch still waiting out a database outage gives up.
+            self._stop.set()
+            # The applying thread's database connection is its own: close it there.
+            applier.submit(_close_connection).result()
+            applier.shutdown()
+        self._commit_applied()
         logger.info("vote worker stopped")
+
+    def _batch_done(self, messages: list[ConsumerRecord], outcome: BatchOutcome) -> None:
+        """After the batch's transaction committed: commit its offsets and count it."""
+        # Not waited for: a synchronous commit held up the decoding of the next batch
+        # (a tenth of this thread's samples). A lost one means only redelivery, and
+        # run() waits for a last commit of everything applied before it returns.
+        self.commit_offsets(messages, wait=False)
+        self.total.add(outcome)
+        self._since_report.add(outcome)
+        logger.info(
+            "batch of %d: %d applied, %d duplicates, %d dead-lettered",
+            outcome.messages,
+            outcome.applied,
+            outcome.duplicates,
+            outcome.dead_lettered,
+        )
 
     def partition_lags(self) -> dict[tuple[str, int], int]:
         """Messages not yet consumed, per assigned partition, from what the consumer knows.
@@ -184,28 +235,35 @@ class VoteWorker:
         with the same messages (nothing is counted twice). Waits and retries while the
         database is unreachable; raises WorkerStopped if asked to stop meanwhile.
         """
+        return self.apply(self.decode(messages))
+
+    def decode(self, messages: Sequence[ConsumerRecord]) -> DecodedBatch:
+        """Decode a batch's messages into vote events, setting aside the malformed ones."""
         started = time.perf_counter()
-        events: list[VoteEvent] = []
-        poison: list[tuple[ConsumerRecord, str]] = []
-        record_of: dict[object, ConsumerRecord] = {}
+        batch = DecodedBatch(messages=len(messages))
         for record in messages:
             try:
                 event = VoteEvent.from_bytes(record.value)
             except MalformedVoteEvent as exc:
-                poison.append((record, str(exc)))
+                batch.poison.append((record, str(exc)))
                 continue
-            events.append(event)
-            record_of[event.vote_id] = record
+            batch.events.append(event)
+            batch.record_of[event.vote_id] = record
+        batch.seconds = time.perf_counter() - started
+        return batch
 
-        result = self._apply_with_retry(events) if events else AppliedBatch()
-        poison.extend((record_of[event.vote_id], reason) for event, reason in result.rejected)
+    def apply(self, batch: DecodedBatch) -> BatchOutcome:
+        """consume_batch's second half: the database transaction, then the dead letters."""
+        started = time.perf_counter()
+        result = self._apply_with_retry(batch.events) if batch.events else AppliedBatch()
+        poison = batch.poison + [(batch.record_of[event.vote_id], reason) for event, reason in result.rejected]
         for record, reason in poison:
             self._dead_letter(record, reason)
         if poison:
             # The dead letters must be durable before the offsets that skip them are committed.
             self.dead_letter_producer.flush()
         outcome = BatchOutcome(
-            messages=len(messages),
+            messages=batch.messages,
             applied=result.applied,
             duplicates=result.duplicates,
             dead_lettered=len(poison),
@@ -215,24 +273,55 @@ class VoteWorker:
             applied=outcome.applied,
             duplicates=outcome.duplicates,
             dead_lettered=outcome.dead_lettered,
-            seconds=time.perf_counter() - started,
+            seconds=batch.seconds + time.perf_counter() - started,
         )
         return outcome
 
-    def commit_offsets(self, messages: Sequence[ConsumerRecord]) -> None:
+    def commit_offsets(self, messages: Sequence[ConsumerRecord], *, wait: bool = True) -> None:
+        """Commit the offsets past these messages; call only once their batch's transaction committed.
+
+        With wait=False the commit is sent and not waited for (the loop in run() goes on
+        decoding meanwhile); a failure is logged when the reply arrives.
+        """
         next_offsets: dict[TopicPartition, int] = {}
         for record in messages:
             partition = TopicPartition(record.topic, record.partition)
             next_offsets[partition] = max(next_offsets.get(partition, 0), record.offset + 1)
+        self._applied.update(next_offsets)
+        offsets = {partition: OffsetAndMetadata(offset, "", -1) for partition, offset in next_offsets.items()}
+        if not wait:
+            self.consumer.commit_async(offsets, callback=self._async_commit_done)
+            return
         try:
-            self.consumer.commit(
-                {partition: OffsetAndMetadata(offset, "", -1) for partition, offset in next_offsets.items()}
-            )
+            self.consumer.commit(offsets)
         except KafkaError as exc:
-            # The batch is in the database; after a rebalance or a broker bounce it will be
-            # redelivered and skipped as duplicates. Losing the commit costs only that.
-            metrics.WORKER_OFFSET_COMMIT_FAILURES.inc()
-            logger.warning("offset commit failed, the batch will be redelivered: %s", exc)
+            self._commit_failed(exc)
+
+    def _commit_applied(self) -> None:
+        """On the way out: wait for a commit of everything applied, on the partitions still ours.
+
+        Covers async commits still in flight or lost; a partition revoked meanwhile is
+        left to its new owner (committing ours could only move its offset back).
+        """
+        assigned = self.consumer.assignment() or set()
+        offsets = {p: OffsetAndMetadata(o, "", -1) for p, o in self._applied.items() if p in assigned}
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets)
+        except KafkaError as exc:
+            self._commit_failed(exc)
+
+    def _async_commit_done(self, offsets: object, response: object) -> None:
+        if isinstance(response, Exception):
+            self._commit_failed(response)
+
+    @staticmethod
+    def _commit_failed(exc: Exception) -> None:
+        # The batch is in the database; after a rebalance or a broker bounce it will be
+        # redelivered and skipped as duplicates. Losing the commit costs only that.
+        metrics.WORKER_OFFSET_COMMIT_FAILURES.inc()
+        logger.warning("offset commit failed, the batch will be redelivered: %s", exc)
 
     def _apply_with_retry(self, events: list[VoteEvent]) -> AppliedBatch:
         try:
