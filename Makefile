@@ -25,7 +25,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 run: install
 	env -u DATABASE_URL -u KAFKA_BROKERS -u REDIS_URL DEBUG=1 $(BIN)/python manage.py migrate --no-input
 	env -u DATABASE_URL -u KAFKA_BROKERS -u REDIS_URL DEBUG=1 \
-		$(BIN)/python -m daphne -b $(HOST) -p $(PORT) polling.asgi:application
+		$(BIN)/python -m daphne -v 0 -b $(HOST) -p $(PORT) polling.asgi:application
 
 test: install
 	$(BIN)/python -m devservices install
@@ -55,7 +55,7 @@ migrate: install
 	$(with_services_env) $(BIN)/python manage.py migrate --no-input
 
 web: migrate
-	$(with_services_env) exec $(BIN)/python -m daphne -b $(HOST) -p $(PORT) polling.asgi:application
+	$(with_services_env) exec $(BIN)/python -m daphne -v 0 -b $(HOST) -p $(PORT) polling.asgi:application
 
 worker: migrate
 	$(with_services_env) exec $(BIN)/python manage.py consume_votes

@@ -303,10 +303,12 @@ class WebServer:
 
     def _args(self, fd: int) -> list[str]:
         python = self.env.get("BENCH_PYTHON", PYTHON)
+        # As production runs them: without the server's own access log (the application
+        # writes one JSON line per request).
         if self.server == "daphne":
-            return [python, "-m", "daphne", "--fd", str(fd), *self.server_args, self.app]
+            return [python, "-m", "daphne", "-v", "0", "--fd", str(fd), *self.server_args, self.app]
         if self.server == "uvicorn":
-            return [python, "-m", "uvicorn", "--fd", str(fd), *self.server_args, self.app]
+            return [python, "-m", "uvicorn", "--no-access-log", "--lifespan", "off", "--fd", str(fd), *self.server_args, self.app]
         raise ValueError(f"unknown server {self.server}")
 
     def start(self, timeout: float = 60) -> WebServer:

@@ -15,7 +15,12 @@ from rest_framework.views import APIView
 
 from polling.metrics import VoteIntakeMetricsMixin
 from polling.strict import StrictCharField, StrictIntegerField, query_data
-from polling.throttles import PollCreateRateThrottle, VoteAddressRateThrottle, VoteVoterRateThrottle
+from polling.throttles import (
+    PipelinedThrottlesMixin,
+    PollCreateRateThrottle,
+    VoteAddressRateThrottle,
+    VoteVoterRateThrottle,
+)
 from polls import docs
 from polls.exports import results_csv
 from polls.models import Poll
@@ -158,7 +163,7 @@ class PollDetailApi(APIView):
         return Response(poll_totals(poll=poll, visible=visible))
 
 
-class PollVoteApi(VoteIntakeMetricsMixin, APIView):
+class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
     throttle_classes = [VoteAddressRateThrottle, VoteVoterRateThrottle]
 
     class InputSerializer(serializers.Serializer):

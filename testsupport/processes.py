@@ -68,13 +68,13 @@ class ManagedProcess:
 
 
 class WebServer(ManagedProcess):
-    """daphne serving polling.asgi:application, as production runs it."""
+    """daphne serving polling.asgi:application, as production runs it (the image's flags)."""
 
     def __init__(self, *, env: dict[str, str], log_dir: Path, port: int | None = None) -> None:
         self.port = port or free_port()
         super().__init__(
             name=f"web-{self.port}",
-            args=[sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "polling.asgi:application"],
+            args=[sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(self.port), "polling.asgi:application"],
             env=env,
             log_dir=log_dir,
         )
