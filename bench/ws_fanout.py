@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.loadgen import WsViewer, connect_viewers  # noqa: E402
+from bench.loadgen import WsViewer, connect_viewers, read_raw, stop_on_signals  # noqa: E402
 
 VERSION = re.compile(rb'"version": (\d+)')
 
@@ -132,21 +132,19 @@ class _VersionViewer(WsViewer):
 
 
 async def _viewers_main(args) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    stopping = stop_on_signals()
     seen: dict[int, list] = {}
     host = f"127.0.0.1:{args.port}"
     began = time.time()
-    transports, connected = await connect_viewers(
+    viewers, connected = await connect_viewers(
         lambda index, ready: _VersionViewer(seen=seen, host=host, path=args.path, ready=ready, origin=True),
         ports=[args.port], count=args.count, concurrency=args.connect_concurrency,
     )
     print(json.dumps({"connected": connected, "connect_s": round(time.time() - began, 2)}), flush=True)
-    await stop.wait()
+    read_raw(viewers, until=lambda: stopping)
     print(json.dumps({"seen": {str(v): e for v, e in seen.items()}}), flush=True)
-    for transport in transports:
-        transport.close()
+    for viewer in viewers:
+        viewer.transport.close()
 
 
 # --- the benchmark -----------------------------------------------------------------------------
