@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 # Viewers written to between two turns of the event loop: under a millisecond of sending.
 _CHUNK = 32
+# How often a watched group is joined again. The core and in-memory layers forget a
+# membership after a day (group_expiry); a viewer's own membership used to be as old
+# as its connection, the process's is as old as the first viewer's.
+_REJOIN_SECONDS = 3600.0
 
 
 class Viewer(Protocol):
@@ -45,6 +49,7 @@ class _Group:
         self.channel: str | None = None
         self.opened: asyncio.Task | None = None
         self.pump: asyncio.Task | None = None
+        self.rejoin: asyncio.Task | None = None
 
 
 class Audience:
@@ -98,12 +103,23 @@ class Audience:
                 del self._groups[entry.name]
             raise
         entry.pump = self.loop.create_task(self._pump(entry))
+        entry.rejoin = self.loop.create_task(self._rejoin(entry))
+
+    async def _rejoin(self, entry: _Group) -> None:
+        while True:
+            await asyncio.sleep(_REJOIN_SECONDS)
+            try:
+                await self.layer.group_add(entry.name, entry.channel)
+            except Exception as exc:  # noqa: BLE001 - tried again in an hour; the pub/sub layer needs none
+                logger.warning("fan-out: joining %s again failed: %r", entry.name, exc)
 
     async def _close(self, entry: _Group) -> None:
         try:
             await entry.opened
         except BaseException:  # noqa: BLE001 - it never subscribed: nothing to undo
             return
+        if entry.rejoin is not None:
+            entry.rejoin.cancel()
         if entry.pump is not None:
             # Cancelling the receive also unsubscribes the channel (channels_redis).
             entry.pump.cancel()
