@@ -1,7 +1,9 @@
 """WebSocket consumers: ws/polls/<id> (one poll) and ws (every poll).
 
 Thin by design: check the request, join the group, accept, send the snapshot; after
-that the handlers only forward what the broadcaster published. Close codes:
+that they only forward what the broadcaster published. Group messages reach them through
+this process's Audience (realtime.fanout), one channel-layer subscription per poll per
+process, rather than through a channel of their own. Close codes:
 
     1013  this server process has WS_MAX_CONNECTIONS open already: try again later
     4400  the client kept sending messages it was told were wrong
@@ -11,18 +13,23 @@ that the handlers only forward what the broadcaster published. Close codes:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from realtime.broadcast import get_broadcaster
 from realtime.events import (
+    LEADERBOARD_UPDATED,
+    POLL_REMOVED,
     POLL_SNAPSHOT,
+    POLL_UPDATED,
     POLLS_GROUP,
     POLLS_SNAPSHOT,
     PONG,
@@ -31,8 +38,11 @@ from realtime.events import (
     poll_message,
     poll_results_group,
 )
+from realtime.fanout import Audience, audience, socket_writer, text_frame
 from realtime.selectors import poll_live_totals, polls_snapshot, viewer_sees_results
 from realtime.voters import voter_from_scope
+
+logger = logging.getLogger(__name__)
 
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_BAD_MESSAGES = 4400
@@ -117,8 +127,11 @@ def _viewer_sees_results(live, scope) -> bool:
 
 
 class _LiveConsumer(AsyncJsonWebsocketConsumer):
-    """What both endpoints share: the connection cap, client messages, the handlers."""
+    """What both endpoints share: the connection cap, client messages, group messages."""
 
+    # No channel of its own in the layer (with the pub/sub layer that was a Redis
+    # SUBSCRIBE per viewer): group messages come through the process's Audience.
+    channel_layer_alias = None
     holds_slot = False
     bad_messages = 0
     # Highest version sent per poll on this connection: an update below it is stale.
@@ -126,6 +139,12 @@ class _LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         self.versions = {}
+        self.watching: list[str] = []
+        # Group messages that arrive before the snapshot went out wait here, then pass
+        # the version check against it (as they waited in the consumer's queue before).
+        self.held: list[dict[str, Any]] | None = []
+        self.write_frame = None
+        self.last_send: asyncio.Task | None = None
         if not connection_slots.acquire():
             # Accepted only to say why: a refused handshake gives the client no reason.
             await self.accept()
@@ -136,17 +155,34 @@ class _LiveConsumer(AsyncJsonWebsocketConsumer):
             return
         self.holds_slot = True
         get_broadcaster().attach_event_loop(asyncio.get_running_loop())
+        self.audience: Audience = audience()
         await self.join()
 
     async def join(self) -> None:
         raise NotImplementedError
 
+    async def watch(self, group: str) -> None:
+        """Receive the group's messages from now on (returns once they are routed here)."""
+        await self.audience.join(group, self)
+        self.watching.append(group)
+
+    def unwatch(self, group: str) -> None:
+        self.audience.leave(group, self)
+        self.watching.remove(group)
+
+    async def go_live(self, snapshot: dict[str, Any]) -> None:
+        """Send the snapshot, then the group messages held back meanwhile, if newer."""
+        await self.send_json(snapshot)
+        self.write_frame = socket_writer(self.base_send)
+        held, self.held = self.held, None
+        for event in held or ():
+            self.deliver(event)
+
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels (4.2+) first hops to the sync thread to close stale database
         # connections before every handler. These handlers touch the database only
-        # through database_sync_to_async, which does that itself; and with thousands of
-        # viewers of a poll, one hop per viewer per broadcast, all through the single
-        # sync thread, made a broadcast take seconds to reach everyone.
+        # through database_sync_to_async, which does that itself; with thousands of
+        # viewers connecting, one hop each through the single sync thread adds up.
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
@@ -158,6 +194,9 @@ class _LiveConsumer(AsyncJsonWebsocketConsumer):
         finally:
             # Here rather than in disconnect(): a consumer that is cancelled or crashes
             # never gets there, and its slot would be lost for the life of the process.
+            for group in getattr(self, "watching", ()):
+                self.audience.leave(group, self)
+            self.watching = []
             if self.holds_slot:
                 self.holds_slot = False
                 connection_slots.release()
@@ -195,19 +234,52 @@ class _LiveConsumer(AsyncJsonWebsocketConsumer):
         self.versions[poll_id] = version
         return True
 
-    # -- channel layer handlers ----------------------------------------------------------
-    # The broadcaster encodes each event's JSON once for every viewer (see
-    # realtime.events), hence send(text_data=...) rather than send_json.
+    # -- group messages (from realtime.fanout.Audience) ---------------------------------
+    # The broadcaster encodes each event's client JSON once for every viewer (see
+    # realtime.events), and the audience its WebSocket frame once per process.
 
-    async def poll_updated(self, event: dict[str, Any]) -> None:
-        if self._is_newer(event["poll_id"], event["version"]):
-            await self.send(text_data=event["text"])
+    def deliver(self, event: dict[str, Any]) -> None:
+        """One group message, called by the audience for each viewer in turn: never blocks."""
+        if self.held is not None:
+            self.held.append(event)
+            return
+        kind = event["type"]
+        if kind == POLL_UPDATED:
+            if self._is_newer(event["poll_id"], event["version"]):
+                self._forward(event)
+        elif kind == POLL_REMOVED:
+            self._removed(event)
+        elif kind == LEADERBOARD_UPDATED:
+            self._leaderboard(event)
 
-    async def leaderboard_updated(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=event["text"])
+    def _removed(self, event: dict[str, Any]) -> None:
+        self._forward(event)
 
-    async def poll_removed(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=event["text"])
+    def _leaderboard(self, event: dict[str, Any]) -> None:
+        self._forward(event)
+
+    def _forward(self, event: dict[str, Any]) -> None:
+        if self.write_frame is not None:
+            frame = event.get("frame")
+            if frame is None:
+                frame = event["frame"] = text_frame(event["text"])
+            self.write_frame(frame)  # False: the socket is closing, nothing more to say
+            return
+        self._send_later(functools.partial(self.send, text_data=event["text"]))
+
+    def _send_later(self, send: Callable[[], Any]) -> None:
+        """Send through the ordinary ASGI path, in order, without holding up the fan-out."""
+        previous = self.last_send
+
+        async def send_after_previous() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            try:
+                await send()
+            except Exception as exc:  # noqa: BLE001 - the socket went away meanwhile
+                logger.debug("websocket send dropped: %r", exc)
+
+        self.last_send = asyncio.get_running_loop().create_task(send_after_previous())
 
 
 class PollConsumer(_LiveConsumer):
@@ -222,31 +294,36 @@ class PollConsumer(_LiveConsumer):
         # Joined before the snapshot is read, so no update can fall between the two; the
         # group is settled once the viewer's right to see the counts is known.
         group = poll_group(poll_id)
-        await self.channel_layer.group_add(group, self.channel_name)
+        await self.watch(group)
         live = await snapshots.get(("poll", poll_id), lambda: poll_live_totals(poll_id=poll_id))
         snapshot = None if live is None else live.public
         if live is not None and live.full is not None:
             if await database_sync_to_async(_viewer_sees_results)(live, self.scope):
-                await self.channel_layer.group_add(poll_results_group(poll_id), self.channel_name)
-                await self.channel_layer.group_discard(group, self.channel_name)
-                group = poll_results_group(poll_id)
+                await self.watch(poll_results_group(poll_id))
+                self.unwatch(group)
+                self.held = []  # what the public group sent meanwhile has no counts
                 # Read again after joining the results group, for the same reason as above.
                 live = await snapshots.get(("poll", poll_id), lambda: poll_live_totals(poll_id=poll_id))
                 snapshot = None if live is None else (live.full or live.public)
         if snapshot is None:
-            await self.channel_layer.group_discard(group, self.channel_name)
+            for joined in list(self.watching):
+                self.unwatch(joined)
             await self._not_found(f"No poll with id {poll_id}.")
             return
-        self.groups = [group]  # discarded on disconnect by the base class
         await self.accept()
         self.versions[poll_id] = snapshot["version"]
-        await self.send_json(poll_message(event_type=POLL_SNAPSHOT, totals=snapshot))
+        await self.go_live(poll_message(event_type=POLL_SNAPSHOT, totals=snapshot))
 
-    async def poll_removed(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=event["text"])
+    def _removed(self, event: dict[str, Any]) -> None:
+        for group in list(self.watching):
+            self.unwatch(group)  # nothing more for this socket
+        self._send_later(functools.partial(self._say_removed, event["text"]))
+
+    async def _say_removed(self, text: str) -> None:
+        await self.send(text_data=text)
         await self.close(code=CLOSE_NOT_FOUND)
 
-    async def leaderboard_updated(self, event: dict[str, Any]) -> None:
+    def _leaderboard(self, event: dict[str, Any]) -> None:
         return None  # only the every-poll stream carries the leaderboard
 
 
@@ -254,13 +331,12 @@ class PollsConsumer(_LiveConsumer):
     """ws: a polls.snapshot, then poll.updated of every poll and leaderboard.updated."""
 
     async def join(self) -> None:
-        await self.channel_layer.group_add(POLLS_GROUP, self.channel_name)
-        self.groups = [POLLS_GROUP]
+        await self.watch(POLLS_GROUP)
         snapshot = await snapshots.get("polls", polls_snapshot)
         await self.accept()
         for totals in snapshot["polls"]:
             self.versions[totals["id"]] = totals["version"]
-        await self.send_json({"type": POLLS_SNAPSHOT, **snapshot})
+        await self.go_live({"type": POLLS_SNAPSHOT, **snapshot})
 
     def _is_newer(self, poll_id: int, version: int) -> bool:
         # A viewer of every poll would otherwise keep a version for every poll it ever

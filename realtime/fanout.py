@@ -1,0 +1,233 @@
+"""Per-process fan-out: one channel-layer subscription per group, written to local sockets.
+
+Channels' own way gives every WebSocket consumer its channel and group membership: with
+the pub/sub layer each viewer is a Redis SUBSCRIBE on connect, and each broadcast is
+put into every viewer's queue, wakes every viewer's task, is decoded (msgpack) once per
+viewer and goes through the session middleware, daphne, autobahn and Twisted's write
+buffer, which registers the socket with epoll and sends on the next loop turn. Profiled
+with 2,000 viewers of one poll on one daphne process, that was nearly all of the
+server's time.
+
+Here a process holds one channel of the layer per group its viewers watch (so one Redis
+subscription per poll per process, whatever the audience), and a task per group that
+receives each message once and hands it to every local viewer in a plain loop
+(`Audience`). A broadcast's client JSON is encoded once by the broadcaster; its
+WebSocket frame is built once here (`text_frame`), and on daphne written straight to
+each socket (`socket_writer`) when nothing is queued before it there: one send() each.
+Anywhere else (another ASGI server, the test communicator) a viewer sends through its
+ordinary ASGI `send`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import struct
+from collections.abc import Callable
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+# Viewers written to between two turns of the event loop: under a millisecond of sending.
+_CHUNK = 32
+# How often a watched group is joined again. The core and in-memory layers forget a
+# membership after a day (group_expiry); a viewer's own membership used to be as old
+# as its connection, the process's is as old as the first viewer's.
+_REJOIN_SECONDS = 3600.0
+
+
+class Viewer(Protocol):
+    def deliver(self, event: dict[str, Any]) -> None:
+        """Take one group message; must not block (it runs inside the fan-out loop)."""
+
+
+class _Group:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.viewers: set[Viewer] = set()
+        self.channel: str | None = None
+        self.opened: asyncio.Task | None = None
+        self.pump: asyncio.Task | None = None
+        self.rejoin: asyncio.Task | None = None
+
+
+class Audience:
+    """This process's viewers of each group, fed by one channel of the layer per group.
+
+    Lives on one event loop (the server's) with one channel layer; see `audience()`.
+    """
+
+    def __init__(self, layer) -> None:
+        self.layer = layer
+        self.loop = asyncio.get_running_loop()
+        self._groups: dict[str, _Group] = {}
+
+    async def join(self, group: str, viewer: Viewer) -> None:
+        """Add the viewer; returns once the layer delivers the group's messages here.
+
+        So a read started after join() returns cannot miss a broadcast the viewer will
+        not get. Raises what subscribing raised (Redis down), the viewer then not added.
+        """
+        entry = self._groups.get(group)
+        if entry is None:
+            entry = self._groups[group] = _Group(group)
+            entry.opened = self.loop.create_task(self._open(entry))
+        entry.viewers.add(viewer)
+        try:
+            await asyncio.shield(entry.opened)
+        except BaseException:
+            self.leave(group, viewer)
+            raise
+
+    def leave(self, group: str, viewer: Viewer) -> None:
+        """Remove the viewer; the last one out unsubscribes (in the background)."""
+        entry = self._groups.get(group)
+        if entry is None or viewer not in entry.viewers:
+            return
+        entry.viewers.discard(viewer)
+        if not entry.viewers:
+            del self._groups[group]
+            self.loop.create_task(self._close(entry))
+
+    def viewers(self, group: str) -> int:
+        entry = self._groups.get(group)
+        return 0 if entry is None else len(entry.viewers)
+
+    async def _open(self, entry: _Group) -> None:
+        try:
+            entry.channel = await self.layer.new_channel()
+            await self.layer.group_add(entry.name, entry.channel)
+        except BaseException:
+            if self._groups.get(entry.name) is entry:
+                del self._groups[entry.name]
+            raise
+        entry.pump = self.loop.create_task(self._pump(entry))
+        entry.rejoin = self.loop.create_task(self._rejoin(entry))
+
+    async def _rejoin(self, entry: _Group) -> None:
+        while True:
+            await asyncio.sleep(_REJOIN_SECONDS)
+            try:
+                await self.layer.group_add(entry.name, entry.channel)
+            except Exception as exc:  # noqa: BLE001 - tried again in an hour; the pub/sub layer needs none
+                logger.warning("fan-out: joining %s again failed: %r", entry.name, exc)
+
+    async def _close(self, entry: _Group) -> None:
+        try:
+            await entry.opened
+        except BaseException:  # noqa: BLE001 - it never subscribed: nothing to undo
+            return
+        if entry.rejoin is not None:
+            entry.rejoin.cancel()
+        if entry.pump is not None:
+            # Cancelling the receive also unsubscribes the channel (channels_redis).
+            entry.pump.cancel()
+        try:
+            await self.layer.group_discard(entry.name, entry.channel)
+        except Exception as exc:  # noqa: BLE001 - a layer that lost Redis forgets the group anyway
+            logger.warning("fan-out: leaving %s failed: %r", entry.name, exc)
+
+    async def _pump(self, entry: _Group) -> None:
+        while True:
+            try:
+                event = await self.layer.receive(entry.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the layer reconnects; keep listening
+                logger.warning("fan-out: receiving for %s failed: %r", entry.name, exc)
+                await asyncio.sleep(1.0)
+                continue
+            viewers = list(entry.viewers)
+            for start in range(0, len(viewers), _CHUNK):
+                if start:
+                    # Let the loop serve what else is ready (HTTP requests, votes
+                    # waiting to answer 204) between chunks rather than after them all.
+                    await asyncio.sleep(0)
+                for viewer in viewers[start : start + _CHUNK]:
+                    try:
+                        viewer.deliver(event)
+                    except Exception:  # noqa: BLE001 - one broken viewer must not starve the others
+                        logger.exception("fan-out: delivering to a viewer of %s failed", entry.name)
+
+
+_audiences: dict[asyncio.AbstractEventLoop, Audience] = {}
+
+
+def audience() -> Audience:
+    """The running loop's audience over the current default channel layer.
+
+    A server process has one loop and one layer for its life; tests build new loops
+    and layers, and get a new audience for each.
+    """
+    from channels.layers import get_channel_layer
+
+    loop = asyncio.get_running_loop()
+    layer = get_channel_layer()
+    current = _audiences.get(loop)
+    if current is None or current.layer is not layer:
+        for stale in [other for other in _audiences if other.is_closed()]:
+            del _audiences[stale]
+        current = _audiences[loop] = Audience(layer)
+    return current
+
+
+# --- writing frames ------------------------------------------------------------------------
+
+
+def text_frame(text: str) -> bytes:
+    """A complete, unmasked WebSocket text frame (what a server sends) carrying text."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
+
+
+def socket_writer(send: Callable) -> Callable[[bytes], bool] | None:
+    """A function writing a ready frame to this connection's socket, or None.
+
+    Only for daphne (Twisted) connections, recognised by the ASGI `send` daphne hands
+    out (possibly wrapped by channels' session middleware): a partial of its server's
+    handle_reply bound to the autobahn protocol of the connection. The writer sends at
+    once with one send() call when Twisted has nothing queued for the socket (else it
+    queues behind that, so frames keep their order), and returns False, writing
+    nothing, once the WebSocket is no longer open. TLS connections are left to the
+    ordinary path.
+    """
+    for _ in range(4):
+        owner = getattr(send, "__self__", None)
+        if owner is not None and hasattr(owner, "real_send"):  # channels' InstanceSessionWrapper
+            send = owner.real_send
+            continue
+        break
+    if not (isinstance(send, functools.partial) and send.args and getattr(send.func, "__qualname__", "") == "Server.handle_reply"):
+        return None
+    protocol = send.args[0]
+    transport = getattr(protocol, "transport", None)
+    if transport is None or getattr(transport, "TLS", True) or not hasattr(transport, "writeSomeData"):
+        return None
+    if not all(hasattr(transport, name) for name in ("dataBuffer", "offset", "_tempDataLen", "connected")):
+        return None
+    state_open = protocol.STATE_OPEN
+
+    def write(frame: bytes) -> bool:
+        if protocol.state != state_open or not transport.connected or transport.TLS:
+            return False
+        if transport._tempDataLen or len(transport.dataBuffer) > transport.offset:
+            transport.write(frame)  # behind what Twisted still holds for this socket
+            return True
+        written = transport.writeSomeData(frame)
+        if isinstance(written, int):
+            if written < len(frame):
+                transport.write(frame[written:])
+        else:
+            # Connection lost: Twisted finds out on its own and closes the protocol.
+            transport.write(frame)
+        return True
+
+    return write
