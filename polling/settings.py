@@ -228,6 +228,10 @@ BROADCAST_MAX_PER_SECOND = env_float("BROADCAST_MAX_PER_SECOND", 10.0, minimum=0
 # How long one group send may take before it is given up (Redis down or stalled); the
 # next broadcast of the poll carries the full totals again, so a dropped one heals.
 BROADCAST_SEND_TIMEOUT = env_float("BROADCAST_SEND_TIMEOUT", 2.0, minimum=0.1)
+# Write broadcast frames straight to daphne's sockets (realtime.fanout.socket_writer).
+# It relies on Twisted's transport internals (pinned in requirements.txt); off, every
+# viewer sends through its ordinary ASGI send, slower but independent of them.
+WS_DIRECT_WRITE = env_bool("WS_DIRECT_WRITE", True)
 # WebSocket connections one server process accepts; the next ones are closed at once
 # with code 1013 (try again later), so a flood cannot exhaust its memory or descriptors.
 WS_MAX_CONNECTIONS = env_int("WS_MAX_CONNECTIONS", 15000, minimum=1)

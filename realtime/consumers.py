@@ -173,7 +173,7 @@ class _LiveConsumer(AsyncJsonWebsocketConsumer):
     async def go_live(self, snapshot: dict[str, Any]) -> None:
         """Send the snapshot, then the group messages held back meanwhile, if newer."""
         await self.send_json(snapshot)
-        self.write_frame = socket_writer(self.base_send)
+        self.write_frame = socket_writer(self.base_send) if settings.WS_DIRECT_WRITE else None
         held, self.held = self.held, None
         for event in held or ():
             self.deliver(event)

@@ -25,32 +25,42 @@ async def _next(ws, predicate, timeout: float = 30) -> dict:
             return message
 
 
-def test_a_vote_posted_over_http_reaches_websocket_viewers_through_kafka_and_the_worker(web_server, vote_worker):
-    poll_id = request("POST", f"{web_server.url}/polls", POLL).json()["id"]
-    ws_url = web_server.url.replace("http://", "ws://")
+@pytest.mark.parametrize("direct_write", ["1", "0"], ids=["frames-to-sockets", "asgi-send"])
+def test_a_vote_posted_over_http_reaches_websocket_viewers_through_kafka_and_the_worker(
+    process_env, tmp_path, vote_worker, direct_write
+):
+    # Both ways a server writes broadcasts: straight to daphne's sockets, and through
+    # each viewer's ASGI send (WS_DIRECT_WRITE=0, the fallback).
+    web_server = WebServer(env={**process_env, "WS_DIRECT_WRITE": direct_write}, log_dir=tmp_path)
+    web_server.start()
+    try:
+        poll_id = request("POST", f"{web_server.url}/polls", POLL).json()["id"]
+        ws_url = web_server.url.replace("http://", "ws://")
 
-    async def scenario():
-        origin = web_server.url
-        async with websockets.connect(f"{ws_url}/ws/polls/{poll_id}", origin=origin) as one, websockets.connect(
-            f"{ws_url}/ws", origin=origin
-        ) as every:
-            snapshot = json.loads(await one.recv())
-            every_snapshot = json.loads(await every.recv())
-            answer = await asyncio.to_thread(request, "POST", f"{web_server.url}/polls/{poll_id}/vote", {"option": 2})
-            voted_at = time.monotonic()
-            update = await _next(one, lambda m: m["type"] == "poll.updated")
-            latency = time.monotonic() - voted_at
-            seen_by_every = await _next(every, lambda m: m["type"] == "poll.updated" and m["id"] == poll_id)
-            return snapshot, every_snapshot, answer.status, update, seen_by_every, latency
+        async def scenario():
+            origin = web_server.url
+            async with websockets.connect(f"{ws_url}/ws/polls/{poll_id}", origin=origin) as one, websockets.connect(
+                f"{ws_url}/ws", origin=origin
+            ) as every:
+                snapshot = json.loads(await one.recv())
+                every_snapshot = json.loads(await every.recv())
+                answer = await asyncio.to_thread(request, "POST", f"{web_server.url}/polls/{poll_id}/vote", {"option": 2})
+                voted_at = time.monotonic()
+                update = await _next(one, lambda m: m["type"] == "poll.updated")
+                latency = time.monotonic() - voted_at
+                seen_by_every = await _next(every, lambda m: m["type"] == "poll.updated" and m["id"] == poll_id)
+                return snapshot, every_snapshot, answer.status, update, seen_by_every, latency
 
-    snapshot, every_snapshot, status, update, seen_by_every, latency = asyncio.run(scenario())
-    assert status == 204
-    assert snapshot["type"] == "poll.snapshot" and snapshot["total"] == 0
-    assert every_snapshot["type"] == "polls.snapshot" and every_snapshot["polls"][0]["id"] == poll_id
-    for message in (update, seen_by_every):
-        assert (message["id"], message["option1"], message["option2"], message["total"]) == (poll_id, 0, 1, 1)
-        assert message["version"] == 1
-    print(f"vote-to-screen through Kafka and the worker: {latency * 1000:.0f} ms")
+        snapshot, every_snapshot, status, update, seen_by_every, latency = asyncio.run(scenario())
+        assert status == 204
+        assert snapshot["type"] == "poll.snapshot" and snapshot["total"] == 0
+        assert every_snapshot["type"] == "polls.snapshot" and every_snapshot["polls"][0]["id"] == poll_id
+        for message in (update, seen_by_every):
+            assert (message["id"], message["option1"], message["option2"], message["total"]) == (poll_id, 0, 1, 1)
+            assert message["version"] == 1
+        print(f"vote-to-screen through Kafka and the worker: {latency * 1000:.0f} ms")
+    finally:
+        web_server.kill()
 
 
 def test_a_browser_origin_of_another_site_is_refused_by_the_real_server(web_server):
