@@ -488,8 +488,13 @@ def http_load(
     procs: int = 1,
     work_dir: Path,
     server: WebServer | None = None,
+    label: str = "",
 ) -> LoadResult:
-    """Closed-loop HTTP load from `procs` generator processes; returns merged figures."""
+    """Closed-loop HTTP load from `procs` generator processes; returns merged figures.
+
+    `label` names the phase in the server's profile file (--profile), so two phases on
+    one server (the viewers section: nobody watching, then watched) keep both.
+    """
     start_at = time.time() + 1.0  # the generator processes' interpreters start meanwhile
     generators = []
     per_proc = [connections // procs + (1 if i < connections % procs else 0) for i in range(procs)]
@@ -508,7 +513,8 @@ def http_load(
         # Server CPU over the measured window only.
         time.sleep(max(0.0, start_at + warmup - time.time()))
         cpu_server_before = server.cpu_seconds()
-        spies = Profiler.attach(f"{server.name}-{paths[0].strip('/').replace('/', '_')}", server.pids(), duration)
+        target = paths[0].strip('/').replace('/', '_')
+        spies = Profiler.attach(f"{server.name}-{target}{'-' + label if label else ''}", server.pids(), duration)
         time.sleep(max(0.0, start_at + warmup + duration - time.time()))
         server_cpu_at_window = server.cpu_seconds() - cpu_server_before
         Profiler.wait(spies)

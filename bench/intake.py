@@ -119,10 +119,11 @@ def start_stack(ctx, *, name: str, floor: bool, naive: bool) -> Stack:
     return stack
 
 
-def _load(ctx, server: WebServer, path: str, poll_id: int) -> LoadResult:
+def _load(ctx, server: WebServer, path: str, poll_id: int, label: str = "") -> LoadResult:
     return http_load(
         port=server.port, paths=[path], bodies=vote_bodies(poll_id), connections=ctx.connections,
         duration=ctx.duration, warmup=ctx.warmup, procs=ctx.load_procs, work_dir=ctx.work_dir, server=server,
+        label=label,
     )
 
 
@@ -249,7 +250,7 @@ def run_viewers(ctx) -> list[Row]:
             first_alone = round_index % 2 == 0
             for phase in ("alone", "watched") if first_alone else ("watched", "alone"):
                 if phase == "alone":
-                    result = _load(ctx, stack.product, path, stack.poll_id)
+                    result = _load(ctx, stack.product, path, stack.poll_id, label=f"alone-{round_index + 1}")
                     alone.append(result)
                     log(f"viewers round {round_index + 1}/{ctx.runs} nobody watching: {_describe(result)}")
                     continue
@@ -259,7 +260,7 @@ def run_viewers(ctx) -> list[Row]:
                     if viewers.connected < ctx.viewers:
                         log(f"only {viewers.connected} of {ctx.viewers} viewers connected")
                     time.sleep(1.0)
-                    result = _load(ctx, stack.product, path, stack.poll_id)
+                    result = _load(ctx, stack.product, path, stack.poll_id, label=f"watched-{round_index + 1}")
                 finally:
                     report = viewers.stop()
                 report["connected"] = viewers.connected
