@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -102,13 +103,14 @@ def poll_results_visible(*, poll: Poll, voter: Voter | None) -> bool:
     return voter is not None and voter_has_voted(poll_id=poll.pk, voter=voter)
 
 
-def poll_totals(*, poll: Poll, visible: bool = True) -> dict[str, Any]:
+def poll_totals(*, poll: Poll, visible: bool = True, options: Sequence[Option] | None = None) -> dict[str, Any]:
     """The poll in the seed's shape (id, question, option1..N counts) plus richer fields.
 
     When the viewer may not see the results yet, every count is null and
-    `results_hidden` is true.
+    `results_hidden` is true. `options` (in position order) are the poll's options when
+    the caller read them with the poll; otherwise they are read (or prefetched) here.
     """
-    options: list[Option] = list(poll.options.all())
+    options = list(poll.options.all()) if options is None else list(options)
     data: dict[str, Any] = {"id": poll.pk, "question": poll.question}
     for option in options:
         data[f"option{option.position}"] = option.votes if visible else None
