@@ -9,6 +9,7 @@ from django.db import connection
 from django.db.models import Sum
 
 from polls.models import Option, Poll
+from polls.sql import column, table
 
 
 def leaderboard_top(*, limit: int, poll_id: int | None = None) -> list[dict[str, Any]]:
@@ -34,21 +35,15 @@ def leaderboard_top(*, limit: int, poll_id: int | None = None) -> list[dict[str,
 
 @cache
 def _top_sql(*, by_poll: bool) -> str:
-    """leaderboard_top's SELECT, with table and column names taken from the models."""
-    quote = connection.ops.quote_name
-    poll, option = Poll._meta, Option._meta
-
-    def column(meta, name: str) -> str:
-        return quote(meta.get_field(name).column)
-
-    o_poll = f"o.{column(option, 'poll')}"
+    """leaderboard_top's SELECT."""
+    o_poll = f"o.{column(Option, 'poll')}"
     return (
-        f"SELECT o.{column(option, 'text')}, o.{column(option, 'votes')}, {o_poll}, o.{column(option, 'position')}, "
-        f"p.{column(poll, 'question')} "
-        f"FROM {quote(option.db_table)} o INNER JOIN {quote(poll.db_table)} p ON {o_poll} = p.{column(poll, 'id')} "
-        f"WHERE p.{column(poll, 'results_visibility')} = %s AND p.{column(poll, 'hidden')} = %s"
+        f"SELECT o.{column(Option, 'text')}, o.{column(Option, 'votes')}, {o_poll}, o.{column(Option, 'position')}, "
+        f"p.{column(Poll, 'question')} "
+        f"FROM {table(Option)} o INNER JOIN {table(Poll)} p ON {o_poll} = p.{column(Poll, 'id')} "
+        f"WHERE p.{column(Poll, 'results_visibility')} = %s AND p.{column(Poll, 'hidden')} = %s"
         + (f" AND {o_poll} = %s" if by_poll else "")
-        + f" ORDER BY o.{column(option, 'votes')} DESC, {o_poll} ASC, o.{column(option, 'position')} ASC LIMIT %s"
+        + f" ORDER BY o.{column(Option, 'votes')} DESC, {o_poll} ASC, o.{column(Option, 'position')} ASC LIMIT %s"
     )
 
 

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from polls.exceptions import PollNotFound
 from polls.models import Option, Poll, Vote
+from polls.sql import column, table
 from polls.voters import Voter
 
 
@@ -73,18 +74,12 @@ def poll_vote_target(*, poll_id: int) -> VoteTarget:
 
 @cache
 def _vote_target_sql() -> str:
-    """The vote target's SELECT, with table and column names taken from the models."""
-    quote = connection.ops.quote_name
-    poll, option = Poll._meta, Option._meta
-
-    def column(meta, name: str) -> str:
-        return quote(meta.get_field(name).column)
-
+    """The vote target's SELECT (one statement: the poll's row and its number of options)."""
     return (
-        f"SELECT p.{column(poll, 'id')}, p.{column(poll, 'status')}, p.{column(poll, 'closes_at')}, "
-        f"p.{column(poll, 'one_vote_per')}, p.{column(poll, 'max_choices')}, "
-        f"(SELECT COUNT(*) FROM {quote(option.db_table)} o WHERE o.{column(option, 'poll')} = p.{column(poll, 'id')}) "
-        f"FROM {quote(poll.db_table)} p WHERE p.{column(poll, 'id')} = %s AND p.{column(poll, 'hidden')} = %s"
+        f"SELECT p.{column(Poll, 'id')}, p.{column(Poll, 'status')}, p.{column(Poll, 'closes_at')}, "
+        f"p.{column(Poll, 'one_vote_per')}, p.{column(Poll, 'max_choices')}, "
+        f"(SELECT COUNT(*) FROM {table(Option)} o WHERE o.{column(Option, 'poll')} = p.{column(Poll, 'id')}) "
+        f"FROM {table(Poll)} p WHERE p.{column(Poll, 'id')} = %s AND p.{column(Poll, 'hidden')} = %s"
     )
 
 

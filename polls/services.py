@@ -19,6 +19,7 @@ from polls.events import VoteEvent
 from polls.exceptions import AlreadyVoted, InvalidChoices, OptionOutOfRange, PollClosed, SignInRequired
 from polls.models import AuditEntry, Option, Poll, Vote
 from polls.selectors import poll_vote_target
+from polls.sql import column, columns, table
 from polls.voters import Voter
 from realtime.broadcast import broadcast_polls_on_commit
 
@@ -266,12 +267,12 @@ def _counters_add(*, counts: Counter[int]) -> None:
         return
     if connection.vendor == "postgresql":
         # One statement for all touched options; the rows are already locked (_options_lock).
-        table = connection.ops.quote_name(Option._meta.db_table)
         ids = sorted(counts)
+        votes, pk = column(Option, "votes"), column(Option, "id")
         with connection.cursor() as cursor:
             cursor.execute(
-                f"UPDATE {table} AS o SET votes = o.votes + v.n "
-                f"FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, n) WHERE o.id = v.id",
+                f"UPDATE {table(Option)} AS o SET {votes} = o.{votes} + v.n "
+                f"FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, n) WHERE o.{pk} = v.id",
                 [ids, [counts[option_id] for option_id in ids]],
             )
         return
@@ -298,6 +299,14 @@ def _insert_rows(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
 _VOTE_COLUMNS = ("vote_id", "ballot_id", "poll", "option", "voter_key", "dedupe_key", "cast_at", "applied_at")
 
 
+def _vote_insert(source: str) -> str:
+    """INSERT of vote rows from `source` (VALUES or SELECT), skipping conflicts, returning (vote_id, option)."""
+    return (
+        f"INSERT INTO {table(Vote)} ({columns(Vote, _VOTE_COLUMNS)}) {source} "
+        f"ON CONFLICT DO NOTHING RETURNING {column(Vote, 'vote_id')}, {column(Vote, 'option')}"
+    )
+
+
 def _insert_unnest(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
     """PostgreSQL: all rows in one INSERT ... SELECT FROM unnest(one array per column).
 
@@ -308,15 +317,10 @@ def _insert_unnest(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
     psycopg's generic list adaptation cost more per row than the rest of the insert.
     Their text needs no quoting; the voter and dedupe keys (any text) are left to psycopg.
     """
-    meta = Vote._meta
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(meta.get_field(name).column) for name in _VOTE_COLUMNS)
-    sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({columns}) "
+    sql = _vote_insert(
         "SELECT v.*, %s FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[], %s::bigint[], "
         "%s::text[], %s::text[], %s::timestamptz[]) "
-        "AS v(vote_id, ballot_id, poll_id, option_id, voter_key, dedupe_key, cast_at) "
-        f"ON CONFLICT DO NOTHING RETURNING {quote('vote_id')}, {quote(meta.get_field('option').column)}"
+        "AS v(vote_id, ballot_id, poll_id, option_id, voter_key, dedupe_key, cast_at)"
     )
     row_ids = [str(row[0]) for row in rows]
     # A ballot's first row has the ballot's own id: its text is made once.
@@ -344,20 +348,14 @@ def _array_literal(items: Iterable[str]) -> str:
 def _insert_chunk(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
     if not rows:
         return []
-    meta = Vote._meta
-    fields = [meta.get_field(name) for name in _VOTE_COLUMNS]
+    fields = [Vote._meta.get_field(name) for name in _VOTE_COLUMNS]
     now = timezone.now()
     params: list[object] = []
     for row_id, event, option_id, dedupe_key in rows:
         values = (row_id, event.vote_id, event.poll_id, option_id, event.voter_key, dedupe_key, event.cast_at, now)
         params.extend(f.get_db_prep_value(v, connection) for f, v in zip(fields, values))
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(f.column) for f in fields)
     placeholders = ", ".join(["(" + ", ".join(["%s"] * len(fields)) + ")"] * len(rows))
-    sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {placeholders} "
-        f"ON CONFLICT DO NOTHING RETURNING {quote('vote_id')}, {quote(meta.get_field('option').column)}"
-    )
+    sql = _vote_insert(f"VALUES {placeholders}")
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         # SQLite hands back the uuid as 32 hex digits, PostgreSQL as a UUID.
