@@ -91,18 +91,13 @@ def throttles_check(throttles, request) -> float | None:
 
 def _count(cache, keys: list[tuple[str, int]]) -> list[int]:
     """Add one to each (key, expiry seconds) counter of the cache; return the new counts."""
-    get_client = getattr(getattr(cache, "_cache", None), "get_client", None)
-    if get_client is None:
+    incr_many = getattr(cache, "incr_many", None)  # polling.cache.SharedClientRedisCache
+    if incr_many is None:
         # The per-process cache of the embedded mode: no round trips to save.
         return [_add_one(cache, key, expiry) for key, expiry in keys]
-    full_keys = [(cache.make_and_validate_key(key), expiry) for key, expiry in keys]
-    pipeline = get_client(full_keys[0][0], write=True).pipeline(transaction=False)
-    for key, expiry in full_keys:
-        # The window is in the key, so refreshing the expiry on every hit only keeps an
-        # old window's key until `expiry` seconds after its last request: harmless.
-        pipeline.incr(key)
-        pipeline.expire(key, expiry)
-    return pipeline.execute()[::2]
+    # The window is in the key, so refreshing the expiry on every hit only keeps an old
+    # window's key until `expiry` seconds after its last request: harmless.
+    return incr_many(keys)
 
 
 def _add_one(cache, key: str, expiry: int) -> int:
