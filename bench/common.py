@@ -29,6 +29,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from devservices import KafkaServer, PostgresServer, RedisServer, ensure_installed, free_port  # noqa: E402
+from testsupport.processes import wait_until  # noqa: E402
 
 PYTHON = sys.executable
 LOADGEN = REPO / "bench" / "loadgen.py"
@@ -266,15 +267,6 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def wait_until(predicate, *, timeout: float, interval: float = 0.1, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 class WebServer:
     """The ASGI application served as production serves it: `python -m daphne`.
 
@@ -374,7 +366,7 @@ class Worker(Process):
         super().start()
         try:
             wait_until(lambda: "consuming" in self.log() or not self.alive(), timeout=timeout, what=f"{self.name} to consume")
-        except RuntimeError:
+        except AssertionError:  # wait_until's timeout
             log(f"{self.name} never logged 'consuming' (LOG_LEVEL above INFO?); going on")
         if not self.alive():
             raise RuntimeError(f"{self.name} exited:\n{self.log()[-3000:]}")
