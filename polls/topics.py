@@ -7,11 +7,12 @@ commands can point the same code at another broker or topic.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from django.conf import settings
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 
 logger = logging.getLogger(__name__)
 
@@ -104,5 +105,29 @@ def ensure_topics() -> None:
             except TopicAlreadyExistsError:
                 pass  # another process created it between our list and create
             logger.info("created Kafka topics %s", ", ".join(topic.name for topic in wanted))
+            _wait_for_leaders(admin, [topic.name for topic in wanted])
     finally:
         admin.close()
+
+
+def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], timeout: float = 30.0) -> None:
+    """Return once every partition of these new topics has a leader in the broker's metadata.
+
+    A consumer that joins its group while a new topic has no partitions in the metadata
+    yet is assigned nothing, and kafka-python looks again only after metadata_max_age_ms
+    (5 minutes): a worker started right after the topics were created sat idle (seen as
+    a test that waited 30 s for a dead letter).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = admin.describe_topics(names)
+        if len(topics) == len(names) and all(
+            topic["error_code"] == 0
+            and topic["partitions"]
+            and all(partition["leader_id"] >= 0 for partition in topic["partitions"])
+            for topic in topics
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise KafkaTimeoutError(f"the new topics {names} have no partition leaders after {timeout:.0f} s")
+        time.sleep(0.1)
