@@ -20,15 +20,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import redis
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 from kafka import KafkaAdminClient
-
-from polling.middleware import SyncAndAsyncMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -199,34 +196,24 @@ def readyz(request: HttpRequest) -> JsonResponse:
 PROBE_PATHS = {"/healthz": healthz, "/readyz": readyz, "/metrics": None}
 
 
-class ProbeMiddleware(SyncAndAsyncMiddleware):
+class ProbeMiddleware:
     """Answers /healthz, /readyz and /metrics ahead of the Host header check.
 
     Orchestrators probe a container and Prometheus scrapes it by IP address, which
     ALLOWED_HOSTS rarely lists, so through the normal stack every probe would be a
     400. These answers build no URL from the Host header, which is what that check
-    protects. Place it right after RequestMetricsMiddleware. Under ASGI a probe is
-    answered in a thread (/readyz waits on its checks); other requests pass straight on.
+    protects. Place it right after RequestMetricsMiddleware.
     """
 
-    def call(self, request):
-        view = probe_view(request)
-        return view(request) if view is not None else self.get_response(request)
+    def __init__(self, get_response):
+        self.get_response = get_response
 
-    async def acall(self, request):
-        view = probe_view(request)
-        if view is not None:
-            return await sync_to_async(view, thread_sensitive=True)(request)
-        return await self.get_response(request)
+    def __call__(self, request):
+        if request.path_info in PROBE_PATHS and request.method in ("GET", "HEAD"):
+            view = PROBE_PATHS[request.path_info]
+            if view is None:
+                from polling.metrics import metrics_view
 
-
-def probe_view(request: HttpRequest) -> Callable[[HttpRequest], HttpResponse] | None:
-    """The view that answers this request if it is a probe or a scrape, else None."""
-    if request.path_info not in PROBE_PATHS or request.method not in ("GET", "HEAD"):
-        return None
-    view = PROBE_PATHS[request.path_info]
-    if view is None:
-        from polling.metrics import metrics_view
-
-        view = metrics_view
-    return view
+                view = metrics_view
+            return view(request)
+        return self.get_response(request)

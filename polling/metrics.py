@@ -31,8 +31,6 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder, start_http_server
 
-from polling.middleware import SyncAndAsyncMiddleware
-
 
 def _registry() -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=True)
@@ -257,7 +255,7 @@ def view_label(request: HttpRequest) -> str:
 access_logger = logging.getLogger("polling.access")
 
 
-class RequestMetricsMiddleware(SyncAndAsyncMiddleware):
+class RequestMetricsMiddleware:
     """Counts and times every HTTP request by view, method and status; writes the access log.
 
     First in MIDDLEWARE, so the time includes the other middleware and the answers they
@@ -267,20 +265,13 @@ class RequestMetricsMiddleware(SyncAndAsyncMiddleware):
     vote history does.
     """
 
-    def call(self, request):
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
         started = time.perf_counter()
         response = self.get_response(request)
-        self.observe(request, response, time.perf_counter() - started)
-        return response
-
-    async def acall(self, request):
-        started = time.perf_counter()
-        response = await self.get_response(request)
-        self.observe(request, response, time.perf_counter() - started)
-        return response
-
-    @staticmethod
-    def observe(request: HttpRequest, response: HttpResponse, seconds: float) -> None:
+        seconds = time.perf_counter() - started
         view = view_label(request)
         method = request.method if request.method in _METHODS else "other"
         HTTP_REQUESTS.labels(view, method, str(response.status_code)).inc()
@@ -291,6 +282,7 @@ class RequestMetricsMiddleware(SyncAndAsyncMiddleware):
                 extra={"http": {"method": request.method, "path": request.path, "status": response.status_code,
                                 "view": view, "duration_ms": round(seconds * 1000, 2)}},
             )
+        return response
 
 
 @require_safe
