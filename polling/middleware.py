@@ -37,7 +37,9 @@ class ReleaseDatabaseConnectionMiddleware:
     whose client went away mid-view (Django cancels the request, the sync view's thread
     still finishes). Each such request kept a pooled connection forever: 16 client
     timeouts during a Kafka outage exhausted the pool and every later vote got 503
-    (found by tests/faults). Listed last, this runs in the view's own thread.
+    (found by tests/faults). Listed last, this runs in the view's own thread: under
+    ASGI the whole chain runs in the request's thread (polling.handlers), so it runs
+    there even when the request was cancelled meanwhile.
     """
 
     def __init__(self, get_response):
