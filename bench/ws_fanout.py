@@ -81,7 +81,7 @@ def start_ws_stack(*, name: str, work_dir: Path, services=None, extra_env: dict[
         )
         manage(env, "migrate", "--no-input")
         worker = Worker(name=f"{name}-worker", env=dict(env, LOG_LEVEL="INFO"), log_dir=work_dir, group=f"bench-{topic}",
-                        extra=["--batch-wait-ms", "20"] if worker_args is None else worker_args).start()
+                        extra=worker_args or []).start()
         web = WebServer(name=f"{name}-web", env=env, log_dir=work_dir, procs=web_procs, server=server).start()
         poll_id = _create_poll(web.url)
         log(f"{name}: web on {web.url}, poll {poll_id}")

@@ -302,7 +302,8 @@ def main() -> None:
     parser.add_argument("--web-procs", type=int, default=1, help="server processes on one socket")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the web and worker processes (experiments)")
-    parser.add_argument("--worker-arg", action="append", help="consume_votes argument (default: --batch-wait-ms 20)")
+    parser.add_argument("--worker-arg", action="append", default=[],
+                        help="consume_votes argument, e.g. --worker-arg=--batch-wait-ms=20 (default: none)")
     parser.add_argument("--profile", type=Path, help="py-spy stacks of the servers and the worker, per rate")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per rate")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of votes not measured first")
