@@ -16,7 +16,11 @@ Sections (--only takes a comma-separated list of these names):
     leaderboard  6. GET /leaderboard at a million votes and 100,000 polls, beside the floor GET
     memory       7. peak RSS (VmHWM from /proc) of the web processes and the worker under the
                     loads above (collected from whichever sections ran)
-    ws           4./5. the WebSocket latency and fan-out benchmarks (bench/ws_*.py), when present
+    ws           4./5. the WebSocket latency and fan-out benchmarks (bench/ws_*.py), when present;
+                    4 measures vote-to-screen twice: from the 204 of votes POSTed at 100 and
+                    1,000 votes/s asked (the whole path, at what the intake sustains), and from
+                    the broker's acknowledgement of 1,000 votes/s published straight to the
+                    topic by a load process (the worker onwards, at the target rate)
 
 It starts its own PostgreSQL, Redis and Kafka (devservices, a fresh temporary directory,
 free ports), runs the web process as production does (`python -m daphne`), and drives

@@ -52,6 +52,7 @@ class WsStack:
     worker: object
     poll_id: int
     own_services: bool
+    env: dict | None = None  # the product processes' environment (for load processes that publish)
 
     def stop(self) -> None:
         self.web.stop()
@@ -61,7 +62,7 @@ class WsStack:
 
 
 def start_ws_stack(*, name: str, work_dir: Path, services=None, extra_env: dict[str, str] | None = None,
-                   web_procs: int = 1, server: str = "daphne") -> WsStack:
+                   web_procs: int = 1, server: str = "daphne", worker_args: list[str] | None = None) -> WsStack:
     """Web (`web_procs` processes on one socket) + worker on a fresh database and topic;
     services started here unless given."""
     from bench.common import Services, WebServer, Worker, django_env, log, manage
@@ -80,11 +81,11 @@ def start_ws_stack(*, name: str, work_dir: Path, services=None, extra_env: dict[
         )
         manage(env, "migrate", "--no-input")
         worker = Worker(name=f"{name}-worker", env=dict(env, LOG_LEVEL="INFO"), log_dir=work_dir, group=f"bench-{topic}",
-                        extra=["--batch-wait-ms", "20"]).start()
+                        extra=worker_args or []).start()
         web = WebServer(name=f"{name}-web", env=env, log_dir=work_dir, procs=web_procs, server=server).start()
         poll_id = _create_poll(web.url)
         log(f"{name}: web on {web.url}, poll {poll_id}")
-        return WsStack(services=services, web=web, worker=worker, poll_id=poll_id, own_services=own)
+        return WsStack(services=services, web=web, worker=worker, poll_id=poll_id, own_services=own, env=env)
     except BaseException:
         if own:
             services.stop()

@@ -150,3 +150,18 @@ def test_dead_letters_can_be_listed_and_replayed_once_their_cause_is_fixed(kafka
     call_command("dead_letters", "replay", stdout=out)  # each dead letter is replayed once
     assert out.getvalue().strip() == "replayed 0 dead letter(s) into the vote topic"
     assert counts(poll) == [1, 0]
+
+
+
+def test_the_worker_consumer_lets_the_broker_hold_a_fetch_only_vote_fetch_max_wait_ms(kafka_topic, settings):
+    """The broker holds an empty fetch for fetch_max_wait_ms, and the client keeps one fetch in
+    flight: with kafka-python's 500 ms default, votes acknowledged at 1,000 a second sat
+    unfetched for 480 to 540 ms at times (bench/ws_latency.py --source kafka)."""
+    assert settings.VOTE_FETCH_MAX_WAIT_MS == 50  # the default, measured
+    settings.VOTE_FETCH_MAX_WAIT_MS = 37
+    worker = make_vote_worker(group="fetch-wait")
+    try:
+        assert worker.consumer.config["fetch_max_wait_ms"] == 37
+        assert worker.consumer.config["fetch_min_bytes"] == 1  # a fetch returns as soon as one vote is there
+    finally:
+        close(worker)
