@@ -2,10 +2,12 @@
 
 import dataclasses
 import threading
+import uuid
 
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from polls.models import Option, Poll, Vote
 from polls.services import counters_verify, poll_create, votes_apply
@@ -91,3 +93,31 @@ def test_two_workers_applying_overlapping_batches_at_once_neither_deadlock_nor_m
     assert Vote.objects.count() == 8 * 12 * 5
     assert counters_verify() == []
 
+
+
+def test_a_batch_without_conflicts_is_copied_and_one_with_a_conflict_skips_only_what_was_applied():
+    poll = make_poll()
+    fresh = [vote_event(poll, 1), vote_event(poll, 2)]
+    with CaptureQueriesContext(connection) as queries:
+        assert votes_apply(events=fresh).applied == 2
+    assert not [q for q in queries if q["sql"].startswith('INSERT INTO "polls_vote"')]  # COPY, not INSERT
+    mixed = [fresh[1], vote_event(poll, 3), vote_event(poll, 3)]
+    with CaptureQueriesContext(connection) as queries:
+        result = votes_apply(events=mixed)
+    assert [q for q in queries if "ON CONFLICT DO NOTHING" in q["sql"]]
+    assert (result.applied, result.duplicates) == (2, 1)
+    assert counts(poll) == [1, 1, 2, 0]
+    assert Vote.objects.count() == 4
+    assert counters_verify() == []
+
+
+def test_a_vote_row_must_name_an_option_of_its_own_poll():
+    poll, other = make_poll(), make_poll(question="Another?")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        Vote.objects.create(
+            vote_id=uuid.uuid4(), ballot_id=uuid.uuid4(), poll=poll, option=other.options.get(position=1),
+            voter_key="test", cast_at=timezone.now(),
+        )
+    assert not Vote.objects.exists()
