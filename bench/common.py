@@ -36,6 +36,19 @@ LOADGEN = REPO / "bench" / "loadgen.py"
 SECRET_KEY = "bench-only-secret-key-not-for-production-0123456789abcdef"
 
 
+def add_experiment_args(parser) -> None:
+    """--env and --worker-arg: what an A/B run changes in the product's processes."""
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the product's web and worker processes (experiments)")
+    parser.add_argument("--worker-arg", action="append", default=[],
+                        help="extra consume_votes argument, e.g. --worker-arg=--batch-wait-ms=20")
+
+
+def experiment_env(args) -> dict[str, str]:
+    """The --env pairs as a dict."""
+    return dict(item.split("=", 1) for item in args.env)
+
+
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 

@@ -47,7 +47,9 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench import apply_rate, intake, leaderboard, memory  # noqa: E402
-from bench.common import Profiler, Row, Services, log, print_table, summarize_profile  # noqa: E402
+from bench.common import (  # noqa: E402
+    Profiler, Row, Services, add_experiment_args, experiment_env, log, print_table, summarize_profile,
+)
 
 SECTIONS = ["intake", "apply", "viewers", "leaderboard", "memory", "ws"]
 
@@ -91,9 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--apply-polls", type=int, default=10, help="polls the pre-filled votes spread over (default 10)")
     parser.add_argument("--lb-polls", type=int, help="polls for section 6 (default 100000, quick 10000)")
     parser.add_argument("--lb-votes", type=int, help="votes for section 6 (default 1000000, quick 100000)")
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment for the product's web and worker processes (experiments)")
-    parser.add_argument("--worker-arg", action="append", default=[], help="extra consume_votes argument")
+    add_experiment_args(parser)
     parser.add_argument("--external-services", action="store_true",
                         help="use DATABASE_URL (a role that may create databases), REDIS_URL, KAFKA_BROKERS")
     parser.add_argument("--profile", metavar="DIR",
@@ -128,7 +128,7 @@ def build_context(args: argparse.Namespace, services: Services, work_dir: Path) 
         per_vote_events=2_000 if quick else 5_000,
         lb_polls=args.lb_polls or (10_000 if quick else 100_000),
         lb_votes=args.lb_votes or (100_000 if quick else 1_000_000),
-        product_env=dict(item.split("=", 1) for item in args.env),
+        product_env=experiment_env(args),
         worker_args=list(args.worker_arg),
     )
 

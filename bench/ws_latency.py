@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import percentile  # noqa: E402
+from bench.common import add_experiment_args, experiment_env, percentile  # noqa: E402
 from bench.ws_fanout import WsStack, start_ws_stack  # noqa: E402
 
 
@@ -208,7 +208,8 @@ def bench_rows(ctx) -> list:
     """Section 4 of bench/run.py: the HTTP source at 100 and 1,000 votes/s asked, the Kafka source at 1,000."""
     from bench.common import Row
 
-    stack = start_ws_stack(name="ws_latency", work_dir=ctx.work_dir, services=ctx.services)
+    stack = start_ws_stack(name="ws_latency", work_dir=ctx.work_dir, services=ctx.services, web_procs=ctx.web_procs,
+                           server=ctx.server, extra_env=ctx.product_env, worker_args=ctx.worker_args)
     try:
         results = latency(stack, rates=[100.0, 1000.0], duration=ctx.duration, warmup=ctx.warmup, source="http")
         results += latency(stack, rates=[1000.0], duration=ctx.duration, warmup=ctx.warmup, source="kafka")
@@ -236,7 +237,6 @@ def bench_rows(ctx) -> list:
 
 def _cmd_publish(args) -> None:
     """The kafka source: `count` votes at `rate`/s to the vote topic, as the web publishes them."""
-    import resource
     import threading
 
     import django
@@ -266,7 +266,6 @@ def _cmd_publish(args) -> None:
 
     started = time.time() + 0.2
     until = started + args.seconds
-    sent = 0
     for index in range(args.count):
         due = started + index / args.rate
         now = time.time()
@@ -278,12 +277,9 @@ def _cmd_publish(args) -> None:
         future = producer.send(topic, key=event.key, value=event.to_bytes())
         future.add_callback(on_ack)
         future.add_errback(on_error)
-        sent += 1
     producer.flush()
     producer.close()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"started": started, "sent": sent, "errors": errors[0], "acked": acked,
-                      "cpu_s": usage.ru_utime + usage.ru_stime}), flush=True)
+    print(json.dumps({"started": started, "errors": errors[0], "acked": acked}), flush=True)
 
 
 def main() -> None:
@@ -300,17 +296,14 @@ def main() -> None:
     parser.add_argument("--source", choices=list(SOURCES), nargs="+", default=list(SOURCES),
                         help="where the votes come from (default: both, http first)")
     parser.add_argument("--web-procs", type=int, default=1, help="server processes on one socket")
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment for the web and worker processes (experiments)")
-    parser.add_argument("--worker-arg", action="append", default=[],
-                        help="consume_votes argument, e.g. --worker-arg=--batch-wait-ms=20 (default: none)")
+    add_experiment_args(parser)
     parser.add_argument("--profile", type=Path, help="py-spy stacks of the servers and the worker, per rate")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per rate")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of votes not measured first")
     args = parser.parse_args()
     work_dir = Path(tempfile.mkdtemp(prefix="polling-bench-ws-"))
     stack = start_ws_stack(name="ws_latency", work_dir=work_dir, web_procs=args.web_procs,
-                           extra_env=dict(item.split("=", 1) for item in args.env), worker_args=args.worker_arg)
+                           extra_env=experiment_env(args), worker_args=args.worker_arg)
     try:
         if args.profile:
             from bench.common import Profiler

@@ -94,7 +94,6 @@ def test_two_workers_applying_overlapping_batches_at_once_neither_deadlock_nor_m
     assert counters_verify() == []
 
 
-
 def test_a_batch_without_conflicts_is_copied_and_one_with_a_conflict_skips_only_what_was_applied():
     poll = make_poll()
     fresh = [vote_event(poll, 1), vote_event(poll, 2)]

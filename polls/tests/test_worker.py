@@ -152,7 +152,6 @@ def test_dead_letters_can_be_listed_and_replayed_once_their_cause_is_fixed(kafka
     assert counts(poll) == [1, 0]
 
 
-
 def test_the_worker_consumer_lets_the_broker_hold_a_fetch_only_vote_fetch_max_wait_ms(kafka_topic, settings):
     """The broker holds an empty fetch for fetch_max_wait_ms, and the client keeps one fetch in
     flight: with kafka-python's 500 ms default, votes acknowledged at 1,000 a second sat
