@@ -175,6 +175,11 @@ KAFKA_REPLICATION_FACTOR = env_int("KAFKA_REPLICATION_FACTOR", 1, minimum=1)
 KAFKA_CONSUMER_GROUP = env_str("KAFKA_CONSUMER_GROUP", "vote-workers")
 # How long a vote request waits for the broker's acknowledgement before answering 503.
 VOTE_PUBLISH_TIMEOUT = env_float("VOTE_PUBLISH_TIMEOUT", 5.0, minimum=0.1)
+# How long a web process keeps what a vote is checked against (the poll's status, deadline,
+# voting rule and number of options) before reading it again; 0 reads it on every vote.
+# A change made in this process counts at once; one made in another process (a moderator's
+# close, say) is seen up to this late. See README, Performance.
+VOTE_TARGET_CACHE_SECONDS = env_float("VOTE_TARGET_CACHE_SECONDS", 1.0, minimum=0)
 # Seconds a client is told to wait after a 503.
 VOTE_RETRY_AFTER = env_int("VOTE_RETRY_AFTER", 2, minimum=1)
 # Producer batching: how long a send waits for others to share its request.

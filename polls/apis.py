@@ -242,7 +242,15 @@ class PollStatusApi(APIView):
     permission_classes = [CanModeratePoll]
     status_to_set: str = Poll.Status.CLOSED
 
-    @extend_schema(request=None, responses={200: docs.PollSerializer, 401: docs.ErrorSerializer, 403: docs.ErrorSerializer, 404: docs.ErrorSerializer})
+    @extend_schema(
+        request=None,
+        responses={200: docs.PollSerializer, 401: docs.ErrorSerializer, 403: docs.ErrorSerializer, 404: docs.ErrorSerializer},
+        description=(
+            "Closes or reopens the poll. The server that answers refuses or accepts votes from then on; "
+            "other server processes may go on answering votes as before for up to VOTE_TARGET_CACHE_SECONDS "
+            "(1 s by default), and the votes they accept are counted."
+        ),
+    )
     def post(self, request: Request, poll_id: int) -> Response:
         poll = poll_get(poll_id=poll_id)
         self.check_object_permissions(request, poll)

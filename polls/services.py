@@ -18,7 +18,7 @@ from polls.bus import get_vote_bus
 from polls.events import VoteEvent
 from polls.exceptions import AlreadyVoted, InvalidChoices, OptionOutOfRange, PollClosed, SignInRequired
 from polls.models import AuditEntry, Option, Poll, Vote
-from polls.selectors import poll_vote_target
+from polls.selectors import poll_vote_target, vote_target_forget
 from polls.sql import column, columns, table
 from polls.voters import Voter
 from realtime.broadcast import broadcast_polls_on_commit
@@ -79,6 +79,7 @@ def poll_set_hidden(*, poll: Poll, hidden: bool, actor: AbstractBaseUser | None 
 def _save_and_bump_version(poll: Poll, fields: list[str]) -> None:
     """Save the fields and grow the version, so live viewers take the change as news."""
     Poll.objects.filter(pk=poll.pk).update(**{name: getattr(poll, name) for name in fields}, version=F("version") + 1)
+    vote_target_forget(poll.pk)  # an update() sends no post_save
     poll.refresh_from_db(fields=["version"])
 
 
