@@ -119,6 +119,10 @@ class Services:
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
 
+    def postgres_pid(self) -> int | None:
+        """The postmaster's pid when this run started PostgreSQL itself (its CPU can be read)."""
+        return next((server.pid for server in self.servers if server.name == "postgres"), None)
+
     def database_url(self, name: str) -> str:
         """A fresh database `name` on the benchmark's PostgreSQL (dropped first if it exists)."""
         import psycopg
@@ -278,6 +282,21 @@ def proc_cpu_seconds(pid: int) -> float:
         return 0.0
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its descendants, the exited ones it reaped included.
+
+    For a server that forks a process per client (PostgreSQL's postmaster): the
+    difference of two readings is what the server spent between them.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    own_and_reaped = sum(int(fields[i]) for i in (11, 12, 13, 14)) / ticks
+    return own_and_reaped + sum(proc_cpu_seconds(child) for child in child_pids(pid))
 
 
 class WebServer:
