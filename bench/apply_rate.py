@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 from bench.common import (
     PYTHON, REPO, Profiler, Row, Worker, django_env, log, manage, median, paired_ratio, proc_cpu_seconds, sql,
@@ -54,9 +56,10 @@ def _cpu(worker: Worker, postgres_pid: int | None) -> tuple[float, float]:
     return proc_cpu_seconds(worker.pid), tree_cpu_seconds(postgres_pid) if postgres_pid else float("nan")
 
 
-def _time_worker(ctx, env: dict[str, str], database_url: str, poll_ids: list[int], total: int, group: str, name: str):
+def _time_worker(ctx, env: dict[str, str], database_url: str, poll_ids: list[int], total: int, group: str, name: str,
+                 repo: Path = REPO):
     """Votes/s from the first counted vote to the last, and the CPU spent meanwhile."""
-    worker = Worker(name=name, env=env, log_dir=ctx.work_dir, group=group, extra=ctx.worker_args)
+    worker = Worker(name=name, env=env, log_dir=ctx.work_dir, group=group, extra=ctx.worker_args, repo=repo)
     worker.start()
     spies = Profiler.attach(name, [worker.pid], 10)
     postgres_pid = ctx.services.postgres_pid()
@@ -105,6 +108,8 @@ def run_apply(ctx) -> list[Row]:
     prefill = _helper(env, "prefill", "--count", str(ctx.apply_events), "--poll-ids", ",".join(map(str, poll_ids)))
     log(f"apply: {ctx.apply_events:,} events pre-filled over {len(poll_ids)} polls in {prefill['seconds']:.1f} s "
         f"({prefill['rate']:,.0f}/s)")
+    if ctx.apply_against:
+        return _run_against(ctx, env, database_url, poll_ids)
     batched: list[float] = []
     per_vote: list[float] = []
     consistent = True
@@ -136,6 +141,38 @@ def run_apply(ctx) -> list[Row]:
                   f"{' '.join(ctx.worker_args) or 'default (VOTE_BATCH_SIZE, VOTE_BATCH_WAIT_MS)'}; "
                   f"counters {'equal' if consistent else 'DIFFER FROM'} the vote rows after every round"),
             runs=batched),
+    ]
+
+
+def _run_against(ctx, env: dict[str, str], database_url: str, poll_ids: list[int]) -> list[Row]:
+    """`--apply-against TREE`: rounds of this tree's worker and TREE's, alternated, in pairs.
+
+    Both read the same topic into the same database on the same services, one after the
+    other (the order swapped every round), so the ratio of each pair compares the two
+    workers at the same moment of a shared machine.
+    """
+    other = Path(ctx.apply_against).resolve()
+    rates: dict[str, list[float]] = {"this": [], "other": []}
+    consistent = True
+    for round_index in range(ctx.runs):
+        order = [("this", REPO), ("other", other)]
+        for label, repo in order if round_index % 2 == 0 else order[::-1]:
+            _reset(database_url)
+            rate, seconds, _, cpu_us = _time_worker(ctx, env, database_url, poll_ids, ctx.apply_events,
+                                                    group=f"bench-apply-{label}-{round_index}-{uuid.uuid4().hex[:6]}",
+                                                    name=f"apply-worker-{label}-{round_index}", repo=repo)
+            consistent &= sql(database_url, "SELECT count(*) FROM polls_vote")[0][0] == _counted(database_url, poll_ids)
+            rates[label].append(rate)
+            log(f"apply round {round_index + 1}/{ctx.runs}, {label} tree: {rate:,.0f} votes/s "
+                f"({ctx.apply_events:,} in {seconds:.1f} s); CPU per vote: worker {cpu_us['worker']:.1f} us, "
+                f"PostgreSQL {cpu_us['postgres']:.1f} us ({cpu_us['cores']:.2f} cores); load {os.getloadavg()[0]:.1f}")
+    return [
+        Row("2 apply", "votes/s applied by one worker, this tree", median(rates["this"]), "votes/s",
+            f"the worker of {other}", median(rates["other"]), paired_ratio(rates["this"], rates["other"]),
+            note=(f"pairs alternated: this {', '.join(f'{r:,.0f}' for r in rates['this'])}; "
+                  f"other {', '.join(f'{r:,.0f}' for r in rates['other'])}; counters "
+                  f"{'equal' if consistent else 'DIFFER FROM'} the vote rows after every round"),
+            runs=rates["this"]),
     ]
 
 

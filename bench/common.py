@@ -418,6 +418,8 @@ class Profiler:
 
     directory: Path | None = None
     rate = 250
+    # Only the thread holding the GIL (py-spy --gil): where a GIL-bound process's one core goes.
+    gil_only = False
 
     @classmethod
     def attach(cls, name: str, pids: Sequence[int], seconds: float) -> list[subprocess.Popen]:
@@ -429,7 +431,7 @@ class Profiler:
             out = cls.directory / f"{name}-{pid}.txt"
             running.append(subprocess.Popen(
                 [spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", str(cls.rate),
-                 "--nonblocking", "--format", "raw", "--output", str(out)],
+                 "--nonblocking", "--format", "raw", "--output", str(out), *(["--gil"] if cls.gil_only else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         return running
 
