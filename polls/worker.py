@@ -16,8 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -63,33 +62,14 @@ class DecodedBatch:
     record_of: dict[object, ConsumerRecord] = field(default_factory=dict)
     seconds: float = 0.0
 
-    @classmethod
-    def merge(cls, batches: Iterable[DecodedBatch]) -> DecodedBatch:
-        merged = cls(messages=0)
-        for batch in batches:
-            merged.messages += batch.messages
-            merged.events.extend(batch.events)
-            merged.poison.extend(batch.poison)
-            merged.record_of.update(batch.record_of)
-            merged.seconds += batch.seconds
-        return merged
-
-
-@dataclass
-class _Chunk:
-    """The records of one partition from one poll, decoded: the unit batches are made of."""
-
-    partition: TopicPartition
-    records: list[ConsumerRecord]
-    decoded: DecodedBatch
-
 
 @dataclass
 class _InFlight:
-    """A batch handed to an applying thread: its chunks, in each partition's order."""
+    """A batch handed to an applying thread: its records, each partition's in order."""
 
     future: Future[BatchOutcome]
-    chunks: list[_Chunk]
+    records: list[ConsumerRecord]
+    partitions: list[TopicPartition]
 
 
 @dataclass
@@ -146,7 +126,7 @@ class VoteWorker:
         self._lags: dict[tuple[str, int], int] = {}
         # Next offset per partition of what is in the database (the offsets to commit).
         self._applied: dict[TopicPartition, int] = {}
-        # Records polled and decoded, not yet handed to an applying thread.
+        # Records polled, not yet handed to an applying thread.
         self._pending_count = 0
 
     def stop(self) -> None:
@@ -159,8 +139,8 @@ class VoteWorker:
     def run(self) -> None:
         """Poll, decode and apply batches until `stop()`.
 
-        `apply_threads` threads apply batches, each on its own database connection,
-        while this one polls and decodes: the database's work and its commit leave the
+        `apply_threads` threads decode and apply batches, each on its own database
+        connection, while this one polls: the database's work and its commit leave the
         GIL free, and with two threads one batch's statements run while the other's
         commit waits for its fsync. Votes are keyed by poll, so the batches of
         different partitions touch different polls: a partition is in at most one
@@ -174,8 +154,8 @@ class VoteWorker:
         appliers = [
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"vote-apply-{n}") for n in range(self.apply_threads)
         ]
-        # Decoded records not yet handed over, per partition, in order; and how many.
-        pending: dict[TopicPartition, deque[_Chunk]] = {}
+        # Records polled and not yet handed over, per partition, in order.
+        pending: dict[TopicPartition, list[ConsumerRecord]] = {}
         # The batch of each busy applying thread, and the thread each partition is busy in.
         in_flight: dict[int, _InFlight] = {}
         busy: dict[TopicPartition, int] = {}
@@ -215,67 +195,70 @@ class VoteWorker:
         self._commit_applied()
         logger.info("vote worker stopped")
 
-    def _buffer(self, polled: dict[TopicPartition, list[ConsumerRecord]], pending: dict[TopicPartition, deque[_Chunk]]) -> None:
-        """Decode what a poll returned and queue it per partition, dropping what a rebalance made stale."""
+    def _buffer(self, polled: dict[TopicPartition, list[ConsumerRecord]], pending: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Queue what a poll returned per partition, dropping what a rebalance made stale."""
         if pending:
             assigned = self.consumer.assignment() or set()
             for partition in [p for p in pending if p not in assigned]:
                 # Revoked: its new owner reads it again from the last committed offset.
-                self._drop_pending(pending, partition)
+                self._pending_count -= len(pending.pop(partition))
         for partition, records in polled.items():
             if not records:
                 continue
             queue = pending.get(partition)
-            if queue and records[0].offset <= queue[-1].records[-1].offset:
+            if queue and records[0].offset <= queue[-1].offset:
                 # The partition was given back to us and its position reset to the last
                 # committed offset (a rebalance): what is queued comes again in this poll.
-                self._drop_pending(pending, partition)
+                self._pending_count -= len(pending.pop(partition))
                 queue = None
             if queue is None:
-                queue = pending[partition] = deque()
-            queue.append(_Chunk(partition, records, self.decode(records)))
+                pending[partition] = list(records)
+            else:
+                queue.extend(records)
             self._pending_count += len(records)
-
-    def _drop_pending(self, pending: dict[TopicPartition, deque[_Chunk]], partition: TopicPartition) -> None:
-        self._pending_count -= sum(len(chunk.records) for chunk in pending.pop(partition))
 
     def _dispatch(
         self,
         appliers: list[ThreadPoolExecutor],
-        pending: dict[TopicPartition, deque[_Chunk]],
+        pending: dict[TopicPartition, list[ConsumerRecord]],
         in_flight: dict[int, _InFlight],
         busy: dict[TopicPartition, int],
     ) -> None:
-        """Give each free applying thread a batch of the queued partitions no other thread has."""
+        """Give each free applying thread a batch of the queued partitions no other thread has.
+
+        The applying thread decodes it too: the polling thread goes back to fetching.
+        """
         for lane, applier in enumerate(appliers):
             if lane in in_flight:
                 continue
-            chunks = self._take(pending, busy)
-            if not chunks:
+            records, partitions = self._take(pending, busy)
+            if not records:
                 return
-            for chunk in chunks:
-                busy[chunk.partition] = lane
-            batch = chunks[0].decoded if len(chunks) == 1 else DecodedBatch.merge(c.decoded for c in chunks)
-            in_flight[lane] = _InFlight(applier.submit(self.apply, batch), chunks)
+            for partition in partitions:
+                busy[partition] = lane
+            in_flight[lane] = _InFlight(applier.submit(self.consume_batch, records), records, partitions)
 
-    def _take(self, pending: dict[TopicPartition, deque[_Chunk]], busy: dict[TopicPartition, int]) -> list[_Chunk]:
-        """Up to a batch of queued chunks, each partition's in order, of partitions not busy."""
-        taken: list[_Chunk] = []
-        room = self.batch_size
+    def _take(
+        self, pending: dict[TopicPartition, list[ConsumerRecord]], busy: dict[TopicPartition, int]
+    ) -> tuple[list[ConsumerRecord], list[TopicPartition]]:
+        """Up to a batch of queued records, each partition's in order, of partitions not busy."""
+        records: list[ConsumerRecord] = []
+        partitions: list[TopicPartition] = []
         for partition in list(pending):  # the longest-waiting partitions first
             if partition in busy:
                 continue
             queue = pending[partition]
-            while queue and (not taken or len(queue[0].records) <= room):
-                chunk = queue.popleft()
-                taken.append(chunk)
-                room -= len(chunk.records)
-                self._pending_count -= len(chunk.records)
-            if not queue:
+            room = self.batch_size - len(records)
+            records += queue[:room]
+            partitions.append(partition)
+            if len(queue) > room:
+                pending[partition] = queue[room:]
+            else:
                 del pending[partition]
-            if room <= 0:
+            if len(records) >= self.batch_size:
                 break
-        return taken
+        self._pending_count -= len(records)
+        return records, partitions
 
     def _collect(self, in_flight: dict[int, _InFlight], busy: dict[TopicPartition, int], *, block: bool) -> None:
         """Account for the batches whose transaction ended (waiting for one if `block`)."""
@@ -288,8 +271,8 @@ class VoteWorker:
             if not batch.future.done():
                 continue
             del in_flight[lane]
-            for chunk in batch.chunks:
-                busy.pop(chunk.partition, None)
+            for partition in batch.partitions:
+                busy.pop(partition, None)
             try:
                 outcome = batch.future.result()
             except WorkerStopped:
@@ -297,7 +280,7 @@ class VoteWorker:
             except Exception as exc:  # noqa: BLE001 - the other finished batches still count
                 failure = failure or exc
                 continue
-            self._batch_done([record for chunk in batch.chunks for record in chunk.records], outcome)
+            self._batch_done(batch.records, outcome)
         if failure is not None:
             raise failure
 
