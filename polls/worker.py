@@ -229,6 +229,8 @@ class VoteWorker:
         The applying thread decodes it too: the polling thread goes back to fetching.
         """
         for lane, applier in enumerate(appliers):
+            if self._stop.is_set():
+                return
             if lane in in_flight:
                 continue
             records, partitions = self._take(pending, busy)
@@ -271,8 +273,6 @@ class VoteWorker:
             if not batch.future.done():
                 continue
             del in_flight[lane]
-            for partition in batch.partitions:
-                busy.pop(partition, None)
             try:
                 outcome = batch.future.result()
             except WorkerStopped:
@@ -280,6 +280,12 @@ class VoteWorker:
             except Exception as exc:  # noqa: BLE001 - the other finished batches still count
                 failure = failure or exc
                 continue
+            finally:
+                if batch.future.exception() is None:
+                    # A batch that did not commit keeps its partitions busy: a later batch of
+                    # theirs would commit offsets past it.
+                    for partition in batch.partitions:
+                        busy.pop(partition, None)
             self._batch_done(batch.records, outcome)
         if failure is not None:
             raise failure

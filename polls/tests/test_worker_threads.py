@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 from django.db import OperationalError, connections
@@ -20,7 +21,7 @@ from polls import worker as worker_module
 from polls.models import Vote
 from polls.services import counters_verify
 from polls.tests.factories import counts, make_poll, vote_event
-from polls.worker import DecodedBatch, VoteWorker
+from polls.worker import DecodedBatch, VoteWorker, WorkerStopped, _InFlight
 from testsupport.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -328,6 +329,30 @@ def test_a_partition_given_back_from_its_last_commit_drops_the_read_ahead_it_get
     assert worker.total.duplicates == 10  # the first batch redelivered; not the read-ahead too
     assert consumer.committed(P0) == sorted(consumer.committed(P0))
     assert Vote.objects.count() == 20
+
+
+@pytest.mark.parametrize("ended", [WorkerStopped(), RuntimeError("a bug")])
+def test_a_partition_whose_batch_did_not_commit_is_never_handed_out_again(ended):
+    """Its later records would commit offsets past the batch that is not in the database."""
+    red = make_poll()
+    worker = ObservedWorker(ScriptedConsumer([]))
+    first, later = records(P0, red, 0, 10), records(P0, red, 10, 10)
+    failed: Future = Future()
+    failed.set_exception(ended)
+    in_flight = {0: _InFlight(failed, first, [P0])}
+    busy = {P0: 0}
+    pending = {P0: later}
+    worker._pending_count = len(later)
+    with ThreadPoolExecutor(max_workers=1) as applier:
+        try:
+            worker._collect(in_flight, busy, block=True)
+        except RuntimeError:
+            pass
+        worker._dispatch([applier, applier], pending, in_flight, busy)
+    assert in_flight == {}
+    assert busy == {P0: 0}
+    assert worker.started == []
+    assert worker.consumer.commits == []
 
 
 def test_on_sqlite_one_thread_applies(monkeypatch):
