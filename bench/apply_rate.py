@@ -19,12 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
-from bench.common import PYTHON, REPO, Profiler, Row, Worker, django_env, log, manage, median, paired_ratio, sql
+from bench.common import (
+    PYTHON, REPO, Profiler, Row, Worker, django_env, log, manage, median, paired_ratio, proc_cpu_seconds, sql,
+    tree_cpu_seconds,
+)
 
 
 def _helper(env: dict[str, str], *args: str, timeout: float = 900) -> dict:
@@ -46,10 +51,18 @@ def _reset(database_url: str) -> None:
     sql(database_url, "VACUUM ANALYZE polls_option", fetch=False)
 
 
-def _time_worker(ctx, env: dict[str, str], database_url: str, poll_ids: list[int], total: int, group: str, name: str):
-    worker = Worker(name=name, env=env, log_dir=ctx.work_dir, group=group, extra=ctx.worker_args)
+def _cpu(worker: Worker, postgres_pid: int | None) -> tuple[float, float]:
+    """CPU seconds so far of the worker process and of the whole PostgreSQL server."""
+    return proc_cpu_seconds(worker.pid), tree_cpu_seconds(postgres_pid) if postgres_pid else float("nan")
+
+
+def _time_worker(ctx, env: dict[str, str], database_url: str, poll_ids: list[int], total: int, group: str, name: str,
+                 repo: Path = REPO):
+    """Votes/s from the first counted vote to the last, and the CPU spent meanwhile."""
+    worker = Worker(name=name, env=env, log_dir=ctx.work_dir, group=group, extra=ctx.worker_args, repo=repo)
     worker.start()
     spies = Profiler.attach(name, [worker.pid], 10)
+    postgres_pid = ctx.services.postgres_pid()
     try:
         deadline = time.monotonic() + 600
         first_at = None
@@ -60,12 +73,14 @@ def _time_worker(ctx, env: dict[str, str], database_url: str, poll_ids: list[int
             now = time.monotonic()
             if first_at is None and count > 0:
                 first_at, first_count = now, count
+                cpu_first = _cpu(worker, postgres_pid)
             if count >= total:
                 break
             if not worker.alive():
                 raise RuntimeError(f"worker exited:\n{worker.log()[-3000:]}")
             time.sleep(0.05)
         done_at = time.monotonic()
+        cpu_done = _cpu(worker, postgres_pid)
         memory = worker.memory()
     finally:
         Profiler.wait(spies)
@@ -73,7 +88,12 @@ def _time_worker(ctx, env: dict[str, str], database_url: str, poll_ids: list[int
     if count < total:
         raise RuntimeError(f"worker counted {count} of {total} votes in 600 s")
     seconds = max(done_at - first_at, 1e-3)
-    return (total - first_count) / seconds, seconds, memory
+    votes = total - first_count
+    # Microseconds of CPU per vote: the worker process, PostgreSQL (every backend, the
+    # counting queries of this loop and background work included).
+    cpu_us = {who: (done - first) / votes * 1e6 for who, done, first in zip(("worker", "postgres"), cpu_done, cpu_first)}
+    cpu_us["cores"] = sum(done - first for done, first in zip(cpu_done, cpu_first)) / seconds
+    return votes / seconds, seconds, memory, cpu_us
 
 
 def run_apply(ctx) -> list[Row]:
@@ -88,12 +108,14 @@ def run_apply(ctx) -> list[Row]:
     prefill = _helper(env, "prefill", "--count", str(ctx.apply_events), "--poll-ids", ",".join(map(str, poll_ids)))
     log(f"apply: {ctx.apply_events:,} events pre-filled over {len(poll_ids)} polls in {prefill['seconds']:.1f} s "
         f"({prefill['rate']:,.0f}/s)")
+    if ctx.apply_against:
+        return _run_against(ctx, env, database_url, poll_ids)
     batched: list[float] = []
     per_vote: list[float] = []
     consistent = True
     for round_index in range(ctx.runs):
         _reset(database_url)
-        rate, seconds, memory = _time_worker(ctx, env, database_url, poll_ids, ctx.apply_events,
+        rate, seconds, memory, cpu_us = _time_worker(ctx, env, database_url, poll_ids, ctx.apply_events,
                                              group=f"bench-apply-{round_index}-{uuid.uuid4().hex[:6]}",
                                              name=f"apply-worker-{round_index}")
         rows = sql(database_url, "SELECT count(*) FROM polls_vote")[0][0]
@@ -102,7 +124,8 @@ def run_apply(ctx) -> list[Row]:
         previous = ctx.memory.get("worker (apply, batched)", {"rss_mb": 0, "peak_mb": 0})
         ctx.memory["worker (apply, batched)"] = {k: max(previous[k], memory[k]) for k in memory}
         log(f"apply round {round_index + 1}/{ctx.runs}: one worker applied {rate:,.0f} votes/s "
-            f"({ctx.apply_events:,} in {seconds:.1f} s)")
+            f"({ctx.apply_events:,} in {seconds:.1f} s); CPU per vote: worker {cpu_us['worker']:.1f} us, "
+            f"PostgreSQL {cpu_us['postgres']:.1f} us ({cpu_us['cores']:.2f} cores)")
         _reset(database_url)
         single = _helper(env, "per-vote", "--count", str(ctx.per_vote_events), "--poll-ids", ",".join(map(str, poll_ids)),
                          "--seconds", str(ctx.duration))
@@ -118,6 +141,38 @@ def run_apply(ctx) -> list[Row]:
                   f"{' '.join(ctx.worker_args) or 'default (VOTE_BATCH_SIZE, VOTE_BATCH_WAIT_MS)'}; "
                   f"counters {'equal' if consistent else 'DIFFER FROM'} the vote rows after every round"),
             runs=batched),
+    ]
+
+
+def _run_against(ctx, env: dict[str, str], database_url: str, poll_ids: list[int]) -> list[Row]:
+    """`--apply-against TREE`: rounds of this tree's worker and TREE's, alternated, in pairs.
+
+    Both read the same topic into the same database on the same services, one after the
+    other (the order swapped every round), so the ratio of each pair compares the two
+    workers at the same moment of a shared machine.
+    """
+    other = Path(ctx.apply_against).resolve()
+    rates: dict[str, list[float]] = {"this": [], "other": []}
+    consistent = True
+    for round_index in range(ctx.runs):
+        order = [("this", REPO), ("other", other)]
+        for label, repo in order if round_index % 2 == 0 else order[::-1]:
+            _reset(database_url)
+            rate, seconds, _, cpu_us = _time_worker(ctx, env, database_url, poll_ids, ctx.apply_events,
+                                                    group=f"bench-apply-{label}-{round_index}-{uuid.uuid4().hex[:6]}",
+                                                    name=f"apply-worker-{label}-{round_index}", repo=repo)
+            consistent &= sql(database_url, "SELECT count(*) FROM polls_vote")[0][0] == _counted(database_url, poll_ids)
+            rates[label].append(rate)
+            log(f"apply round {round_index + 1}/{ctx.runs}, {label} tree: {rate:,.0f} votes/s "
+                f"({ctx.apply_events:,} in {seconds:.1f} s); CPU per vote: worker {cpu_us['worker']:.1f} us, "
+                f"PostgreSQL {cpu_us['postgres']:.1f} us ({cpu_us['cores']:.2f} cores); load {os.getloadavg()[0]:.1f}")
+    return [
+        Row("2 apply", "votes/s applied by one worker, this tree", median(rates["this"]), "votes/s",
+            f"the worker of {other}", median(rates["other"]), paired_ratio(rates["this"], rates["other"]),
+            note=(f"pairs alternated: this {', '.join(f'{r:,.0f}' for r in rates['this'])}; "
+                  f"other {', '.join(f'{r:,.0f}' for r in rates['other'])}; counters "
+                  f"{'equal' if consistent else 'DIFFER FROM'} the vote rows after every round"),
+            runs=rates["this"]),
     ]
 
 

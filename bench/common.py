@@ -119,6 +119,10 @@ class Services:
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
 
+    def postgres_pid(self) -> int | None:
+        """The postmaster's pid when this run started PostgreSQL itself (its CPU can be read)."""
+        return next((server.pid for server in self.servers if server.name == "postgres"), None)
+
     def database_url(self, name: str) -> str:
         """A fresh database `name` on the benchmark's PostgreSQL (dropped first if it exists)."""
         import psycopg
@@ -280,6 +284,21 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its descendants, the exited ones it reaped included.
+
+    For a server that forks a process per client (PostgreSQL's postmaster): the
+    difference of two readings is what the server spent between them.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    own_and_reaped = sum(int(fields[i]) for i in (11, 12, 13, 14)) / ticks
+    return own_and_reaped + sum(proc_cpu_seconds(child) for child in child_pids(pid))
+
+
 class WebServer:
     """The ASGI application served as production serves it: `python -m daphne`.
 
@@ -399,6 +418,8 @@ class Profiler:
 
     directory: Path | None = None
     rate = 250
+    # Only the thread holding the GIL (py-spy --gil): where a GIL-bound process's one core goes.
+    gil_only = False
 
     @classmethod
     def attach(cls, name: str, pids: Sequence[int], seconds: float) -> list[subprocess.Popen]:
@@ -410,7 +431,7 @@ class Profiler:
             out = cls.directory / f"{name}-{pid}.txt"
             running.append(subprocess.Popen(
                 [spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", str(cls.rate),
-                 "--nonblocking", "--format", "raw", "--output", str(out)],
+                 "--nonblocking", "--format", "raw", "--output", str(out), *(["--gil"] if cls.gil_only else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         return running
 

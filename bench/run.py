@@ -69,6 +69,7 @@ class Context:
     viewers: int
     apply_events: int
     apply_polls: int
+    apply_against: str | None
     per_vote_events: int
     lb_polls: int
     lb_votes: int
@@ -91,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--viewers", type=int, help="WebSocket viewers in section 3 (default 1000)")
     parser.add_argument("--apply-events", type=int, help="events pre-filled for section 2 (default 200000, quick 20000)")
     parser.add_argument("--apply-polls", type=int, default=10, help="polls the pre-filled votes spread over (default 10)")
+    parser.add_argument("--apply-against", metavar="TREE",
+                        help="section 2 compares this tree's worker with the one in TREE (another checkout, "
+                             "e.g. a git worktree of main), rounds alternated, instead of the per-vote reference")
     parser.add_argument("--lb-polls", type=int, help="polls for section 6 (default 100000, quick 10000)")
     parser.add_argument("--lb-votes", type=int, help="votes for section 6 (default 1000000, quick 100000)")
     add_experiment_args(parser)
@@ -99,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", metavar="DIR",
                         help="attach py-spy to the web processes and workers during each measured phase; "
                              "collapsed stacks and a summary go to DIR")
+    parser.add_argument("--profile-gil", action="store_true",
+                        help="with --profile: sample only the thread holding the GIL (py-spy --gil)")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (printed path)")
     args = parser.parse_args(argv)
@@ -125,6 +131,7 @@ def build_context(args: argparse.Namespace, services: Services, work_dir: Path) 
         viewers=args.viewers or 1000,
         apply_events=args.apply_events or (20_000 if quick else 200_000),
         apply_polls=args.apply_polls,
+        apply_against=args.apply_against,
         per_vote_events=2_000 if quick else 5_000,
         lb_polls=args.lb_polls or (10_000 if quick else 100_000),
         lb_votes=args.lb_votes or (100_000 if quick else 1_000_000),
@@ -141,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix="polling-bench-logs-"))
     if args.profile:
         Profiler.directory = Path(args.profile).resolve()
+        Profiler.gil_only = args.profile_gil
         Profiler.directory.mkdir(parents=True, exist_ok=True)
     services = (
         Services.external() if args.external_services

@@ -186,6 +186,9 @@ VOTE_RETRY_AFTER = env_int("VOTE_RETRY_AFTER", 2, minimum=1)
 KAFKA_LINGER_MS = env_int("KAFKA_LINGER_MS", 2, minimum=0)
 VOTE_BATCH_SIZE = env_int("VOTE_BATCH_SIZE", 2000, minimum=1)
 VOTE_BATCH_WAIT_MS = env_int("VOTE_BATCH_WAIT_MS", 200, minimum=0)
+# Threads of the worker that apply batches, each on its own database connection, each to
+# partitions no other one has at the time (one on SQLite, which has one writer).
+VOTE_APPLY_THREADS = env_int("VOTE_APPLY_THREADS", 2, minimum=1)
 # How long the broker may hold the worker's fetch request when it has no new votes for it.
 # kafka-python keeps one fetch in flight per broker; with its default of 500 ms, votes of a
 # busy partition sometimes waited that long behind a fetch held for the idle ones (vote-to-

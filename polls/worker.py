@@ -17,10 +17,10 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, InterfaceError, OperationalError, connection, connections
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
@@ -64,6 +64,15 @@ class DecodedBatch:
 
 
 @dataclass
+class _InFlight:
+    """A batch handed to an applying thread: its records, each partition's in order."""
+
+    future: Future[BatchOutcome]
+    records: list[ConsumerRecord]
+    partitions: list[TopicPartition]
+
+
+@dataclass
 class Progress:
     """What the worker did since it started (or since the last progress line)."""
 
@@ -98,6 +107,7 @@ class VoteWorker:
         db_retry_max_wait: float = 5.0,
         stop_event: threading.Event | None = None,
         progress_interval: float = 0.0,
+        apply_threads: int = 1,
     ) -> None:
         self.consumer = consumer
         self.dead_letter_producer = dead_letter_producer
@@ -105,6 +115,9 @@ class VoteWorker:
         self.batch_wait_ms = batch_wait_ms
         self.db_retry_max_wait = db_retry_max_wait
         self.progress_interval = progress_interval
+        # SQLite has one writer at a time: a second transaction would only wait for it.
+        sqlite = connections[DEFAULT_DB_ALIAS].vendor == "sqlite"
+        self.apply_threads = 1 if sqlite else max(1, apply_threads)
         self._stop = stop_event or threading.Event()
         self.total = Progress()
         self._since_report = Progress()
@@ -113,6 +126,8 @@ class VoteWorker:
         self._lags: dict[tuple[str, int], int] = {}
         # Next offset per partition of what is in the database (the offsets to commit).
         self._applied: dict[TopicPartition, int] = {}
+        # Records polled, not yet handed to an applying thread.
+        self._pending_count = 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -124,39 +139,156 @@ class VoteWorker:
     def run(self) -> None:
         """Poll, decode and apply batches until `stop()`.
 
-        A second thread applies each batch to the database while this one fetches and
-        decodes the next: the database's work and its commit leave the GIL free. Batches
-        still reach the database one at a time and in order (the next is handed over
-        only once the previous one committed), and the offsets of a batch are committed
-        only after its transaction committed.
+        `apply_threads` threads decode and apply batches, each on its own database
+        connection, while this one polls: the database's work and its commit leave the
+        GIL free, and with two threads one batch's statements run while the other's
+        commit waits for its fsync. Votes are keyed by poll, so the batches of
+        different partitions touch different polls: a partition is in at most one
+        thread's batch at a time, and its batches go to the database one after the
+        other, in offset order. The offsets of a batch are committed only after its
+        transaction committed, and so never past a batch of its partition still in
+        the database.
         """
-        logger.info("vote worker started: batches of up to %d, waiting %d ms", self.batch_size, self.batch_wait_ms)
-        applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vote-apply")
-        in_flight: tuple[Future[BatchOutcome], list[ConsumerRecord]] | None = None
+        logger.info("vote worker started: batches of up to %d, waiting %d ms, %d applying thread(s)",
+                    self.batch_size, self.batch_wait_ms, self.apply_threads)
+        appliers = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"vote-apply-{n}") for n in range(self.apply_threads)
+        ]
+        # Records polled and not yet handed over, per partition, in order.
+        pending: dict[TopicPartition, list[ConsumerRecord]] = {}
+        # The batch of each busy applying thread, and the thread each partition is busy in.
+        in_flight: dict[int, _InFlight] = {}
+        busy: dict[TopicPartition, int] = {}
+        # Read ahead at most a batch per applying thread: enough for a free thread to find
+        # a partition that is not busy, little enough to stop fetching while they are.
+        read_ahead = self.batch_size * self.apply_threads
         try:
             while not self._stop.is_set():
-                polled = self.consumer.poll(timeout_ms=self.batch_wait_ms, max_records=self.batch_size)
-                messages = [record for records in polled.values() for record in records]
-                decoded = self.decode(messages) if messages else None
-                finished = in_flight
-                outcome = finished[0].result() if finished is not None else None
-                in_flight = (applier.submit(self.apply, decoded), messages) if decoded is not None else None
-                if finished is not None:
-                    self._batch_done(finished[1], outcome)
+                self._collect(in_flight, busy, block=False)
+                self._dispatch(appliers, pending, in_flight, busy)
+                if self._pending_count < read_ahead or not in_flight:
+                    # While batches are in the database, come back soon to see them done.
+                    timeout = min(self.batch_wait_ms, 10) if in_flight else self.batch_wait_ms
+                    polled = self.consumer.poll(timeout_ms=timeout, max_records=self.batch_size)
+                    self._buffer(polled, pending)
+                    self._dispatch(appliers, pending, in_flight, busy)
+                else:
+                    self._collect(in_flight, busy, block=True)
                 self._refresh_lag()
                 self._maybe_report_progress()
-            if in_flight is not None:
-                self._batch_done(in_flight[1], in_flight[0].result())
-        except WorkerStopped:
-            pass
         finally:
-            # Whatever ended the loop: a batch still waiting out a database outage gives up.
+            # Whatever ended the loop: a batch still waiting out a database outage gives up,
+            # and each one that committed has its offsets committed.
             self._stop.set()
-            # The applying thread's database connection is its own: close it there.
-            applier.submit(_close_connection).result()
-            applier.shutdown()
+            failures = []
+            while in_flight:
+                try:
+                    self._collect(in_flight, busy, block=True)
+                except Exception as exc:  # noqa: BLE001 - raised below, once every thread is done
+                    failures.append(exc)
+            for applier in appliers:
+                # The applying thread's database connection is its own: close it there.
+                applier.submit(_close_connection).result()
+                applier.shutdown()
+            if failures:
+                raise failures[0]
         self._commit_applied()
         logger.info("vote worker stopped")
+
+    def _buffer(self, polled: dict[TopicPartition, list[ConsumerRecord]], pending: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Queue what a poll returned per partition, dropping what a rebalance made stale."""
+        if pending:
+            assigned = self.consumer.assignment() or set()
+            for partition in [p for p in pending if p not in assigned]:
+                # Revoked: its new owner reads it again from the last committed offset.
+                self._pending_count -= len(pending.pop(partition))
+        for partition, records in polled.items():
+            if not records:
+                continue
+            queue = pending.get(partition)
+            if queue and records[0].offset <= queue[-1].offset:
+                # The partition was given back to us and its position reset to the last
+                # committed offset (a rebalance): what is queued comes again in this poll.
+                self._pending_count -= len(pending.pop(partition))
+                queue = None
+            if queue is None:
+                pending[partition] = list(records)
+            else:
+                queue.extend(records)
+            self._pending_count += len(records)
+
+    def _dispatch(
+        self,
+        appliers: list[ThreadPoolExecutor],
+        pending: dict[TopicPartition, list[ConsumerRecord]],
+        in_flight: dict[int, _InFlight],
+        busy: dict[TopicPartition, int],
+    ) -> None:
+        """Give each free applying thread a batch of the queued partitions no other thread has.
+
+        The applying thread decodes it too: the polling thread goes back to fetching.
+        """
+        for lane, applier in enumerate(appliers):
+            if self._stop.is_set():
+                return
+            if lane in in_flight:
+                continue
+            records, partitions = self._take(pending, busy)
+            if not records:
+                return
+            for partition in partitions:
+                busy[partition] = lane
+            in_flight[lane] = _InFlight(applier.submit(self.consume_batch, records), records, partitions)
+
+    def _take(
+        self, pending: dict[TopicPartition, list[ConsumerRecord]], busy: dict[TopicPartition, int]
+    ) -> tuple[list[ConsumerRecord], list[TopicPartition]]:
+        """Up to a batch of queued records, each partition's in order, of partitions not busy."""
+        records: list[ConsumerRecord] = []
+        partitions: list[TopicPartition] = []
+        for partition in list(pending):  # the longest-waiting partitions first
+            if partition in busy:
+                continue
+            queue = pending[partition]
+            room = self.batch_size - len(records)
+            records += queue[:room]
+            partitions.append(partition)
+            if len(queue) > room:
+                pending[partition] = queue[room:]
+            else:
+                del pending[partition]
+            if len(records) >= self.batch_size:
+                break
+        self._pending_count -= len(records)
+        return records, partitions
+
+    def _collect(self, in_flight: dict[int, _InFlight], busy: dict[TopicPartition, int], *, block: bool) -> None:
+        """Account for the batches whose transaction ended (waiting for one if `block`)."""
+        if not in_flight:
+            return
+        if block:
+            wait([batch.future for batch in in_flight.values()], return_when=FIRST_COMPLETED)
+        failure: Exception | None = None
+        for lane, batch in list(in_flight.items()):
+            if not batch.future.done():
+                continue
+            del in_flight[lane]
+            try:
+                outcome = batch.future.result()
+            except WorkerStopped:
+                continue  # stopped while it waited for the database: nothing of it committed
+            except Exception as exc:  # noqa: BLE001 - the other finished batches still count
+                failure = failure or exc
+                continue
+            finally:
+                if batch.future.exception() is None:
+                    # A batch that did not commit keeps its partitions busy: a later batch of
+                    # theirs would commit offsets past it.
+                    for partition in batch.partitions:
+                        busy.pop(partition, None)
+            self._batch_done(batch.records, outcome)
+        if failure is not None:
+            raise failure
 
     def _batch_done(self, messages: list[ConsumerRecord], outcome: BatchOutcome) -> None:
         """After the batch's transaction committed: commit its offsets and count it."""
@@ -286,9 +418,14 @@ class VoteWorker:
         next_offsets: dict[TopicPartition, int] = {}
         for record in messages:
             partition = TopicPartition(record.topic, record.partition)
-            next_offsets[partition] = max(next_offsets.get(partition, 0), record.offset + 1)
+            next_offsets[partition] = max(next_offsets.get(partition, 0), record.offset + 1, self._applied.get(partition, 0))
         self._applied.update(next_offsets)
-        offsets = {partition: OffsetAndMetadata(offset, "", -1) for partition, offset in next_offsets.items()}
+        # Not for a partition a rebalance gave to another worker: it reads on from its own
+        # commits (ours could only move its offset back).
+        assigned = self.consumer.assignment() or set()
+        offsets = {p: OffsetAndMetadata(o, "", -1) for p, o in next_offsets.items() if p in assigned}
+        if not offsets:
+            return
         if not wait:
             self.consumer.commit_async(offsets, callback=self._async_commit_done)
             return

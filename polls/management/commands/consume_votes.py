@@ -27,6 +27,9 @@ class Command(BaseCommand):
                             help="Most votes applied in one transaction (default: VOTE_BATCH_SIZE).")
         parser.add_argument("--batch-wait-ms", type=int, default=settings.VOTE_BATCH_WAIT_MS,
                             help="How long a poll for a batch waits for votes (default: VOTE_BATCH_WAIT_MS).")
+        parser.add_argument("--apply-threads", type=int, default=settings.VOTE_APPLY_THREADS,
+                            help="Threads applying batches of different partitions at once, each on its own "
+                                 "database connection (default: VOTE_APPLY_THREADS; 1 on SQLite).")
         parser.add_argument("--group", default=settings.KAFKA_CONSUMER_GROUP,
                             help="Kafka consumer group (default: KAFKA_CONSUMER_GROUP).")
         parser.add_argument("--metrics-port", type=int, default=settings.WORKER_METRICS_PORT,
@@ -38,11 +41,12 @@ class Command(BaseCommand):
                             help="Seconds between progress lines (votes applied, batches, lag); 0 turns "
                                  "them off (default: WORKER_PROGRESS_INTERVAL, 30).")
 
-    def handle(self, *args, batch_size, batch_wait_ms, group, metrics_port, metrics_addr, progress_interval, **options):
+    def handle(self, *args, batch_size, batch_wait_ms, apply_threads, group, metrics_port, metrics_addr,
+               progress_interval, **options):
         if not settings.KAFKA_BROKERS:
             raise CommandError("KAFKA_BROKERS is not set: the worker reads votes from Kafka.")
-        if batch_size < 1 or batch_wait_ms < 0:
-            raise CommandError("--batch-size must be at least 1 and --batch-wait-ms at least 0.")
+        if batch_size < 1 or batch_wait_ms < 0 or apply_threads < 1:
+            raise CommandError("--batch-size and --apply-threads must be at least 1 and --batch-wait-ms at least 0.")
         if not 0 <= metrics_port <= 65535 or progress_interval < 0:
             raise CommandError("--metrics-port must be 0 to 65535 and --progress-interval at least 0.")
         metrics_server = None
@@ -54,12 +58,12 @@ class Command(BaseCommand):
             logger.info("metrics at http://%s:%d/metrics", metrics_addr, metrics_port)
         try:
             self._consume(group=group, batch_size=batch_size, batch_wait_ms=batch_wait_ms,
-                          progress_interval=progress_interval)
+                          apply_threads=apply_threads, progress_interval=progress_interval)
         finally:
             if metrics_server is not None:
                 metrics_server.shutdown()
 
-    def _consume(self, *, group, batch_size, batch_wait_ms, progress_interval):
+    def _consume(self, *, group, batch_size, batch_wait_ms, apply_threads, progress_interval):
         stop = threading.Event()
 
         def request_stop(signum, frame):
@@ -74,7 +78,7 @@ class Command(BaseCommand):
         consumer.subscribe([vote_topic()])
         worker = VoteWorker(consumer=consumer, dead_letter_producer=producer,
                             batch_size=batch_size, batch_wait_ms=batch_wait_ms, stop_event=stop,
-                            progress_interval=progress_interval)
+                            progress_interval=progress_interval, apply_threads=apply_threads)
         logger.info("consuming %s as group %s; SIGTERM or Ctrl-C stops", vote_topic(), group)
         try:
             worker.run()
