@@ -18,6 +18,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+import orjson
+
 from polls.exceptions import MalformedVoteEvent
 
 _REQUIRED = {"vote_id", "poll_id", "voter_key", "cast_at"}
@@ -68,9 +70,14 @@ class VoteEvent:
         if raw is None:
             raise MalformedVoteEvent("empty message")
         try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise MalformedVoteEvent(f"not JSON: {exc}") from None
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            # orjson refuses what the standard parser reads (integers past 64 bits, NaN):
+            # the standard parser decides, so such a message is refused for its field.
+            try:
+                data = json.loads(raw)
+            except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+                raise MalformedVoteEvent(f"not JSON: {exc}") from None
         if not isinstance(data, dict):
             raise MalformedVoteEvent("not a JSON object")
         missing = _REQUIRED - data.keys()

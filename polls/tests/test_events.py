@@ -56,6 +56,7 @@ def test_undecodable_messages_are_refused_with_the_reason(raw, reason):
         ("vote_id", "not-a-uuid", "vote_id is not a UUID"),
         ("poll_id", "1", "poll_id is not a positive integer"),
         ("poll_id", True, "poll_id is not a positive integer"),
+        ("poll_id", float("nan"), "poll_id is not a positive integer"),  # NaN: JSON only to Python's parser
         ("options", [0], "option is not a positive integer"),
         ("options", [2**64], "option is not a positive integer"),
         ("options", [], "options is not a list of 1 to 100 options"),
