@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,7 +99,14 @@ def _read_all(bootstrap: str, topic: str) -> list[bytes]:
         consumer_timeout_ms=5000,
     )
     try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        # Right after a restart the broker may not know the topic yet (with ZooKeeper it
+        # loads the metadata after it starts listening): ask again until it does.
+        deadline = time.monotonic() + 60
+        while not (numbers := consumer.partitions_for_topic(topic)):
+            assert time.monotonic() < deadline, f"topic {topic} has no partitions in the metadata after 60 s"
+            time.sleep(0.2)
+            consumer.topics()  # a metadata request: partitions_for_topic may answer from its cache
+        partitions = [TopicPartition(topic, p) for p in numbers]
         consumer.assign(partitions)
         consumer.seek_to_beginning()
         return [record.value for record in consumer]
