@@ -126,8 +126,6 @@ class VoteWorker:
         self._lags: dict[tuple[str, int], int] = {}
         # Next offset per partition of what is in the database (the offsets to commit).
         self._applied: dict[TopicPartition, int] = {}
-        # Records polled, not yet handed to an applying thread.
-        self._pending_count = 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -166,7 +164,7 @@ class VoteWorker:
             while not self._stop.is_set():
                 self._collect(in_flight, busy, block=False)
                 self._dispatch(appliers, pending, in_flight, busy)
-                if self._pending_count < read_ahead or not in_flight:
+                if sum(map(len, pending.values())) < read_ahead or not in_flight:
                     # While batches are in the database, come back soon to see them done.
                     timeout = min(self.batch_wait_ms, 10) if in_flight else self.batch_wait_ms
                     polled = self.consumer.poll(timeout_ms=timeout, max_records=self.batch_size)
@@ -201,21 +199,18 @@ class VoteWorker:
             assigned = self.consumer.assignment() or set()
             for partition in [p for p in pending if p not in assigned]:
                 # Revoked: its new owner reads it again from the last committed offset.
-                self._pending_count -= len(pending.pop(partition))
+                del pending[partition]
         for partition, records in polled.items():
             if not records:
                 continue
             queue = pending.get(partition)
-            if queue and records[0].offset <= queue[-1].offset:
-                # The partition was given back to us and its position reset to the last
-                # committed offset (a rebalance): what is queued comes again in this poll.
-                self._pending_count -= len(pending.pop(partition))
-                queue = None
-            if queue is None:
-                pending[partition] = list(records)
-            else:
+            if queue and records[0].offset > queue[-1].offset:
                 queue.extend(records)
-            self._pending_count += len(records)
+            else:
+                # Nothing queued, or the partition was given back to us and its position
+                # reset to the last committed offset (a rebalance): what is queued comes
+                # again in this poll, so it is replaced.
+                pending[partition] = list(records)
 
     def _dispatch(
         self,
@@ -259,7 +254,6 @@ class VoteWorker:
                 del pending[partition]
             if len(records) >= self.batch_size:
                 break
-        self._pending_count -= len(records)
         return records, partitions
 
     def _collect(self, in_flight: dict[int, _InFlight], busy: dict[TopicPartition, int], *, block: bool) -> None:
@@ -273,20 +267,17 @@ class VoteWorker:
             if not batch.future.done():
                 continue
             del in_flight[lane]
-            try:
-                outcome = batch.future.result()
-            except WorkerStopped:
-                continue  # stopped while it waited for the database: nothing of it committed
-            except Exception as exc:  # noqa: BLE001 - the other finished batches still count
-                failure = failure or exc
-                continue
-            finally:
-                if batch.future.exception() is None:
-                    # A batch that did not commit keeps its partitions busy: a later batch of
-                    # theirs would commit offsets past it.
-                    for partition in batch.partitions:
-                        busy.pop(partition, None)
-            self._batch_done(batch.records, outcome)
+            error = batch.future.exception()
+            if error is None:
+                for partition in batch.partitions:
+                    busy.pop(partition, None)
+                self._batch_done(batch.records, batch.future.result())
+            # A batch that did not commit keeps its partitions busy: a later batch of theirs
+            # would commit offsets past it. Stopped while it waited for the database: nothing
+            # of it committed, and nothing to raise; otherwise the other finished batches
+            # still count before the error is raised.
+            elif not isinstance(error, WorkerStopped):
+                failure = failure or error
         if failure is not None:
             raise failure
 

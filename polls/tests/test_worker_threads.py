@@ -342,7 +342,6 @@ def test_a_partition_whose_batch_did_not_commit_is_never_handed_out_again(ended)
     in_flight = {0: _InFlight(failed, first, [P0])}
     busy = {P0: 0}
     pending = {P0: later}
-    worker._pending_count = len(later)
     with ThreadPoolExecutor(max_workers=1) as applier:
         try:
             worker._collect(in_flight, busy, block=True)
