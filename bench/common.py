@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -515,11 +515,16 @@ def http_load(
     work_dir: Path,
     server: WebServer | None = None,
     label: str = "",
+    others: dict[str, Callable[[], float]] | None = None,
+    profile_also: Sequence[tuple[str, int]] = (),
 ) -> LoadResult:
     """Closed-loop HTTP load from `procs` generator processes; returns merged figures.
 
     `label` names the phase in the server's profile file (--profile), so two phases on
     one server (the viewers section: nobody watching, then watched) keep both.
+    `others` maps names to readers of other processes' CPU seconds (the services, the
+    worker): what each spent in the measured window goes to `extra["cpu_s"]`.
+    `profile_also` names more (name, pid) processes for --profile (the worker).
     """
     start_at = time.time() + 1.0  # the generator processes' interpreters start meanwhile
     generators = []
@@ -535,14 +540,19 @@ def http_load(
             args += ["--body", body]
         generators.append((subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), latency_file))
     cpu_server_before = server_cpu_at_window = 0.0
+    others_cpu: dict[str, float] = {}
     if server is not None:
         # Server CPU over the measured window only.
         time.sleep(max(0.0, start_at + warmup - time.time()))
         cpu_server_before = server.cpu_seconds()
+        others_before = {name: read() for name, read in (others or {}).items()}
         target = paths[0].strip('/').replace('/', '_')
         spies = Profiler.attach(f"{server.name}-{target}{'-' + label if label else ''}", server.pids(), duration)
+        for name, pid in profile_also:
+            spies += Profiler.attach(f"{name}-during-{server.name}-{target}{'-' + label if label else ''}", [pid], duration)
         time.sleep(max(0.0, start_at + warmup + duration - time.time()))
         server_cpu_at_window = server.cpu_seconds() - cpu_server_before
+        others_cpu = {name: read() - others_before[name] for name, read in (others or {}).items()}
         Profiler.wait(spies)
     latencies = array.array("f")
     answers = errors = 0
@@ -576,7 +586,7 @@ def http_load(
         generator_cpu_s=cpu,
         window_s=duration,
         server_cpu_s=server_cpu_at_window,
-        extra={"status_all": status_all},
+        extra={"status_all": status_all, "cpu_s": others_cpu},
     )
 
 

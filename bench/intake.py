@@ -39,6 +39,7 @@ from bench.common import (
     median,
     paired_ratio,
     sql,
+    tree_cpu_seconds,
 )
 
 
@@ -119,12 +120,21 @@ def start_stack(ctx, *, name: str, floor: bool, naive: bool) -> Stack:
     return stack
 
 
-def _load(ctx, server: WebServer, path: str, poll_id: int, label: str = "") -> LoadResult:
+def _load(ctx, server: WebServer, path: str, poll_id: int, label: str = "", worker: Worker | None = None) -> LoadResult:
     return http_load(
         port=server.port, paths=[path], bodies=vote_bodies(poll_id), connections=ctx.connections,
         duration=ctx.duration, warmup=ctx.warmup, procs=ctx.load_procs, work_dir=ctx.work_dir, server=server,
-        label=label,
+        label=label, others=_cpu_readers(ctx, worker),
+        profile_also=[(worker.name, worker.pid)] if worker is not None else [],
     )
+
+
+def _cpu_readers(ctx, worker: Worker | None) -> dict:
+    """CPU-seconds readers of the processes beside the web server: the services this run started, the worker."""
+    pids = {server.name: server.pid for server in ctx.services.servers if server.pid is not None}
+    if worker is not None:
+        pids["worker"] = worker.pid
+    return {name: (lambda pid=pid: tree_cpu_seconds(pid)) for name, pid in pids.items()}
 
 
 def _accepted(result: LoadResult) -> int:
@@ -164,7 +174,7 @@ def run_intake(ctx) -> list[Row]:
         for round_index in range(ctx.runs):
             for name in order[round_index % 3:] + order[: round_index % 3]:
                 server, path, poll_id = targets[name]
-                result = _load(ctx, server, path, poll_id)
+                result = _load(ctx, server, path, poll_id, worker=stack.worker)
                 results[name].append(result)
                 log(f"intake round {round_index + 1}/{ctx.runs} {name}: {_describe(result)}")
         accepted = sum(_accepted(r) for r in results["product"])
@@ -223,6 +233,18 @@ def run_intake(ctx) -> list[Row]:
             "(a) floor CPU per request", server_cpu["floor"], server_cpu["product"] / server_cpu["floor"],
             note=f"naive: {server_cpu['naive']:.2f} ms web CPU per vote (PostgreSQL's own CPU not included)")
     )
+    for name, rs in results.items():
+        # Where the two cores went while each served its load: the web process, the
+        # services and the worker beside it, the load generators (ms of CPU per answer).
+        spent = {"web": [r.server_cpu_s / r.window_s / (r.rps or 1) * 1000 for r in rs],
+                 "load generator": [r.generator_cpu_s / (r.window_s + ctx.warmup) / (r.rps or 1) * 1000 for r in rs]}
+        for process in rs[0].extra["cpu_s"]:
+            spent[process] = [r.extra["cpu_s"][process] / r.window_s / (r.rps or 1) * 1000 for r in rs]
+        total = sum(median(v) for v in spent.values())
+        log(f"intake {name}: CPU per answer {total:.2f} ms in all: "
+            + ", ".join(f"{process} {median(v):.2f}" for process, v in spent.items()))
+        rows_out.append(Row("1 intake", f"{name}: CPU per answer, all processes", total, "ms",
+                            note=", ".join(f"{process} {median(v):.2f}" for process, v in spent.items())))
     return rows_out
 
 

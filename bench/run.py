@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps([row.__dict__ for row in rows], indent=2, default=str))
     if args.profile:
-        summaries = [summarize_profile(path) for path in sorted(Profiler.directory.glob("*.txt"))]
+        summaries = [summarize_profile(path) for path in sorted(Profiler.directory.glob("*.txt")) if path.name != "summary.txt"]
         (Profiler.directory / "summary.txt").write_text("\n\n".join(summaries) + "\n")
         log(f"profiles (collapsed stacks) and summary.txt in {Profiler.directory}")
     for failure in failures:
