@@ -6,19 +6,18 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cache
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet, Sum
-from django.utils.dateparse import parse_datetime
 from django.utils import timezone
 
 from polls.exceptions import PollNotFound
 from polls.models import Option, Poll, Vote
-from polls.sql import column, table
+from polls.sql import column, datetime_from_db, table
 from polls.voters import Voter
 
 
@@ -125,11 +124,7 @@ def _vote_target_read(poll_id: int) -> VoteTarget:
     if row is None:
         raise PollNotFound(poll_id)
     poll_pk, status, closes_at, one_vote_per, max_choices, option_count = row
-    if isinstance(closes_at, str):  # SQLite (the embedded mode) hands back text
-        closes_at = parse_datetime(closes_at)
-        if closes_at is not None and timezone.is_naive(closes_at):
-            closes_at = timezone.make_aware(closes_at, UTC)
-    return VoteTarget(poll_pk, status, closes_at, one_vote_per, max_choices, option_count)
+    return VoteTarget(poll_pk, status, datetime_from_db(closes_at), one_vote_per, max_choices, option_count)
 
 
 @cache

@@ -8,9 +8,12 @@ follow the models.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from django.db import connection
 from django.db.models import Model
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 
 def table(model: type[Model]) -> str:
@@ -23,3 +26,17 @@ def column(model: type[Model], field: str) -> str:
 
 def columns(model: type[Model], fields: Iterable[str]) -> str:
     return ", ".join(column(model, field) for field in fields)
+
+
+def datetime_from_db(value: datetime | str | None) -> datetime | None:
+    """A datetime column's value from a hand-written SELECT, aware and in UTC.
+
+    PostgreSQL hands back aware datetimes. SQLite (the embedded mode) stores UTC and
+    hands back naive ones (Django's converter for the declared type) or, for an
+    expression, text; the ORM would make them aware, a raw cursor does not.
+    """
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if value is not None and timezone.is_naive(value):
+        value = timezone.make_aware(value, UTC)
+    return value

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -98,5 +99,15 @@ def test_the_embedded_default_needs_no_services(tmp_path):
             assert request("POST", f"{web.url}/polls/{poll['id']}/vote", {"option": option}).status == 204
         # Applied before the 204: the next read sees it.
         assert totals(web, poll["id"]) == [0, 2, 0, 1]
+        # A poll with a deadline: SQLite hands datetimes back naive, and the vote's check
+        # against the clock and the live totals must still compare them as UTC.
+        closes_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        timed = request("POST", f"{web.url}/polls", {**SEED_POLL, "closes_at": closes_at}).json()
+        assert request("POST", f"{web.url}/polls/{timed['id']}/vote", {"option": 3}).status == 204
+        assert totals(web, timed["id"]) == [0, 0, 1, 0]
+        assert request("GET", f"{web.url}/polls/{timed['id']}").json()["status"] == "open"
+        page = request("GET", f"{web.url}/polls/{timed['id']}/live")  # the live totals' read
+        assert page.status == 200 and b"Green" in page.body, page
     finally:
         web.kill()
+
