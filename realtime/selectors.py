@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 
 from leaderboard.selectors import leaderboard_top
 from polls.models import Option, Poll
 from polls.selectors import poll_results_visible, poll_totals, voter_has_voted
+from polls.sql import column, datetime_from_db, table
 from polls.voters import Voter
 
 
@@ -51,20 +53,50 @@ def _visible_polls_with_options(poll_ids: Iterable[int]) -> dict[int, tuple[Poll
     statement has its own snapshot), so a poll's version and its counts always belong
     together: two messages never carry one version with different counts. This used to
     be two queries in a REPEATABLE READ transaction, five round trips per broadcast,
-    the largest part of the broadcaster's time in the worker.
+    the largest part of the broadcaster's time in the worker. It is hand-written: the
+    ORM's queryset (select_related, ordered) cost 1.2 ms of CPU to compile and build,
+    a fifth of the worker's time at a hundred votes a second.
     """
+    ids = sorted(set(poll_ids))
+    if not ids:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(_visible_polls_with_options_sql(len(ids)), [*ids, False])
+        rows = cursor.fetchall()
     found: dict[int, tuple[Poll, list[Option]]] = {}
-    rows = (
-        Option.objects.filter(poll_id__in=list(poll_ids), poll__hidden=False)
-        .select_related("poll")
-        .order_by("poll_id", "position")
-    )
-    for option in rows:
-        entry = found.get(option.poll_id)
+    alias = connection.alias
+    width = len(_POLL_FIELDS)
+    for row in rows:
+        poll_id = row[0]
+        entry = found.get(poll_id)
         if entry is None:
-            entry = found[option.poll_id] = (option.poll, [])
-        entry[1].append(option)
+            values = list(row[:width])
+            values[_POLL_CLOSES_AT] = datetime_from_db(values[_POLL_CLOSES_AT])
+            values[_POLL_CREATED_AT] = datetime_from_db(values[_POLL_CREATED_AT])
+            entry = found[poll_id] = (Poll.from_db(alias, _POLL_FIELDS, values), [])
+        entry[1].append(Option.from_db(alias, _OPTION_FIELDS, row[width:]))
     return found
+
+
+# What the live totals read of a poll and of each option, in the models' field order
+# (Model.from_db takes the values in that order; the fields not read stay deferred).
+_POLL_FIELDS = [f.attname for f in Poll._meta.concrete_fields
+                if f.name in {"id", "question", "status", "closes_at", "results_visibility", "one_vote_per",
+                              "max_choices", "created_at", "version"}]
+_OPTION_FIELDS = [f.attname for f in Option._meta.concrete_fields if f.name in {"id", "poll", "position", "text", "votes"}]
+_POLL_CLOSES_AT = _POLL_FIELDS.index("closes_at")
+_POLL_CREATED_AT = _POLL_FIELDS.index("created_at")
+
+
+def _visible_polls_with_options_sql(count: int) -> str:
+    poll_columns = ", ".join(f"p.{column(Poll, name)}" for name in _POLL_FIELDS)
+    option_columns = ", ".join(f"o.{column(Option, name)}" for name in _OPTION_FIELDS)
+    return (
+        f"SELECT {poll_columns}, {option_columns} FROM {table(Option)} o "
+        f"JOIN {table(Poll)} p ON p.{column(Poll, 'id')} = o.{column(Option, 'poll')} "
+        f"WHERE o.{column(Option, 'poll')} IN ({', '.join(['%s'] * count)}) AND p.{column(Poll, 'hidden')} = %s "
+        f"ORDER BY o.{column(Option, 'poll')}, o.{column(Option, 'position')}"
+    )
 
 
 def poll_live_totals(*, poll_id: int) -> LiveTotals | None:
