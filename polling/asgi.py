@@ -9,7 +9,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "polling.settings")
 # Django must be set up before anything imports models (the consumers do).
 django.setup(set_prefix=False)
 
-from polling.handlers import RequestThreads, SyncChainASGIHandler  # noqa: E402
+from polling.handlers import RequestThreads, SyncChainASGIHandler, daphne_without_form_parsing  # noqa: E402
+
+# daphne's requests hand the raw body on without parsing forms (see the function).
+daphne_without_form_parsing()
 
 # HTTP: Django's handler with the chain and the view in one call on a kept thread (see
 # polling.handlers). Up to 128 idle request threads are kept: more than the 64 clients

@@ -1,9 +1,12 @@
 """The whole vote path with real processes: daphne, the worker, Kafka and PostgreSQL."""
 
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -111,3 +114,22 @@ def test_the_embedded_default_needs_no_services(tmp_path):
     finally:
         web.kill()
 
+
+def test_daphne_hands_post_bodies_to_the_api_without_parsing_them_as_forms(web_server):
+    """Twisted parses every POST body with a form Content-Type to fill request.args, which
+    daphne never reads (polling.handlers.daphne_without_form_parsing turns that off). A
+    multipart body Twisted cannot parse then reaches the API and gets its JSON answer,
+    instead of Twisted's bare 400 page and a dropped connection."""
+    created = request("POST", f"{web_server.url}/polls", SEED_POLL)
+    poll_id = created.json()["id"]
+    for content_type, body in [
+        ("multipart/form-data; boundary=xyz", b"not a multipart body"),
+        ("application/x-www-form-urlencoded", b"option=1"),
+    ]:
+        req = urllib.request.Request(f"{web_server.url}/polls/{poll_id}/vote", data=body, method="POST",
+                                     headers={"Content-Type": content_type})
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(req, timeout=10)
+        assert answer.value.code == 415, (content_type, answer.value.code, answer.value.read())
+        assert answer.value.headers["Content-Type"] == "application/json"
+        assert content_type.split(";")[0] in json.loads(answer.value.read())["detail"]
