@@ -76,6 +76,7 @@ def consumer_config(*, group_id: str, max_records: int) -> dict[str, Any]:
         "auto_offset_reset": "earliest",
         "max_poll_records": max_records,
         "fetch_max_wait_ms": settings.VOTE_FETCH_MAX_WAIT_MS,
+        "fetch_min_bytes": settings.VOTE_FETCH_MIN_BYTES,
         # A batch that waits on a restarting database must not cost the worker its
         # partitions; the worker retries for at most this long before giving up.
         "max_poll_interval_ms": 300_000,
