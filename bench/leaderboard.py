@@ -19,7 +19,7 @@ import json
 import subprocess
 import time
 
-from bench.common import PYTHON, REPO, Row, WebServer, django_env, http_load, log, manage, median, paired_ratio, sql
+from bench.common import PYTHON, REPO, Row, WebServer, django_env, http_load, log, manage, median, paired_ratio
 
 
 def run_leaderboard(ctx) -> list[Row]:

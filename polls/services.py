@@ -19,7 +19,7 @@ from polls.events import VoteEvent
 from polls.exceptions import AlreadyVoted, InvalidChoices, OptionOutOfRange, PollClosed, SignInRequired
 from polls.models import AuditEntry, Option, Poll, Vote
 from polls.selectors import poll_vote_target, vote_target_forget
-from polls.sql import column, columns, table
+from polls.sql import column, columns, placeholders, table
 from polls.voters import Voter
 from realtime.broadcast import broadcast_polls_on_commit
 
@@ -259,7 +259,7 @@ def _options_lock(*, poll_ids: set[int]) -> dict[tuple[int, int], int]:
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT {columns(Option, ('id', 'poll', 'position'))} FROM {table(Option)} "
-            f"WHERE {column(Option, 'poll')} IN ({', '.join(['%s'] * len(ids))}) ORDER BY {column(Option, 'id')}{lock}",
+            f"WHERE {column(Option, 'poll')} IN ({placeholders(len(ids))}) ORDER BY {column(Option, 'id')}{lock}",
             ids,
         )
         return {(poll_id, position): option_id for option_id, poll_id, position in cursor.fetchall()}
@@ -272,7 +272,7 @@ def _versions_bump(*, poll_ids: set[int]) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table(Poll)} SET {version} = {version} + 1 "
-            f"WHERE {column(Poll, 'id')} IN ({', '.join(['%s'] * len(ids))})",
+            f"WHERE {column(Poll, 'id')} IN ({placeholders(len(ids))})",
             ids,
         )
 
@@ -401,8 +401,8 @@ def _insert_chunk(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
     for row_id, event, option_id, dedupe_key in rows:
         values = (row_id, event.vote_id, event.poll_id, option_id, event.voter_key, dedupe_key, event.cast_at, now)
         params.extend(f.get_db_prep_value(v, connection) for f, v in zip(fields, values))
-    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(fields)) + ")"] * len(rows))
-    sql = _vote_insert(f"VALUES {placeholders}")
+    rows_sql = ", ".join(["(" + ", ".join(["%s"] * len(fields)) + ")"] * len(rows))
+    sql = _vote_insert(f"VALUES {rows_sql}")
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         # SQLite hands back the uuid as 32 hex digits, PostgreSQL as a UUID.

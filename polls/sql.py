@@ -28,6 +28,11 @@ def columns(model: type[Model], fields: Iterable[str]) -> str:
     return ", ".join(column(model, field) for field in fields)
 
 
+def placeholders(count: int) -> str:
+    """`count` parameter placeholders for an IN (...) list."""
+    return ", ".join(["%s"] * count)
+
+
 def datetime_from_db(value: datetime | str | None) -> datetime | None:
     """A datetime column's value from a hand-written SELECT, aware and in UTC.
 

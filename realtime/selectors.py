@@ -19,7 +19,7 @@ from django.db import connection
 from leaderboard.selectors import leaderboard_top
 from polls.models import Option, Poll
 from polls.selectors import poll_results_visible, poll_totals, voter_has_voted
-from polls.sql import column, datetime_from_db, table
+from polls.sql import column, datetime_from_db, placeholders, table
 from polls.voters import Voter
 
 
@@ -94,7 +94,7 @@ def _visible_polls_with_options_sql(count: int) -> str:
     return (
         f"SELECT {poll_columns}, {option_columns} FROM {table(Option)} o "
         f"JOIN {table(Poll)} p ON p.{column(Poll, 'id')} = o.{column(Option, 'poll')} "
-        f"WHERE o.{column(Option, 'poll')} IN ({', '.join(['%s'] * count)}) AND p.{column(Poll, 'hidden')} = %s "
+        f"WHERE o.{column(Option, 'poll')} IN ({placeholders(count)}) AND p.{column(Poll, 'hidden')} = %s "
         f"ORDER BY o.{column(Option, 'poll')}, o.{column(Option, 'position')}"
     )
 
