@@ -55,6 +55,11 @@ def _cpu(worker: Worker, postgres_pid: int | None) -> tuple[float, float]:
     return proc_cpu_seconds(worker.pid), tree_cpu_seconds(postgres_pid) if postgres_pid else float("nan")
 
 
+def _cpu_note(cpu_us: dict[str, float]) -> str:
+    return (f"CPU per vote: worker {cpu_us['worker']:.1f} us, PostgreSQL {cpu_us['postgres']:.1f} us "
+            f"({cpu_us['cores']:.2f} cores)")
+
+
 def _time_worker(ctx, env: dict[str, str], database_url: str, poll_ids: list[int], total: int, group: str, name: str,
                  repo: Path = REPO):
     """Votes/s from the first counted vote to the last, and the CPU spent meanwhile."""
@@ -123,8 +128,7 @@ def run_apply(ctx) -> list[Row]:
         previous = ctx.memory.get("worker (apply, batched)", {"rss_mb": 0, "peak_mb": 0})
         ctx.memory["worker (apply, batched)"] = {k: max(previous[k], memory[k]) for k in memory}
         log(f"apply round {round_index + 1}/{ctx.runs}: one worker applied {rate:,.0f} votes/s "
-            f"({ctx.apply_events:,} in {seconds:.1f} s); CPU per vote: worker {cpu_us['worker']:.1f} us, "
-            f"PostgreSQL {cpu_us['postgres']:.1f} us ({cpu_us['cores']:.2f} cores)")
+            f"({ctx.apply_events:,} in {seconds:.1f} s); {_cpu_note(cpu_us)}")
         _reset(database_url)
         single = _helper(env, "per-vote", "--count", str(ctx.per_vote_events), "--poll-ids", ",".join(map(str, poll_ids)),
                          "--seconds", str(ctx.duration))
@@ -163,8 +167,7 @@ def _run_against(ctx, env: dict[str, str], database_url: str, poll_ids: list[int
             consistent &= sql(database_url, "SELECT count(*) FROM polls_vote")[0][0] == _counted(database_url, poll_ids)
             rates[label].append(rate)
             log(f"apply round {round_index + 1}/{ctx.runs}, {label} tree: {rate:,.0f} votes/s "
-                f"({ctx.apply_events:,} in {seconds:.1f} s); CPU per vote: worker {cpu_us['worker']:.1f} us, "
-                f"PostgreSQL {cpu_us['postgres']:.1f} us ({cpu_us['cores']:.2f} cores); load {os.getloadavg()[0]:.1f}")
+                f"({ctx.apply_events:,} in {seconds:.1f} s); {_cpu_note(cpu_us)}; load {os.getloadavg()[0]:.1f}")
     return [
         Row("2 apply", "votes/s applied by one worker, this tree", median(rates["this"]), "votes/s",
             f"the worker of {other}", median(rates["other"]), paired_ratio(rates["this"], rates["other"]),

@@ -227,7 +227,7 @@ def run_intake(ctx) -> list[Row]:
             "fastest rate measured", fastest, ceiling / fastest, ">= 3x", ceiling / fastest >= 3,
             note=f"{ctx.load_procs} generator process(es); the server side must be the bottleneck, not the generator")
     )
-    server_cpu = {name: median([r.server_cpu_s / r.window_s / (r.rps or 1) * 1000 for r in rs]) for name, rs in results.items()}
+    server_cpu = {name: median([_ms_per_answer(r.server_cpu_s, r) for r in rs]) for name, rs in results.items()}
     rows_out.append(
         Row("1 intake", "web CPU per vote", server_cpu["product"], "ms",
             "(a) floor CPU per request", server_cpu["floor"], server_cpu["product"] / server_cpu["floor"],
@@ -236,16 +236,21 @@ def run_intake(ctx) -> list[Row]:
     for name, rs in results.items():
         # Where the two cores went while each served its load: the web process, the
         # services and the worker beside it, the load generators (ms of CPU per answer).
-        spent = {"web": [r.server_cpu_s / r.window_s / (r.rps or 1) * 1000 for r in rs],
-                 "load generator": [r.generator_cpu_s / (r.window_s + ctx.warmup) / (r.rps or 1) * 1000 for r in rs]}
+        # The generators' CPU covers their warm-up as well.
+        spent = {"web": [_ms_per_answer(r.server_cpu_s, r) for r in rs],
+                 "load generator": [_ms_per_answer(r.generator_cpu_s * r.window_s / (r.window_s + ctx.warmup), r) for r in rs]}
         for process in rs[0].extra["cpu_s"]:
-            spent[process] = [r.extra["cpu_s"][process] / r.window_s / (r.rps or 1) * 1000 for r in rs]
+            spent[process] = [_ms_per_answer(r.extra["cpu_s"][process], r) for r in rs]
         total = sum(median(v) for v in spent.values())
-        log(f"intake {name}: CPU per answer {total:.2f} ms in all: "
-            + ", ".join(f"{process} {median(v):.2f}" for process, v in spent.items()))
-        rows_out.append(Row("1 intake", f"{name}: CPU per answer, all processes", total, "ms",
-                            note=", ".join(f"{process} {median(v):.2f}" for process, v in spent.items())))
+        parts = ", ".join(f"{process} {median(v):.2f}" for process, v in spent.items())
+        log(f"intake {name}: CPU per answer {total:.2f} ms in all: {parts}")
+        rows_out.append(Row("1 intake", f"{name}: CPU per answer, all processes", total, "ms", note=parts))
     return rows_out
+
+
+def _ms_per_answer(cpu_seconds: float, result: LoadResult) -> float:
+    """Milliseconds of CPU per answer, from CPU seconds spent over the measured window."""
+    return cpu_seconds / result.window_s / (result.rps or 1) * 1000
 
 
 def _error_note(results: list[LoadResult]) -> str:

@@ -48,6 +48,11 @@ class KafkaVoteBus:
         # is known to be unreachable they are refused at once. Before this, with the
         # broker down, every vote queued behind one 30 s connection attempt after another
         # and clients timed out instead of hearing 503 (found by tests/faults).
+        producer = self._producer
+        if producer is not None:
+            # Every vote comes here: once built, the producer is read without the lock,
+            # which 64 request threads would otherwise take in turn.
+            return producer
         if not self._lock.acquire(timeout=self._timeout):
             raise VoteBusUnavailable("timed out waiting for the connection to Kafka")
         try:

@@ -401,7 +401,7 @@ def _insert_chunk(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
     for row_id, event, option_id, dedupe_key in rows:
         values = (row_id, event.vote_id, event.poll_id, option_id, event.voter_key, dedupe_key, event.cast_at, now)
         params.extend(f.get_db_prep_value(v, connection) for f, v in zip(fields, values))
-    rows_sql = ", ".join(["(" + ", ".join(["%s"] * len(fields)) + ")"] * len(rows))
+    rows_sql = ", ".join([f"({placeholders(len(fields))})"] * len(rows))
     sql = _vote_insert(f"VALUES {rows_sql}")
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
@@ -88,7 +89,9 @@ _POLL_CLOSES_AT = _POLL_FIELDS.index("closes_at")
 _POLL_CREATED_AT = _POLL_FIELDS.index("created_at")
 
 
+@lru_cache(maxsize=64)
 def _visible_polls_with_options_sql(count: int) -> str:
+    """The statement for `count` polls, made once per count (a broadcast usually has one)."""
     poll_columns = ", ".join(f"p.{column(Poll, name)}" for name in _POLL_FIELDS)
     option_columns = ", ".join(f"o.{column(Option, name)}" for name in _OPTION_FIELDS)
     return (
