@@ -77,6 +77,11 @@ def consumer_config(*, group_id: str, max_records: int) -> dict[str, Any]:
         "max_poll_records": max_records,
         "fetch_max_wait_ms": settings.VOTE_FETCH_MAX_WAIT_MS,
         "fetch_min_bytes": settings.VOTE_FETCH_MIN_BYTES,
+        # How stale the consumer's view of the topic's partitions may get. kafka-python's
+        # 5 minutes kept a worker whose group formed on metadata without the partitions
+        # (a worker started as the topic was created) idle that long, and partitions added
+        # to the topic unread; a change seen at a refresh makes the group rebalance.
+        "metadata_max_age_ms": 5_000,
         # A batch that waits on a restarting database must not cost the worker its
         # partitions; the worker retries for at most this long before giving up.
         "max_poll_interval_ms": 300_000,

@@ -7,14 +7,15 @@ import time
 import pytest
 from django.conf import settings
 from django.core.management import call_command
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewPartitions
 
 from conftest import make_vote_worker, read_topic
 from polls.bus import get_vote_bus
 from polls.models import Option, Poll, Vote
 from polls.services import counters_verify
 from polls.tests.factories import counts, make_poll, vote_event
-from polls.topics import dead_letter_topic
+from polls.topics import consumer_config, dead_letter_topic
 from testsupport.processes import WorkerProcess, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -172,3 +173,32 @@ def test_the_worker_consumer_lets_the_broker_hold_a_fetch_for_its_wait_and_min_b
         assert counts(poll) == [0, 1, 0, 0]
     finally:
         close(worker)
+
+
+
+def test_the_worker_takes_partitions_added_to_its_topic_within_seconds(kafka_topic, settings):
+    """The worker's consumer learns of a topic's partitions only when its metadata ages out
+    (kafka-python: 5 minutes by default) unless an error makes it ask sooner. A consumer
+    whose group formed on metadata without the topic's partitions sat idle that long (a
+    worker test waited 30 s in vain for a vote), and partitions an operator adds went
+    unread as long. The worker's metadata ages out in seconds; new partitions make it
+    rejoin its group and take them."""
+    consumer = KafkaConsumer(**consumer_config(group_id=f"workers-{kafka_topic}", max_records=10))
+    admin = KafkaAdminClient(bootstrap_servers=settings.KAFKA_BROKERS)
+    try:
+        consumer.subscribe([kafka_topic])
+
+        def assigned(count: int):
+            def check() -> bool:
+                consumer.poll(timeout_ms=200)
+                return len(consumer.assignment()) == count
+            return check
+
+        wait_until(assigned(settings.KAFKA_TOPIC_PARTITIONS), timeout=30, what="the topic's partitions")
+        admin.create_partitions({kafka_topic: NewPartitions(total_count=settings.KAFKA_TOPIC_PARTITIONS + 2)})
+        added = time.monotonic()
+        wait_until(assigned(settings.KAFKA_TOPIC_PARTITIONS + 2), timeout=30, what="the added partitions")
+        assert time.monotonic() - added < 15
+    finally:
+        admin.close()
+        consumer.close(autocommit=False)
