@@ -17,8 +17,9 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Annotated
 
-import orjson
+import msgspec
 
 from polls.exceptions import MalformedVoteEvent
 
@@ -51,7 +52,7 @@ class VoteEvent:
         return [(self.vote_id, first)] + [(uuid.uuid5(self.vote_id, str(option)), option) for option in rest]
 
     def to_bytes(self) -> bytes:
-        return json.dumps(
+        return msgspec.json.encode(
             {
                 "vote_id": str(self.vote_id),
                 "poll_id": self.poll_id,
@@ -60,19 +61,28 @@ class VoteEvent:
                 "voter_key": self.voter_key,
                 "dedupe_key": self.dedupe_key,
                 "cast_at": self.cast_at.isoformat(),
-            },
-            separators=(",", ":"),
-        ).encode()
+            }
+        )
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> VoteEvent:
-        """Decode and validate one message; raise MalformedVoteEvent saying what is wrong."""
+        """Decode and validate one message; raise MalformedVoteEvent saying what is wrong.
+
+        A valid message is decoded and checked in C (msgspec, 1 to 2 us); anything that
+        does not pass goes through the checks below, which accept exactly what the
+        fast path accepts and more, and say what is wrong.
+        """
+        event = _decode_fast(raw)
+        return event if event is not None else cls._from_bytes_checked(raw)
+
+    @classmethod
+    def _from_bytes_checked(cls, raw: bytes | None) -> VoteEvent:
         if raw is None:
             raise MalformedVoteEvent("empty message")
         try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            # orjson refuses what the standard parser reads (integers past 64 bits, NaN):
+            data = msgspec.json.decode(raw)
+        except (msgspec.DecodeError, RecursionError):
+            # msgspec refuses what the standard parser reads (numbers past a double, NaN):
             # the standard parser decides, so such a message is refused for its field.
             try:
                 data = json.loads(raw)
@@ -116,6 +126,60 @@ class VoteEvent:
             cast_at=cast_at,
             dedupe_key=dedupe_key,
         )
+
+
+_Id = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+
+
+class _Wire(msgspec.Struct):
+    """A vote message as the fast path reads it; the checks msgspec cannot express follow in _decode_fast."""
+
+    vote_id: uuid.UUID
+    poll_id: _Id
+    voter_key: Annotated[str, msgspec.Meta(max_length=_MAX_KEY)]
+    # Parsed by datetime.fromisoformat, as the checked path does: the same times accepted.
+    cast_at: str
+    # UNSET, not None, when absent: a null `options` or `option` is refused, as below.
+    options: Annotated[list[_Id], msgspec.Meta(min_length=1, max_length=_MAX_CHOICES)] | msgspec.UnsetType = msgspec.UNSET
+    option: _Id | msgspec.UnsetType = msgspec.UNSET
+    dedupe_key: Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_KEY)] | None = None
+
+
+_wire_decoder = msgspec.json.Decoder(_Wire)
+
+
+def _decode_fast(raw: bytes | None) -> VoteEvent | None:
+    """The event of a valid message, or None: the caller then checks it field by field.
+
+    Decoding into a typed struct does the JSON parse and most checks in C: 1.0 against
+    7.0 us a message (the vote worker decodes every vote). Where msgspec is stricter
+    than the checked path (a present but invalid `option` beside a valid `options`),
+    the message only takes the slow path.
+    """
+    if raw is None:
+        return None
+    try:
+        wire = _wire_decoder.decode(raw)
+        cast_at = datetime.fromisoformat(wire.cast_at)
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        return None
+    if cast_at.tzinfo is None:
+        return None
+    options = wire.options
+    if options is msgspec.UNSET:
+        if wire.option is msgspec.UNSET:
+            return None
+        options = (wire.option,)
+    elif len(options) > 1 and len(set(options)) != len(options):
+        return None
+    return VoteEvent(
+        vote_id=wire.vote_id,
+        poll_id=wire.poll_id,
+        options=tuple(options),
+        voter_key=wire.voter_key,
+        cast_at=cast_at,
+        dedupe_key=wire.dedupe_key,
+    )
 
 
 def _check_positive(value: object, name: str) -> None:
