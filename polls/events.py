@@ -151,8 +151,8 @@ _wire_decoder = msgspec.json.Decoder(_Wire)
 def _decode_fast(raw: bytes | None) -> VoteEvent | None:
     """The event of a valid message, or None: the caller then checks it field by field.
 
-    Decoding into a typed struct does the JSON parse and most checks in C: 1.0 against
-    7.0 us a message (the vote worker decodes every vote). Where msgspec is stricter
+    Decoding into a typed struct does the JSON parse and most checks in C: 3.5 to 5.7
+    against 10 us a message with the checks in Python (the vote worker decodes every vote). Where msgspec is stricter
     than the checked path (a present but invalid `option` beside a valid `options`),
     the message only takes the slow path.
     """
