@@ -65,11 +65,10 @@ class DecodedBatch:
 
 @dataclass
 class _InFlight:
-    """A batch handed to an applying thread: its records, each partition's in order."""
+    """A batch handed to an applying thread, with the offset past its last record of each partition."""
 
     future: Future[BatchOutcome]
-    records: list[ConsumerRecord]
-    partitions: list[TopicPartition]
+    next_offsets: dict[TopicPartition, int]
 
 
 @dataclass
@@ -228,33 +227,35 @@ class VoteWorker:
                 return
             if lane in in_flight:
                 continue
-            records, partitions = self._take(pending, busy)
+            records, next_offsets = self._take(pending, busy)
             if not records:
                 return
-            for partition in partitions:
+            for partition in next_offsets:
                 busy[partition] = lane
-            in_flight[lane] = _InFlight(applier.submit(self.consume_batch, records), records, partitions)
+            in_flight[lane] = _InFlight(applier.submit(self.consume_batch, records), next_offsets)
 
     def _take(
         self, pending: dict[TopicPartition, list[ConsumerRecord]], busy: dict[TopicPartition, int]
-    ) -> tuple[list[ConsumerRecord], list[TopicPartition]]:
-        """Up to a batch of queued records, each partition's in order, of partitions not busy."""
+    ) -> tuple[list[ConsumerRecord], dict[TopicPartition, int]]:
+        """Up to a batch of queued records, each partition's in order, of partitions not busy,
+        and the offset past the last record taken of each of those partitions."""
         records: list[ConsumerRecord] = []
-        partitions: list[TopicPartition] = []
+        next_offsets: dict[TopicPartition, int] = {}
         for partition in list(pending):  # the longest-waiting partitions first
             if partition in busy:
                 continue
             queue = pending[partition]
             room = self.batch_size - len(records)
-            records += queue[:room]
-            partitions.append(partition)
+            taken = queue[:room]
+            records += taken
+            next_offsets[partition] = taken[-1].offset + 1
             if len(queue) > room:
                 pending[partition] = queue[room:]
             else:
                 del pending[partition]
             if len(records) >= self.batch_size:
                 break
-        return records, partitions
+        return records, next_offsets
 
     def _collect(self, in_flight: dict[int, _InFlight], busy: dict[TopicPartition, int], *, block: bool) -> None:
         """Account for the batches whose transaction ended (waiting for one if `block`)."""
@@ -269,9 +270,9 @@ class VoteWorker:
             del in_flight[lane]
             error = batch.future.exception()
             if error is None:
-                for partition in batch.partitions:
+                for partition in batch.next_offsets:
                     busy.pop(partition, None)
-                self._batch_done(batch.records, batch.future.result())
+                self._batch_done(batch.next_offsets, batch.future.result())
             # A batch that did not commit keeps its partitions busy: a later batch of theirs
             # would commit offsets past it. Stopped while it waited for the database: nothing
             # of it committed, and nothing to raise; otherwise the other finished batches
@@ -281,12 +282,12 @@ class VoteWorker:
         if failure is not None:
             raise failure
 
-    def _batch_done(self, messages: list[ConsumerRecord], outcome: BatchOutcome) -> None:
+    def _batch_done(self, next_offsets: dict[TopicPartition, int], outcome: BatchOutcome) -> None:
         """After the batch's transaction committed: commit its offsets and count it."""
         # Not waited for: a synchronous commit held up the decoding of the next batch
         # (a tenth of this thread's samples). A lost one means only redelivery, and
         # run() waits for a last commit of everything applied before it returns.
-        self.commit_offsets(messages, wait=False)
+        self._commit_next(next_offsets, wait=False)
         self.total.add(outcome)
         self._since_report.add(outcome)
         logger.info(
@@ -409,7 +410,14 @@ class VoteWorker:
         next_offsets: dict[TopicPartition, int] = {}
         for record in messages:
             partition = TopicPartition(record.topic, record.partition)
-            next_offsets[partition] = max(next_offsets.get(partition, 0), record.offset + 1, self._applied.get(partition, 0))
+            next_offsets[partition] = max(next_offsets.get(partition, 0), record.offset + 1)
+        self._commit_next(next_offsets, wait=wait)
+
+    def _commit_next(self, next_offsets: dict[TopicPartition, int], *, wait: bool) -> None:
+        """commit_offsets from the offset past each partition's last record: run()'s batches
+        know it from when they were taken, which spares a pass over their records (at 22,000
+        votes/s that pass was 30 of the polling thread's 338 GIL samples)."""
+        next_offsets = {p: max(o, self._applied.get(p, 0)) for p, o in next_offsets.items()}
         self._applied.update(next_offsets)
         # Not for a partition a rebalance gave to another worker: it reads on from its own
         # commits (ours could only move its offset back).

@@ -339,7 +339,7 @@ def test_a_partition_whose_batch_did_not_commit_is_never_handed_out_again(ended)
     first, later = records(P0, red, 0, 10), records(P0, red, 10, 10)
     failed: Future = Future()
     failed.set_exception(ended)
-    in_flight = {0: _InFlight(failed, first, [P0])}
+    in_flight = {0: _InFlight(failed, {P0: first[-1].offset + 1})}
     busy = {P0: 0}
     pending = {P0: later}
     with ThreadPoolExecutor(max_workers=1) as applier:
