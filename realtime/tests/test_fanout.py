@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 
 import redis.asyncio as aioredis
 from django.conf import settings
 
 from polls.tests.factories import make_poll
 from realtime.events import poll_group
-from realtime.fanout import audience, text_frame
+from realtime.fanout import Audience, audience, text_frame
 from realtime.tests.helpers import apply_votes, communicator, receive, receive_until, run
 
 
@@ -68,3 +69,52 @@ def test_viewers_of_a_poll_in_one_process_share_one_redis_subscription_and_all_g
     assert (watching, subscribers) == (3, 1)
     assert [(u["option2"], u["version"]) for u in updates] == [(1, 1)] * 3
     assert (watching_after, subscribers_after) == (0, 0)
+
+
+def _writes_and_turns(layer, group: str, viewers: int, seconds_each: float) -> list[str]:
+    """The order in which a broadcast reached `viewers` viewers and the loop got other turns."""
+    order: list[str] = []
+
+    class Viewer:
+        def deliver(self, event) -> None:
+            if seconds_each:
+                time.sleep(seconds_each)  # a slow socket write, holding the loop
+            order.append("viewer")
+
+    async def scenario():
+        hub = Audience(layer)
+        watchers = [Viewer() for _ in range(viewers)]
+        for viewer in watchers:
+            await hub.join(group, viewer)
+
+        async def other_work():
+            while order.count("viewer") < viewers:
+                order.append("turn")
+                await asyncio.sleep(0)
+
+        ticker = asyncio.get_running_loop().create_task(other_work())
+        await layer.group_send(group, {"type": "poll.updated"})
+        await asyncio.wait_for(ticker, timeout=10)
+        for viewer in watchers:
+            hub.leave(group, viewer)
+        await asyncio.sleep(0.1)  # the last one out unsubscribes in the background
+
+    run(scenario)
+    first, last = order.index("viewer"), len(order) - 1 - order[::-1].index("viewer")
+    return order[first : last + 1]
+
+
+def test_a_broadcast_is_written_to_a_cheap_audience_in_one_turn_of_the_loop(live):
+    """On a process saturated with votes, each turn given back cost the loop a wait for the
+    GIL among the request threads: 1,000 viewers got about 1 update a second of 10."""
+    written = _writes_and_turns(live, "fanout-cheap", viewers=200, seconds_each=0)
+    assert written == ["viewer"] * 200
+
+
+def test_a_slow_audience_lets_the_loop_serve_other_work_between_slices(live):
+    # 2 ms a viewer: the slice of 20 ms ends after the first 32, and the loop gets a turn.
+    written = _writes_and_turns(live, "fanout-slow", viewers=96, seconds_each=0.002)
+    assert written.count("viewer") == 96
+    turns = [index for index, what in enumerate(written) if what == "turn"]
+    assert turns, "the loop was held for the whole audience"
+    assert turns[0] >= 32  # not before the slice's first look at the clock
