@@ -53,15 +53,15 @@ class SharedClientRedisCache(RedisCache):
                     client = _clients[key] = self._class(self._servers, **self._options)
         return client
 
-    def incr_many(self, keys: list[tuple[str, int]]) -> list[int]:
-        """Add one to each (key, expiry seconds) counter; return the new counts.
+    def incr_many(self, counts: list[tuple[str, int, int]]) -> list[int]:
+        """Add to each (key, amount, expiry seconds) counter; return the new counts.
 
-        One round trip for all of them (a pipeline of INCR and EXPIRE per key), where
+        One round trip for all of them (a pipeline of INCRBY and EXPIRE per key), where
         Django's add + incr costs two per key. The expiry is set again on every call.
         """
-        full_keys = [(self.make_and_validate_key(key), expiry) for key, expiry in keys]
-        pipeline = self._cache.get_client(full_keys[0][0], write=True).pipeline(transaction=False)
-        for key, expiry in full_keys:
-            pipeline.incr(key)
+        full = [(self.make_and_validate_key(key), amount, expiry) for key, amount, expiry in counts]
+        pipeline = self._cache.get_client(full[0][0], write=True).pipeline(transaction=False)
+        for key, amount, expiry in full:
+            pipeline.incrby(key, amount)
             pipeline.expire(key, expiry)
         return pipeline.execute()[::2]

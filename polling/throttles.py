@@ -1,13 +1,20 @@
 """Rate limits, counted in the shared cache so that they hold across processes.
 
-A fixed window per scope and client: `cache.add` starts the window, `cache.incr` counts
-atomically (Redis INCR when REDIS_URL is set). Venues behind one NAT share an address,
-so the per-address limits are generous and the per-voter ones strict.
+A fixed window per scope and client, counted in Redis when REDIS_URL is set (in the
+process's own cache otherwise). Venues behind one NAT share an address, so the
+per-address limits are generous and the per-voter ones strict.
+
+With Redis, a request is decided in process and its count reaches Redis in the
+background (SharedWindowCounts): the round trip the request used to wait for was most
+of the vote's web CPU over the framework floor's (see README, Performance).
+RATE_LIMIT_SYNC_MS=0 counts in Redis during the request instead.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from math import ceil
 
@@ -62,10 +69,8 @@ class FixedWindowThrottle(BaseThrottle):
 def throttles_check(throttles, request) -> float | None:
     """Count the request in every throttle's window; the longest wait of those exceeded, or None.
 
-    With Redis every window is counted in one pipeline (INCR and EXPIRE per key, one
-    round trip for all of them): Django's cache add + incr was two round trips per
-    limit and 0.9 ms of CPU per vote, the pipeline 0.2 ms (measured in process).
-    Any failure of the cache lets the request through (Redis down: votes go on).
+    Every request is counted, refused ones too. Any failure of the cache lets the
+    request through (Redis down: votes go on).
     """
     now = time.time()
     windows = [(throttle, throttle.window(request, now)) for throttle in throttles]
@@ -90,14 +95,16 @@ def throttles_check(throttles, request) -> float | None:
 
 
 def _count(cache, keys: list[tuple[str, int]]) -> list[int]:
-    """Add one to each (key, expiry seconds) counter of the cache; return the new counts."""
-    incr_many = getattr(cache, "incr_many", None)  # polling.cache.SharedClientRedisCache
-    if incr_many is None:
+    """Add one to each (key, expiry seconds) counter; return the counts to decide on."""
+    if not hasattr(cache, "incr_many"):  # polling.cache.SharedClientRedisCache
         # The per-process cache of the embedded mode: no round trips to save.
         return [_add_one(cache, key, expiry) for key, expiry in keys]
-    # The window is in the key, so refreshing the expiry on every hit only keeps an old
-    # window's key until `expiry` seconds after its last request: harmless.
-    return incr_many(keys)
+    if settings.RATE_LIMIT_SYNC_MS <= 0:
+        # In Redis during the request: one pipeline of INCRBY and EXPIRE per key. The
+        # window is in the key, so refreshing the expiry on every hit only keeps an old
+        # window's key until `expiry` seconds after its last request: harmless.
+        return cache.incr_many([(key, 1, expiry) for key, expiry in keys])
+    return _shared_counts(cache).add(keys)
 
 
 def _add_one(cache, key: str, expiry: int) -> int:
@@ -107,6 +114,145 @@ def _add_one(cache, key: str, expiry: int) -> int:
     except ValueError:  # expired between add and incr
         cache.add(key, 1, timeout=expiry)
         return 1
+
+
+class SharedWindowCounts:
+    """Rate-limit windows counted in this process and added to Redis in the background.
+
+    A request is decided at once, on the count Redis returned at the last sync plus this
+    process's requests since, and waits for nothing. A thread adds those requests to
+    Redis (one pipeline of INCRBY for every window touched) at most every `interval`
+    seconds and keeps the totals Redis returns, which include the other processes'.
+
+    What it allows: a process sees the others' requests up to one interval and a round
+    trip late, so across N processes a window can let through up to what the other N - 1
+    let through in that time beyond its limit. In one process the count is exact.
+    While Redis is down the limits hold per process; the counts are sent when it is back.
+    """
+
+    # After a failed sync, wait this long before trying again (requests are not held).
+    RETRY_SECONDS = 1.0
+    # Windows that have ended are forgotten at most this often.
+    FORGET_EVERY_SECONDS = 1.0
+
+    def __init__(self, cache, *, interval: float) -> None:
+        self._cache = cache
+        self.interval = interval
+        self._lock = threading.Lock()  # the three dicts
+        self._sync_lock = threading.Lock()  # one sync at a time
+        self._shared: dict[str, int] = {}  # the key's count in Redis at the last sync
+        self._unsynced: dict[str, int] = {}  # this process's requests not yet in Redis
+        self._expiry: dict[str, tuple[int, float]] = {}  # key -> (expiry seconds, forget after, monotonic)
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._failing = False
+        self._forgotten_at = time.monotonic()
+
+    def add(self, keys: list[tuple[str, int]]) -> list[int]:
+        """Count one request in each (key, expiry seconds) window; the counts to decide on."""
+        now = time.monotonic()
+        counts = []
+        with self._lock:
+            for key, expiry in keys:
+                unsynced = self._unsynced.get(key, 0) + 1
+                self._unsynced[key] = unsynced
+                self._expiry[key] = (expiry, now + expiry)
+                counts.append(self._shared.get(key, 0) + unsynced)
+        if self._pid != os.getpid():
+            self._start()
+        self._wake.set()
+        return counts
+
+    def sync(self) -> bool:
+        """Add this process's new requests to Redis and keep the totals; False if Redis failed."""
+        with self._sync_lock:
+            with self._lock:
+                sent = [(key, amount, self._expiry[key][0]) for key, amount in self._unsynced.items()]
+            totals = []
+            if sent:
+                try:
+                    totals = self._cache.incr_many(sent)
+                except Exception as exc:  # noqa: BLE001 - any failure of the cache backend
+                    if not self._failing:
+                        logger.warning("rate-limit counts not shared, the cache is unavailable "
+                                       "(limits hold per process until it is back): %r", exc)
+                    self._failing = True
+                    return False
+                if self._failing:
+                    logger.warning("rate-limit counts shared again")
+                    self._failing = False
+            with self._lock:
+                for (key, amount, _), total in zip(sent, totals):
+                    left = self._unsynced.get(key, 0) - amount
+                    if left > 0:
+                        self._unsynced[key] = left
+                    else:
+                        self._unsynced.pop(key, None)
+                    self._shared[key] = total
+                self._forget_ended()
+            return True
+
+    def _forget_ended(self) -> None:
+        now = time.monotonic()
+        if now - self._forgotten_at < self.FORGET_EVERY_SECONDS:
+            return
+        self._forgotten_at = now
+        for key in [key for key, (_, forget_after) in self._expiry.items() if forget_after < now]:
+            del self._expiry[key]
+            self._shared.pop(key, None)
+            self._unsynced.pop(key, None)
+
+    def forget_all(self) -> None:
+        """Drop every count this process holds, after any sync in flight (tests clear Redis after)."""
+        with self._sync_lock, self._lock:
+            self._shared.clear()
+            self._unsynced.clear()
+            self._expiry.clear()
+
+    def windows(self) -> int:
+        with self._lock:
+            return len(self._expiry)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()  # a forked child starts its own thread
+            self._thread = threading.Thread(target=self._run, daemon=True, name="rate-limit-sync")
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(self.interval)  # let the requests of this interval gather
+            self._wake.clear()
+            if not self.sync():
+                time.sleep(self.RETRY_SECONDS)
+                self._wake.set()  # the counts are still to be sent
+
+
+_shared_counts_by_cache: dict[str, SharedWindowCounts] = {}
+_shared_counts_lock = threading.Lock()
+
+
+def _shared_counts(cache) -> SharedWindowCounts:
+    alias = settings.RATE_LIMIT_CACHE
+    counts = _shared_counts_by_cache.get(alias)
+    if counts is None:
+        with _shared_counts_lock:
+            counts = _shared_counts_by_cache.get(alias)
+            if counts is None:
+                counts = _shared_counts_by_cache[alias] = SharedWindowCounts(
+                    cache, interval=settings.RATE_LIMIT_SYNC_MS / 1000)
+    return counts
+
+
+def throttles_forget() -> None:
+    """Forget this process's rate-limit counts (a test clears the shared cache right after)."""
+    with _shared_counts_lock:
+        for counts in _shared_counts_by_cache.values():
+            counts.forget_all()
 
 
 class VoteAddressRateThrottle(FixedWindowThrottle):

@@ -11,6 +11,7 @@ from django.core.cache import cache
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
+from polling.throttles import throttles_forget
 from polls.tests.factories import make_poll
 from testsupport.processes import REPO
 
@@ -19,7 +20,10 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def client():
-    cache.clear()  # rate-limit windows live in the shared cache (the test run's Redis)
+    # Rate-limit windows live in the shared cache (the test run's Redis) and in this
+    # process's counts of it.
+    throttles_forget()
+    cache.clear()
     return Client(HTTP_HOST="localhost")
 
 

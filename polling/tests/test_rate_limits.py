@@ -1,0 +1,145 @@
+"""Rate limits decided in process and shared through the test run's Redis in the background."""
+
+import time
+import uuid
+
+import pytest
+from django.core.cache import cache
+from django.test import Client
+
+from polling import throttles
+from polling.throttles import SharedWindowCounts, throttles_forget
+from polls.tests.factories import make_poll
+from testsupport.processes import WebServer, wait_until
+from tests.http import request
+
+
+def redis_count(key: str) -> int:
+    return int(cache.get(key) or 0)
+
+
+def fresh_key() -> str:
+    return f"throttle:test:{uuid.uuid4().hex}:0"
+
+
+def test_one_process_counts_exactly_without_waiting_for_a_sync():
+    counts = SharedWindowCounts(cache, interval=60)  # its thread would not sync for a minute
+    key = fresh_key()
+    assert [counts.add([(key, 3600)])[0] for _ in range(7)] == [1, 2, 3, 4, 5, 6, 7]
+    assert redis_count(key) == 0
+    assert counts.sync() is True
+    assert redis_count(key) == 7
+    assert counts.add([(key, 3600)]) == [8]
+
+
+def test_processes_see_each_others_requests_once_synced():
+    first, second = (SharedWindowCounts(cache, interval=60) for _ in range(2))
+    key = fresh_key()
+    for _ in range(3):
+        first.add([(key, 3600)])
+    assert first.sync() is True
+    # A process decides on the count it read at its last sync plus its own requests
+    # since: before its first sync the second process knows only its own request.
+    assert second.add([(key, 3600)]) == [1]
+    assert second.sync() is True
+    assert second.add([(key, 3600)]) == [3 + 1 + 1]
+    assert first.add([(key, 3600)]) == [3 + 1]  # the second's request is not known here yet
+    assert first.sync() is True
+    assert redis_count(key) == 5  # the second's last request is still to be sent
+    assert first.add([(key, 3600)]) == [5 + 1]
+
+
+def test_the_background_thread_sends_the_counts_within_its_interval():
+    counts = SharedWindowCounts(cache, interval=0.02)
+    key = fresh_key()
+    for _ in range(5):
+        counts.add([(key, 3600)])
+    wait_until(lambda: redis_count(key) == 5, timeout=5, what="the counts in Redis")
+
+
+def test_while_redis_is_down_limits_hold_per_process_and_counts_are_sent_when_it_is_back(services, caplog):
+    counts = SharedWindowCounts(cache, interval=60)
+    key = fresh_key()
+    services.redis.stop()
+    try:
+        assert [counts.add([(key, 3600)])[0] for _ in range(3)] == [1, 2, 3]
+        assert counts.sync() is False
+        assert "rate-limit counts not shared, the cache is unavailable" in caplog.text
+    finally:
+        services.redis.start()
+    assert counts.sync() is True
+    assert "rate-limit counts shared again" in caplog.text
+    assert redis_count(key) == 3
+    assert counts.add([(key, 3600)]) == [4]
+
+
+def test_windows_that_ended_are_forgotten(monkeypatch):
+    monkeypatch.setattr(SharedWindowCounts, "FORGET_EVERY_SECONDS", 0)
+    counts = SharedWindowCounts(cache, interval=60)
+    counts.add([(fresh_key(), 1), (fresh_key(), 3600)])
+    assert counts.windows() == 2
+    time.sleep(1.1)
+    assert counts.sync() is True
+    assert counts.windows() == 1
+
+
+@pytest.mark.django_db
+def test_a_vote_is_decided_without_waiting_for_redis(settings, in_process_bus):
+    settings.RATE_LIMIT_VOTES_PER_ADDRESS = "5/hour"
+    throttles_forget()
+    cache.clear()
+    client = Client(HTTP_HOST="localhost")
+    poll = make_poll()
+    shared = throttles._shared_counts(cache)
+    with shared._sync_lock:  # no sync can run: a request that waited for Redis would hang here
+        statuses = [client.post(f"/polls/{poll.pk}/vote", '{"option": 1}', content_type="application/json").status_code
+                    for _ in range(7)]
+    assert statuses == [204] * 5 + [429] * 2
+    assert poll.options.get(position=1).votes == 5
+    assert shared.sync() is True
+    assert _address_counts() == [7]
+
+
+def _address_counts():
+    client = cache._cache.get_client(write=True)
+    return [int(client.get(key)) for key in client.scan_iter("*throttle:vote-address:*")]
+
+
+@pytest.mark.django_db
+def test_with_sync_off_every_request_is_counted_in_redis_at_once(settings, in_process_bus):
+    settings.RATE_LIMIT_VOTES_PER_ADDRESS = "5/hour"
+    settings.RATE_LIMIT_SYNC_MS = 0
+    throttles_forget()
+    cache.clear()
+    client = Client(HTTP_HOST="localhost")
+    poll = make_poll()
+    seen = []
+    for _ in range(6):
+        seen.append((client.post(f"/polls/{poll.pk}/vote", '{"option": 2}', content_type="application/json").status_code,
+                     sum(_address_counts())))
+    assert seen == [(204, 1), (204, 2), (204, 3), (204, 4), (204, 5), (429, 6)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_voters_limit_holds_across_two_web_processes(process_env, tmp_path):
+    env = {**process_env, "RATE_LIMIT_VOTES_PER_VOTER": "10/hour"}
+    servers = [WebServer(env=env, log_dir=tmp_path) for _ in range(2)]
+    try:
+        for server in servers:
+            server.start()
+        poll_id = request("POST", f"{servers[0].url}/polls", {"question": "q", "option1": "a", "option2": "b"}).json()["id"]
+        token = request("POST", f"{servers[0].url}/voters").json()["voter_token"]
+        statuses = []
+        for n in range(24):
+            statuses.append(request("POST", f"{servers[n % 2].url}/polls/{poll_id}/vote", {"option": 1},
+                                    headers={"X-Voter-Token": token}).status)
+            time.sleep(0.1)  # longer than a sync (20 ms and a round trip)
+        # A process decides on the count it read at its last sync plus its own votes
+        # since, so each may take one vote the other took meanwhile; never more. With
+        # each process counting alone, 20 would have got through.
+        admitted = statuses.count(204)
+        assert 10 <= admitted <= 12, statuses
+        assert statuses == [204] * admitted + [429] * (24 - admitted), statuses
+    finally:
+        for server in servers:
+            server.terminate()
