@@ -50,22 +50,35 @@ def _reset(database_url: str) -> None:
     sql(database_url, "VACUUM ANALYZE polls_option", fetch=False)
 
 
-def _cpu(worker: Worker, postgres_pid: int | None) -> tuple[float, float]:
-    """CPU seconds so far of the worker process and of the whole PostgreSQL server."""
-    return proc_cpu_seconds(worker.pid), tree_cpu_seconds(postgres_pid) if postgres_pid else float("nan")
+def _cpu(workers: list[Worker], postgres_pid: int | None) -> tuple[float, float]:
+    """CPU seconds so far of the worker processes together and of the whole PostgreSQL server."""
+    return (sum(proc_cpu_seconds(worker.pid) for worker in workers),
+            tree_cpu_seconds(postgres_pid) if postgres_pid else float("nan"))
+
+
+def _workers(ctx) -> str:
+    return "one worker" if ctx.apply_workers == 1 else f"{ctx.apply_workers} workers in one group"
 
 
 def _cpu_note(cpu_us: dict[str, float]) -> str:
-    return (f"CPU per vote: worker {cpu_us['worker']:.1f} us, PostgreSQL {cpu_us['postgres']:.1f} us "
+    workers = "worker" if cpu_us["workers"] == 1 else f"{cpu_us['workers']:.0f} workers"
+    return (f"CPU per vote: {workers} {cpu_us['worker']:.1f} us, PostgreSQL {cpu_us['postgres']:.1f} us "
             f"({cpu_us['cores']:.2f} cores)")
 
 
 def _time_worker(ctx, env: dict[str, str], database_url: str, poll_ids: list[int], total: int, group: str, name: str,
                  repo: Path = REPO):
-    """Votes/s from the first counted vote to the last, and the CPU spent meanwhile."""
-    worker = Worker(name=name, env=env, log_dir=ctx.work_dir, group=group, extra=ctx.worker_args, repo=repo)
-    worker.start()
-    spies = Profiler.attach(name, [worker.pid], 10)
+    """Votes/s from the first counted vote to the last, and the CPU spent meanwhile.
+
+    With ctx.apply_workers > 1, that many workers share the group (and the topic's
+    partitions); their CPU is added up and the memory is the largest one's.
+    """
+    workers = [Worker(name=name if n == 0 else f"{name}-{n + 1}", env=env, log_dir=ctx.work_dir, group=group,
+                      extra=ctx.worker_args, repo=repo)
+               for n in range(ctx.apply_workers)]
+    for worker in workers:
+        worker.start()
+    spies = Profiler.attach(name, [worker.pid for worker in workers], 10)
     postgres_pid = ctx.services.postgres_pid()
     try:
         deadline = time.monotonic() + 600
@@ -77,18 +90,21 @@ def _time_worker(ctx, env: dict[str, str], database_url: str, poll_ids: list[int
             now = time.monotonic()
             if first_at is None and count > 0:
                 first_at, first_count = now, count
-                cpu_first = _cpu(worker, postgres_pid)
+                cpu_first = _cpu(workers, postgres_pid)
             if count >= total:
                 break
-            if not worker.alive():
-                raise RuntimeError(f"worker exited:\n{worker.log()[-3000:]}")
+            for worker in workers:
+                if not worker.alive():
+                    raise RuntimeError(f"{worker.name} exited:\n{worker.log()[-3000:]}")
             time.sleep(0.05)
         done_at = time.monotonic()
-        cpu_done = _cpu(worker, postgres_pid)
-        memory = worker.memory()
+        cpu_done = _cpu(workers, postgres_pid)
+        memories = [worker.memory() for worker in workers]
+        memory = {key: max(m[key] for m in memories) for key in memories[0]}
     finally:
         Profiler.wait(spies)
-        worker.stop()
+        for worker in workers:
+            worker.stop()
     if count < total:
         raise RuntimeError(f"worker counted {count} of {total} votes in 600 s")
     seconds = max(done_at - first_at, 1e-3)
@@ -96,6 +112,7 @@ def _time_worker(ctx, env: dict[str, str], database_url: str, poll_ids: list[int
     # Microseconds of CPU per vote: the worker process, PostgreSQL (every backend, the
     # counting queries of this loop and background work included).
     cpu_us = {who: (done - first) / votes * 1e6 for who, done, first in zip(("worker", "postgres"), cpu_done, cpu_first)}
+    cpu_us["workers"] = len(workers)
     cpu_us["cores"] = sum(done - first for done, first in zip(cpu_done, cpu_first)) / seconds
     return votes / seconds, seconds, memory, cpu_us
 
@@ -127,7 +144,7 @@ def run_apply(ctx) -> list[Row]:
         batched.append(rate)
         previous = ctx.memory.get("worker (apply, batched)", {"rss_mb": 0, "peak_mb": 0})
         ctx.memory["worker (apply, batched)"] = {k: max(previous[k], memory[k]) for k in memory}
-        log(f"apply round {round_index + 1}/{ctx.runs}: one worker applied {rate:,.0f} votes/s "
+        log(f"apply round {round_index + 1}/{ctx.runs}: {_workers(ctx)} applied {rate:,.0f} votes/s "
             f"({ctx.apply_events:,} in {seconds:.1f} s); {_cpu_note(cpu_us)}")
         _reset(database_url)
         single = _helper(env, "per-vote", "--count", str(ctx.per_vote_events), "--poll-ids", ",".join(map(str, poll_ids)),
@@ -137,7 +154,7 @@ def run_apply(ctx) -> list[Row]:
     rate, reference = median(batched), median(per_vote)
     ratio = paired_ratio(batched, per_vote)
     return [
-        Row("2 apply", "votes/s applied by one worker (Kafka -> PostgreSQL)", rate, "votes/s",
+        Row("2 apply", f"votes/s applied by {_workers(ctx)} (Kafka -> PostgreSQL)", rate, "votes/s",
             "one transaction per vote (votes_apply x1)", reference, ratio, ">= 10x, >= 50,000/s",
             ratio >= 10 and rate >= 50_000,
             note=(f"{ctx.apply_events:,} events over {len(poll_ids)} polls x 4 options, batch settings "
@@ -169,7 +186,7 @@ def _run_against(ctx, env: dict[str, str], database_url: str, poll_ids: list[int
             log(f"apply round {round_index + 1}/{ctx.runs}, {label} tree: {rate:,.0f} votes/s "
                 f"({ctx.apply_events:,} in {seconds:.1f} s); {_cpu_note(cpu_us)}; load {os.getloadavg()[0]:.1f}")
     return [
-        Row("2 apply", "votes/s applied by one worker, this tree", median(rates["this"]), "votes/s",
+        Row("2 apply", f"votes/s applied by {_workers(ctx)}, this tree", median(rates["this"]), "votes/s",
             f"the worker of {other}", median(rates["other"]), paired_ratio(rates["this"], rates["other"]),
             note=(f"pairs alternated: this {', '.join(f'{r:,.0f}' for r in rates['this'])}; "
                   f"other {', '.join(f'{r:,.0f}' for r in rates['other'])}; counters "

@@ -70,6 +70,7 @@ class Context:
     apply_events: int
     apply_polls: int
     apply_against: str | None
+    apply_workers: int
     per_vote_events: int
     lb_polls: int
     lb_votes: int
@@ -92,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--viewers", type=int, help="WebSocket viewers in section 3 (default 1000)")
     parser.add_argument("--apply-events", type=int, help="events pre-filled for section 2 (default 200000, quick 20000)")
     parser.add_argument("--apply-polls", type=int, default=10, help="polls the pre-filled votes spread over (default 10)")
+    parser.add_argument("--apply-workers", type=int, default=1,
+                        help="workers in section 2's consumer group, sharing the topic's partitions (default 1)")
     parser.add_argument("--apply-against", metavar="TREE",
                         help="section 2 compares this tree's worker with the one in TREE (another checkout, "
                              "e.g. a git worktree of main), rounds alternated, instead of the per-vote reference")
@@ -132,6 +135,7 @@ def build_context(args: argparse.Namespace, services: Services, work_dir: Path) 
         apply_events=args.apply_events or (20_000 if quick else 200_000),
         apply_polls=args.apply_polls,
         apply_against=args.apply_against,
+        apply_workers=args.apply_workers,
         per_vote_events=2_000 if quick else 5_000,
         lb_polls=args.lb_polls or (10_000 if quick else 100_000),
         lb_votes=args.lb_votes or (100_000 if quick else 1_000_000),

@@ -3,6 +3,7 @@
     .venv/bin/python bench/ws_latency.py                      # both sources at 100 and 1,000 votes/s, 20 s each
     .venv/bin/python bench/ws_latency.py --source kafka --rates 1000 --duration 30
     .venv/bin/python bench/ws_latency.py --source http --rates 50 --web-procs 2
+    .venv/bin/python bench/ws_latency.py --source http --rates 1000 --audience 0 1000   # alone, then among 1,000
 
 Starts its own PostgreSQL, Redis and Kafka, --web-procs daphne processes (default 1) and
 one vote worker (as in bench/ws_fanout.py). A viewer connected to ws/polls/<id> records
@@ -25,6 +26,11 @@ reaches k, and the latency is the time between the two. The coalescing (at most
 BROADCAST_MAX_PER_SECOND sends per poll) makes a vote that lands just after a send wait
 for the next. Votes of the first --warmup seconds are not measured. Not a test: it
 prints figures.
+
+--audience N connects N other viewers of the poll first, from a process of their own
+(bench.common.Viewers), so the figure is what one of N + 1 viewers sees while the web
+process writes every update to all of them (the measuring viewer's place in the
+group's write order is not chosen).
 """
 
 from __future__ import annotations
@@ -119,11 +125,33 @@ async def _publish(stack: WsStack, *, rate: float, count: int, seconds: float) -
 
 
 async def _measure(stack: WsStack, *, rate: float, duration: float, warmup: float, source: str = "http",
-                   connections: int = 64) -> dict:
-    import websockets
+                   connections: int = 64, audience: int = 0) -> dict:
+    from bench.common import Viewers
 
     ws_url = stack.web.url.replace("http://", "ws://") + f"/ws/polls/{stack.poll_id}"
     arrivals: list[tuple[float, int]] = []
+    crowd = None
+    if audience:
+        # The others watching the same poll, from their own process, connected first; the
+        # measuring viewer is one more of the poll's group, at no chosen place in it.
+        crowd = Viewers(port=stack.web.port, path=f"/ws/polls/{stack.poll_id}", count=audience,
+                        max_seconds=warmup + duration + 120).start()
+        if crowd.connected < audience:
+            crowd.stop()
+            raise RuntimeError(f"only {crowd.connected} of {audience} viewers connected")
+    try:
+        result = await _watch(stack, ws_url, arrivals, rate=rate, duration=duration, warmup=warmup, source=source,
+                              connections=connections)
+    finally:
+        if crowd is not None:
+            crowd.stop()
+    result["audience"] = audience
+    return result
+
+
+async def _watch(stack: WsStack, ws_url: str, arrivals: list[tuple[float, int]], *, rate: float, duration: float,
+                 warmup: float, source: str, connections: int) -> dict:
+    import websockets
 
     async with websockets.connect(ws_url, origin=stack.web.url, max_queue=None) as ws:
         snapshot = json.loads(await ws.recv())
@@ -181,8 +209,10 @@ async def _measure(stack: WsStack, *, rate: float, duration: float, warmup: floa
     }
 
 
-def latency(stack: WsStack, *, rates: list[float], duration: float, warmup: float, source: str = "http") -> list[dict]:
-    return [asyncio.run(_measure(stack, rate=rate, duration=duration, warmup=warmup, source=source)) for rate in rates]
+def latency(stack: WsStack, *, rates: list[float], duration: float, warmup: float, source: str = "http",
+            audience: int = 0) -> list[dict]:
+    return [asyncio.run(_measure(stack, rate=rate, duration=duration, warmup=warmup, source=source, audience=audience))
+            for rate in rates]
 
 
 SOURCES = {
@@ -197,21 +227,26 @@ def print_latency(results: list[dict], web_procs: int = 1) -> None:
         if not rows:
             continue
         print(f"\nvote-to-screen latency, {label}, {web_procs} daphne, one worker:")
-        print(f"{'votes/s':>8} {'achieved':>9} {'votes':>6} {'msgs/s':>7} {'p50 (ms)':>9} {'p90 (ms)':>9} {'p99 (ms)':>9} {'max (ms)':>9}")
+        print(f"{'votes/s':>8} {'viewers':>8} {'achieved':>9} {'votes':>6} {'msgs/s':>7} {'p50 (ms)':>9} {'p90 (ms)':>9} "
+              f"{'p99 (ms)':>9} {'max (ms)':>9}")
         for r in rows:
-            print(f"{r['rate']:>8.0f} {r['achieved_rate']:>9.1f} {r['votes']:>6} {r['messages_per_s']:>7.1f} "
+            print(f"{r['rate']:>8.0f} {r['audience'] + 1:>8} {r['achieved_rate']:>9.1f} {r['votes']:>6} {r['messages_per_s']:>7.1f} "
                   f"{r['p50_ms']:>9.0f} {r['p90_ms']:>9.0f} {r['p99_ms']:>9.0f} {r['max_ms']:>9.0f}"
                   + (f"   ({r['errors']} errors, {r['missing']} never shown)" if r["errors"] or r["missing"] else ""))
 
 
 def bench_rows(ctx) -> list:
-    """Section 4 of bench/run.py: the HTTP source at 100 and 1,000 votes/s asked, the Kafka source at 1,000."""
+    """Section 4 of bench/run.py: the HTTP source at 100 and 1,000 votes/s asked (at 1,000 also with
+    ctx.viewers others watching), the Kafka source at 1,000."""
     from bench.common import Row
 
     stack = start_ws_stack(name="ws_latency", work_dir=ctx.work_dir, services=ctx.services, web_procs=ctx.web_procs,
                            server=ctx.server, extra_env=ctx.product_env, worker_args=ctx.worker_args)
     try:
         results = latency(stack, rates=[100.0, 1000.0], duration=ctx.duration, warmup=ctx.warmup, source="http")
+        # What one viewer among ctx.viewers sees while the intake saturates the process.
+        results += latency(stack, rates=[1000.0], duration=ctx.duration, warmup=ctx.warmup, source="http",
+                           audience=ctx.viewers)
         results += latency(stack, rates=[1000.0], duration=ctx.duration, warmup=ctx.warmup, source="kafka")
     finally:
         stack.stop()
@@ -222,6 +257,8 @@ def bench_rows(ctx) -> list:
             what, short = f"Kafka ack -> screen at {r['rate']:,.0f} votes/s offered at the topic", "kafka"
         else:
             what, short = f"204 -> screen at {r['rate']:,.0f} votes/s asked over HTTP", "http"
+            if r["audience"]:
+                what += f", {r['audience'] + 1:,} viewers"
         note = f"achieved {r['achieved_rate']:.0f} votes/s; {r['messages_per_s']:.1f} messages/s on the socket"
         if r["errors"] or r["missing"]:
             note += f"; {r['errors']} errors, {r['missing']} never shown"
@@ -296,6 +333,9 @@ def main() -> None:
     parser.add_argument("--source", choices=list(SOURCES), nargs="+", default=list(SOURCES),
                         help="where the votes come from (default: both, http first)")
     parser.add_argument("--web-procs", type=int, default=1, help="server processes on one socket")
+    parser.add_argument("--audience", type=int, nargs="+", default=[0],
+                        help="other viewers of the poll besides the measuring one, from their own process "
+                             "(several values: a run for each; default 0)")
     add_experiment_args(parser)
     parser.add_argument("--profile", type=Path, help="py-spy stacks of the servers and the worker, per rate")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per rate")
@@ -311,15 +351,15 @@ def main() -> None:
             args.profile.mkdir(parents=True, exist_ok=True)
             Profiler.directory = args.profile.resolve()
         results = []
-        for source in args.source:
-            for rate in args.rates:
-                name = f"latency-{source}-{rate:.0f}"
-                spies = Profiler.attach(f"{name}-web", stack.web.pids(), args.warmup + args.duration) + \
-                    Profiler.attach(f"{name}-worker", [stack.worker.pid], args.warmup + args.duration) \
-                    if args.profile else []
-                results += latency(stack, rates=[rate], duration=args.duration, warmup=args.warmup, source=source)
-                if spies:
-                    Profiler.wait(spies)
+        for source, rate, audience in ((s, r, a) for s in args.source for r in args.rates for a in args.audience):
+            name = f"latency-{source}-{rate:.0f}-{audience}"
+            spies = Profiler.attach(f"{name}-web", stack.web.pids(), args.warmup + args.duration) + \
+                Profiler.attach(f"{name}-worker", [stack.worker.pid], args.warmup + args.duration) \
+                if args.profile else []
+            results += latency(stack, rates=[rate], duration=args.duration, warmup=args.warmup, source=source,
+                               audience=audience)
+            if spies:
+                Profiler.wait(spies)
     finally:
         stack.stop()
     print_latency(results, args.web_procs)
