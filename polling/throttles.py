@@ -124,10 +124,12 @@ class SharedWindowCounts:
     Redis (one pipeline of INCRBY for every window touched) at most every `interval`
     seconds and keeps the totals Redis returns, which include the other processes'.
 
-    What it allows: a process sees the others' requests up to one interval and a round
-    trip late, so across N processes a window can let through up to what the other N - 1
-    let through in that time beyond its limit. In one process the count is exact.
-    While Redis is down the limits hold per process; the counts are sent when it is back.
+    What it allows: in one process the count is exact. A process learns what the others
+    counted in a window at its own syncs, so once the others have filled the window it
+    can still let through the requests it decides before its next sync (one interval
+    and a round trip after the first of them); from then on it refuses, as a window's
+    count only grows. While Redis is down the limits hold per process; the counts are
+    sent when it is back.
     """
 
     # After a failed sync, wait this long before trying again (requests are not held).
