@@ -88,6 +88,13 @@ VOTE_PUBLISH_DURATION = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=WEB_REGISTRY,
 )
+RATE_LIMIT_SYNCS = Counter(
+    "polling_rate_limit_syncs",
+    "Syncs of this process's rate-limit counts with the shared cache (Redis), by result: "
+    "ok, or failed (the limits then hold per process, and the counts are sent once it is back).",
+    ["result"],
+    registry=WEB_REGISTRY,
+)
 
 # --- Worker -------------------------------------------------------------------------------
 
@@ -179,6 +186,10 @@ def vote_unavailable() -> None:
 
 def vote_published(*, seconds: float, ok: bool) -> None:
     VOTE_PUBLISH_DURATION.labels("ok" if ok else "error").observe(seconds)
+
+
+def rate_limits_synced(*, ok: bool) -> None:
+    RATE_LIMIT_SYNCS.labels("ok" if ok else "failed").inc()
 
 
 def _snake(name: str) -> str:

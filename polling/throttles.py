@@ -22,6 +22,7 @@ from django.conf import settings
 from django.core.cache import caches
 from rest_framework.throttling import BaseThrottle
 
+from polling.metrics import rate_limits_synced
 from polls.voters import COOKIE_NAME, HEADER, client_address_key, voter_token_read
 
 logger = logging.getLogger(__name__)
@@ -176,11 +177,13 @@ class SharedWindowCounts:
                 try:
                     totals = self._cache.incr_many(sent)
                 except Exception as exc:  # noqa: BLE001 - any failure of the cache backend
+                    rate_limits_synced(ok=False)
                     if not self._failing:
                         logger.warning("rate-limit counts not shared, the cache is unavailable "
                                        "(limits hold per process until it is back): %r", exc)
                     self._failing = True
                     return False
+                rate_limits_synced(ok=True)
                 if self._failing:
                     logger.warning("rate-limit counts shared again")
                     self._failing = False

@@ -8,6 +8,7 @@ from django.core.cache import cache
 from django.test import Client
 
 from polling import throttles
+from polling.metrics import WEB_REGISTRY
 from polling.throttles import SharedWindowCounts, throttles_forget
 from polls.tests.factories import make_poll
 from testsupport.processes import WebServer, wait_until
@@ -57,18 +58,25 @@ def test_the_background_thread_sends_the_counts_within_its_interval():
     wait_until(lambda: redis_count(key) == 5, timeout=5, what="the counts in Redis")
 
 
+def syncs(result: str) -> float:
+    return WEB_REGISTRY.get_sample_value("polling_rate_limit_syncs_total", {"result": result}) or 0.0
+
+
 def test_while_redis_is_down_limits_hold_per_process_and_counts_are_sent_when_it_is_back(services, caplog):
     counts = SharedWindowCounts(cache, interval=60)
     key = fresh_key()
+    failed, ok = syncs("failed"), syncs("ok")
     services.redis.stop()
     try:
         assert [counts.add([(key, 3600)])[0] for _ in range(3)] == [1, 2, 3]
         assert counts.sync() is False
         assert "rate-limit counts not shared, the cache is unavailable" in caplog.text
+        assert syncs("failed") >= failed + 1
     finally:
         services.redis.start()
     assert counts.sync() is True
     assert "rate-limit counts shared again" in caplog.text
+    assert syncs("ok") >= ok + 1
     assert redis_count(key) == 3
     assert counts.add([(key, 3600)]) == [4]
 
