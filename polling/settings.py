@@ -222,8 +222,8 @@ RATE_LIMIT_VOTES_PER_VOTER = env_str("RATE_LIMIT_VOTES_PER_VOTER", "60/min")
 RATE_LIMIT_POLLS_PER_ADDRESS = env_str("RATE_LIMIT_POLLS_PER_ADDRESS", "60/min")
 RATE_LIMIT_CACHE = "default"
 # With Redis, a request is decided in process and its count reaches Redis in the
-# background, at most this often: a process sees the others' requests this much (and a
-# round trip) late. 0 counts in Redis during each request instead. See README, Rate limits.
+# background, at most this often; a process learns the others' counts at these syncs.
+# 0 counts in Redis during each request instead. See README, Rate limits.
 RATE_LIMIT_SYNC_MS = env_int("RATE_LIMIT_SYNC_MS", 20, minimum=0)
 
 # --- Real time -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ RATE_LIMIT_SYNC_MS=0 counts in Redis during the request instead.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -70,8 +71,10 @@ class FixedWindowThrottle(BaseThrottle):
 def throttles_check(throttles, request) -> float | None:
     """Count the request in every throttle's window; the longest wait of those exceeded, or None.
 
-    Every request is counted, refused ones too. Any failure of the cache lets the
-    request through (Redis down: votes go on).
+    Every request is counted, refused ones too. With the counts shared in the
+    background (SharedWindowCounts) nothing here waits for Redis; counted in Redis
+    during the request (RATE_LIMIT_SYNC_MS=0), a failure of the cache lets the request
+    through (Redis down: votes go on).
     """
     now = time.time()
     windows = [(throttle, throttle.window(request, now)) for throttle in throttles]
@@ -135,22 +138,24 @@ class SharedWindowCounts:
 
     # After a failed sync, wait this long before trying again (requests are not held).
     RETRY_SECONDS = 1.0
-    # Windows that have ended are forgotten at most this often.
-    FORGET_EVERY_SECONDS = 1.0
+    # Most windows held (about 360 bytes each): past it the least recently used are
+    # forgotten, and a client's next request in a forgotten window is decided as in a
+    # process that never saw it. Minute windows at 250 requests a second hold 30,000.
+    MAX_WINDOWS = 100_000
 
     def __init__(self, cache, *, interval: float) -> None:
         self._cache = cache
         self.interval = interval
-        self._lock = threading.Lock()  # the three dicts
+        self._lock = threading.Lock()  # the three dicts below
         self._sync_lock = threading.Lock()  # one sync at a time
         self._shared: dict[str, int] = {}  # the key's count in Redis at the last sync
         self._unsynced: dict[str, int] = {}  # this process's requests not yet in Redis
-        self._expiry: dict[str, tuple[int, float]] = {}  # key -> (expiry seconds, forget after, monotonic)
+        # key -> (expiry seconds, forget after (monotonic)), least recently used first
+        self._windows: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._failing = False
-        self._forgotten_at = time.monotonic()
 
     def add(self, keys: list[tuple[str, int]]) -> list[int]:
         """Count one request in each (key, expiry seconds) window; the counts to decide on."""
@@ -160,7 +165,8 @@ class SharedWindowCounts:
             for key, expiry in keys:
                 unsynced = self._unsynced.get(key, 0) + 1
                 self._unsynced[key] = unsynced
-                self._expiry[key] = (expiry, now + expiry)
+                self._windows[key] = (expiry, now + expiry)
+                self._windows.move_to_end(key)
                 counts.append(self._shared.get(key, 0) + unsynced)
         if self._pid != os.getpid():
             self._start()
@@ -171,12 +177,15 @@ class SharedWindowCounts:
         """Add this process's new requests to Redis and keep the totals; False if Redis failed."""
         with self._sync_lock:
             with self._lock:
-                sent = [(key, amount, self._expiry[key][0]) for key, amount in self._unsynced.items()]
+                sent = [(key, amount, self._windows[key][0]) for key, amount in self._unsynced.items()]
             totals = []
             if sent:
                 try:
                     totals = self._cache.incr_many(sent)
                 except Exception as exc:  # noqa: BLE001 - any failure of the cache backend
+                    # The counts are sent again at the next sync. Part of the pipeline
+                    # may have been applied before the failure and is then counted
+                    # twice: a failure errs on the strict side.
                     rate_limits_synced(ok=False)
                     if not self._failing:
                         logger.warning("rate-limit counts not shared, the cache is unavailable "
@@ -199,12 +208,18 @@ class SharedWindowCounts:
             return True
 
     def _forget_ended(self) -> None:
+        """Forget the windows that have ended, and the least recently used past MAX_WINDOWS.
+
+        A window's key is not used after it ends (the next window has a key of its own),
+        so ended windows gather at the least recently used end, where this starts; it
+        stops at the first window still running, so a call costs what it forgets.
+        """
         now = time.monotonic()
-        if now - self._forgotten_at < self.FORGET_EVERY_SECONDS:
-            return
-        self._forgotten_at = now
-        for key in [key for key, (_, forget_after) in self._expiry.items() if forget_after < now]:
-            del self._expiry[key]
+        while self._windows:
+            key, (_, forget_after) = next(iter(self._windows.items()))
+            if forget_after >= now and len(self._windows) <= self.MAX_WINDOWS:
+                break
+            del self._windows[key]
             self._shared.pop(key, None)
             self._unsynced.pop(key, None)
 
@@ -213,11 +228,11 @@ class SharedWindowCounts:
         with self._sync_lock, self._lock:
             self._shared.clear()
             self._unsynced.clear()
-            self._expiry.clear()
+            self._windows.clear()
 
     def windows(self) -> int:
         with self._lock:
-            return len(self._expiry)
+            return len(self._windows)
 
     def _start(self) -> None:
         with self._lock:

@@ -81,14 +81,30 @@ def test_while_redis_is_down_limits_hold_per_process_and_counts_are_sent_when_it
     assert counts.add([(key, 3600)]) == [4]
 
 
-def test_windows_that_ended_are_forgotten(monkeypatch):
-    monkeypatch.setattr(SharedWindowCounts, "FORGET_EVERY_SECONDS", 0)
+def test_windows_that_ended_are_forgotten():
     counts = SharedWindowCounts(cache, interval=60)
     counts.add([(fresh_key(), 1), (fresh_key(), 3600)])
     assert counts.windows() == 2
     time.sleep(1.1)
     assert counts.sync() is True
     assert counts.windows() == 1
+
+
+def test_past_its_most_windows_a_process_forgets_the_least_recently_used(monkeypatch):
+    monkeypatch.setattr(SharedWindowCounts, "MAX_WINDOWS", 3)
+    counts = SharedWindowCounts(cache, interval=60)
+    keys = [fresh_key() for _ in range(5)]
+    for key in keys:
+        counts.add([(key, 3600)])
+    counts.add([(keys[0], 3600)])  # the first is now the most recently used
+    assert counts.sync() is True
+    assert counts.windows() == 3
+    assert counts.add([(keys[0], 3600)]) == [3]  # remembered: Redis had 2
+    # Forgotten: decided as in a process that never saw it, until its next sync.
+    assert counts.add([(keys[1], 3600)]) == [1]
+    assert counts.sync() is True
+    assert redis_count(keys[1]) == 2
+    assert counts.add([(keys[1], 3600)]) == [3]
 
 
 @pytest.mark.django_db
