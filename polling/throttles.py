@@ -153,6 +153,7 @@ class SharedWindowCounts:
         # key -> (expiry seconds, forget after (monotonic)), least recently used first
         self._windows: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
         self._wake = threading.Event()
+        self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._failing = False
@@ -242,13 +243,22 @@ class SharedWindowCounts:
             self._thread = threading.Thread(target=self._run, daemon=True, name="rate-limit-sync")
             self._thread.start()
 
+    def close(self) -> None:
+        """Stop the sync thread (counts not yet sent stay unsent)."""
+        self._closed.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
     def _run(self) -> None:
         while True:
             self._wake.wait()
-            time.sleep(self.interval)  # let the requests of this interval gather
+            if self._closed.wait(self.interval):  # let the requests of this interval gather
+                return
             self._wake.clear()
             if not self.sync():
-                time.sleep(self.RETRY_SECONDS)
+                if self._closed.wait(self.RETRY_SECONDS):
+                    return
                 self._wake.set()  # the counts are still to be sent
 
 

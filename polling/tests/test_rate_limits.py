@@ -15,6 +15,21 @@ from testsupport.processes import WebServer, wait_until
 from tests.http import request
 
 
+@pytest.fixture
+def new_counts():
+    """SharedWindowCounts as a process would have, their sync threads stopped after the test."""
+    made = []
+
+    def make(interval: float = 60) -> SharedWindowCounts:  # a minute: the test syncs, not the thread
+        counts = SharedWindowCounts(cache, interval=interval)
+        made.append(counts)
+        return counts
+
+    yield make
+    for counts in made:
+        counts.close()
+
+
 def redis_count(key: str) -> int:
     return int(cache.get(key) or 0)
 
@@ -23,8 +38,8 @@ def fresh_key() -> str:
     return f"throttle:test:{uuid.uuid4().hex}:0"
 
 
-def test_one_process_counts_exactly_without_waiting_for_a_sync():
-    counts = SharedWindowCounts(cache, interval=60)  # its thread would not sync for a minute
+def test_one_process_counts_exactly_without_waiting_for_a_sync(new_counts):
+    counts = new_counts()
     key = fresh_key()
     assert [counts.add([(key, 3600)])[0] for _ in range(7)] == [1, 2, 3, 4, 5, 6, 7]
     assert redis_count(key) == 0
@@ -33,8 +48,8 @@ def test_one_process_counts_exactly_without_waiting_for_a_sync():
     assert counts.add([(key, 3600)]) == [8]
 
 
-def test_processes_see_each_others_requests_once_synced():
-    first, second = (SharedWindowCounts(cache, interval=60) for _ in range(2))
+def test_processes_see_each_others_requests_once_synced(new_counts):
+    first, second = new_counts(), new_counts()
     key = fresh_key()
     for _ in range(3):
         first.add([(key, 3600)])
@@ -50,20 +65,29 @@ def test_processes_see_each_others_requests_once_synced():
     assert first.add([(key, 3600)]) == [5 + 1]
 
 
-def test_the_background_thread_sends_the_counts_within_its_interval():
-    counts = SharedWindowCounts(cache, interval=0.02)
+def test_the_background_thread_sends_the_counts_within_its_interval(new_counts):
+    counts = new_counts(interval=0.02)
     key = fresh_key()
     for _ in range(5):
         counts.add([(key, 3600)])
     wait_until(lambda: redis_count(key) == 5, timeout=5, what="the counts in Redis")
 
 
+def test_a_closed_instance_sends_nothing_more(new_counts):
+    counts = new_counts(interval=0.02)
+    key = fresh_key()
+    counts.close()
+    assert counts.add([(key, 3600)]) == [1]  # still decides
+    time.sleep(0.3)
+    assert redis_count(key) == 0
+
+
 def syncs(result: str) -> float:
     return WEB_REGISTRY.get_sample_value("polling_rate_limit_syncs_total", {"result": result}) or 0.0
 
 
-def test_while_redis_is_down_limits_hold_per_process_and_counts_are_sent_when_it_is_back(services, caplog):
-    counts = SharedWindowCounts(cache, interval=60)
+def test_while_redis_is_down_limits_hold_per_process_and_counts_are_sent_when_it_is_back(new_counts, services, caplog):
+    counts = new_counts()
     key = fresh_key()
     failed, ok = syncs("failed"), syncs("ok")
     services.redis.stop()
@@ -81,8 +105,8 @@ def test_while_redis_is_down_limits_hold_per_process_and_counts_are_sent_when_it
     assert counts.add([(key, 3600)]) == [4]
 
 
-def test_windows_that_ended_are_forgotten():
-    counts = SharedWindowCounts(cache, interval=60)
+def test_windows_that_ended_are_forgotten(new_counts):
+    counts = new_counts()
     counts.add([(fresh_key(), 1), (fresh_key(), 3600)])
     assert counts.windows() == 2
     time.sleep(1.1)
@@ -90,9 +114,9 @@ def test_windows_that_ended_are_forgotten():
     assert counts.windows() == 1
 
 
-def test_past_its_most_windows_a_process_forgets_the_least_recently_used(monkeypatch):
+def test_past_its_most_windows_a_process_forgets_the_least_recently_used(new_counts, monkeypatch):
     monkeypatch.setattr(SharedWindowCounts, "MAX_WINDOWS", 3)
-    counts = SharedWindowCounts(cache, interval=60)
+    counts = new_counts()
     keys = [fresh_key() for _ in range(5)]
     for key in keys:
         counts.add([(key, 3600)])
