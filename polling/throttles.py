@@ -139,8 +139,9 @@ class SharedWindowCounts:
     # After a failed sync, wait this long before trying again (requests are not held).
     RETRY_SECONDS = 1.0
     # Most windows held (about 360 bytes each): past it the least recently used are
-    # forgotten, and a client's next request in a forgotten window is decided as in a
-    # process that never saw it. Minute windows at 250 requests a second hold 30,000.
+    # forgotten (with any count not yet sent, which they seldom have: they sync every
+    # interval while used), and a client's next request in a forgotten window is decided
+    # as in a process that never saw it. Minute windows at 250 requests a second hold 30,000.
     MAX_WINDOWS = 100_000
 
     def __init__(self, cache, *, interval: float) -> None:
