@@ -172,7 +172,8 @@ class SharedWindowCounts:
                 counts.append(self._shared.get(key, 0) + unsynced)
         if self._pid != os.getpid():
             self._start()
-        self._wake.set()
+        if not self._wake.is_set():  # set() takes a lock and notifies: once per interval is enough
+            self._wake.set()
         return counts
 
     def sync(self) -> bool:
