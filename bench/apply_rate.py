@@ -60,8 +60,8 @@ def _workers(ctx) -> str:
     return "one worker" if ctx.apply_workers == 1 else f"{ctx.apply_workers} workers in one group"
 
 
-def _cpu_note(cpu_us: dict[str, float]) -> str:
-    workers = "worker" if cpu_us["workers"] == 1 else f"{cpu_us['workers']:.0f} workers"
+def _cpu_note(ctx, cpu_us: dict[str, float]) -> str:
+    workers = "worker" if ctx.apply_workers == 1 else f"{ctx.apply_workers} workers"
     return (f"CPU per vote: {workers} {cpu_us['worker']:.1f} us, PostgreSQL {cpu_us['postgres']:.1f} us "
             f"({cpu_us['cores']:.2f} cores)")
 
@@ -76,8 +76,10 @@ def _time_worker(ctx, env: dict[str, str], database_url: str, poll_ids: list[int
     workers = [Worker(name=name if n == 0 else f"{name}-{n + 1}", env=env, log_dir=ctx.work_dir, group=group,
                       extra=ctx.worker_args, repo=repo)
                for n in range(ctx.apply_workers)]
+    for worker in workers:  # all at once: the first would otherwise apply while the next starts
+        worker.start(wait=False)
     for worker in workers:
-        worker.start()
+        worker.wait_consuming()
     spies = Profiler.attach(name, [worker.pid for worker in workers], 10)
     postgres_pid = ctx.services.postgres_pid()
     try:
@@ -109,10 +111,12 @@ def _time_worker(ctx, env: dict[str, str], database_url: str, poll_ids: list[int
         raise RuntimeError(f"worker counted {count} of {total} votes in 600 s")
     seconds = max(done_at - first_at, 1e-3)
     votes = total - first_count
+    if votes == 0:
+        raise RuntimeError(f"all {total:,} votes were counted at the first look: too few to time, "
+                           "pre-fill more (--apply-events)")
     # Microseconds of CPU per vote: the worker process, PostgreSQL (every backend, the
     # counting queries of this loop and background work included).
     cpu_us = {who: (done - first) / votes * 1e6 for who, done, first in zip(("worker", "postgres"), cpu_done, cpu_first)}
-    cpu_us["workers"] = len(workers)
     cpu_us["cores"] = sum(done - first for done, first in zip(cpu_done, cpu_first)) / seconds
     return votes / seconds, seconds, memory, cpu_us
 
@@ -145,7 +149,7 @@ def run_apply(ctx) -> list[Row]:
         previous = ctx.memory.get("worker (apply, batched)", {"rss_mb": 0, "peak_mb": 0})
         ctx.memory["worker (apply, batched)"] = {k: max(previous[k], memory[k]) for k in memory}
         log(f"apply round {round_index + 1}/{ctx.runs}: {_workers(ctx)} applied {rate:,.0f} votes/s "
-            f"({ctx.apply_events:,} in {seconds:.1f} s); {_cpu_note(cpu_us)}")
+            f"({ctx.apply_events:,} in {seconds:.1f} s); {_cpu_note(ctx, cpu_us)}")
         _reset(database_url)
         single = _helper(env, "per-vote", "--count", str(ctx.per_vote_events), "--poll-ids", ",".join(map(str, poll_ids)),
                          "--seconds", str(ctx.duration))
@@ -184,7 +188,7 @@ def _run_against(ctx, env: dict[str, str], database_url: str, poll_ids: list[int
             consistent &= sql(database_url, "SELECT count(*) FROM polls_vote")[0][0] == _counted(database_url, poll_ids)
             rates[label].append(rate)
             log(f"apply round {round_index + 1}/{ctx.runs}, {label} tree: {rate:,.0f} votes/s "
-                f"({ctx.apply_events:,} in {seconds:.1f} s); {_cpu_note(cpu_us)}; load {os.getloadavg()[0]:.1f}")
+                f"({ctx.apply_events:,} in {seconds:.1f} s); {_cpu_note(ctx, cpu_us)}; load {os.getloadavg()[0]:.1f}")
     return [
         Row("2 apply", f"votes/s applied by {_workers(ctx)}, this tree", median(rates["this"]), "votes/s",
             f"the worker of {other}", median(rates["other"]), paired_ratio(rates["this"], rates["other"]),

@@ -393,9 +393,14 @@ class Worker(Process):
         python = env.get("BENCH_PYTHON", PYTHON)
         super().__init__(name, [python, "manage.py", "consume_votes", "--group", group, *extra], env, log_dir, repo=repo)
 
-    def start(self, timeout: float = 60) -> Worker:
-        """Start and wait for its "consuming" log line (at INFO), at most `timeout` s."""
+    def start(self, timeout: float = 60, *, wait: bool = True) -> Worker:
+        """Start and (with wait) wait for its "consuming" log line (at INFO), at most `timeout` s."""
         super().start()
+        if wait:
+            self.wait_consuming(timeout)
+        return self
+
+    def wait_consuming(self, timeout: float = 60) -> Worker:
         try:
             wait_until(lambda: "consuming" in self.log() or not self.alive(), timeout=timeout, what=f"{self.name} to consume")
         except AssertionError:  # wait_until's timeout
