@@ -33,3 +33,8 @@ application = ProtocolTypeRouter(
         "websocket": allowed_hosts_origin_validator(SessionMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+from polling.heap import freeze_startup_heap  # noqa: E402
+
+# Full garbage collections skip what the start built (see polling.heap).
+freeze_startup_heap(load_urls=True)

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
+from polling.heap import freeze_startup_heap
 from polling.metrics import worker_metrics_serve
 from polls.topics import consumer_config, dead_letter_producer_config, ensure_topics, vote_topic
 from polls.worker import VoteWorker
@@ -84,6 +85,8 @@ class Command(BaseCommand):
                             progress_interval=progress_interval, apply_threads=apply_threads)
         logger.info("consuming %s as group %s (thread switch interval %.2f ms); SIGTERM or Ctrl-C stops",
                     vote_topic(), group, sys.getswitchinterval() * 1000)
+        # Full garbage collections skip the imports and the clients built above (see polling.heap).
+        freeze_startup_heap()
         try:
             worker.run()
         finally:
