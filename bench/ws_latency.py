@@ -69,10 +69,14 @@ class _VoteSender:
             for body in (json.dumps({"option": option}) for option in (1, 2, 3, 4))
         ]
         self.connections = connections
-        self.voted: list[float] = []
         # (answered at, ms from the request's write to its 204's head), per accepted vote.
         self.answered: list[tuple[float, float]] = []
         self.errors = 0
+
+    @property
+    def voted(self) -> list[float]:
+        """When each accepted vote was answered."""
+        return [at for at, _ in self.answered]
 
     async def run(self, *, rate: float, count: int, started: float, until: float) -> None:
         """Send `count` votes from `started` on, or as many as are due before `until`."""
@@ -101,7 +105,6 @@ class _VoteSender:
             head = await reader.readuntil(b"\r\n\r\n")
             at = time.time()
             if head.startswith(b"HTTP/1.1 204"):
-                self.voted.append(at)
                 self.answered.append((at, (at - sent) * 1000))
             else:
                 self.errors += 1
