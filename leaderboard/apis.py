@@ -6,7 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from leaderboard.selectors import leaderboard_polls, leaderboard_top
-from polling.strict import query_data
+from polling.strict import query_data, validated_data
 from polls import docs
 from polls.selectors import poll_get
 
@@ -56,11 +56,10 @@ class LeaderboardApi(APIView):
         examples=[docs.LEADERBOARD_EXAMPLE],
     )
     def get(self, request: Request) -> Response:
-        filters = self.FilterSerializer(data=query_data(request))
-        filters.is_valid(raise_exception=True)
-        limit = filters.validated_data.get("limit", settings.LEADERBOARD_DEFAULT_LIMIT)
-        poll_id = filters.validated_data.get("poll")
-        if filters.validated_data["by"] == "polls":
+        filters = validated_data(self.FilterSerializer(data=query_data(request)))
+        limit = filters.get("limit", settings.LEADERBOARD_DEFAULT_LIMIT)
+        poll_id = filters.get("poll")
+        if filters["by"] == "polls":
             return Response({"leaderboard": leaderboard_polls(limit=limit)})
         if poll_id is not None:
             poll_get(poll_id=poll_id)  # 404 for an unknown or hidden poll

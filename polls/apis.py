@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from polling.metrics import VoteIntakeMetricsMixin
-from polling.strict import StrictCharField, StrictIntegerField, query_data
+from polling.strict import StrictCharField, StrictIntegerField, query_data, validated_data
 from polling.throttles import (
     PipelinedThrottlesMixin,
     PollCreateRateThrottle,
@@ -127,10 +127,9 @@ class PollsApi(APIView):
         examples=[docs.POLL_PAGE_EXAMPLE],
     )
     def get(self, request: Request) -> Response:
-        filters = self.ListFilterSerializer(data=query_data(request))
-        filters.is_valid(raise_exception=True)
+        filters = validated_data(self.ListFilterSerializer(data=query_data(request)))
         paginator = PollsPagination()
-        criteria = {k: v for k, v in filters.validated_data.items() if k in ("status", "search", "ordering")}
+        criteria = {k: v for k, v in filters.items() if k in ("status", "search", "ordering")}
         page = paginator.paginate_queryset(poll_list(**criteria), request, view=self)
         voter = voter_from_request(request)
         return paginator.get_paginated_response(
@@ -144,10 +143,9 @@ class PollsApi(APIView):
         examples=[docs.SEED_CREATE_EXAMPLE, docs.LIST_CREATE_EXAMPLE, docs.POLL_EXAMPLE],
     )
     def post(self, request: Request) -> Response:
-        serializer = self.CreateInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        data = validated_data(self.CreateInputSerializer(data=request.data))
         user = request.user if request.user and request.user.is_authenticated else None
-        poll = poll_create(**serializer.validated_data, created_by=user)
+        poll = poll_create(**data, created_by=user)
         return Response(poll_totals(poll=poll_get(poll_id=poll.pk)), status=status.HTTP_201_CREATED)
 
 
@@ -198,9 +196,7 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
         examples=[docs.VOTE_EXAMPLE, docs.MULTI_VOTE_EXAMPLE],
     )
     def post(self, request: Request, poll_id: int) -> Response:
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = validated_data(self.InputSerializer(data=request.data))
         if data.get("poll_id") is not None and data["poll_id"] != poll_id:
             raise serializers.ValidationError({"poll_id": [f"Does not match the poll in the path: {data['poll_id']} != {poll_id}."]})
         voter = voter_from_request(request)

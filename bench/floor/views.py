@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from polling.strict import validated_data
 from polls.apis import PollVoteApi
 
 try:  # the voter identity, where the product has one (it hashes and signs, no I/O)
@@ -40,9 +41,7 @@ class FloorVoteApi(APIView):
     throttle_classes: list = []
 
     def post(self, request: Request, poll_id: int) -> Response:
-        serializer = PollVoteApi.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = validated_data(PollVoteApi.InputSerializer(data=request.data))
         if data.get("poll_id") is not None and data["poll_id"] != poll_id:
             raise serializers.ValidationError(
                 {"poll_id": [f"Does not match the poll in the path: {data['poll_id']} != {poll_id}."]}
