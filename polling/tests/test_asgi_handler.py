@@ -10,6 +10,8 @@ another request before its view has returned.
 from __future__ import annotations
 
 import asyncio
+import collections
+import gc
 import json
 import logging
 import threading
@@ -21,6 +23,7 @@ from django.core.signals import request_finished
 from django.db import close_old_connections
 
 from polling.handlers import RequestThreads, SyncChainASGIHandler
+from polls.services import poll_create
 from polling.tests.release_urls import held_view
 
 
@@ -46,8 +49,11 @@ def _scope(path: str, method: str = "GET", body: bytes = b"", headers: list | No
 
 
 async def _serve(app, path: str, *, method: str = "GET", body: bytes = b"", headers=None, cancel: str | None = None,
-                 held=None) -> list[dict]:
+                 held=None, hang_up: bool = False) -> list[dict]:
     """One request through the handler, as daphne calls it.
+
+    hang_up: the client closes its connection once the response is out (daphne then
+    sends http.disconnect; otherwise Django cancels its wait for one).
 
     cancel: None; "client went away": the client disconnects mid-view and Django cancels
     the request; "then the server gave up": besides, daphne cancels the whole application
@@ -68,6 +74,8 @@ async def _serve(app, path: str, *, method: str = "GET", body: bytes = b"", head
 
     async def send(message):
         messages.append(message)
+        if hang_up and message["type"] == "http.response.body" and not message.get("more_body"):
+            gone.set()
 
     call = asyncio.create_task(app(_scope(path, method, body, headers), receive, send))
     if cancel is not None:
@@ -187,3 +195,35 @@ def test_probes_metrics_and_the_body_limit_through_the_handler():
     code, body = status("/metrics")
     assert code == 200
     assert b'polling_http_requests_total{method="POST",status="413",view="poll-vote"}' in body
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_vote_leaves_no_reference_cycles_behind(kafka_topic):
+    """Everything a vote builds goes with its last reference, none of it waits for a garbage
+    collection (polling.handlers.release_request_cycles, polling.strict.validated_data).
+
+    As daphne serves it: http.disconnect comes once the response is out."""
+    poll = poll_create(question="Cycles?", options=["yes", "no"])
+    app = SyncChainASGIHandler(RequestThreads(keep=4))
+    body = json.dumps({"option": 1}).encode()
+
+    async def votes(count: int) -> None:
+        for _ in range(count):
+            messages = await _serve(app, f"/polls/{poll.pk}/vote", method="POST", body=body,
+                                    headers=[(b"content-type", b"application/json")], hang_up=True)
+            assert messages[0]["status"] == 204, messages
+
+    async def scenario() -> collections.Counter:
+        await votes(3)  # the first requests fill caches that live on
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            await votes(5)
+            gc.collect()
+            return collections.Counter(type(o).__qualname__ for o in gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+
+    garbage = asyncio.run(scenario())
+    assert not garbage, f"cyclic garbage after 5 votes: {garbage.most_common(15)}"
