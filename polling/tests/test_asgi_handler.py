@@ -3,8 +3,9 @@ one call on a request thread kept between requests (polling.handlers).
 
 What must hold: the chain is sync (no sync/async adapter in it), a request's middleware
 and view run in one thread, threads are reused, a database connection goes back to the
-pool whatever happens to the request, and a cancelled request's thread is not handed to
-another request before its view has returned.
+pool whatever happens to the request, a cancelled request's thread is not handed to
+another request before its view has returned, and a served vote leaves no reference
+cycle for the garbage collector.
 """
 
 from __future__ import annotations
