@@ -261,6 +261,14 @@ BROADCAST_SEND_TIMEOUT = env_float("BROADCAST_SEND_TIMEOUT", 2.0, minimum=0.1)
 # It relies on Twisted's transport internals (pinned in requirements.txt); off, every
 # viewer sends through its ordinary ASGI send, slower but independent of them.
 WS_DIRECT_WRITE = env_bool("WS_DIRECT_WRITE", True)
+# The share of a server process's loop thread that writing one watched group may take:
+# after a write that cost C seconds of the thread's CPU, the group rests until C / share
+# has passed since the write began (at most a second), updates arriving meanwhile folded
+# into the next write (realtime.fanout). A small audience is never held back (the
+# broadcaster's 10 a second come first); a large one gets fewer, fresher updates, so
+# that it leaves the votes their process. 0: no limit (updates still fold while a
+# write is under way).
+WS_FANOUT_CPU_SHARE = env_float("WS_FANOUT_CPU_SHARE", 0.2, minimum=0.0, maximum=1.0)
 # WebSocket connections one server process accepts; the next ones are closed at once
 # with code 1013 (try again later), so a flood cannot exhaust its memory or descriptors.
 WS_MAX_CONNECTIONS = env_int("WS_MAX_CONNECTIONS", 15000, minimum=1)

@@ -16,17 +16,26 @@ WebSocket frame is built once here (`text_frame`), and on daphne written straigh
 each socket (`socket_writer`) when nothing is queued before it there: one send() each.
 Anywhere else (another ASGI server, the test communicator) a viewer sends through its
 ordinary ASGI `send`.
+
+Messages that arrive while a group is being written, or resting, wait folded (`_fold`):
+a poll's update carries its full totals, so only the newest counts. A group rests after
+each write in proportion to the CPU the write cost the loop's thread (`cpu_share`), so a
+large audience gets fewer, fresher updates and leaves the process to its other work;
+with the ordinary `send`, only the hand-over to each viewer's task is counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import struct
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from realtime.events import LEADERBOARD_UPDATED, POLL_REMOVED, POLL_UPDATED
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +50,11 @@ logger = logging.getLogger(__name__)
 _SLICE_SECONDS = 0.02
 # Viewers written between two looks at the clock.
 _CHUNK = 32
+# The longest a group rests between two writes, whatever its audience costs: viewers of
+# the largest audience still get an update a second.
+_LONGEST_REST = 1.0
+# Tells apart pending messages that are never folded.
+_arrivals = itertools.count()
 # How often a watched group is joined again. The core and in-memory layers forget a
 # membership after a day (group_expiry); a viewer's own membership used to be as old
 # as its connection, the process's is as old as the first viewer's.
@@ -59,17 +73,26 @@ class _Group:
         self.channel: str | None = None
         self.opened: asyncio.Task | None = None
         self.pump: asyncio.Task | None = None
+        self.writer: asyncio.Task | None = None
         self.rejoin: asyncio.Task | None = None
+        # Messages received and not yet written, folded (see _fold); the writer's cue.
+        self.pending: dict[tuple, dict[str, Any]] = {}
+        self.arrived = asyncio.Event()
+        # The loop's time before which the group is not written again (its CPU share).
+        self.next_write = 0.0
 
 
 class Audience:
     """This process's viewers of each group, fed by one channel of the layer per group.
 
     Lives on one event loop (the server's) with one channel layer; see `audience()`.
+    cpu_share: the fraction of the loop thread's time that writing one group may take,
+    measured as the thread's CPU time per write; 0 for no limit.
     """
 
-    def __init__(self, layer) -> None:
+    def __init__(self, layer, *, cpu_share: float = 0.0) -> None:
         self.layer = layer
+        self.cpu_share = cpu_share
         self.loop = asyncio.get_running_loop()
         self._groups: dict[str, _Group] = {}
 
@@ -113,6 +136,7 @@ class Audience:
                 del self._groups[entry.name]
             raise
         entry.pump = self.loop.create_task(self._pump(entry))
+        entry.writer = self.loop.create_task(self._write(entry))
         entry.rejoin = self.loop.create_task(self._rejoin(entry))
 
     async def _rejoin(self, entry: _Group) -> None:
@@ -133,12 +157,15 @@ class Audience:
         if entry.pump is not None:
             # Cancelling the receive also unsubscribes the channel (channels_redis).
             entry.pump.cancel()
+        if entry.writer is not None:
+            entry.writer.cancel()
         try:
             await self.layer.group_discard(entry.name, entry.channel)
         except Exception as exc:  # noqa: BLE001 - a layer that lost Redis forgets the group anyway
             logger.warning("fan-out: leaving %s failed: %r", entry.name, exc)
 
     async def _pump(self, entry: _Group) -> None:
+        """Receive the group's messages into its pending ones, folded; the writer sends them."""
         while True:
             try:
                 event = await self.layer.receive(entry.channel)
@@ -148,17 +175,63 @@ class Audience:
                 logger.warning("fan-out: receiving for %s failed: %r", entry.name, exc)
                 await asyncio.sleep(1.0)
                 continue
-            viewers = list(entry.viewers)
-            slice_began = time.monotonic()
-            for start in range(0, len(viewers), _CHUNK):
-                if start and time.monotonic() - slice_began > _SLICE_SECONDS:
-                    await asyncio.sleep(0)
-                    slice_began = time.monotonic()
-                for viewer in viewers[start : start + _CHUNK]:
+            _fold(entry.pending, event)
+            entry.arrived.set()
+
+    async def _write(self, entry: _Group) -> None:
+        """Write what is pending to every viewer, then rest as long as the CPU share asks."""
+        while True:
+            await entry.arrived.wait()
+            rest = entry.next_write - self.loop.time()
+            if rest > 0:
+                await asyncio.sleep(rest)
+            entry.arrived.clear()
+            events = list(entry.pending.values())
+            entry.pending.clear()
+            began = self.loop.time()
+            cpu = await self._deliver(entry, events)
+            if self.cpu_share:
+                entry.next_write = began + min(cpu / self.cpu_share, _LONGEST_REST)
+
+    async def _deliver(self, entry: _Group, events: list[dict[str, Any]]) -> float:
+        """Hand the events to every viewer, in slices; returns the thread's CPU seconds spent."""
+        viewers = list(entry.viewers)
+        spent = 0.0
+        slice_began, slice_cpu = time.monotonic(), time.thread_time()
+        for start in range(0, len(viewers), _CHUNK):
+            if start and time.monotonic() - slice_began > _SLICE_SECONDS:
+                spent += time.thread_time() - slice_cpu
+                await asyncio.sleep(0)
+                slice_began, slice_cpu = time.monotonic(), time.thread_time()
+            for viewer in viewers[start : start + _CHUNK]:
+                for event in events:
                     try:
                         viewer.deliver(event)
                     except Exception:  # noqa: BLE001 - one broken viewer must not starve the others
                         logger.exception("fan-out: delivering to a viewer of %s failed", entry.name)
+        return spent + time.thread_time() - slice_cpu
+
+
+def _fold(pending: dict[tuple, dict[str, Any]], event: dict[str, Any]) -> None:
+    """Add a group message to those not yet written, replacing what it makes stale.
+
+    A poll's update carries its full totals, so only the highest version of each poll
+    is kept, and the leaderboard's latest; a poll's removal drops its pending update
+    (an update after it, the poll shown again, queues behind it). Anything else is kept,
+    in order.
+    """
+    kind, poll_id, version = event.get("type"), event.get("poll_id"), event.get("version")
+    if kind == POLL_UPDATED and poll_id is not None and version is not None:
+        key = (kind, poll_id)
+        held = pending.get(key)
+        if held is None or held["version"] <= version:
+            pending[key] = event
+    elif kind == LEADERBOARD_UPDATED:
+        pending[(kind,)] = event
+    else:
+        if kind == POLL_REMOVED:
+            pending.pop((POLL_UPDATED, poll_id), None)
+        pending[(kind, next(_arrivals))] = event
 
 
 _audiences: dict[asyncio.AbstractEventLoop, Audience] = {}
@@ -171,6 +244,7 @@ def audience() -> Audience:
     and layers, and get a new audience for each.
     """
     from channels.layers import get_channel_layer
+    from django.conf import settings
 
     loop = asyncio.get_running_loop()
     layer = get_channel_layer()
@@ -178,7 +252,7 @@ def audience() -> Audience:
     if current is None or current.layer is not layer:
         for stale in [other for other in _audiences if other.is_closed()]:
             del _audiences[stale]
-        current = _audiences[loop] = Audience(layer)
+        current = _audiences[loop] = Audience(layer, cpu_share=settings.WS_FANOUT_CPU_SHARE)
     return current
 
 

@@ -11,7 +11,7 @@ from django.conf import settings
 
 from polls.tests.factories import make_poll
 from realtime.events import poll_group
-from realtime.fanout import Audience, audience, text_frame
+from realtime.fanout import Audience, _fold, audience, text_frame
 from realtime.tests.helpers import apply_votes, communicator, receive, receive_until, run
 
 
@@ -121,3 +121,101 @@ def test_a_slow_audience_lets_the_loop_serve_other_work_between_slices(live):
     turns = [index for index, what in enumerate(written) if what == "turn"]
     assert turns, "the loop was held for the whole audience"
     assert turns[0] >= 32  # not before the slice's first look at the clock
+
+
+def test_pending_updates_keep_only_what_is_not_stale_in_order():
+    pending: dict = {}
+    for event in [
+        {"type": "poll.updated", "poll_id": 1, "version": 5},
+        {"type": "leaderboard.updated", "text": "first"},
+        {"type": "poll.updated", "poll_id": 2, "version": 1},
+        {"type": "poll.updated", "poll_id": 1, "version": 4},  # older than the one held: dropped
+        {"type": "poll.updated", "poll_id": 2, "version": 3},  # newer: replaces version 1 in its place
+        {"type": "leaderboard.updated", "text": "second"},
+        {"type": "poll.removed", "poll_id": 1},  # drops poll 1's pending update
+        {"type": "poll.updated", "poll_id": 1, "version": 6},  # shown again: after the removal
+        {"type": "other", "n": 1},
+        {"type": "other", "n": 2},  # unknown kinds are never folded
+    ]:
+        _fold(pending, event)
+    assert list(pending.values()) == [
+        {"type": "leaderboard.updated", "text": "second"},
+        {"type": "poll.updated", "poll_id": 2, "version": 3},
+        {"type": "poll.removed", "poll_id": 1},
+        {"type": "poll.updated", "poll_id": 1, "version": 6},
+        {"type": "other", "n": 1},
+        {"type": "other", "n": 2},
+    ]
+
+
+def _burn(seconds: float) -> None:
+    """Spend this much of the thread's CPU time (a costly socket write)."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
+def _writes(layer, group: str, *, cpu_share: float, cost: float, sends: list[list[dict]]) -> list[tuple[float, list[dict]]]:
+    """The group's writes: (when, the events written), each send list going out once the
+    viewer has the last event of the one before; a viewer costs `cost` of CPU an event."""
+    writes: list[tuple[float, list[dict]]] = []
+    received: list[dict] = []
+
+    class Recording(Audience):
+        async def _deliver(self, entry, events):
+            writes.append((time.monotonic(), list(events)))
+            return await super()._deliver(entry, events)
+
+    class Viewer:
+        def deliver(self, event) -> None:
+            _burn(cost)
+            received.append(event)
+
+    async def scenario():
+        hub = Recording(layer, cpu_share=cpu_share)
+        viewer = Viewer()
+        await hub.join(group, viewer)
+        for batch in sends:
+            for event in batch:
+                await layer.group_send(group, event)
+            for _ in range(300):
+                if received and received[-1] == batch[-1]:
+                    break
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # nothing more comes
+        hub.leave(group, viewer)
+        await asyncio.sleep(0.1)  # the last one out unsubscribes in the background
+
+    run(scenario)
+    assert received == [event for _, events in writes for event in events]
+    return writes
+
+
+def _update(version: int) -> dict:
+    return {"type": "poll.updated", "poll_id": 7, "version": version}
+
+
+def test_a_costly_audience_rests_its_share_and_gets_the_updates_of_the_rest_folded(live):
+    # 20 ms of CPU a write at a share of 0.1: the group rests until 200 ms after the write began.
+    writes = _writes(live, "fanout-share", cpu_share=0.1, cost=0.02, sends=[[_update(1)], [_update(2), _update(3), _update(4)]])
+    assert [events for _, events in writes] == [[_update(1)], [_update(4)]]
+    assert writes[1][0] - writes[0][0] >= 0.19
+
+
+def test_a_cheap_audience_is_written_every_update(live):
+    sends = [[_update(version)] for version in range(1, 6)]
+    writes = _writes(live, "fanout-cheap-share", cpu_share=0.1, cost=0, sends=sends)
+    assert [events for _, events in writes] == sends
+
+
+def test_the_largest_audience_still_gets_an_update_a_second(live):
+    # 10 ms a write at a share of 0.001 would be a rest of 10 s; it is cut to 1 s.
+    writes = _writes(live, "fanout-longest", cpu_share=0.001, cost=0.01, sends=[[_update(1)], [_update(2)]])
+    assert [events for _, events in writes] == [[_update(1)], [_update(2)]]
+    assert 0.95 <= writes[1][0] - writes[0][0] < 2.0
+
+
+def test_with_no_share_a_group_is_written_again_as_soon_as_an_update_arrives(live):
+    writes = _writes(live, "fanout-no-share", cpu_share=0, cost=0.02, sends=[[_update(1)], [_update(2)]])
+    assert [events for _, events in writes] == [[_update(1)], [_update(2)]]
+    assert writes[1][0] - writes[0][0] < 0.15
