@@ -265,9 +265,9 @@ WS_DIRECT_WRITE = env_bool("WS_DIRECT_WRITE", True)
 # after a write that cost C seconds of the thread's CPU, the group rests until C / share
 # has passed since the write began (at most a second), updates arriving meanwhile folded
 # into the next write (realtime.fanout). A small audience is never held back (the
-# broadcaster's 10 a second come first); a large one gets fewer, fresher updates, so
-# that it leaves the votes their process. 0: no limit (updates still fold while a
-# write is under way).
+# broadcaster's 10 a second come first); a large one gets fewer, fresher updates, and
+# the votes answered by the same process keep their share of it. 0: no limit (updates
+# still fold while a write is under way).
 WS_FANOUT_CPU_SHARE = env_float("WS_FANOUT_CPU_SHARE", 0.2, minimum=0.0, maximum=1.0)
 # WebSocket connections one server process accepts; the next ones are closed at once
 # with code 1013 (try again later), so a flood cannot exhaust its memory or descriptors.
