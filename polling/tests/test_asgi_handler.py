@@ -214,17 +214,29 @@ def test_a_vote_leaves_no_reference_cycles_behind(kafka_topic):
                                     headers=[(b"content-type", b"application/json")], hang_up=True)
             assert messages[0]["status"] == 204, messages
 
-    async def scenario() -> collections.Counter:
-        await votes(3)  # the first requests fill caches that live on
+    async def window() -> tuple[collections.Counter, set[threading.Thread]]:
+        """The cyclic garbage of 5 votes, and the threads that ended meanwhile."""
+        threads = set(threading.enumerate())
         gc.collect()
         gc.set_debug(gc.DEBUG_SAVEALL)
         try:
             await votes(5)
             gc.collect()
-            return collections.Counter(type(o).__qualname__ for o in gc.garbage)
+            return collections.Counter(type(o).__qualname__ for o in gc.garbage), threads - set(threading.enumerate())
         finally:
             gc.set_debug(0)
             gc.garbage.clear()
+
+    async def scenario() -> collections.Counter:
+        await votes(3)  # the first requests fill caches that live on
+        # A thread of an earlier test that ends during the window leaves its own database
+        # connection as cyclic garbage (Django's per-thread DatabaseWrapper): none of the
+        # votes'. Such a window is measured again.
+        for _ in range(5):
+            garbage, ended = await window()
+            if not ended:
+                break
+        return garbage
 
     garbage = asyncio.run(scenario())
     assert not garbage, f"cyclic garbage after 5 votes: {garbage.most_common(15)}"
