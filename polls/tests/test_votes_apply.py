@@ -2,13 +2,13 @@
 
 import dataclasses
 import threading
-import uuid
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import connection
+from django.db.models.signals import pre_delete
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 
+from polls import services
 from polls.models import Option, Poll, Vote
 from polls.services import counters_verify, poll_create, votes_apply
 from polls.tests.factories import counts, make_poll, vote_event
@@ -110,13 +110,89 @@ def test_a_batch_without_conflicts_is_copied_and_one_with_a_conflict_skips_only_
     assert counters_verify() == []
 
 
-def test_a_vote_row_must_name_an_option_of_its_own_poll():
-    poll, other = make_poll(), make_poll(question="Another?")
-    with pytest.raises(IntegrityError), transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        Vote.objects.create(
-            vote_id=uuid.uuid4(), ballot_id=uuid.uuid4(), poll=poll, option=other.options.get(position=1),
-            voter_key="test", cast_at=timezone.now(),
-        )
+@pytest.mark.django_db(transaction=True)
+def test_a_poll_deleted_while_a_batch_holds_its_options_waits_and_its_cascade_takes_the_batch_rows(monkeypatch):
+    """The vote rows have no foreign key: the deletion's lock on the options makes it wait."""
+    poll, kept = make_poll(), make_poll(question="Kept?")
+    inside, release = threading.Event(), threading.Event()
+    counters_add = services._counters_add
+
+    def held(*, counts):  # the batch stops after its inserts, before its commit
+        counters_add(counts=counts)
+        inside.set()
+        release.wait(30)
+
+    monkeypatch.setattr(services, "_counters_add", held)
+    applied, deleted = [], []
+
+    def apply() -> None:
+        try:
+            applied.append(votes_apply(events=[vote_event(poll, 1), vote_event(poll, 2), vote_event(kept, 1)]))
+        finally:
+            connection.close()
+
+    def delete() -> None:
+        try:
+            deleted.append(Poll.objects.get(pk=poll.pk).delete())
+        finally:
+            connection.close()
+
+    applier = threading.Thread(target=apply)
+    applier.start()
+    assert inside.wait(30)
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    deleter.join(0.5)
+    assert deleter.is_alive(), "the deletion did not wait for the batch holding the poll's options"
+    release.set()
+    applier.join(30)
+    deleter.join(30)
+    assert applied[0].applied == 3
+    assert deleted[0][1].get("polls.Vote") == 2  # the batch's rows went with their poll
+    assert not Vote.objects.filter(poll_id=poll.pk).exists()
+    assert list(Vote.objects.values_list("poll_id", flat=True)) == [kept.pk]
+    assert counters_verify() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_for_a_poll_being_deleted_waits_for_the_deletion_and_rejects_its_votes():
+    poll = make_poll()
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(sender, instance, **kwargs):  # runs after the receiver that locks the options
+        inside.set()
+        release.wait(30)
+
+    pre_delete.connect(hold, sender=Poll, dispatch_uid="test.hold_deletion")
+    applied = []
+
+    def delete() -> None:
+        try:
+            Poll.objects.get(pk=poll.pk).delete()
+        finally:
+            connection.close()
+
+    def apply() -> None:
+        try:
+            applied.append(votes_apply(events=[vote_event(poll, 1)]))
+        finally:
+            connection.close()
+
+    try:
+        deleter = threading.Thread(target=delete)
+        deleter.start()
+        assert inside.wait(30)
+        applier = threading.Thread(target=apply)
+        applier.start()
+        applier.join(0.5)
+        assert applier.is_alive(), "the batch did not wait for the deletion holding the poll's options"
+        release.set()
+        deleter.join(30)
+        applier.join(30)
+    finally:
+        release.set()
+        pre_delete.disconnect(sender=Poll, dispatch_uid="test.hold_deletion")
+    assert applied[0].applied == 0
+    assert [reason for _, reason in applied[0].rejected] == [f"poll {poll.pk} has no option 1"]
+    assert not Poll.objects.filter(pk=poll.pk).exists()
     assert not Vote.objects.exists()
