@@ -110,6 +110,18 @@ def test_a_batch_without_conflicts_is_copied_and_one_with_a_conflict_skips_only_
     assert counters_verify() == []
 
 
+def _thread(call, results: list) -> threading.Thread:
+    """A thread that appends call()'s result to results, on a database connection of its own."""
+
+    def run() -> None:
+        try:
+            results.append(call())
+        finally:
+            connection.close()
+
+    return threading.Thread(target=run)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_poll_deleted_while_a_batch_holds_its_options_waits_and_its_cascade_takes_the_batch_rows(monkeypatch):
     """The vote rows have no foreign key: the deletion's lock on the options makes it wait."""
@@ -124,23 +136,10 @@ def test_a_poll_deleted_while_a_batch_holds_its_options_waits_and_its_cascade_ta
 
     monkeypatch.setattr(services, "_counters_add", held)
     applied, deleted = [], []
-
-    def apply() -> None:
-        try:
-            applied.append(votes_apply(events=[vote_event(poll, 1), vote_event(poll, 2), vote_event(kept, 1)]))
-        finally:
-            connection.close()
-
-    def delete() -> None:
-        try:
-            deleted.append(Poll.objects.get(pk=poll.pk).delete())
-        finally:
-            connection.close()
-
-    applier = threading.Thread(target=apply)
+    applier = _thread(lambda: votes_apply(events=[vote_event(poll, 1), vote_event(poll, 2), vote_event(kept, 1)]), applied)
     applier.start()
     assert inside.wait(30)
-    deleter = threading.Thread(target=delete)
+    deleter = _thread(Poll.objects.get(pk=poll.pk).delete, deleted)
     deleter.start()
     deleter.join(0.5)
     assert deleter.is_alive(), "the deletion did not wait for the batch holding the poll's options"
@@ -165,24 +164,11 @@ def test_a_batch_for_a_poll_being_deleted_waits_for_the_deletion_and_rejects_its
 
     pre_delete.connect(hold, sender=Poll, dispatch_uid="test.hold_deletion")
     applied = []
-
-    def delete() -> None:
-        try:
-            Poll.objects.get(pk=poll.pk).delete()
-        finally:
-            connection.close()
-
-    def apply() -> None:
-        try:
-            applied.append(votes_apply(events=[vote_event(poll, 1)]))
-        finally:
-            connection.close()
-
     try:
-        deleter = threading.Thread(target=delete)
+        deleter = _thread(Poll.objects.get(pk=poll.pk).delete, [])
         deleter.start()
         assert inside.wait(30)
-        applier = threading.Thread(target=apply)
+        applier = _thread(lambda: votes_apply(events=[vote_event(poll, 1)]), applied)
         applier.start()
         applier.join(0.5)
         assert applier.is_alive(), "the batch did not wait for the deletion holding the poll's options"
