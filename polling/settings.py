@@ -184,7 +184,7 @@ VOTE_TARGET_CACHE_SECONDS = env_float("VOTE_TARGET_CACHE_SECONDS", 1.0, minimum=
 VOTE_RETRY_AFTER = env_int("VOTE_RETRY_AFTER", 2, minimum=1)
 # Producer batching: how long a send waits for others to share its request.
 KAFKA_LINGER_MS = env_int("KAFKA_LINGER_MS", 2, minimum=0)
-VOTE_BATCH_SIZE = env_int("VOTE_BATCH_SIZE", 2000, minimum=1)
+VOTE_BATCH_SIZE = env_int("VOTE_BATCH_SIZE", 5000, minimum=1)
 VOTE_BATCH_WAIT_MS = env_int("VOTE_BATCH_WAIT_MS", 200, minimum=0)
 # Threads of the worker that apply batches, each on its own database connection, each to
 # partitions no other one has at the time (one on SQLite, which has one writer).
