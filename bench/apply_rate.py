@@ -236,12 +236,19 @@ def make_event(poll_id: int, option: int, serial: int):
         "cast_at": lambda: timezone.now(),
         "dedupe_key": lambda: None,
     }
+    if dataclasses.is_dataclass(VoteEvent):  # the shape of trees before 2026-11-26 (--apply-against)
+        fields = [(f.name, f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+                  for f in dataclasses.fields(VoteEvent)]
+    else:
+        import msgspec
+
+        fields = [(f.name, f.required) for f in msgspec.structs.fields(VoteEvent)]
     kwargs = {}
-    for f in dataclasses.fields(VoteEvent):
-        if f.name in known:
-            kwargs[f.name] = known[f.name]()
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise RuntimeError(f"VoteEvent has a field the benchmark does not know: {f.name}")
+    for name, required in fields:
+        if name in known:
+            kwargs[name] = known[name]()
+        elif required:
+            raise RuntimeError(f"VoteEvent has a field the benchmark does not know: {name}")
     return VoteEvent(**kwargs)
 
 

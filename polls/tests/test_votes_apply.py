@@ -1,8 +1,8 @@
 """votes_apply on PostgreSQL: the batch statements (one INSERT, one counter UPDATE) and their locks."""
 
-import dataclasses
 import threading
 
+import msgspec
 import pytest
 from django.db import connection
 from django.db.models.signals import pre_delete
@@ -60,7 +60,7 @@ def test_one_ballot_per_voter_holds_inside_one_batch_for_all_its_choices():
 def test_keys_with_quotes_commas_braces_and_backslashes_are_stored_as_sent():
     poll = make_poll()
     odd = ['ip:"1,2"', "{a,b}", "back\\slash", "NULL", "", "é ü 🗳", "  spaced  "]
-    events = [dataclasses.replace(vote_event(poll, 1, dedupe_key=key or None), voter_key=key) for key in odd]
+    events = [msgspec.structs.replace(vote_event(poll, 1, dedupe_key=key or None), voter_key=key) for key in odd]
     assert votes_apply(events=events).applied == len(odd)
     stored = dict(Vote.objects.values_list("vote_id", "voter_key"))
     assert [stored[event.vote_id] for event in events] == odd
