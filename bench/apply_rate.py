@@ -4,7 +4,7 @@ The vote topic is pre-filled once with N valid vote events (the product's own Vo
 wire format, keyed by poll), spread over P polls of 4 options. Each round then empties
 the vote rows and counters, starts one `manage.py consume_votes` under a new consumer
 group (so it reads the topic from the start) and times it from the first counted vote
-until all N are counted, reading the option counters (40 rows, cheap) every 50 ms.
+until all N are counted, reading the option counters (40 rows, cheap) every 50 ms over one connection.
 
 The reference, in the same rounds: one transaction per vote, i.e. the product's
 votes_apply called with one event at a time from a separate process, straight from
