@@ -3,6 +3,7 @@ deleted poll or option is forgotten by the vote target cache."""
 
 from __future__ import annotations
 
+from django.db.models import QuerySet
 from django.db.models.signals import post_delete, post_save, pre_delete
 from django.dispatch import receiver
 
@@ -22,8 +23,11 @@ def _options_lock_for_delete(poll_id: int) -> None:
     comes later waits for the deletion and finds no options (its votes go to the
     dead-letter topic). pre_delete runs inside the deletion's transaction, before any
     row is deleted. Id order, the batches' order, for every option of the poll at once:
-    the cascade visits options in no particular order. (SQLite, which locks the whole
-    database for a writing transaction, ignores FOR UPDATE.)
+    the cascade visits options in no particular order. Polls deleted together are locked
+    one by one in the cascade's order, so a batch spanning two of them may deadlock with
+    the deletion, as it could with the foreign key before; PostgreSQL aborts one of the
+    two, and the worker retries its batch. (SQLite, which locks the whole database for a
+    writing transaction, ignores FOR UPDATE.)
     """
     list(Option.objects.filter(poll_id=poll_id).order_by("id").select_for_update().values_list("id", flat=True))
 
@@ -34,7 +38,11 @@ def _poll_deleting(sender, instance: Poll, **kwargs) -> None:
 
 
 @receiver(pre_delete, sender=Option, dispatch_uid="polls.delete_lock.option")
-def _option_deleting(sender, instance: Option, **kwargs) -> None:
+def _option_deleting(sender, instance: Option, origin=None, **kwargs) -> None:
+    # A poll's deletion cascades to its options, whose signals come first: the poll's own
+    # receiver locks them all with one statement before any row is deleted.
+    if isinstance(origin, Poll) or (isinstance(origin, QuerySet) and origin.model is Poll):
+        return
     _options_lock_for_delete(instance.poll_id)
 
 

@@ -123,9 +123,11 @@ def _thread(call, results: list) -> threading.Thread:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_poll_deleted_while_a_batch_holds_its_options_waits_and_its_cascade_takes_the_batch_rows(monkeypatch):
+@pytest.mark.parametrize("deleting", ["poll", "option"])
+def test_a_deletion_while_a_batch_holds_the_options_waits_and_its_cascade_takes_the_batch_rows(monkeypatch, deleting):
     """The vote rows have no foreign key: the deletion's lock on the options makes it wait."""
     poll, kept = make_poll(), make_poll(question="Kept?")
+    first = poll.options.get(position=1)
     inside, release = threading.Event(), threading.Event()
     counters_add = services._counters_add
 
@@ -139,7 +141,7 @@ def test_a_poll_deleted_while_a_batch_holds_its_options_waits_and_its_cascade_ta
     applier = _thread(lambda: votes_apply(events=[vote_event(poll, 1), vote_event(poll, 2), vote_event(kept, 1)]), applied)
     applier.start()
     assert inside.wait(30)
-    deleter = _thread(Poll.objects.get(pk=poll.pk).delete, deleted)
+    deleter = _thread(Poll.objects.get(pk=poll.pk).delete if deleting == "poll" else first.delete, deleted)
     deleter.start()
     deleter.join(0.5)
     assert deleter.is_alive(), "the deletion did not wait for the batch holding the poll's options"
@@ -147,10 +149,28 @@ def test_a_poll_deleted_while_a_batch_holds_its_options_waits_and_its_cascade_ta
     applier.join(30)
     deleter.join(30)
     assert applied[0].applied == 3
-    assert deleted[0][1].get("polls.Vote") == 2  # the batch's rows went with their poll
-    assert not Vote.objects.filter(poll_id=poll.pk).exists()
-    assert list(Vote.objects.values_list("poll_id", flat=True)) == [kept.pk]
+    if deleting == "poll":
+        assert deleted[0][1].get("polls.Vote") == 2  # the batch's rows went with their poll
+        assert list(Vote.objects.values_list("poll_id", flat=True)) == [kept.pk]
+    else:
+        assert deleted[0][1].get("polls.Vote") == 1  # the batch's row for that option went with it
+        assert sorted(Vote.objects.values_list("option_id", flat=True)) == sorted(
+            [poll.options.get(position=2).pk, kept.options.get(position=1).pk]
+        )
+    assert not Vote.objects.filter(option_id=first.pk).exists()
     assert counters_verify() == []
+
+
+@pytest.mark.parametrize("deleting", ["poll", "option"])
+def test_a_deletion_locks_the_options_of_its_poll_with_one_statement(deleting):
+    poll = make_poll()
+    target = Poll.objects.get(pk=poll.pk) if deleting == "poll" else poll.options.get(position=2)
+    with CaptureQueriesContext(connection) as queries:
+        target.delete()
+    locks = [q["sql"] for q in queries if q["sql"].endswith("FOR UPDATE")]
+    assert len(locks) == 1, locks
+    # In id order (the first column, the id), like the batches' lock.
+    assert locks[0] == f'SELECT "polls_option"."id" AS "id" FROM "polls_option" WHERE "polls_option"."poll_id" = {poll.pk} ORDER BY 1 ASC FOR UPDATE'
 
 
 @pytest.mark.django_db(transaction=True)
