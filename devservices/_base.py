@@ -10,6 +10,7 @@ a later process (``down``, ``status``, a second ``up``) find a server it did not
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -39,14 +40,39 @@ def services_dir() -> Path:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now and not yet handed out here."""
+    """A TCP port that is free right now, not yet handed out here, and below the
+    kernel's ephemeral range.
+
+    A port from the ephemeral range (what binding port 0 gives) can be taken as the
+    local port of any outgoing connection between this check and the server's own bind;
+    a test once failed on exactly that, a worker's metrics port taken while the web
+    process beside it connected to its services. Ports below the range are only ever
+    taken by a bind. Checked on every address, as servers here may listen on 0.0.0.0.
+    """
+    first, last = max(1024, _ephemeral_ports_start() - 12000), _ephemeral_ports_start() - 1
     while True:
+        # A kernel whose range starts too low leaves nothing below it: its own choice then.
+        port = random.randint(first, last) if last - first >= 1000 else 0
+        if port in _handed_out_ports:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in _handed_out_ports:
-            _handed_out_ports.add(port)
-            return port
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            port = sock.getsockname()[1]
+        if port in _handed_out_ports:
+            continue
+        _handed_out_ports.add(port)
+        return port
+
+
+def _ephemeral_ports_start() -> int:
+    """The first port of the kernel's range for outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def port_open(port: int, timeout: float = 0.5) -> bool:

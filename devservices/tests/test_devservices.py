@@ -30,9 +30,11 @@ def installed() -> None:
     ensure_installed(kafka_versions=("4.1.1", KAFKA_ZK_VERSION))
 
 
-def test_free_port_never_repeats() -> None:
+def test_free_port_never_repeats_and_stays_below_the_ports_of_outgoing_connections() -> None:
     ports = [free_port() for _ in range(20)]
     assert len(set(ports)) == len(ports)
+    first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(1024 <= port < first_ephemeral for port in ports), ports
 
 
 def test_postgres_keeps_committed_rows_across_a_kill(tmp_path: Path) -> None:
