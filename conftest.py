@@ -15,7 +15,14 @@ from polls.bus import reset_vote_bus
 from polls.topics import consumer_config, dead_letter_producer_config, ensure_topics
 from polls.worker import VoteWorker
 from testsupport.plugin import service_stack
-from testsupport.processes import WebServer, WorkerProcess, wait_until
+from testsupport.processes import WebServer, WorkerProcess, kill_leftovers, wait_until
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    """After the test's own teardown: kill a web or worker process a failure left running."""
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture(scope="session")

@@ -49,7 +49,8 @@ def free_port() -> int:
     process beside it connected to its services. Ports below the range are only ever
     taken by a bind. Checked on every address, as servers here may listen on 0.0.0.0.
     """
-    first, last = max(1024, _ephemeral_ports_start() - 12000), _ephemeral_ports_start() - 1
+    last = _ephemeral_ports_start() - 1
+    first = max(1024, last - 12000)
     while True:
         # A kernel whose range starts too low leaves nothing below it: its own choice then.
         port = random.randint(first, last) if last - first >= 1000 else 0

@@ -521,10 +521,9 @@ def test_the_image_and_compose_commands_run_and_pass_the_compose_health_checks(p
     # The compose worker command as is; the group and metrics port come from the environment.
     worker.args = [sys.executable if arg == "python" else arg for arg in services["worker"]["command"]]
     worker_url = healthcheck_url(services["worker"])
+    web.start()
+    worker.start()
     try:
-        # Inside the try: a worker that fails to start must not leave the web running.
-        web.start()
-        worker.start()
         web_probe = services["web"]["healthcheck"]["test"][3].replace(":8000/", f":{web.port}/")
         worker_probe = services["worker"]["healthcheck"]["test"][3].replace(
             f":{urlsplit(worker_url).port}/", f":{metrics_port}/")

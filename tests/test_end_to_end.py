@@ -59,10 +59,9 @@ def test_with_the_broker_down_a_vote_gets_503_and_is_never_counted(services, pro
     env = {**process_env, "VOTE_PUBLISH_TIMEOUT": "2"}
     web = WebServer(env=env, log_dir=tmp_path)
     worker = WorkerProcess(env=env, log_dir=tmp_path, group=env["KAFKA_CONSUMER_GROUP"])
+    web.start()
+    worker.start()
     try:
-        # Inside the try: a worker that fails to start must not leave the web running.
-        web.start()
-        worker.start()
         poll_id = request("POST", f"{web.url}/polls", SEED_POLL).json()["id"]
         vote_url = f"{web.url}/polls/{poll_id}/vote"
         assert request("POST", vote_url, {"option": 1}).status == 204

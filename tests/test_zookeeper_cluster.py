@@ -68,10 +68,9 @@ def test_the_broker_is_kafka_3_9_registered_in_zookeeper(zookeeper_kafka):
 def test_concurrent_votes_are_counted_exactly_and_a_poison_message_is_dead_lettered(zookeeper_env, tmp_path):
     web = WebServer(env=zookeeper_env, log_dir=tmp_path)
     worker = WorkerProcess(env=zookeeper_env, log_dir=tmp_path, group=zookeeper_env["KAFKA_CONSUMER_GROUP"])
+    web.start()
+    worker.start()
     try:
-        # Inside the try: a worker that fails to start must not leave the web running.
-        web.start()
-        worker.start()
         created = request("POST", f"{web.url}/polls", SEED_POLL)
         assert created.status == 201
         poll_id = created.json()["id"]

@@ -16,6 +16,10 @@ from devservices import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Every process started since the last kill_leftovers(): a test that fails between two
+# starts (a worker that cannot start after its web did) must not leave the first running.
+_started: list[ManagedProcess] = []
+
 
 def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
@@ -42,6 +46,7 @@ class ManagedProcess:
             self.args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
+        _started.append(self)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -65,6 +70,12 @@ class ManagedProcess:
         if self.process is not None and self.alive():
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+
+
+def kill_leftovers() -> None:
+    """SIGKILL every process started since the last call that still runs (a test's teardown)."""
+    while _started:
+        _started.pop().kill()
 
 
 class WebServer(ManagedProcess):

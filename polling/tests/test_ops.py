@@ -213,10 +213,9 @@ def test_votes_publish_latency_and_intake_and_worker_metrics_from_real_processes
     worker = WorkerProcess(env=process_env, log_dir=tmp_path, group=process_env["KAFKA_CONSUMER_GROUP"],
                            extra=["--metrics-port", str(metrics_port), "--metrics-addr", "127.0.0.1",
                                   "--progress-interval", "1"])
+    web.start()
+    worker.start()
     try:
-        # Inside the try: a worker that fails to start must not leave the web running.
-        web.start()
-        worker.start()
         poll_id = request("POST", f"{web.url}/polls", SEED_POLL).json()["id"]
         vote_url = f"{web.url}/polls/{poll_id}/vote"
         with ThreadPoolExecutor(max_workers=16) as pool:
@@ -281,10 +280,9 @@ def test_production_logs_are_one_json_object_per_line(process_env, tmp_path):
     """The image's web command and the worker with DEBUG off: every line they write is JSON."""
     web = image_web_server(process_env, tmp_path)
     worker = WorkerProcess(env=process_env, log_dir=tmp_path, group=process_env["KAFKA_CONSUMER_GROUP"])
+    web.start()
+    worker.start()
     try:
-        # Inside the try: a worker that fails to start must not leave the web running.
-        web.start()
-        worker.start()
         request("GET", f"{web.url}/polls/999999999")  # a 404: Django logs a warning for it
     finally:
         web.terminate()
