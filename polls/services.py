@@ -197,12 +197,13 @@ def votes_apply(*, events: Iterable[VoteEvent]) -> AppliedBatch:
     to run after the transaction commits.
     """
     result = AppliedBatch()
-    unique: dict[uuid.UUID, VoteEvent] = {}
+    # Keyed by the id's integer: a UUID's own hash is a Python call, once per vote.
+    unique: dict[int, VoteEvent] = {}
+    seen = 0
     for event in events:
-        if event.vote_id in unique:
-            result.duplicates += 1
-        else:
-            unique[event.vote_id] = event
+        unique.setdefault(event.vote_id.int, event)
+        seen += 1
+    result.duplicates = seen - len(unique)
     if not unique:
         return result
 
@@ -222,20 +223,19 @@ def votes_apply(*, events: Iterable[VoteEvent]) -> AppliedBatch:
             else:
                 ballots.append(rows)
 
-        inserted: Counter[int] = Counter()
         first_inserted = _insert_rows([rows[0] for rows in ballots])
-        for _, option_id in first_inserted:
-            inserted[option_id] += 1
-        new_ballots = {row_id for row_id, _ in first_inserted}
-        # The other choices of a ballot go in only when its first row did.
-        rest = [row for rows in ballots if len(rows) > 1 and rows[0][0] in new_ballots for row in rows[1:]]
-        for _, option_id in _insert_rows(rest):
-            inserted[option_id] += 1
+        # Counted from the inserted rows themselves: no lookup by id per vote.
+        inserted: Counter[int] = Counter(row[2] for row in first_inserted)
+        if len(ballots) != sum(map(len, ballots)):  # some ballot chose more than one option
+            new_ballots = {row[0] for row in first_inserted}
+            # The other choices of a ballot go in only when its first row did.
+            rest = [row for rows in ballots if len(rows) > 1 and rows[0][0] in new_ballots for row in rows[1:]]
+            inserted.update(row[2] for row in _insert_rows(rest))
 
         _counters_add(counts=inserted)
-        result.applied = len(new_ballots)
+        result.applied = len(first_inserted)
         result.duplicates += len(ballots) - result.applied
-        result.poll_ids = {unique[vote_id].poll_id for vote_id in new_ballots}
+        result.poll_ids = {row[1].poll_id for row in first_inserted}
         if result.poll_ids:
             _versions_bump(poll_ids=result.poll_ids)
             broadcast_polls_on_commit(poll_ids=result.poll_ids)
@@ -296,8 +296,8 @@ def _counters_add(*, counts: Counter[int]) -> None:
         Option.objects.filter(pk=option_id).update(votes=F("votes") + counts[option_id])
 
 
-def _insert_rows(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
-    """INSERT vote rows, skipping any that conflict; return (vote_id, option_id) of those inserted.
+def _insert_rows(rows: list[_Row]) -> list[_Row]:
+    """INSERT vote rows, skipping any that conflict; return those inserted.
 
     Django's bulk_create(ignore_conflicts=True) cannot tell which rows were inserted,
     and that is exactly what the counters need, hence RETURNING.
@@ -305,12 +305,16 @@ def _insert_rows(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
     if not rows:
         return []
     if connection.vendor == "postgresql":
-        copied = _insert_copy(rows)
-        return copied if copied is not None else _insert_unnest(rows)
-    inserted: list[tuple[uuid.UUID, int]] = []
-    for start in range(0, len(rows), _INSERT_CHUNK):
-        inserted.extend(_insert_chunk(rows[start : start + _INSERT_CHUNK]))
-    return inserted
+        if _insert_copy(rows):
+            return rows
+        inserted_ids = _insert_unnest(rows)
+    else:
+        inserted_ids = []
+        for start in range(0, len(rows), _INSERT_CHUNK):
+            inserted_ids.extend(_insert_chunk(rows[start : start + _INSERT_CHUNK]))
+    # Only after a conflict (a redelivery, a second ballot of a voter): the rows by id.
+    by_id = {row[0]: row for row in rows}
+    return [by_id[row_id] for row_id in inserted_ids]
 
 
 _VOTE_COLUMNS = ("vote_id", "ballot_id", "poll", "option", "voter_key", "dedupe_key", "cast_at", "applied_at")
@@ -321,15 +325,15 @@ _COPY_TYPES = ("uuid", "uuid", "int8", "int8", "text", "text", "timestamptz", "t
 
 
 def _vote_insert(source: str) -> str:
-    """INSERT of vote rows from `source` (VALUES or SELECT), skipping conflicts, returning (vote_id, option)."""
+    """INSERT of vote rows from `source` (VALUES or SELECT), skipping conflicts, returning the inserted vote_ids."""
     return (
         f"INSERT INTO {table(Vote)} ({columns(Vote, _VOTE_COLUMNS)}) {source} "
-        f"ON CONFLICT DO NOTHING RETURNING {column(Vote, 'vote_id')}, {column(Vote, 'option')}"
+        f"ON CONFLICT DO NOTHING RETURNING {column(Vote, 'vote_id')}"
     )
 
 
-def _insert_copy(rows: list[_Row]) -> list[tuple[uuid.UUID, int]] | None:
-    """PostgreSQL's fast path: COPY all rows, or None when one conflicts (then nothing was inserted).
+def _insert_copy(rows: list[_Row]) -> bool:
+    """PostgreSQL's fast path: COPY all rows; False when one conflicts (then nothing was inserted).
 
     Nearly every batch conflicts with nothing, and for those COPY costs the database
     less than the INSERT ... ON CONFLICT: no speculative insertion per row, no arrays to
@@ -350,11 +354,11 @@ def _insert_copy(rows: list[_Row]) -> list[tuple[uuid.UUID, int]] | None:
                         (row_id, event.vote_id, event.poll_id, option_id, event.voter_key, dedupe_key, event.cast_at, now)
                     )
     except IntegrityError:
-        return None
-    return [(row[0], row[2]) for row in rows]
+        return False
+    return True
 
 
-def _insert_unnest(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
+def _insert_unnest(rows: list[_Row]) -> list[uuid.UUID]:
     """PostgreSQL: all rows in one INSERT ... SELECT FROM unnest(one array per column).
 
     A statement of eight parameters whatever the batch size, so the query text is the
@@ -384,7 +388,7 @@ def _insert_unnest(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.fetchall()
+        return [vote_id for (vote_id,) in cursor.fetchall()]
 
 
 def _array_literal(items: Iterable[str]) -> str:
@@ -392,7 +396,7 @@ def _array_literal(items: Iterable[str]) -> str:
     return "{" + ",".join(items) + "}"
 
 
-def _insert_chunk(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
+def _insert_chunk(rows: list[_Row]) -> list[uuid.UUID]:
     if not rows:
         return []
     fields = [Vote._meta.get_field(name) for name in _VOTE_COLUMNS]
@@ -406,7 +410,7 @@ def _insert_chunk(rows: list[_Row]) -> list[tuple[uuid.UUID, int]]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         # SQLite hands back the uuid as 32 hex digits, PostgreSQL as a UUID.
-        return [(uuid.UUID(str(vote_id)), option_id) for vote_id, option_id in cursor.fetchall()]
+        return [uuid.UUID(str(vote_id)) for (vote_id,) in cursor.fetchall()]
 
 
 @dataclass(frozen=True)

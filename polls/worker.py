@@ -59,7 +59,8 @@ class DecodedBatch:
     events: list[VoteEvent] = field(default_factory=list)
     # Messages that are not valid vote events, with why: they go to the dead-letter topic.
     poison: list[tuple[ConsumerRecord, str]] = field(default_factory=list)
-    record_of: dict[object, ConsumerRecord] = field(default_factory=dict)
+    # The message of each event, in the same order as `events`.
+    records: list[ConsumerRecord] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -372,7 +373,7 @@ class VoteWorker:
                 batch.poison.append((record, str(exc)))
                 continue
             batch.events.append(event)
-            batch.record_of[event.vote_id] = record
+            batch.records.append(record)
         batch.seconds = time.perf_counter() - started
         return batch
 
@@ -380,7 +381,11 @@ class VoteWorker:
         """consume_batch's second half: the database transaction, then the dead letters."""
         started = time.perf_counter()
         result = self._apply_with_retry(batch.events) if batch.events else AppliedBatch()
-        poison = batch.poison + [(batch.record_of[event.vote_id], reason) for event, reason in result.rejected]
+        poison = batch.poison
+        if result.rejected:
+            # Built only now: a map per vote would cost every batch a hash of each vote id.
+            record_of = {id(event): record for event, record in zip(batch.events, batch.records)}
+            poison = poison + [(record_of[id(event)], reason) for event, reason in result.rejected]
         for record, reason in poison:
             self._dead_letter(record, reason)
         if poison:

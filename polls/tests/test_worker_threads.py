@@ -100,7 +100,7 @@ class ObservedWorker(VoteWorker):
         self.started: list[frozenset[int]] = []
 
     def apply(self, batch: DecodedBatch):
-        partitions = frozenset(record.partition for record in batch.record_of.values())
+        partitions = frozenset(record.partition for record in batch.records)
         with self.lock:
             self.overlaps += [(partitions, other) for other in self.running if partitions & other]
             self.running.append(partitions)
