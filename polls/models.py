@@ -1,5 +1,25 @@
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
+
+
+class PollQuerySet(models.QuerySet):
+    def delete(self):
+        """Delete these polls (their options and vote rows with them), all their options locked first.
+
+        The lock is the one a single poll's deletion takes in its pre_delete receiver
+        (polls.signals): the worker's batches lock their polls' options in id order, and
+        a deletion locks them too before its cascade reads the vote rows. Here it is one
+        statement for every poll of the bulk deletion (the admin's "delete selected"), in
+        option id order like the batches. Poll by poll, in the cascade's order of poll
+        ids, a batch spanning two of the polls whose option ids run the other way (options
+        added to the older poll later) deadlocked with the deletion.
+        """
+        with transaction.atomic(using=self.db, savepoint=False):
+            options_lock_for_delete(poll__in=self.values("pk"))
+            return super().delete()
+
+    delete.alters_data = True
+    delete.queryset_only = True
 
 
 class Poll(models.Model):
@@ -33,6 +53,8 @@ class Poll(models.Model):
     # transaction: live viewers use it to drop stale broadcasts.
     version = models.BigIntegerField(default=0, editable=False)
 
+    objects = PollQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["status", "-created_at"], name="poll_status_created_idx")]
@@ -63,6 +85,24 @@ class Option(models.Model):
 
     def __str__(self) -> str:
         return f"{self.position}. {self.text}"
+
+
+def options_lock_for_delete(**poll_filter) -> None:
+    """Lock the options of the polls `poll_filter` selects for the deleting transaction, in id order.
+
+    The vote rows have no foreign key (migration 0004); the worker's batch locks the
+    options of its polls in id order instead (polls.services._options_lock) and inserts
+    rows only for options it found. Django's cascade deletes the vote rows before the
+    options, so without this lock a batch holding the options could commit rows after
+    the cascade had read the table, for options deleted a moment later. With it the
+    deletion waits for such a batch and its cascade sees the batch's rows; a batch that
+    comes later waits for the deletion and finds no options (its votes go to the
+    dead-letter topic). Call it inside the deletion's transaction before any row is
+    deleted, for all the deletion's polls at once: id order is the batches' order, and
+    two transactions that take the same rows in the same order cannot deadlock. (SQLite,
+    which locks the whole database for a writing transaction, ignores FOR UPDATE.)
+    """
+    list(Option.objects.filter(**poll_filter).order_by("id").select_for_update().values_list("id", flat=True))
 
 
 class Vote(models.Model):

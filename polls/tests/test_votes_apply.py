@@ -111,11 +111,13 @@ def test_a_batch_without_conflicts_is_copied_and_one_with_a_conflict_skips_only_
 
 
 def _thread(call, results: list) -> threading.Thread:
-    """A thread that appends call()'s result to results, on a database connection of its own."""
+    """A thread that appends call()'s result (or the exception it raised) to results, on a database connection of its own."""
 
     def run() -> None:
         try:
             results.append(call())
+        except Exception as exc:  # noqa: BLE001 - the test asserts on it
+            results.append(exc)
         finally:
             connection.close()
 
@@ -171,6 +173,64 @@ def test_a_deletion_locks_the_options_of_its_poll_with_one_statement(deleting):
     assert len(locks) == 1, locks
     # In id order (the first column, the id), like the batches' lock.
     assert locks[0] == f'SELECT "polls_option"."id" AS "id" FROM "polls_option" WHERE "polls_option"."poll_id" = {poll.pk} ORDER BY 1 ASC FOR UPDATE'
+
+
+def test_a_bulk_deletion_locks_the_options_of_all_its_polls_with_one_statement_and_deletes_them():
+    polls = [make_poll(question=f"Poll {n}?") for n in range(3)]
+    kept = make_poll(question="Kept?")
+    votes_apply(events=[vote_event(poll, 1) for poll in polls + [kept]])
+    with CaptureQueriesContext(connection) as queries:
+        deleted, by_model = Poll.objects.filter(pk__in=[poll.pk for poll in polls]).delete()
+    locks = [q["sql"] for q in queries if q["sql"].endswith("FOR UPDATE")]
+    assert len(locks) == 1, locks
+    assert locks[0].startswith('SELECT "polls_option"."id" AS "id" FROM "polls_option" WHERE "polls_option"."poll_id" IN (SELECT')
+    assert locks[0].endswith("ORDER BY 1 ASC FOR UPDATE")
+    assert (by_model["polls.Poll"], by_model["polls.Option"], by_model["polls.Vote"]) == (3, 12, 3)
+    assert list(Poll.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert list(Vote.objects.values_list("poll_id", flat=True)) == [kept.pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bulk_deletion_and_a_batch_spanning_its_polls_take_turns_without_a_deadlock():
+    """The cascade visits the polls in id order and a batch their options in id order;
+    with options added to the older poll later, the two orders differ."""
+    older = Poll.objects.create(question="Older?")
+    newer = make_poll(question="Newer?")
+    for position in (1, 2):
+        Option.objects.create(poll=older, position=position, text=f"Option {position}")
+    assert min(older.options.values_list("id", flat=True)) > max(newer.options.values_list("id", flat=True))
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(sender, instance, **kwargs):  # after the locking receiver, at the cascade's first poll
+        if not inside.is_set():
+            inside.set()
+            release.wait(30)
+
+    pre_delete.connect(hold, sender=Poll, dispatch_uid="test.hold_bulk_deletion")
+    applied, deleted = [], []
+    try:
+        deleter = _thread(Poll.objects.filter(pk__in=[older.pk, newer.pk]).delete, deleted)
+        deleter.start()
+        assert inside.wait(30)
+        applier = _thread(lambda: votes_apply(events=[vote_event(newer, 1), vote_event(older, 1)]), applied)
+        applier.start()
+        applier.join(0.5)
+        assert applier.is_alive(), "the batch did not wait for the deletion holding the polls' options"
+        release.set()
+        deleter.join(30)
+        applier.join(30)
+    finally:
+        release.set()
+        pre_delete.disconnect(sender=Poll, dispatch_uid="test.hold_bulk_deletion")
+    # Poll by poll, the deletion held the older poll's options while the batch took the
+    # newer one's and waited: PostgreSQL found the deadlock and aborted one of the two.
+    assert [type(result) for result in deleted + applied] == [tuple, services.AppliedBatch], deleted + applied
+    assert deleted[0][1]["polls.Poll"] == 2
+    assert applied[0].applied == 0
+    assert sorted(reason for _, reason in applied[0].rejected) == sorted(
+        [f"poll {newer.pk} has no option 1", f"poll {older.pk} has no option 1"]
+    )
+    assert not Vote.objects.exists()
 
 
 @pytest.mark.django_db(transaction=True)
