@@ -63,6 +63,18 @@ class Poll(models.Model):
         return self.question
 
 
+class OptionQuerySet(models.QuerySet):
+    def delete(self):
+        """Delete these options (their vote rows with them), all their polls' options locked
+        first in one statement, for the reason PollQuerySet.delete gives."""
+        with transaction.atomic(using=self.db, savepoint=False):
+            options_lock_for_delete(poll__in=self.values("poll_id"))
+            return super().delete()
+
+    delete.alters_data = True
+    delete.queryset_only = True
+
+
 class Option(models.Model):
     poll = models.ForeignKey(Poll, on_delete=models.CASCADE, related_name="options")
     # 1-based, as the seed's API numbers options ("option": 1 is option1).
@@ -71,6 +83,8 @@ class Option(models.Model):
     # Written only by the vote batch code, with one F() UPDATE per option per batch;
     # always equal to the number of this option's Vote rows.
     votes = models.BigIntegerField(default=0, editable=False)
+
+    objects = OptionQuerySet.as_manager()
 
     class Meta:
         ordering = ["poll_id", "position"]

@@ -8,7 +8,7 @@ from django.db.models import QuerySet
 from django.db.models.signals import post_delete, post_save, pre_delete
 from django.dispatch import receiver
 
-from polls.models import Option, Poll, PollQuerySet, options_lock_for_delete
+from polls.models import Option, OptionQuerySet, Poll, PollQuerySet, options_lock_for_delete
 from polls.selectors import vote_target_forget
 
 
@@ -24,8 +24,8 @@ def _poll_deleting(sender, instance: Poll, origin=None, **kwargs) -> None:
 def _option_deleting(sender, instance: Option, origin=None, **kwargs) -> None:
     # A poll's deletion cascades to its options, whose signals come first: the poll's own
     # receiver (or PollQuerySet.delete, for several polls) locks them all with one
-    # statement before any row is deleted.
-    if isinstance(origin, Poll) or (isinstance(origin, QuerySet) and origin.model is Poll):
+    # statement before any row is deleted. OptionQuerySet.delete has locked its own.
+    if isinstance(origin, (Poll, OptionQuerySet)) or (isinstance(origin, QuerySet) and origin.model is Poll):
         return
     options_lock_for_delete(poll_id=instance.poll_id)
 

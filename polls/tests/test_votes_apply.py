@@ -190,6 +190,19 @@ def test_a_bulk_deletion_locks_the_options_of_all_its_polls_with_one_statement_a
     assert list(Vote.objects.values_list("poll_id", flat=True)) == [kept.pk]
 
 
+def test_a_bulk_deletion_of_options_of_several_polls_locks_their_options_with_one_statement():
+    polls = [make_poll(question=f"Poll {n}?") for n in range(2)]
+    votes_apply(events=[vote_event(poll, position) for poll in polls for position in (1, 2)])
+    with CaptureQueriesContext(connection) as queries:
+        deleted, by_model = Option.objects.filter(poll__in=polls, position=2).delete()
+    locks = [q["sql"] for q in queries if q["sql"].endswith("FOR UPDATE")]
+    assert len(locks) == 1, locks
+    assert locks[0].endswith("ORDER BY 1 ASC FOR UPDATE")
+    assert (by_model["polls.Option"], by_model["polls.Vote"]) == (2, 2)
+    assert sorted(Vote.objects.values_list("option_id", flat=True)) == sorted(poll.options.get(position=1).pk for poll in polls)
+    assert counters_verify() == []
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_bulk_deletion_and_a_batch_spanning_its_polls_take_turns_without_a_deadlock():
     """The cascade visits the polls in id order and a batch their options in id order;
