@@ -1,25 +1,34 @@
 from django.conf import settings
-from django.db import models, transaction
+from django.db import models, router, transaction
 
 
-class PollQuerySet(models.QuerySet):
+class _DeleteLockingOptions(models.QuerySet):
+    """A queryset whose delete() first locks the options of every poll it touches, in one statement.
+
+    The lock is the one a single poll's or option's deletion takes in its pre_delete
+    receiver (polls.signals, options_lock_for_delete below): the worker's batches lock
+    their polls' options in id order, and a deletion locks them too before its cascade
+    reads the vote rows. Here it is one statement for every poll of a bulk deletion (the
+    admin's "delete selected"), in option id order like the batches. Poll by poll, in
+    the cascade's order of poll ids, a batch spanning two of the polls whose option ids
+    run the other way (options added to the older poll later) deadlocked with the
+    deletion.
+    """
+
+    poll_ids_field: str  # the field of this model that holds the poll id
+
     def delete(self):
-        """Delete these polls (their options and vote rows with them), all their options locked first.
-
-        The lock is the one a single poll's deletion takes in its pre_delete receiver
-        (polls.signals): the worker's batches lock their polls' options in id order, and
-        a deletion locks them too before its cascade reads the vote rows. Here it is one
-        statement for every poll of the bulk deletion (the admin's "delete selected"), in
-        option id order like the batches. Poll by poll, in the cascade's order of poll
-        ids, a batch spanning two of the polls whose option ids run the other way (options
-        added to the older poll later) deadlocked with the deletion.
-        """
-        with transaction.atomic(using=self.db, savepoint=False):
-            options_lock_for_delete(poll__in=self.values("pk"))
+        using = self._db or router.db_for_write(self.model)  # where QuerySet.delete deletes
+        with transaction.atomic(using=using, savepoint=False):
+            options_lock_for_delete(using, poll__in=self.values(self.poll_ids_field))
             return super().delete()
 
     delete.alters_data = True
     delete.queryset_only = True
+
+
+class PollQuerySet(_DeleteLockingOptions):
+    poll_ids_field = "pk"
 
 
 class Poll(models.Model):
@@ -63,16 +72,8 @@ class Poll(models.Model):
         return self.question
 
 
-class OptionQuerySet(models.QuerySet):
-    def delete(self):
-        """Delete these options (their vote rows with them), all their polls' options locked
-        first in one statement, for the reason PollQuerySet.delete gives."""
-        with transaction.atomic(using=self.db, savepoint=False):
-            options_lock_for_delete(poll__in=self.values("poll_id"))
-            return super().delete()
-
-    delete.alters_data = True
-    delete.queryset_only = True
+class OptionQuerySet(_DeleteLockingOptions):
+    poll_ids_field = "poll_id"
 
 
 class Option(models.Model):
@@ -101,7 +102,7 @@ class Option(models.Model):
         return f"{self.position}. {self.text}"
 
 
-def options_lock_for_delete(**poll_filter) -> None:
+def options_lock_for_delete(using: str | None = None, **poll_filter) -> None:
     """Lock the options of the polls `poll_filter` selects for the deleting transaction, in id order.
 
     The vote rows have no foreign key (migration 0004); the worker's batch locks the
@@ -116,7 +117,8 @@ def options_lock_for_delete(**poll_filter) -> None:
     two transactions that take the same rows in the same order cannot deadlock. (SQLite,
     which locks the whole database for a writing transaction, ignores FOR UPDATE.)
     """
-    list(Option.objects.filter(**poll_filter).order_by("id").select_for_update().values_list("id", flat=True))
+    options = Option.objects.using(using) if using else Option.objects
+    list(options.filter(**poll_filter).order_by("id").select_for_update().values_list("id", flat=True))
 
 
 class Vote(models.Model):

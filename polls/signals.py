@@ -13,21 +13,21 @@ from polls.selectors import vote_target_forget
 
 
 @receiver(pre_delete, sender=Poll, dispatch_uid="polls.delete_lock.poll")
-def _poll_deleting(sender, instance: Poll, origin=None, **kwargs) -> None:
+def _poll_deleting(sender, instance: Poll, using=None, origin=None, **kwargs) -> None:
     # A bulk deletion (PollQuerySet.delete) locked the options of all its polls already.
     if isinstance(origin, PollQuerySet):
         return
-    options_lock_for_delete(poll_id=instance.pk)
+    options_lock_for_delete(using, poll_id=instance.pk)
 
 
 @receiver(pre_delete, sender=Option, dispatch_uid="polls.delete_lock.option")
-def _option_deleting(sender, instance: Option, origin=None, **kwargs) -> None:
+def _option_deleting(sender, instance: Option, using=None, origin=None, **kwargs) -> None:
     # A poll's deletion cascades to its options, whose signals come first: the poll's own
     # receiver (or PollQuerySet.delete, for several polls) locks them all with one
     # statement before any row is deleted. OptionQuerySet.delete has locked its own.
     if isinstance(origin, (Poll, OptionQuerySet)) or (isinstance(origin, QuerySet) and origin.model is Poll):
         return
-    options_lock_for_delete(poll_id=instance.poll_id)
+    options_lock_for_delete(using, poll_id=instance.poll_id)
 
 
 @receiver([post_save, post_delete], sender=Poll, dispatch_uid="polls.vote_target.poll")
