@@ -209,37 +209,51 @@ def votes_apply(*, events: Iterable[VoteEvent]) -> AppliedBatch:
 
     with transaction.atomic():
         option_ids = _options_lock(poll_ids={event.poll_id for event in unique.values()})
-        ballots: list[list[_Row]] = []
+        firsts: list[_Row] = []  # each ballot's first row
+        multiple: list[list[_Row]] = []  # all rows of each ballot of several choices
         for event in unique.values():
+            options = event.options
+            if len(options) == 1:  # most ballots: one row, no list of rows to build
+                option_id = option_ids.get((event.poll_id, options[0]))
+                if option_id is None:
+                    result.rejected.append((event, _no_option(event, options[0])))
+                else:
+                    firsts.append((event.vote_id, event, option_id, event.dedupe_key))
+                continue
             rows: list[_Row] = []
             for row_id, option in event.row_ids():
                 option_id = option_ids.get((event.poll_id, option))
                 if option_id is None:
-                    result.rejected.append((event, f"poll {event.poll_id} has no option {option}"))
+                    result.rejected.append((event, _no_option(event, option)))
                     break
                 # Only the first row carries the dedupe key: the unique (poll, dedupe_key)
                 # then allows one ballot per voter, however many options it chose.
                 rows.append((row_id, event, option_id, event.dedupe_key if not rows else None))
             else:
-                ballots.append(rows)
+                firsts.append(rows[0])
+                multiple.append(rows)
 
-        first_inserted = _insert_rows([rows[0] for rows in ballots])
+        first_inserted = _insert_rows(firsts)
         # Counted from the inserted rows themselves: no lookup by id per vote.
         inserted: Counter[int] = Counter(row[2] for row in first_inserted)
-        if len(ballots) != sum(map(len, ballots)):  # some ballot chose more than one option
+        if multiple:
             new_ballots = {row[0] for row in first_inserted}
             # The other choices of a ballot go in only when its first row did.
-            rest = [row for rows in ballots if len(rows) > 1 and rows[0][0] in new_ballots for row in rows[1:]]
+            rest = [row for rows in multiple if rows[0][0] in new_ballots for row in rows[1:]]
             inserted.update(row[2] for row in _insert_rows(rest))
 
         _counters_add(counts=inserted)
         result.applied = len(first_inserted)
-        result.duplicates += len(ballots) - result.applied
+        result.duplicates += len(firsts) - result.applied
         result.poll_ids = {row[1].poll_id for row in first_inserted}
         if result.poll_ids:
             _versions_bump(poll_ids=result.poll_ids)
             broadcast_polls_on_commit(poll_ids=result.poll_ids)
     return result
+
+
+def _no_option(event: VoteEvent, option: int) -> str:
+    return f"poll {event.poll_id} has no option {option}"
 
 
 def _options_lock(*, poll_ids: set[int]) -> dict[tuple[int, int], int]:

@@ -49,13 +49,17 @@ def test_a_vote_repeated_inside_one_batch_is_counted_once():
 
 def test_votes_for_a_missing_poll_or_option_are_rejected_not_counted():
     poll = make_poll(options=("Yes", "No"))
-    result = votes_apply(events=[vote_event(poll, 3), vote_event(987654, 1), vote_event(poll, 1)])
+    events = [vote_event(poll, 3), vote_event(987654, 1), vote_event(poll, 1), vote_event(poll, 2, 3), vote_event(poll, 3, 2)]
+    result = votes_apply(events=events)
     assert result.applied == 1
-    assert {reason for _, reason in result.rejected} == {
-        "poll 987654 has no option 1",
-        f"poll {poll.pk} has no option 3",
-    }
+    assert [(event, reason) for event, reason in result.rejected] == [
+        (events[0], f"poll {poll.pk} has no option 3"),
+        (events[1], "poll 987654 has no option 1"),
+        (events[3], f"poll {poll.pk} has no option 3"),  # a ballot is counted whole or not at all
+        (events[4], f"poll {poll.pk} has no option 3"),
+    ]
     assert counts(poll) == [1, 0]
+    assert Vote.objects.count() == 1
 
 
 def test_each_applied_batch_grows_the_poll_version():
