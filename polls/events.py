@@ -49,9 +49,9 @@ class VoteEvent(msgspec.Struct, frozen=True, gc=False):
         """(vote row id, option) per choice; the first row's id is the ballot's own.
 
         Derived, not random, so that a redelivered ballot yields the same row ids.
+        (votes_apply writes a ballot of one choice, nearly all of them, straight from
+        its vote_id, without this list.)
         """
-        if len(self.options) == 1:  # most ballots: spare the list building below
-            return [(self.vote_id, self.options[0])]
         first, *rest = self.options
         return [(self.vote_id, first)] + [(uuid.uuid5(self.vote_id, str(option)), option) for option in rest]
 
