@@ -5,14 +5,11 @@ from django.db import models, router, transaction
 class _DeleteLockingOptions(models.QuerySet):
     """A queryset whose delete() first locks the options of every poll it touches, in one statement.
 
-    The lock is the one a single poll's or option's deletion takes in its pre_delete
-    receiver (polls.signals, options_lock_for_delete below): the worker's batches lock
-    their polls' options in id order, and a deletion locks them too before its cascade
-    reads the vote rows. Here it is one statement for every poll of a bulk deletion (the
-    admin's "delete selected"), in option id order like the batches. Poll by poll, in
-    the cascade's order of poll ids, a batch spanning two of the polls whose option ids
-    run the other way (options added to the older poll later) deadlocked with the
-    deletion.
+    The lock of options_lock_for_delete (below), which a single poll's or option's
+    deletion takes in its pre_delete receiver (polls.signals), taken here once for all
+    the polls of a bulk deletion (the admin's "delete selected"). Poll by poll, in the
+    cascade's order of poll ids, a batch spanning two of the polls whose option ids run
+    the other way (options added to the older poll later) deadlocked with the deletion.
     """
 
     poll_ids_field: str  # the field of this model that holds the poll id
@@ -117,8 +114,8 @@ def options_lock_for_delete(using: str | None = None, **poll_filter) -> None:
     two transactions that take the same rows in the same order cannot deadlock. (SQLite,
     which locks the whole database for a writing transaction, ignores FOR UPDATE.)
     """
-    options = Option.objects.using(using) if using else Option.objects
-    list(options.filter(**poll_filter).order_by("id").select_for_update().values_list("id", flat=True))
+    options = Option.objects.using(using).filter(**poll_filter).order_by("id")
+    list(options.select_for_update().values_list("id", flat=True))
 
 
 class Vote(models.Model):
