@@ -63,7 +63,8 @@ def poll_vote_target(*, poll_id: int) -> VoteTarget:
     not found or hidden (a new poll is votable at once), and what is read inside a
     transaction (it may be uncommitted, or rolled back). Measured on the benchmark's hot
     poll: the SELECT, with the pooled connection's take, health check and give-back, cost
-    the web process 1.5 to 1.9 ms of CPU per vote under load (see README, Performance).
+    the web process 1.5 to 1.9 ms of CPU per vote under load (README, Performance;
+    bench/RESULTS.md).
     """
     if not -(2**63) <= poll_id < 2**63:  # out of the id column's range: no such poll (as the ORM says)
         raise PollNotFound(poll_id)
