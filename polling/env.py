@@ -12,6 +12,13 @@ from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+_RATE_OFF = {"", "0", "off", "none"}
+_RATE_PERIODS = {
+    "s": 1, "sec": 1, "second": 1,
+    "m": 60, "min": 60, "minute": 60,
+    "h": 3600, "hour": 3600,
+    "d": 86400, "day": 86400,
+}
 
 
 def env_str(name: str, default: str | None = None, *, required: bool = False) -> str | None:
@@ -68,3 +75,35 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if value is None or value.strip() == "":
         return list(default)
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def parse_rate(rate: str | None) -> tuple[int, int] | None:
+    """'60/min' -> (60, 60): a count and its window in seconds; empty, '0' or 'off' -> None.
+
+    Raises ValueError naming what is wrong (env_rate turns it into ImproperlyConfigured).
+    """
+    if rate is None or rate.strip().lower() in _RATE_OFF:
+        return None
+    count, slash, period = rate.partition("/")
+    seconds = _RATE_PERIODS.get(period.strip().lower())
+    if not slash or seconds is None:
+        raise ValueError("use <count>/<period>, the period one of s, min, hour or day (60/min); 0 turns it off")
+    try:
+        number = int(count)
+    except ValueError:
+        raise ValueError(f"{count.strip()!r} is not a whole number of requests") from None
+    if number < 1:
+        raise ValueError("the count must be at least 1 (0 turns the limit off)")
+    return number, seconds
+
+
+def env_rate(name: str, default: str) -> str:
+    """A rate limit such as '60/min', checked at start; the text is kept for the throttles."""
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        parse_rate(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a rate limit: {exc}.") from None
+    return value

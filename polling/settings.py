@@ -11,7 +11,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from polling.env import env_bool, env_float, env_int, env_list, env_str
+from polling.env import env_bool, env_float, env_int, env_list, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -215,11 +215,12 @@ POLL_MAX_OPTIONS = env_int("POLL_MAX_OPTIONS", 10, minimum=2)
 POLLS_CREATE_REQUIRES_AUTH = env_bool("POLLS_CREATE_REQUIRES_AUTH", False)
 VOTER_COOKIE_MAX_AGE = env_int("VOTER_COOKIE_MAX_AGE", 365 * 24 * 3600, minimum=60)
 
-# Rate limits as "<count>/<s|min|hour>"; "0" turns one off. Everyone behind one NAT (a
-# venue, an office) shares an address, hence a generous per-address vote limit.
-RATE_LIMIT_VOTES_PER_ADDRESS = env_str("RATE_LIMIT_VOTES_PER_ADDRESS", "1200/min")
-RATE_LIMIT_VOTES_PER_VOTER = env_str("RATE_LIMIT_VOTES_PER_VOTER", "60/min")
-RATE_LIMIT_POLLS_PER_ADDRESS = env_str("RATE_LIMIT_POLLS_PER_ADDRESS", "60/min")
+# Rate limits as "<count>/<s|min|hour|day>", checked at start; "0" turns one off. Everyone
+# behind one NAT (a venue, an office) shares an address, hence a generous per-address
+# vote limit.
+RATE_LIMIT_VOTES_PER_ADDRESS = env_rate("RATE_LIMIT_VOTES_PER_ADDRESS", "1200/min")
+RATE_LIMIT_VOTES_PER_VOTER = env_rate("RATE_LIMIT_VOTES_PER_VOTER", "60/min")
+RATE_LIMIT_POLLS_PER_ADDRESS = env_rate("RATE_LIMIT_POLLS_PER_ADDRESS", "60/min")
 RATE_LIMIT_CACHE = "default"
 # With Redis, a request is decided in process and its count reaches Redis in the
 # background, at most this often; a process learns the others' counts at these syncs.

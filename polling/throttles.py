@@ -23,21 +23,11 @@ from django.conf import settings
 from django.core.cache import caches
 from rest_framework.throttling import BaseThrottle
 
+from polling.env import parse_rate
 from polling.metrics import rate_limits_synced
 from polls.voters import COOKIE_NAME, HEADER, client_address_key, voter_token_read
 
 logger = logging.getLogger(__name__)
-
-_PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
-
-
-def parse_rate(rate: str | None) -> tuple[int, int] | None:
-    """'60/min' -> (60, 60); empty or '0' disables the limit."""
-    if not rate or rate.strip() in {"0", "off", "none"}:
-        return None
-    count, _, period = rate.partition("/")
-    return int(count), _PERIODS[period.strip().lower()]
-
 
 class FixedWindowThrottle(BaseThrottle):
     scope = ""

@@ -37,7 +37,7 @@ APP_SERVICES = ("migrate", "web", "worker")
 # The project's own Python packages (what the image must contain, and what is not a
 # third-party import).
 PROJECT_PACKAGES = ("polling", "polls", "leaderboard", "realtime")
-ENV_READERS = {"env_str", "env_bool", "env_int", "env_float", "env_list"}
+ENV_READERS = {"env_str", "env_rate", "env_bool", "env_int", "env_float", "env_list"}
 
 
 # --- Parsing ------------------------------------------------------------------------------
