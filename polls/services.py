@@ -108,6 +108,11 @@ def vote_cast(
     same ballot id, which the worker counts once.
     """
     target = poll_vote_target(poll_id=poll_id)
+    vote_id = ballot_id(poll_id=poll_id, idempotency_key=idempotency_key) if idempotency_key else uuid.uuid4()
+    if idempotency_key and Vote.objects.filter(vote_id=vote_id).exists():
+        # A retry of a ballot already counted: answer as the first time, publish nothing;
+        # even once the poll has closed (the client may have missed the first answer).
+        return _ballot(vote_id, poll_id, options, voter, None)
     if not target.is_open:
         raise PollClosed(poll_id)
     if len(set(options)) != len(options):
@@ -119,11 +124,6 @@ def vote_cast(
     for option in options:
         if not 1 <= option <= target.option_count:
             raise OptionOutOfRange(option, target.option_count)
-
-    vote_id = ballot_id(poll_id=poll_id, idempotency_key=idempotency_key) if idempotency_key else uuid.uuid4()
-    if idempotency_key and Vote.objects.filter(vote_id=vote_id).exists():
-        # A retry of a ballot already counted: answer as the first time, publish nothing.
-        return _ballot(vote_id, poll_id, options, voter, None)
 
     dedupe_key = None
     if target.one_vote_per == Poll.OneVotePer.USER:

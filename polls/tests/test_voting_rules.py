@@ -13,7 +13,7 @@ from rest_framework.authtoken.models import Token
 
 from conftest import read_topic
 from polls.models import Poll, Vote
-from polls.services import counters_verify, poll_create, votes_apply
+from polls.services import counters_verify, poll_create, poll_set_status, votes_apply
 from polls.tests.factories import counts, make_poll, vote_event
 from testsupport.processes import wait_until
 from tests.http import request
@@ -121,6 +121,14 @@ def test_an_idempotency_key_makes_a_retried_vote_count_once(client, kafka_topic,
     # A retry after the ballot was counted is answered 204 without publishing again.
     published = len(read_topic(kafka_topic))
     assert vote(client, poll, {"option": 2}, HTTP_IDEMPOTENCY_KEY="retry-me-1").status_code == 204
+    assert len(read_topic(kafka_topic)) == published
+    assert counts(poll) == [0, 2, 1, 0]
+    # So is one after the poll closed: the client may have missed the first 204. A new
+    # ballot, or a key never counted, is refused.
+    poll_set_status(poll=poll, status=Poll.Status.CLOSED)
+    assert vote(client, poll, {"option": 2}, HTTP_IDEMPOTENCY_KEY="retry-me-1").status_code == 204
+    assert vote(client, poll, {"option": 2}, HTTP_IDEMPOTENCY_KEY="never-sent").status_code == 409
+    assert vote(client, poll, {"option": 2}).status_code == 409
     assert len(read_topic(kafka_topic)) == published
     assert counts(poll) == [0, 2, 1, 0]
 
