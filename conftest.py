@@ -107,9 +107,10 @@ def vote_worker(process_env, tmp_path):
 def make_vote_worker(*, group: str, batch_size: int = 500) -> VoteWorker:
     """A VoteWorker in this process, on real Kafka clients, subscribed to the test topic."""
     consumer = KafkaConsumer(**consumer_config(group_id=group, max_records=batch_size))
-    consumer.subscribe([django_settings.KAFKA_TOPIC])
     producer = KafkaProducer(**dead_letter_producer_config())
-    return VoteWorker(consumer=consumer, dead_letter_producer=producer, batch_size=batch_size, batch_wait_ms=50)
+    worker = VoteWorker(consumer=consumer, dead_letter_producer=producer, batch_size=batch_size, batch_wait_ms=50)
+    worker.subscribe([django_settings.KAFKA_TOPIC])
+    return worker
 
 
 @pytest.fixture

@@ -133,6 +133,11 @@ WORKER_DATABASE_RETRIES = Counter(
     "Batch attempts retried because the database was unreachable.",
     registry=WORKER_REGISTRY,
 )
+WORKER_DEAD_LETTER_RETRIES = Counter(
+    "polling_worker_dead_letter_retries",
+    "Batches whose dead letters the broker did not take, sent again (their offsets wait).",
+    registry=WORKER_REGISTRY,
+)
 WORKER_CONSUMER_LAG = Gauge(
     "polling_worker_consumer_lag",
     "Messages in a partition that this worker has not consumed yet (high watermark - position).",

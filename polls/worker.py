@@ -21,9 +21,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, InterfaceError, OperationalError, connection, connections
-from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
+from kafka.producer.future import FutureRecordMetadata
 
 from polling import metrics
 from polls.events import VoteEvent
@@ -94,6 +95,27 @@ class Progress:
 LAG_REFRESH_INTERVAL = 1.0
 
 
+class _ForgetRevoked(ConsumerRebalanceListener):
+    """Forgets what the worker applied of the partitions a rebalance takes away.
+
+    Their new owner commits its own offsets past ours; were a partition given back to
+    this worker later, a commit of what it remembered (on the way out, say) would move
+    the group's offset back over everything the other worker applied: all of it
+    redelivered, and its dead letters written again. Called in the polling thread,
+    inside poll(), like every other use of the offsets it forgets.
+    """
+
+    def __init__(self, applied: dict[TopicPartition, int]) -> None:
+        self._applied = applied
+
+    def on_partitions_revoked(self, revoked) -> None:
+        for partition in revoked:
+            self._applied.pop(partition, None)
+
+    def on_partitions_assigned(self, assigned) -> None:
+        pass
+
+
 class VoteWorker:
     """One consumer of the vote topic. `run()` loops until `stop()`; tests call `consume_batch()`."""
 
@@ -124,8 +146,14 @@ class VoteWorker:
         self._last_report = time.monotonic()
         self._last_lag_refresh = 0.0
         self._lags: dict[tuple[str, int], int] = {}
-        # Next offset per partition of what is in the database (the offsets to commit).
+        # Next offset per partition of what is in the database (the offsets to commit), for
+        # the partitions this worker holds: a rebalance that takes one away forgets it.
         self._applied: dict[TopicPartition, int] = {}
+        self.rebalance_listener = _ForgetRevoked(self._applied)
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        """Subscribe the consumer to the vote topic, with the listener that forgets revoked partitions."""
+        self.consumer.subscribe(list(topics), listener=self.rebalance_listener)
 
     def stop(self) -> None:
         self._stop.set()
@@ -386,11 +414,8 @@ class VoteWorker:
             # Built only now: a map per vote would cost every batch a hash of each vote id.
             record_of = {id(event): record for event, record in zip(batch.events, batch.records)}
             poison = poison + [(record_of[id(event)], reason) for event, reason in result.rejected]
-        for record, reason in poison:
-            self._dead_letter(record, reason)
         if poison:
-            # The dead letters must be durable before the offsets that skip them are committed.
-            self.dead_letter_producer.flush()
+            self._dead_letter_all(poison)
         outcome = BatchOutcome(
             messages=batch.messages,
             applied=result.applied,
@@ -414,12 +439,13 @@ class VoteWorker:
         samples). With wait=False the commit is sent and not waited for (the loop in run()
         goes on decoding meanwhile); a failure is logged when the reply arrives.
         """
-        next_offsets = {p: max(o, self._applied.get(p, 0)) for p, o in next_offsets.items()}
-        self._applied.update(next_offsets)
         # Not for a partition a rebalance gave to another worker: it reads on from its own
-        # commits (ours could only move its offset back).
+        # commits (ours could only move its offset back), and it is not remembered either,
+        # should the partition come back later.
         assigned = self.consumer.assignment() or set()
-        offsets = {p: OffsetAndMetadata(o, "", -1) for p, o in next_offsets.items() if p in assigned}
+        next_offsets = {p: max(o, self._applied.get(p, 0)) for p, o in next_offsets.items() if p in assigned}
+        self._applied.update(next_offsets)
+        offsets = {p: OffsetAndMetadata(o, "", -1) for p, o in next_offsets.items()}
         if not offsets:
             return
         if not wait:
@@ -496,11 +522,51 @@ class VoteWorker:
                 self._stop.wait(wait)
                 wait = min(wait * 2, self.db_retry_max_wait)
 
-    def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
-        logger.error(
-            "dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
-        )
-        self.dead_letter_producer.send(
+    def _dead_letter_all(self, poison: list[tuple[ConsumerRecord, str]]) -> None:
+        """Write the dead letters and wait until the broker has every one, retrying the rest.
+
+        They must be durable before the offsets that skip them are committed, or the
+        message would be in neither the database nor the dead-letter topic. The producer's
+        flush() only logs a failed write, so each send's own result is read; a write the
+        broker refused (its partition's leader down past the delivery timeout, a message
+        over the topic's size limit) is sent again, the wait doubling up to
+        db_retry_max_wait, until it is taken or the worker is asked to stop (WorkerStopped:
+        the batch's offsets stay uncommitted and it is redelivered; its votes are skipped
+        as duplicates then).
+        """
+        for record, reason in poison:
+            logger.error(
+                "dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+            )
+        delay = 0.1
+        while True:
+            sent = []
+            for record, reason in poison:
+                try:
+                    sent.append((record, reason, self._dead_letter(record, reason)))
+                except KafkaError as exc:  # refused before it was queued (no metadata in time, too large)
+                    sent.append((record, reason, exc))
+            self.dead_letter_producer.flush()
+            failed = [
+                (record, reason, result if isinstance(result, Exception) else result.exception)
+                for record, reason, result in sent
+                if isinstance(result, Exception) or result.failed()
+            ]
+            if not failed:
+                return
+            metrics.WORKER_DEAD_LETTER_RETRIES.inc()
+            record, _, error = failed[0]
+            logger.error(
+                "%d of %d dead letter(s) not written (%s[%d]@%d: %r); retrying in %.1f s, offsets held",
+                len(failed), len(poison), record.topic, record.partition, record.offset, error, delay,
+            )
+            if self._stop.wait(delay):
+                raise WorkerStopped("stopped while dead letters could not be written")
+            delay = min(delay * 2, self.db_retry_max_wait)
+            poison = [(record, reason) for record, reason, _ in failed]
+
+    def _dead_letter(self, record: ConsumerRecord, reason: str) -> FutureRecordMetadata:
+        return self.dead_letter_producer.send(
             dead_letter_topic(),
             key=record.key,
             value=record.value if record.value is not None else b"",

@@ -2,20 +2,23 @@
 
 import io
 import signal
+import threading
 import time
 
 import pytest
 from django.conf import settings
 from django.core.management import call_command
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewPartitions
+from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions
 
 from conftest import make_vote_worker, read_topic
+from polling.metrics import WORKER_REGISTRY
 from polls.bus import get_vote_bus
 from polls.models import Option, Poll, Vote
 from polls.services import counters_verify
 from polls.tests.factories import counts, make_poll, vote_event
 from polls.topics import consumer_config, dead_letter_topic
+from polls.worker import WorkerStopped
 from testsupport.processes import WorkerProcess, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -105,6 +108,73 @@ def test_a_poison_message_goes_to_the_dead_letter_topic_and_the_next_vote_counts
     assert reasons[1] == f"poll {poll.pk} has no option 9"
     assert {dict(letter.headers)["dlq.topic"].decode() for letter in letters} == {kafka_topic}
     assert b'{"this is": "not a vote"' in {letter.value for letter in letters}
+
+
+def set_dead_letter_size_limit(limit: int) -> None:
+    """The dead-letter topic's max.message.bytes: the broker refuses a larger message."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.KAFKA_BROKERS)
+    try:
+        admin.alter_configs([
+            ConfigResource(ConfigResourceType.TOPIC, dead_letter_topic(), configs={"max.message.bytes": str(limit)})
+        ])
+    finally:
+        admin.close()
+
+
+def dead_letter_retries() -> float:
+    return WORKER_REGISTRY.get_sample_value("polling_worker_dead_letter_retries_total") or 0.0
+
+
+@pytest.mark.parametrize("then", ["the broker takes it", "the worker stops"])
+def test_a_dead_letter_the_broker_refuses_holds_its_batch_until_it_is_written(kafka_topic, then):
+    """kafka-python's flush() only logs a failed write: without reading each send's result,
+    the batch's offsets were committed past a message that was in neither the database
+    nor the dead-letter topic."""
+    poll = make_poll()
+    poison = b'{"this is": "not a vote", "padding": "' + b"x" * 2000 + b'"}'
+    set_dead_letter_size_limit(1000)
+    raw = KafkaProducer(bootstrap_servers=settings.KAFKA_BROKERS, acks="all")
+    raw.send(kafka_topic, key=str(poll.pk).encode(), value=poison)
+    raw.flush()
+    raw.close()
+    publish(vote_event(poll, 1))
+    worker = make_vote_worker(group="dead-letter-refused")
+    worker.db_retry_max_wait = 0.2
+    ended: dict[str, object] = {}
+
+    def consume(messages) -> None:
+        try:
+            ended["outcome"] = worker.consume_batch(messages)
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            ended["error"] = exc
+
+    retries_before = dead_letter_retries()
+    try:
+        thread = threading.Thread(target=consume, args=(poll_batch(worker, 2),), daemon=True)
+        thread.start()
+        wait_until(lambda: dead_letter_retries() >= retries_before + 2, timeout=30,
+                   what="the refused dead letter to be sent again")
+        assert thread.is_alive(), ended  # the batch is not done: its offsets cannot be committed
+        assert counts(poll) == [1, 0, 0, 0]  # its good vote is in the database already
+        assert read_topic(dead_letter_topic(), timeout_ms=500) == []
+
+        if then == "the broker takes it":
+            set_dead_letter_size_limit(1048588)
+            thread.join(30)
+            assert not thread.is_alive()
+            outcome = ended["outcome"]
+            assert (outcome.applied, outcome.dead_lettered) == (1, 1)
+            letters = read_topic(dead_letter_topic())
+            assert [letter.value for letter in letters] == [poison]
+        else:
+            worker.stop()
+            thread.join(30)
+            assert not thread.is_alive()
+            assert isinstance(ended.get("error"), WorkerStopped)
+            assert read_topic(dead_letter_topic(), timeout_ms=500) == []
+    finally:
+        close(worker)
+    assert counts(poll) == [1, 0, 0, 0]
 
 
 def test_the_worker_command_stops_cleanly_on_sigterm_and_sigint(process_env, tmp_path):

@@ -295,12 +295,40 @@ def test_a_revoked_partition_is_neither_applied_from_the_read_ahead_nor_committe
         release.set()
         wait_until(lambda: sum(counts(red)) == 10, timeout=15, what="the held batch")
         time.sleep(0.3)
+        # Given back later (its new owner has committed past 10 meanwhile): stopping now
+        # must not commit the held batch's offset from before.
+        consumer.assigned = {P0, P1}
     finally:
         release.set()
         assert running.stop() is None
     assert sum(counts(red)) == 10  # the read-ahead of the revoked partition was dropped
-    assert consumer.committed(P0) == []  # and partition 0 is no longer ours to commit
+    assert consumer.committed(P0) == []  # and partition 0 was not ours to commit, then or after
     assert worker.started.count(frozenset({0})) == 1
+
+
+def test_a_partition_revoked_and_given_back_is_not_committed_from_before_on_the_way_out():
+    """Another worker held it in between and committed past what this one applied: a
+    commit of the old offset on the way out would make the group read all that again."""
+    red = make_poll()
+    consumer = ScriptedConsumer([{P0: records(P0, red, 0, 10)}], partitions=(P0,))
+    worker = ObservedWorker(consumer)
+    rebalanced = threading.Event()
+
+    def revoke_and_give_back() -> dict:  # in the polling thread, inside poll(), as Kafka's rebalances
+        worker.rebalance_listener.on_partitions_revoked({P0})
+        worker.rebalance_listener.on_partitions_assigned({P0})
+        rebalanced.set()
+        return {}
+
+    running = Running(worker)
+    try:
+        wait_until(lambda: consumer.committed(P0) == [10], timeout=15, what="the batch's commit")
+        consumer.script.append(revoke_and_give_back)
+        assert rebalanced.wait(15)
+    finally:
+        assert running.stop() is None
+    assert consumer.committed(P0) == [10]  # nothing more on the way out
+    assert sum(counts(red)) == 10
 
 
 def test_a_partition_given_back_from_its_last_commit_drops_the_read_ahead_it_gets_again():

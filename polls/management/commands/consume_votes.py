@@ -79,10 +79,10 @@ class Command(BaseCommand):
         consumer, producer = self._connect(group=group, batch_size=batch_size, stop=stop)
         if consumer is None:
             return
-        consumer.subscribe([vote_topic()])
         worker = VoteWorker(consumer=consumer, dead_letter_producer=producer,
                             batch_size=batch_size, batch_wait_ms=batch_wait_ms, stop_event=stop,
                             progress_interval=progress_interval, apply_threads=apply_threads)
+        worker.subscribe([vote_topic()])
         logger.info("consuming %s as group %s (thread switch interval %.2f ms); SIGTERM or Ctrl-C stops",
                     vote_topic(), group, sys.getswitchinterval() * 1000)
         # Full garbage collections skip the imports and the clients built above (see polling.heap).
