@@ -63,7 +63,11 @@ class Poll(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["status", "-created_at"], name="poll_status_created_idx")]
+        indexes = [
+            models.Index(fields=["status", "-created_at"], name="poll_status_created_idx"),
+            # The broadcaster's look, every second, for polls whose deadline just passed.
+            models.Index(fields=["closes_at"], name="poll_closes_at_idx", condition=models.Q(closes_at__isnull=False)),
+        ]
 
     def __str__(self) -> str:
         return self.question

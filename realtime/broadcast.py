@@ -17,6 +17,12 @@ carries the full totals again and heals every viewer.
 
 The limit holds per broadcasting process. Votes are keyed by poll in Kafka, so one
 poll's votes are applied by one worker at a time, and so broadcast by one process.
+
+A poll's deadline (closes_at) passing changes nothing in the database, yet its status
+turns closed and an after-close poll's counts are shown. A broadcaster that watches
+deadlines (the worker's; the web process's in the embedded mode) looks every second
+for polls whose deadline passed since it last looked and broadcasts them like any
+other change.
 """
 
 from __future__ import annotations
@@ -28,10 +34,12 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connections, transaction
+from django.utils import timezone
 
 from realtime.events import (
     POLLS_GROUP,
@@ -49,6 +57,12 @@ LEADERBOARD = "leaderboard"
 # After a failed read of the totals (database down), the same polls are tried again this
 # much later, so their last state still goes out once the database is back.
 _READ_RETRY_SECONDS = 1.0
+# How often a broadcaster that watches deadlines looks for polls whose closes_at passed,
+# and how far back its first look goes (a worker restarted just after a deadline).
+_DEADLINE_SWEEP_SECONDS = 1.0
+_DEADLINE_LOOKBACK_SECONDS = 60.0
+# What _next_due returns when it is time to look for passed deadlines.
+_SWEEP: list[int | str] = []
 # Failed sends are logged at most this often, with how many were dropped meanwhile, so
 # a Redis outage does not turn into ten log lines a second per poll.
 _FAILURE_LOG_INTERVAL = 10.0
@@ -90,6 +104,10 @@ class Broadcaster:
         self._dropped = 0
         self._last_failure_log = 0.0
         self.sends = 0
+        # Watching deadlines: polls whose closes_at passed after this moment and up to the
+        # last look have been requested; the next look is due at _next_sweep (monotonic).
+        self._deadlines_seen_until: datetime | None = None
+        self._next_sweep: float | None = None
 
     # -- called from any thread ---------------------------------------------------------
 
@@ -105,9 +123,27 @@ class Broadcaster:
             for key in keys:
                 if key not in self._due:
                     self._due[key] = max(now, self._last_sent.get(key, float("-inf")) + self.interval)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="realtime-broadcaster", daemon=True)
-                self._thread.start()
+            self._start_thread()
+            self._cond.notify_all()
+
+    def _start_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="realtime-broadcaster", daemon=True)
+            self._thread.start()
+
+    def watch_deadlines(self) -> None:
+        """From now on, also broadcast every poll whose deadline passes (idempotent).
+
+        Looks every second, from a minute back on the first look. Each process that
+        watches broadcasts a passing deadline once: with several workers the viewers
+        get it once from each, the same totals every time.
+        """
+        with self._cond:
+            if self._stopping or self._next_sweep is not None:
+                return
+            self._deadlines_seen_until = timezone.now() - timedelta(seconds=_DEADLINE_LOOKBACK_SECONDS)
+            self._next_sweep = time.monotonic()
+            self._start_thread()
             self._cond.notify_all()
 
     def attach_event_loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -151,11 +187,15 @@ class Broadcaster:
                 if keys is None:
                     return
                 try:
-                    self._send(keys, loop)
+                    if keys is _SWEEP:
+                        self._request_passed_deadlines()
+                    else:
+                        self._send(keys, loop)
                 finally:
                     with self._cond:
                         self._sending = False
-                        idle = not self._due
+                        # A thread that looks for deadlines every second keeps its connection.
+                        idle = not self._due and self._next_sweep is None
                         self._cond.notify_all()
                     if idle:
                         # No persistent connection for an idle thread: it would hold a
@@ -166,7 +206,8 @@ class Broadcaster:
             loop.close()
 
     def _next_due(self) -> list[int | str] | None:
-        """Block until some keys are due and take them; None when stopping."""
+        """Block until some keys are due and take them, or _SWEEP when it is time to
+        look for passed deadlines; None when stopping."""
         with self._cond:
             while not self._stopping:
                 now = time.monotonic()
@@ -180,9 +221,28 @@ class Broadcaster:
                     self._sending = True
                     self._forget_old(now)
                     return ready
-                timeout = min(self._due.values()) - now if self._due else None
-                self._cond.wait(timeout)
+                if self._next_sweep is not None and self._next_sweep <= now:
+                    self._next_sweep = now + _DEADLINE_SWEEP_SECONDS
+                    self._sending = True
+                    return _SWEEP
+                wakeups = [*self._due.values(), *([self._next_sweep] if self._next_sweep is not None else [])]
+                self._cond.wait(min(wakeups) - now if wakeups else None)
             return None
+
+    def _request_passed_deadlines(self) -> None:
+        """Request a broadcast of the open, visible polls whose deadline passed since the last look."""
+        from realtime.selectors import poll_ids_deadline_passed
+
+        until = timezone.now()
+        try:
+            poll_ids = poll_ids_deadline_passed(after=self._deadlines_seen_until, until=until)
+        except Exception as exc:  # noqa: BLE001 - the database down: the next look covers this one's span
+            connections.close_all()
+            self._note_failure(f"looking for passed deadlines failed ({exc!r})")
+            return
+        self._deadlines_seen_until = until
+        if poll_ids:
+            self.request(poll_ids=poll_ids)
 
     def _forget_old(self, now: float) -> None:
         if len(self._last_sent) > 1000:

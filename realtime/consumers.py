@@ -154,7 +154,12 @@ class _LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_TRY_AGAIN_LATER)
             return
         self.holds_slot = True
-        get_broadcaster().attach_event_loop(asyncio.get_running_loop())
+        broadcaster = get_broadcaster()
+        broadcaster.attach_event_loop(asyncio.get_running_loop())
+        if not settings.KAFKA_BROKERS:
+            # The embedded mode has no worker to tell viewers of passing deadlines: this
+            # process does, once it has viewers (its in-memory layer reaches only them).
+            broadcaster.watch_deadlines()
         self.audience: Audience = audience()
         await self.join()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -113,6 +114,15 @@ def polls_live_totals(*, poll_ids: Iterable[int]) -> dict[int, LiveTotals]:
         poll_id: _live_totals(poll, options)
         for poll_id, (poll, options) in _visible_polls_with_options(poll_ids).items()
     }
+
+
+def poll_ids_deadline_passed(*, after: datetime, until: datetime) -> list[int]:
+    """Visible polls, open by their status, whose closes_at fell in (after, until]."""
+    return list(
+        Poll.objects.filter(hidden=False, status=Poll.Status.OPEN, closes_at__gt=after, closes_at__lte=until)
+        .order_by()
+        .values_list("pk", flat=True)
+    )
 
 
 def viewer_sees_results(*, totals: LiveTotals, voter: Voter) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import io
 import importlib.metadata
 import json
 import re
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from django.conf import settings
-from django.core.management import get_commands, load_command_class
+from django.core.management import call_command, get_commands, load_command_class
 from django.urls import resolve
 
 from devservices import free_port
@@ -533,3 +534,17 @@ def test_the_image_and_compose_commands_run_and_pass_the_compose_health_checks(p
     finally:
         web.kill()
         worker.kill()
+
+
+# --- Migrations ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_migrations_cover_every_model_change():
+    """`manage.py migrate` is all a deployment runs: a model change without its migration
+    (an index, say) would never reach the database."""
+    out = io.StringIO()
+    try:
+        call_command("makemigrations", "--check", "--dry-run", stdout=out)
+    except SystemExit:
+        pytest.fail(f"models changed without a migration:\n{out.getvalue()}")

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from django.db import transaction
+from django.utils import timezone
 
-from polls.services import votes_apply
+from polls.models import Poll
+from polls.services import poll_create, votes_apply
 from polls.tests.factories import counts, make_poll, vote_event
 from realtime.broadcast import broadcast_polls_on_commit, get_broadcaster
 from realtime.tests.helpers import apply_votes, communicator, drain, receive, receive_until, run
@@ -186,3 +189,35 @@ def test_the_embedded_in_memory_layer_delivers_from_the_broadcaster_thread(live,
 
     update = run(scenario)
     assert (update["option4"], update["total"], update["version"]) == (1, 1, 1)
+
+
+def test_a_passing_deadline_reaches_the_viewers_and_shows_what_an_after_close_poll_held_back(live):
+    """Nothing in the database changes when closes_at passes: before the broadcaster
+    watched deadlines, viewers saw such a poll open, its counts hidden, until they
+    reconnected."""
+    closes_at = timezone.now() + timedelta(seconds=3)
+    poll = poll_create(question="Reveal at the close?", options=("Yes", "No"), closes_at=closes_at,
+                       results_visibility=Poll.Visibility.AFTER_CLOSE)
+    votes_apply(events=[vote_event(poll, 1), vote_event(poll, 1), vote_event(poll, 2)])
+
+    def closed(message) -> bool:
+        return message["type"] == "poll.updated" and message.get("id") == poll.pk and message["status"] == "closed"
+
+    async def scenario():
+        one, every = communicator(f"/ws/polls/{poll.pk}"), communicator("/ws")
+        assert (await one.connect())[0] and (await every.connect())[0]
+        snapshot = await receive(one)
+        await receive(every)
+        await sync_to_async(get_broadcaster().watch_deadlines)()
+        update = (await receive_until(one, closed, timeout=15))[-1]
+        received_at = timezone.now()
+        listed = (await receive_until(every, closed, timeout=5))[-1]
+        await one.disconnect()
+        await every.disconnect()
+        return snapshot, update, received_at, listed
+
+    snapshot, update, received_at, listed = run(scenario)
+    assert (snapshot["status"], snapshot["results_hidden"], snapshot["option1"]) == ("open", True, None)
+    assert received_at >= closes_at
+    for message in (update, listed):
+        assert (message["results_hidden"], message["option1"], message["option2"], message["total"]) == (False, 2, 1, 3)

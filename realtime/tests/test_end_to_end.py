@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import websockets
@@ -100,3 +101,22 @@ def test_viewers_of_a_restarted_server_reconnect_and_resync_from_the_snapshot(we
 
     resynced = asyncio.run(scenario())
     assert resynced["option1"] == 3 and resynced["version"] >= 1
+
+
+def test_the_worker_tells_viewers_when_a_polls_deadline_passes(web_server, vote_worker):
+    closes_at = datetime.now(UTC) + timedelta(seconds=4)
+    poll_id = request("POST", f"{web_server.url}/polls", {**POLL, "closes_at": closes_at.isoformat(),
+                                                          "results_visibility": "after_close"}).json()["id"]
+    assert request("POST", f"{web_server.url}/polls/{poll_id}/vote", {"option": 2}).status == 204
+    ws_url = f"{web_server.url.replace('http://', 'ws://')}/ws/polls/{poll_id}"
+
+    async def scenario():
+        async with websockets.connect(ws_url) as ws:
+            snapshot = json.loads(await ws.recv())
+            update = await _next(ws, lambda m: m["type"] == "poll.updated" and m["status"] == "closed")
+            return snapshot, update, datetime.now(UTC)
+
+    snapshot, update, received_at = asyncio.run(scenario())
+    assert (snapshot["status"], snapshot["results_hidden"]) == ("open", True)
+    assert received_at >= closes_at
+    assert (update["results_hidden"], update["option1"], update["option2"], update["total"]) == (False, 0, 1, 1)

@@ -12,6 +12,7 @@ from polling.heap import freeze_startup_heap
 from polling.metrics import worker_metrics_serve
 from polls.topics import consumer_config, dead_letter_producer_config, ensure_topics, vote_topic
 from polls.worker import VoteWorker
+from realtime.broadcast import get_broadcaster
 
 # Through logging, not self.stdout: in production every line the worker writes is JSON.
 logger = logging.getLogger("polls.worker")
@@ -83,6 +84,8 @@ class Command(BaseCommand):
                             batch_size=batch_size, batch_wait_ms=batch_wait_ms, stop_event=stop,
                             progress_interval=progress_interval, apply_threads=apply_threads)
         worker.subscribe([vote_topic()])
+        # The worker tells viewers of the polls whose deadline passes (realtime.broadcast).
+        get_broadcaster().watch_deadlines()
         logger.info("consuming %s as group %s (thread switch interval %.2f ms); SIGTERM or Ctrl-C stops",
                     vote_topic(), group, sys.getswitchinterval() * 1000)
         # Full garbage collections skip the imports and the clients built above (see polling.heap).
