@@ -255,8 +255,8 @@ else:
 # Broadcasts of one poll's totals per second, per broadcasting process, whatever the vote
 # rate: updates in between are folded into the next send, which reads the latest totals.
 BROADCAST_MAX_PER_SECOND = env_float("BROADCAST_MAX_PER_SECOND", 10.0, minimum=0.1)
-# How long one group send may take before it is given up (Redis down or stalled); the
-# next broadcast of the poll carries the full totals again, so a dropped one heals.
+# How long one round of group sends may take before it counts as failed (Redis down or
+# stalled); the polls it carried are sent again a second later, their totals read afresh.
 BROADCAST_SEND_TIMEOUT = env_float("BROADCAST_SEND_TIMEOUT", 2.0, minimum=0.1)
 # Write broadcast frames straight to daphne's sockets (realtime.fanout.socket_writer).
 # It relies on Twisted's transport internals (pinned in requirements.txt); off, every

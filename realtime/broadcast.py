@@ -12,8 +12,10 @@ was requested, so the folded send carries everything committed before it: the la
 always goes out, whatever the vote rate.
 
 The batch loop never waits for Redis or for the read: both happen on the broadcaster's
-own thread. A send that fails (Redis down, timeout) is logged and dropped; the next one
-carries the full totals again and heals every viewer.
+own thread. A send that fails (Redis down, timeout) is logged and tried again a second
+later, read afresh, until the layer takes it. (A viewer whose own subscription Redis
+dropped meanwhile gets it only if its process has subscribed again by then; otherwise
+at the poll's next change, or when it reconnects.)
 
 The limit holds per broadcasting process. Votes are keyed by poll in Kafka, so one
 poll's votes are applied by one worker at a time, and so broadcast by one process.
@@ -54,8 +56,8 @@ logger = logging.getLogger(__name__)
 
 # The leaderboard is coalesced like a poll, under this key: it changes with any vote.
 LEADERBOARD = "leaderboard"
-# After a failed read of the totals (database down), the same polls are tried again this
-# much later, so their last state still goes out once the database is back.
+# After a failed read of the totals (database down) or send (Redis down), the same polls
+# are tried again this much later, so their last state still goes out once it is back.
 _READ_RETRY_SECONDS = 1.0
 # How often a broadcaster that watches deadlines looks for polls whose closes_at passed,
 # and how far back its first look goes (a worker restarted just after a deadline).
@@ -265,28 +267,39 @@ class Broadcaster:
                     self._due.setdefault(key, retry_at)
             return
 
-        messages: list[tuple[str, dict[str, Any]]] = []
+        # (key, group, message): the key is sent again if its message does not go out.
+        messages: list[tuple[int | str, str, dict[str, Any]]] = []
         for poll_id in poll_ids:
             live = totals.get(poll_id)
             if live is None:
                 # Hidden by a moderator or deleted since: its viewers are told to leave.
                 removed = poll_removed_layer_message(poll_id=poll_id)
                 if self._is_new(poll_id, removed["text"]):
-                    messages += [(poll_group(poll_id), removed), (poll_results_group(poll_id), removed)]
-                    messages.append((POLLS_GROUP, removed))
+                    messages += [(poll_id, group, removed) for group in (poll_group(poll_id), poll_results_group(poll_id), POLLS_GROUP)]
                 continue
             public = poll_updated_layer_message(totals=live.public)
             if not self._is_new(poll_id, public["text"]):
                 continue
-            messages += [(poll_group(poll_id), public), (POLLS_GROUP, public)]
+            messages += [(poll_id, poll_group(poll_id), public), (poll_id, POLLS_GROUP, public)]
             if live.full is not None:
-                messages.append((poll_results_group(poll_id), poll_updated_layer_message(totals=live.full)))
+                messages.append((poll_id, poll_results_group(poll_id), poll_updated_layer_message(totals=live.full)))
         if leaderboard is not None:
             board = leaderboard_updated_layer_message(leaderboard=leaderboard)
             if self._is_new(LEADERBOARD, board["text"]):
-                messages.append((POLLS_GROUP, board))
-        if messages:
-            self._group_send_all(messages, loop)
+                messages.append((LEADERBOARD, POLLS_GROUP, board))
+        if not messages:
+            return
+        failed = self._group_send_all([(group, message) for _, group, message in messages], loop)
+        if failed:
+            # Sent again, read afresh, until the layer takes them: the last state of a
+            # poll must go out even if no change follows. Forgotten as sent, or the next
+            # send of the same totals would be skipped as a repeat.
+            keys = {messages[index][0] for index in failed}
+            with self._cond:
+                retry_at = time.monotonic() + _READ_RETRY_SECONDS
+                for key in keys:
+                    self._last_text.pop(key, None)
+                    self._due.setdefault(key, retry_at)
 
     def _is_new(self, key: int | str, text: str) -> bool:
         if self._last_text.get(key) == text:
@@ -294,12 +307,13 @@ class Broadcaster:
         self._last_text[key] = text
         return True
 
-    def _group_send_all(self, messages: list[tuple[str, dict[str, Any]]], loop: asyncio.AbstractEventLoop) -> None:
+    def _group_send_all(self, messages: list[tuple[str, dict[str, Any]]], loop: asyncio.AbstractEventLoop) -> list[int]:
+        """Send each message to its group; the indexes of those that failed."""
         from channels.layers import InMemoryChannelLayer, get_channel_layer
 
         layer = get_channel_layer()
         if layer is None:
-            return
+            return []
 
         async def send_all() -> list[Any]:
             return await asyncio.wait_for(
@@ -310,17 +324,18 @@ class Broadcaster:
         try:
             if isinstance(layer, InMemoryChannelLayer):
                 if self._consumer_loop is None or self._consumer_loop.is_closed():
-                    return  # no consumer ever ran in this process: nobody could receive it
+                    return []  # no consumer ever ran in this process: nobody could receive it
                 results = asyncio.run_coroutine_threadsafe(send_all(), self._consumer_loop).result(self.send_timeout + 1)
             else:
                 results = loop.run_until_complete(send_all())
-        except Exception as exc:  # noqa: BLE001 - timeouts and closed loops alike: drop, the next send heals
-            self._note_failure(f"{len(messages)} group sends dropped: {exc!r}")
-            return
-        failures = [result for result in results if isinstance(result, BaseException)]
-        if failures:
-            self._note_failure(f"{len(failures)} of {len(messages)} group sends dropped: {failures[0]!r}")
-        self.sends += len(messages) - len(failures)
+        except Exception as exc:  # noqa: BLE001 - timeouts and closed loops alike: sent again later
+            self._note_failure(f"{len(messages)} group sends failed, to be sent again: {exc!r}")
+            return list(range(len(messages)))
+        failed = [index for index, result in enumerate(results) if isinstance(result, BaseException)]
+        if failed:
+            self._note_failure(f"{len(failed)} of {len(messages)} group sends failed, to be sent again: {results[failed[0]]!r}")
+        self.sends += len(messages) - len(failed)
+        return failed
 
     def _note_failure(self, what: str) -> None:
         self._dropped += 1

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from datetime import timedelta
 
 import pytest
+import redis
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers
@@ -141,10 +143,13 @@ def test_with_redis_down_batches_apply_without_waiting_and_the_next_broadcast_he
         for option in (1, 2, 3, 4) * 5:
             votes_apply(events=[vote_event(poll, option)])
         applying = time.monotonic() - started
-        # The broadcaster thread keeps going through failed sends instead of dying.
-        assert get_broadcaster().flush(15.0)
+        # The broadcaster thread keeps going through failed sends instead of dying, and
+        # keeps the polls whose sends failed to send again.
+        assert not get_broadcaster().flush(3.0)
+        assert get_broadcaster()._thread.is_alive()
     finally:
         services.redis.start()
+    assert get_broadcaster().flush(30.0), "the failed sends never went out once Redis was back"
     assert counts(poll) == [5, 5, 5, 5]
     # Nothing in the batch path waited for Redis (a send attempt alone may take up to
     # BROADCAST_SEND_TIMEOUT); generous, since this is no benchmark.
@@ -221,3 +226,32 @@ def test_a_passing_deadline_reaches_the_viewers_and_shows_what_an_after_close_po
     assert received_at >= closes_at
     for message in (update, listed):
         assert (message["results_hidden"], message["option1"], message["option2"], message["total"]) == (False, 2, 1, 3)
+
+
+def test_a_send_redis_refuses_goes_out_later_without_another_change(live, settings):
+    """Before, a failed send was dropped and the next change was to heal the viewers:
+    after a poll's last batch, none came, and the totals it had were remembered as sent,
+    so even a later request for them was skipped as a repeat."""
+    admin = redis.Redis.from_url(settings.REDIS_URL)
+    poll = make_poll()
+
+    async def scenario():
+        comm = communicator(f"/ws/polls/{poll.pk}")
+        assert (await comm.connect())[0]
+        await receive(comm)
+        # Redis refuses the broadcaster's PUBLISH; the viewer's subscription stays as it is.
+        await sync_to_async(admin.execute_command)("ACL", "SETUSER", "default", "-publish")
+        try:
+            await apply_votes(poll, 3)
+            await asyncio.sleep(1.5)  # the send failed, and its first retry too
+            refused = await drain(comm, quiet=0.5)
+        finally:
+            await sync_to_async(admin.execute_command)("ACL", "SETUSER", "default", "+publish")
+        update = (await receive_until(comm, lambda m: m["type"] == "poll.updated", timeout=10))[-1]
+        await comm.disconnect()
+        return refused, update
+
+    refused, update = run(scenario)
+    admin.close()
+    assert refused == []
+    assert (update["option3"], update["total"], update["version"]) == (1, 1, 1)
