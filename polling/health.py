@@ -2,9 +2,10 @@
 
 ``/healthz`` answers 200 while the process serves requests and touches nothing else.
 ``/readyz`` checks that each service this process is configured to use answers: the
-database always, Kafka when KAFKA_BROKERS is set, Redis when REDIS_URL is set (in the
-embedded mode only the database). The checks run side by side, each bounded by
-READYZ_TIMEOUT seconds, so a hung dependency costs a probe that long and no more.
+database always, Kafka (and that the vote topic exists) when KAFKA_BROKERS is set,
+Redis when REDIS_URL is set (in the embedded mode only the database). The checks run
+side by side, each bounded by READYZ_TIMEOUT seconds, so a hung dependency costs a
+probe that long and no more.
 
 Kafka and Redis are checked over connections kept between probes (one admin client,
 one Redis connection pool), so a probe costs one round trip, not a new handshake.
@@ -26,6 +27,10 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 from kafka import KafkaAdminClient
+from kafka import errors as kafka_errors
+from kafka.errors import UnknownTopicOrPartitionError
+
+from polls.topics import vote_topic
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,10 @@ logger = logging.getLogger(__name__)
 _executor = ThreadPoolExecutor(max_workers=3, thread_name_prefix="readyz")
 _inflight: dict[str, Future] = {}
 _inflight_lock = threading.Lock()
+
+
+class VoteTopicMissing(RuntimeError):
+    """The broker answers, but the vote topic is not there: no vote could be taken."""
 
 
 class _KafkaProbe:
@@ -53,10 +62,16 @@ class _KafkaProbe:
                 self._admin = _admin_client(brokers, timeout)
                 self._brokers = brokers
             admin = self._admin
-        # DescribeCluster (or Metadata on old brokers): one request on a kept connection.
-        cluster = admin.describe_cluster()
-        if not cluster.get("brokers"):
-            raise RuntimeError("the cluster lists no brokers")
+        # One Metadata request on a kept connection: the cluster answers, and the vote
+        # topic exists (only the worker creates it: until it has run, every vote would
+        # wait VOTE_PUBLISH_TIMEOUT for the topic and be answered 503).
+        topic = vote_topic()
+        found = admin.describe_topics([topic])
+        error = found[0]["error_code"] if found else UnknownTopicOrPartitionError.errno
+        if error == UnknownTopicOrPartitionError.errno:
+            raise VoteTopicMissing(f"the vote topic {topic!r} does not exist yet: the worker creates it when it starts")
+        if error:
+            raise kafka_errors.for_code(error)(f"the vote topic {topic!r}")
 
     def _close(self) -> None:
         if self._admin is not None:

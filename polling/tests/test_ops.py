@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -26,7 +27,7 @@ from polling import health
 from polling.logging import JsonFormatter
 from polling.metrics import VoteIntakeMetricsMixin
 from polls.apis import PollVoteApi
-from polls.topics import vote_topic
+from polls.topics import ensure_topics, vote_topic
 from testsupport.processes import REPO, WebServer, WorkerProcess, wait_until
 from tests.http import request
 from tests.test_deploy_files import image_web_server
@@ -82,7 +83,7 @@ def test_healthz_answers_ok_without_touching_any_service(client):
 
 
 @pytest.mark.django_db
-def test_readyz_checks_database_kafka_and_redis_when_configured(client, settings):
+def test_readyz_checks_database_kafka_and_redis_when_configured(client, settings, kafka_topic):
     settings.READYZ_TIMEOUT = 10
     wait_readiness_settled()
     response = client.get("/readyz")
@@ -96,7 +97,7 @@ def test_readyz_checks_database_kafka_and_redis_when_configured(client, settings
 
 
 @pytest.mark.django_db
-def test_readyz_answers_503_naming_redis_while_redis_is_stopped(client, services, settings):
+def test_readyz_answers_503_naming_redis_while_redis_is_stopped(client, services, settings, kafka_topic):
     settings.READYZ_TIMEOUT = 10
     wait_readiness_settled()
     assert client.get("/readyz").status_code == 200
@@ -116,6 +117,25 @@ def test_readyz_answers_503_naming_redis_while_redis_is_stopped(client, services
     # The kept connection pool reconnects by itself.
     wait_until(lambda: client.get("/readyz").status_code == 200, timeout=15, interval=0.2,
                what="/readyz to recover with Redis back")
+
+
+@pytest.mark.django_db
+def test_readyz_answers_503_naming_kafka_until_the_vote_topic_exists(client, settings, caplog):
+    """Only the worker creates the topic: a web process ready before any worker had run
+    took votes that each waited VOTE_PUBLISH_TIMEOUT for it and were answered 503."""
+    settings.READYZ_TIMEOUT = 10
+    wait_readiness_settled()
+    settings.KAFKA_TOPIC = f"polls-not-yet-{uuid.uuid4().hex[:8]}"
+    with caplog.at_level(logging.WARNING, logger="polling.health"):
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["down"] == ["kafka"]
+    assert body["checks"]["kafka"] == {"ok": False, "error": "VoteTopicMissing"}
+    assert f"the vote topic '{settings.KAFKA_TOPIC}' does not exist yet" in caplog.text
+    ensure_topics()  # what the worker does when it starts
+    wait_readiness_settled()
+    assert client.get("/readyz").status_code == 200
 
 
 @pytest.mark.django_db
@@ -157,7 +177,7 @@ def test_readyz_in_the_embedded_mode_checks_only_the_database(client, settings):
 
 
 @pytest.mark.django_db
-def test_probes_and_metrics_answer_whatever_the_host_header(client, settings):
+def test_probes_and_metrics_answer_whatever_the_host_header(client, settings, kafka_topic):
     """Orchestrators probe by IP address, which ALLOWED_HOSTS does not list."""
     settings.READYZ_TIMEOUT = 10
     wait_readiness_settled()
