@@ -4,10 +4,13 @@ from django.http import JsonResponse
 
 
 class BodySizeLimitMiddleware:
-    """Answer 413 to a request whose declared body exceeds API_MAX_BODY_BYTES.
+    """Answer 413 to a request whose declared body exceeds API_MAX_BODY_BYTES, 411 to one
+    sent chunked.
 
     DRF's parsers read the body as a stream and so bypass Django's
-    DATA_UPLOAD_MAX_MEMORY_SIZE; this check runs before any of it is parsed.
+    DATA_UPLOAD_MAX_MEMORY_SIZE; this check runs before any of it is parsed. Django and
+    DRF read a body only up to its Content-Length, so a chunked one (none declared)
+    would be read as empty and refused for a missing field.
     """
 
     def __init__(self, get_response):
@@ -18,6 +21,10 @@ class BodySizeLimitMiddleware:
             # Admin forms and bulk actions are staff-only and legitimately larger.
             return self.get_response(request)
         limit = settings.API_MAX_BODY_BYTES
+        if "CONTENT_LENGTH" not in request.META and request.META.get("HTTP_TRANSFER_ENCODING"):
+            return JsonResponse(
+                {"detail": "Send the body with a Content-Length header: a chunked body is not read."}, status=411
+            )
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:

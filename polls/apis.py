@@ -188,6 +188,7 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
             401: docs.ErrorSerializer,
             404: docs.ErrorSerializer,
             409: docs.ErrorSerializer,
+            411: docs.ErrorSerializer,
             413: docs.ErrorSerializer,
             415: docs.ErrorSerializer,
             429: docs.ErrorSerializer,

@@ -1,5 +1,6 @@
 """The whole vote path with real processes: daphne, the worker, Kafka and PostgreSQL."""
 
+import http.client
 import json
 import os
 import subprocess
@@ -138,3 +139,20 @@ def test_daphne_hands_post_bodies_to_the_api_without_parsing_them_as_forms(web_s
         assert answer.value.code == 415, (content_type, answer.value.code, answer.value.read())
         assert answer.value.headers["Content-Type"] == "application/json"
         assert content_type.split(";")[0] in json.loads(answer.value.read())["detail"]
+
+
+def test_a_chunked_body_gets_411_asking_for_a_content_length(web_server):
+    """Django and DRF read a body only up to its Content-Length: a vote sent chunked
+    (no Content-Length) was read as empty and refused as if it named no option."""
+    poll_id = request("POST", f"{web_server.url}/polls", {"question": "Chunked?", "option1": "a", "option2": "b"}).json()["id"]
+    host, port = web_server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("POST", f"/polls/{poll_id}/vote", body=iter([b'{"option":', b" 1}"]),
+                           headers={"Content-Type": "application/json"}, encode_chunked=True)
+        answer = connection.getresponse()
+        status, body = answer.status, json.loads(answer.read())
+    finally:
+        connection.close()
+    assert status == 411
+    assert body == {"detail": "Send the body with a Content-Length header: a chunked body is not read."}
