@@ -252,6 +252,7 @@ class Broadcaster:
             self._last_text = {k: text for k, text in self._last_text.items() if k in self._last_sent}
 
     def _send(self, keys: list[int | str], loop: asyncio.AbstractEventLoop) -> None:
+        from polls.models import Poll
         from realtime.selectors import leaderboard_snapshot, polls_live_totals
 
         poll_ids = [key for key in keys if key != LEADERBOARD]
@@ -283,6 +284,10 @@ class Broadcaster:
             messages += [(poll_id, poll_group(poll_id), public), (poll_id, POLLS_GROUP, public)]
             if live.full is not None:
                 messages.append((poll_id, poll_results_group(poll_id), poll_updated_layer_message(totals=live.full)))
+            elif live.public["results_visibility"] == Poll.Visibility.AFTER_VOTE:
+                # Closed: the public totals show the counts now. The voters who watch
+                # from the results group (and left the public one) are told too.
+                messages.append((poll_id, poll_results_group(poll_id), public))
         if leaderboard is not None:
             board = leaderboard_updated_layer_message(leaderboard=leaderboard)
             if self._is_new(LEADERBOARD, board["text"]):

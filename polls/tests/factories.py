@@ -15,13 +15,14 @@ def make_poll(question: str = "Favourite colour?", options: tuple[str, ...] = ("
 
 
 def vote_event(
-    poll: Poll | int, *options: int, vote_id: uuid.UUID | None = None, dedupe_key: str | None = None
+    poll: Poll | int, *options: int, vote_id: uuid.UUID | None = None, dedupe_key: str | None = None,
+    voter_key: str = "test",
 ) -> VoteEvent:
     return VoteEvent(
         vote_id=vote_id or uuid.uuid4(),
         poll_id=poll if isinstance(poll, int) else poll.pk,
         options=options,
-        voter_key="test",
+        voter_key=voter_key,
         cast_at=datetime.now(UTC),
         dedupe_key=dedupe_key,
     )

@@ -9,7 +9,9 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
 from polls.models import Poll
-from polls.tests.factories import make_poll
+from polls.services import poll_create, poll_set_status, votes_apply
+from polls.tests.factories import make_poll, vote_event
+from polls.voters import Voter, client_address_key, voter_token_issue
 from realtime.broadcast import get_broadcaster
 from realtime.consumers import CLOSE_BAD_MESSAGES, CLOSE_NOT_FOUND, CLOSE_TRY_AGAIN_LATER, connection_slots
 from realtime.events import poll_group, poll_updated_layer_message
@@ -239,6 +241,33 @@ def test_results_held_back_until_close_are_null_on_the_socket(live):
         assert all(option["count"] is None for option in message["options"])
     assert after_close["results_hidden"] is False
     assert (after_close["option1"], after_close["option2"], after_close["total"]) == (1, 1, 2)
+
+
+def test_a_voter_watching_an_after_vote_poll_is_told_of_its_close(live):
+    """A viewer who voted watches from the poll's results group, and the public group's
+    updates do not reach it: once the poll closed, the broadcaster sent only those, and
+    the voter's page stayed 'open' until it reconnected."""
+    poll = poll_create(question="Seen once voted?", options=("Yes", "No"), results_visibility=Poll.Visibility.AFTER_VOTE)
+    token_id, signed = voter_token_issue()
+    voter = Voter(user_id=None, token_id=token_id, address_key=client_address_key("unknown"))
+    votes_apply(events=[vote_event(poll, 1, voter_key=voter.key), vote_event(poll, 2), vote_event(poll, 2)])
+
+    async def scenario():
+        voted = communicator(f"/ws/polls/{poll.pk}", headers=[(b"cookie", f"voter={signed}".encode())])
+        stranger = communicator(f"/ws/polls/{poll.pk}")
+        assert (await voted.connect())[0] and (await stranger.connect())[0]
+        snapshots = await receive(voted), await receive(stranger)
+        await database_sync_to_async(poll_set_status)(poll=poll, status=Poll.Status.CLOSED)
+        closed = [(await receive_until(comm, lambda m: m["status"] == "closed"))[-1] for comm in (voted, stranger)]
+        await voted.disconnect()
+        await stranger.disconnect()
+        return snapshots, closed
+
+    (voter_snapshot, stranger_snapshot), closed = run(scenario)
+    assert (voter_snapshot["results_hidden"], voter_snapshot["total"]) == (False, 3)
+    assert (stranger_snapshot["results_hidden"], stranger_snapshot["total"]) == (True, None)
+    for message in closed:
+        assert (message["results_hidden"], message["option1"], message["option2"], message["total"]) == (False, 1, 2, 3)
 
 
 def test_garbage_from_a_client_gets_error_messages_then_a_4400_close(live):
