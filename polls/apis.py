@@ -24,7 +24,7 @@ from polling.throttles import (
 from polls import docs
 from polls.exports import results_csv
 from polls.models import Poll
-from polls.selectors import poll_get, poll_list, poll_results_visible, poll_totals
+from polls.selectors import poll_get, poll_list, poll_results_visible, poll_totals, polls_results_visible
 from polls.services import poll_create, poll_set_status, vote_cast
 from polls.voters import COOKIE_NAME, Voter, voter_from_request, voter_token_issue
 
@@ -118,6 +118,7 @@ class PollsApi(APIView):
         ordering = serializers.ChoiceField(
             choices=["created_at", "-created_at", "total_votes", "-total_votes", "question", "-question"],
             default="-created_at",
+            help_text="By total_votes, polls that hold their counts back from everyone come last.",
         )
 
     @extend_schema(
@@ -131,10 +132,8 @@ class PollsApi(APIView):
         paginator = PollsPagination()
         criteria = {k: v for k, v in filters.items() if k in ("status", "search", "ordering")}
         page = paginator.paginate_queryset(poll_list(**criteria), request, view=self)
-        voter = voter_from_request(request)
-        return paginator.get_paginated_response(
-            [poll_totals(poll=poll, visible=poll_results_visible(poll=poll, voter=voter)) for poll in page]
-        )
+        visible = polls_results_visible(polls=page, voter=voter_from_request(request))
+        return paginator.get_paginated_response([poll_totals(poll=poll, visible=visible[poll.pk]) for poll in page])
 
     @extend_schema(
         operation_id="polls_create",

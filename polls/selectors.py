@@ -12,7 +12,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import F, Q, QuerySet, Sum
+from django.db.models.expressions import OrderBy
 from django.utils import timezone
 
 from polls.exceptions import PollNotFound
@@ -182,8 +183,15 @@ def poll_totals(*, poll: Poll, visible: bool = True, options: Sequence[Option] |
 
 
 def poll_list(*, status: str | None = None, search: str | None = None, ordering: str = "-created_at") -> QuerySet[Poll]:
-    """Visible polls, filtered and ordered; `status` is the effective one (closes_at counts)."""
-    polls = Poll.objects.filter(hidden=False).prefetch_related("options").annotate(total_votes=Sum("options__votes"))
+    """Visible polls, filtered and ordered; `status` is the effective one (closes_at counts).
+
+    Ordered by `total_votes`, a poll that holds its counts back from everyone (an open
+    after_close or after_vote poll) has no total and comes last: ranked among the others
+    by its real total, its place would give that total away (a poll of one's own,
+    voted up one vote at a time, passes it). The sum over the options is added only for
+    that ordering; the other orderings and the page count read the polls alone.
+    """
+    polls = Poll.objects.filter(hidden=False).prefetch_related("options")
     now = timezone.now()
     open_q = Q(status=Poll.Status.OPEN) & (Q(closes_at__isnull=True) | Q(closes_at__gt=now))
     if status == Poll.Status.OPEN:
@@ -192,4 +200,27 @@ def poll_list(*, status: str | None = None, search: str | None = None, ordering:
         polls = polls.exclude(open_q)
     if search:
         polls = polls.filter(question__icontains=search)
-    return polls.order_by(ordering, "-id" if ordering.startswith("-") else "id")
+    descending = ordering.startswith("-")
+    key: str | OrderBy = ordering
+    if ordering.lstrip("-") == "total_votes":
+        shown_to_all = Q(results_visibility=Poll.Visibility.ALWAYS) | ~open_q
+        polls = polls.annotate(total_votes=Sum("options__votes", filter=shown_to_all))
+        total = F("total_votes")
+        key = total.desc(nulls_last=True) if descending else total.asc(nulls_last=True)
+    return polls.order_by(key, "-id" if descending else "id")
+
+
+def polls_results_visible(*, polls: Sequence[Poll], voter: Voter | None) -> dict[int, bool]:
+    """poll_results_visible of each poll, with one query for all of those that depend on
+    whether this viewer voted (open after_vote polls), not one each."""
+    waiting = {
+        poll.pk for poll in polls
+        if poll.results_visibility == Poll.Visibility.AFTER_VOTE and poll_is_open(status=poll.status, closes_at=poll.closes_at)
+    }
+    voted: set[int] = set()
+    if waiting and voter is not None:
+        voted = set(Vote.objects.filter(poll_id__in=waiting, voter_key=voter.key).values_list("poll_id", flat=True))
+    return {
+        poll.pk: poll.pk in voted if poll.pk in waiting else poll_results_visible(poll=poll, voter=None)
+        for poll in polls
+    }

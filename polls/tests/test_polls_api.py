@@ -6,11 +6,13 @@ import json
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 
 from polls.models import AuditEntry, Poll
-from polls.services import poll_create, votes_apply
+from polls.services import poll_create, poll_set_status, votes_apply
 from polls.tests.factories import make_poll, vote_event
 
 pytestmark = pytest.mark.django_db
@@ -58,6 +60,37 @@ def test_polls_are_listed_paginated_filtered_and_searched(client):
     assert client.get("/polls?ordering=-total_votes").json()["results"][0]["id"] == colour.pk
     bad = client.get("/polls?status=maybe")
     assert (bad.status_code, bad.json()) == (400, {"status": ['"maybe" is not a valid choice.']})
+
+
+def test_ordered_by_total_a_poll_holding_its_counts_back_comes_last_and_gives_nothing_away(client):
+    """Ranked by its real total among the others, an after_close poll's place told its
+    total: a poll of one's own, voted up one vote at a time, passed it at that total."""
+    five, hidden, one = (poll_create(question=question, options=("a", "b"), results_visibility=visibility)
+                         for question, visibility in (("five", Poll.Visibility.ALWAYS),
+                                                      ("hidden", Poll.Visibility.AFTER_CLOSE),
+                                                      ("one", Poll.Visibility.ALWAYS)))
+    votes_apply(events=[vote_event(five, 1) for _ in range(5)] + [vote_event(hidden, 2) for _ in range(100)]
+                + [vote_event(one, 1)])
+
+    def order(ordering):
+        return [poll["id"] for poll in client.get(f"/polls?ordering={ordering}").json()["results"]]
+
+    assert order("-total_votes") == [five.pk, one.pk, hidden.pk]
+    assert order("total_votes") == [one.pk, five.pk, hidden.pk]
+    poll_set_status(poll=hidden, status=Poll.Status.CLOSED)  # its counts are everyone's now
+    assert order("-total_votes") == [hidden.pk, five.pk, one.pk]
+
+
+def test_a_page_of_after_vote_polls_asks_once_whether_the_viewer_voted(client):
+    polls = [poll_create(question=f"q{n}", options=("a", "b"), results_visibility=Poll.Visibility.AFTER_VOTE)
+             for n in range(6)]
+    with CaptureQueriesContext(connection) as one_poll:
+        assert client.get("/polls?search=q0").status_code == 200
+    with CaptureQueriesContext(connection) as six_polls:
+        listed = client.get("/polls").json()["results"]
+    assert len(listed) == len(polls)
+    assert all(poll["results_hidden"] for poll in listed)
+    assert len(six_polls.captured_queries) == len(one_poll.captured_queries)
 
 
 def test_close_and_reopen_need_staff_or_the_creator_and_are_audited(client):
