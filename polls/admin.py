@@ -2,7 +2,10 @@
 
 from functools import partial
 
+from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.forms.models import BaseInlineFormSet
 from django.db.models import Sum
 from django.http import HttpResponse
 from django.urls import reverse
@@ -15,8 +18,43 @@ from polls.selectors import poll_get, poll_totals
 from polls.services import poll_set_hidden, poll_set_status
 
 
+class OptionInlineFormSet(BaseInlineFormSet):
+    """A poll's options as the API makes them: positions 1..N without a gap, 2 to
+    POLL_MAX_OPTIONS of them, and max_choices within N.
+
+    The vote path checks a ballot's option against the number of options only, so a gap
+    (1, 2, 7) let a vote for option 3 be answered 204 and then refused by the worker.
+    """
+
+    def clean(self):
+        super().clean()
+        if any(form.errors for form in self.forms):
+            return  # the fields' own errors first
+        if self.instance.pk is not None and (self.instance.version > 0 or not self.has_changed()):
+            return  # a poll with votes keeps its options as they are, and so does one whose options were not touched
+        positions = []
+        for form in self.forms:
+            cleaned = getattr(form, "cleaned_data", None) or {}
+            if cleaned.get("DELETE"):
+                continue
+            if form.instance.pk is not None:  # an existing option, perhaps shown read-only
+                positions.append(cleaned.get("position", form.instance.position))
+            elif cleaned:  # a new one that was filled in
+                positions.append(cleaned["position"])
+        positions.sort()
+        if not 2 <= len(positions) <= settings.POLL_MAX_OPTIONS:
+            raise ValidationError(f"A poll has 2 to {settings.POLL_MAX_OPTIONS} options; this one would have {len(positions)}.")
+        if positions != list(range(1, len(positions) + 1)):
+            raise ValidationError(
+                f"Options are numbered 1 to {len(positions)} without a gap; these are {', '.join(map(str, positions))}."
+            )
+        if not 1 <= self.instance.max_choices <= len(positions):
+            raise ValidationError(f"Max choices must be between 1 and the number of options ({len(positions)}).")
+
+
 class OptionInline(admin.TabularInline):
     model = Option
+    formset = OptionInlineFormSet
     fields = ["position", "text", "votes"]
     readonly_fields = ["votes"]
     extra = 0
@@ -50,11 +88,29 @@ class PollAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     # Status and visibility change only through the actions, which keep the audit trail.
     readonly_fields = ["status", "hidden", "version", "created_at", "created_by", "vote_history_link"]
+    # The voting rules are set when a poll is made: edited later, nothing would validate,
+    # audit or broadcast them (a deadline moved into the past closes the poll unseen, a
+    # visibility changed under viewers shows them what it should not).
+    rule_fields = ["closes_at", "results_visibility", "one_vote_per", "max_choices"]
     inlines = [OptionInline, AuditEntryInline]
     actions = ["close_polls", "reopen_polls", "hide_polls", "unhide_polls", "export_results_csv"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(total=Sum("options__votes"))
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields if obj is None else [*self.readonly_fields, *self.rule_fields]
+
+    def get_deleted_objects(self, objs, request):
+        """What a deletion would take, without loading the vote rows of a poll that has them.
+
+        Django's collector reads every related row to list it, a million vote rows for a
+        busy poll, only to say they cannot be deleted (the vote history is read-only).
+        A poll with applied batches (version > 0) has votes: refused at once, naming them.
+        """
+        if any(poll.version > 0 for poll in objs):
+            return [], {}, {Vote._meta.verbose_name}, []
+        return super().get_deleted_objects(objs, request)
 
     @admin.display(description="votes", ordering="total")
     def total_votes(self, poll):

@@ -89,3 +89,88 @@ def test_a_moderator_deletes_selected_polls_locking_their_options_once(moderator
     assert list(Vote.objects.values_list("poll_id", flat=True)) == [kept.pk]
     # The options of both polls in one statement, before the cascade (PollQuerySet.delete).
     assert len([q for q in queries if q["sql"].endswith("FOR UPDATE")]) == 1
+
+
+def management(prefix: str, total: int, initial: int = 0) -> dict[str, int]:
+    return {f"{prefix}-TOTAL_FORMS": total, f"{prefix}-INITIAL_FORMS": initial,
+            f"{prefix}-MIN_NUM_FORMS": 0, f"{prefix}-MAX_NUM_FORMS": 1000}
+
+
+def new_poll_form(positions: list[int], max_choices: int = 1) -> dict:
+    data = {"question": "Made in the admin?", "results_visibility": "always", "one_vote_per": "none",
+            "max_choices": max_choices, **management("options", len(positions)), **management("audit_entries", 0)}
+    for index, position in enumerate(positions):
+        data |= {f"options-{index}-position": position, f"options-{index}-text": f"choice {position}"}
+    return data
+
+
+@pytest.mark.parametrize(("positions", "max_choices", "error"), [
+    ([1, 2, 7], 1, "Options are numbered 1 to 3 without a gap; these are 1, 2, 7."),
+    ([1], 1, "A poll has 2 to 10 options; this one would have 1."),
+    ([1, 2], 3, "Max choices must be between 1 and the number of options (2)."),
+])
+def test_a_poll_made_in_the_admin_gets_the_options_the_api_would_give_it(moderator, positions, max_choices, error):
+    """The vote path checks a ballot's option against the number of options: with a gap,
+    a vote for option 3 was answered 204 and then refused by the worker."""
+    get_user_model().objects.get(username="mod").user_permissions.add(
+        *Permission.objects.filter(codename__in=["add_poll", "add_option", "change_option"]))
+    refused = moderator.post("/admin/polls/poll/add/", new_poll_form(positions, max_choices))
+    assert refused.status_code == 200 and error in refused.content.decode()
+    assert not Poll.objects.exists()
+    made = moderator.post("/admin/polls/poll/add/", new_poll_form([2, 1, 3], max_choices=2))
+    assert made.status_code == 302
+    poll = Poll.objects.get()
+    assert list(poll.options.order_by("position").values_list("position", "text")) == [
+        (1, "choice 1"), (2, "choice 2"), (3, "choice 3")]
+
+
+def test_a_polls_voting_rules_cannot_be_edited_after_it_is_made(moderator):
+    """Edited later, nothing would validate, audit or broadcast them: a deadline moved
+    into the past closed the poll with no audit entry and no word to its viewers."""
+    poll = make_poll()
+    page = moderator.get(f"/admin/polls/poll/{poll.pk}/change/").content.decode()
+    for field in ("closes_at", "results_visibility", "one_vote_per", "max_choices"):
+        assert f'name="{field}' not in page, field
+    options = poll.options.order_by("position")
+    data = {"question": "Renamed?", "closes_at_0": "2020-01-01", "closes_at_1": "00:00:00",
+            "results_visibility": "after_close", "max_choices": 4,
+            **management("options", options.count(), options.count()), **management("audit_entries", 0)}
+    for index, option in enumerate(options):
+        data |= {f"options-{index}-id": option.pk, f"options-{index}-poll": poll.pk,
+                 f"options-{index}-position": option.position, f"options-{index}-text": option.text}
+    assert moderator.post(f"/admin/polls/poll/{poll.pk}/change/", data).status_code == 302
+    poll.refresh_from_db()
+    assert (poll.question, poll.closes_at, poll.results_visibility, poll.max_choices) == ("Renamed?", None, "always", 1)
+
+
+def test_renumbering_the_options_of_a_poll_without_votes_keeps_them_without_a_gap(moderator):
+    get_user_model().objects.get(username="mod").user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_option", "change_option"]))
+    poll = make_poll()
+    options = list(poll.options.order_by("position"))
+
+    def renumbered(last: int) -> dict:
+        data = {"question": poll.question, **management("options", len(options), len(options)), **management("audit_entries", 0)}
+        for index, option in enumerate(options):
+            data |= {f"options-{index}-id": option.pk, f"options-{index}-poll": poll.pk,
+                     f"options-{index}-position": last if index == len(options) - 1 else option.position,
+                     f"options-{index}-text": option.text}
+        return data
+
+    refused = moderator.post(f"/admin/polls/poll/{poll.pk}/change/", renumbered(7))
+    assert "Options are numbered 1 to 4 without a gap; these are 1, 2, 3, 7." in refused.content.decode()
+    assert list(poll.options.order_by("position").values_list("position", flat=True)) == [1, 2, 3, 4]
+    assert moderator.post(f"/admin/polls/poll/{poll.pk}/change/", renumbered(4)).status_code == 302
+
+
+def test_the_delete_page_of_a_poll_with_votes_refuses_without_reading_its_vote_rows(moderator):
+    get_user_model().objects.get(username="mod").user_permissions.add(Permission.objects.get(codename="delete_poll"))
+    poll = make_poll()
+    votes_apply(events=[vote_event(poll, 1 + n % 4) for n in range(50)])
+    with CaptureQueriesContext(connection) as queries:
+        page = moderator.get(f"/admin/polls/poll/{poll.pk}/delete/")
+    assert page.status_code == 200
+    assert "your account doesn't have permission to delete the following types of objects" in page.content.decode()
+    assert not [q for q in queries if 'FROM "polls_vote"' in q["sql"]]
+    assert moderator.post(f"/admin/polls/poll/{poll.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert Poll.objects.filter(pk=poll.pk).exists() and Vote.objects.filter(poll=poll).count() == 50
