@@ -24,7 +24,7 @@ from polling.throttles import (
 from polls import docs
 from polls.exports import results_csv
 from polls.models import Poll
-from polls.selectors import poll_get, poll_list, poll_results_visible, poll_totals, polls_results_visible
+from polls.selectors import poll_closed_by_staff, poll_get, poll_list, poll_results_visible, poll_totals, polls_results_visible
 from polls.services import poll_create, poll_set_status, vote_cast
 from polls.voters import COOKIE_NAME, Voter, voter_from_request, voter_token_issue
 
@@ -41,13 +41,23 @@ class CanCreatePolls(BasePermission):
 
 
 class CanModeratePoll(BasePermission):
-    """Staff, or the signed-in user who created the poll."""
+    """Staff, or the signed-in user who created the poll; but a poll staff closed (for
+    abuse, say) only staff may reopen."""
 
     message = "Only staff or the poll's creator may close or reopen it."
 
     def has_object_permission(self, request, view, poll):
         user = request.user
-        return bool(user and user.is_authenticated and (user.is_staff or poll.created_by_id == user.pk))
+        if not (user and user.is_authenticated):
+            return False
+        if user.is_staff:
+            return True
+        if poll.created_by_id != user.pk:
+            return False
+        if getattr(view, "status_to_set", None) == Poll.Status.OPEN and poll_closed_by_staff(poll_id=poll.pk):
+            self.message = "A moderator closed this poll: only staff may reopen it."
+            return False
+        return True
 
 
 class PollsPagination(PageNumberPagination):

@@ -17,7 +17,7 @@ from django.db.models.expressions import OrderBy
 from django.utils import timezone
 
 from polls.exceptions import PollNotFound
-from polls.models import Option, Poll, Vote
+from polls.models import AuditEntry, Option, Poll, Vote
 from polls.sql import column, datetime_from_db, table
 from polls.voters import Voter
 
@@ -138,6 +138,17 @@ def _vote_target_sql() -> str:
         f"(SELECT COUNT(*) FROM {table(Option)} o WHERE o.{column(Option, 'poll')} = p.{column(Poll, 'id')}) "
         f"FROM {table(Poll)} p WHERE p.{column(Poll, 'id')} = %s AND p.{column(Poll, 'hidden')} = %s"
     )
+
+
+def poll_closed_by_staff(*, poll_id: int) -> bool:
+    """Whether the poll's last close or reopen was a close by a staff member."""
+    last = (
+        AuditEntry.objects.filter(poll_id=poll_id, action__in=[AuditEntry.Action.CLOSE, AuditEntry.Action.REOPEN])
+        .select_related("actor")
+        .order_by("-at", "-id")
+        .first()
+    )
+    return last is not None and last.action == AuditEntry.Action.CLOSE and last.actor is not None and last.actor.is_staff
 
 
 def voter_has_voted(*, poll_id: int, voter: Voter) -> bool:

@@ -24,7 +24,7 @@ def client():
 
 
 def token_header(user) -> dict:
-    return {"HTTP_AUTHORIZATION": f"Token {Token.objects.create(user=user).key}"}
+    return {"HTTP_AUTHORIZATION": f"Token {Token.objects.get_or_create(user=user)[0].key}"}
 
 
 def test_polls_can_be_created_with_an_options_list_of_up_to_ten(client):
@@ -107,6 +107,13 @@ def test_close_and_reopen_need_staff_or_the_creator_and_are_audited(client):
     assert (reopened.status_code, reopened.json()["status"]) == (200, "open")
     assert [(e.action, e.actor.username) for e in AuditEntry.objects.order_by("id")] == [
         ("close", "creator"), ("reopen", "staff")]
+    # A poll staff closed (for abuse, say) stays closed to its creator.
+    assert client.post(f"/polls/{poll.pk}/close", **token_header(staff)).status_code == 200
+    refused = client.post(f"/polls/{poll.pk}/reopen", **token_header(creator))
+    assert (refused.status_code, refused.json()) == (403, {"detail": "A moderator closed this poll: only staff may reopen it."})
+    assert client.post(f"/polls/{poll.pk}/reopen", **token_header(staff)).status_code == 200
+    assert client.post(f"/polls/{poll.pk}/close", **token_header(creator)).status_code == 200
+    assert client.post(f"/polls/{poll.pk}/reopen", **token_header(creator)).status_code == 200
 
 
 def test_results_export_as_csv_and_json(client):
