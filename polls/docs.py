@@ -40,7 +40,10 @@ class PollSerializer(serializers.Serializer):
     results_hidden = serializers.BooleanField()
     one_vote_per = serializers.ChoiceField(choices=["none", "voter", "user"])
     max_choices = serializers.IntegerField(min_value=1)
-    version = serializers.IntegerField(help_text="Grows with every applied batch of votes.")
+    version = serializers.IntegerField(
+        help_text="Never goes down: grows with every applied batch of votes, and while the counts are held "
+        "back (results_hidden) only with the poll's other changes (status, hiding)."
+    )
     created_at = serializers.DateTimeField()
 
     def __init__(self, *args, **kwargs):

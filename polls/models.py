@@ -58,6 +58,10 @@ class Poll(models.Model):
     # Grows by one with every batch that changes the poll's counters, in the same
     # transaction: live viewers use it to drop stale broadcasts.
     version = models.BigIntegerField(default=0, editable=False)
+    # The version of the poll's last change that was not a vote (its status, its hiding):
+    # what the poll says as its version while it holds its counts back, so that neither the
+    # version nor the rate of updates tells how many batches (about, votes) it received.
+    state_version = models.BigIntegerField(default=0, editable=False)
 
     objects = PollQuerySet.as_manager()
 

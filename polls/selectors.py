@@ -188,7 +188,9 @@ def poll_totals(*, poll: Poll, visible: bool = True, options: Sequence[Option] |
     data["results_hidden"] = not visible
     data["one_vote_per"] = poll.one_vote_per
     data["max_choices"] = poll.max_choices
-    data["version"] = poll.version
+    # Held back, the counts' version would tell about how many batches came in: what is
+    # shown then changes only with the poll's state (state_version, never above version).
+    data["version"] = poll.version if visible else poll.state_version
     data["created_at"] = poll.created_at.isoformat()
     return data
 

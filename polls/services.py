@@ -78,9 +78,11 @@ def poll_set_hidden(*, poll: Poll, hidden: bool, actor: AbstractBaseUser | None 
 
 def _save_and_bump_version(poll: Poll, fields: list[str]) -> None:
     """Save the fields and grow the version, so live viewers take the change as news."""
-    Poll.objects.filter(pk=poll.pk).update(**{name: getattr(poll, name) for name in fields}, version=F("version") + 1)
+    Poll.objects.filter(pk=poll.pk).update(
+        **{name: getattr(poll, name) for name in fields}, version=F("version") + 1, state_version=F("version") + 1
+    )
     vote_target_forget(poll.pk)  # an update() sends no post_save
-    poll.refresh_from_db(fields=["version"])
+    poll.refresh_from_db(fields=["version", "state_version"])
 
 
 # Idempotency keys name a ballot within a poll: the same key always yields the same id.

@@ -97,7 +97,7 @@ class Broadcaster:
         self._last_sent: dict[int | str, float] = {}
         # key -> the last message text sent for it: a send that would repeat it is
         # skipped (a commit whose request came in after the read that already saw it).
-        self._last_text: dict[int | str, str] = {}
+        self._last_text: dict[int | str | tuple[int, str], str] = {}
         self._sending = False
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -249,7 +249,9 @@ class Broadcaster:
     def _forget_old(self, now: float) -> None:
         if len(self._last_sent) > 1000:
             self._last_sent = {k: t for k, t in self._last_sent.items() if t > now - self.interval}
-            self._last_text = {k: text for k, text in self._last_text.items() if k in self._last_sent}
+            self._last_text = {
+                k: text for k, text in self._last_text.items() if (k[0] if isinstance(k, tuple) else k) in self._last_sent
+            }
 
     def _send(self, keys: list[int | str], loop: asyncio.AbstractEventLoop) -> None:
         from polls.models import Poll
@@ -279,12 +281,17 @@ class Broadcaster:
                     messages += [(poll_id, group, removed) for group in (poll_group(poll_id), poll_results_group(poll_id), POLLS_GROUP)]
                 continue
             public = poll_updated_layer_message(totals=live.public)
-            if not self._is_new(poll_id, public["text"]):
-                continue
-            messages += [(poll_id, poll_group(poll_id), public), (poll_id, POLLS_GROUP, public)]
+            # Counts held back: the public totals change only with the poll's state, so
+            # a batch sends the public groups nothing (nor tells them, by the rate of
+            # updates, how many came in); the voters' results group still gets each.
+            public_is_new = self._is_new(poll_id, public["text"])
+            if public_is_new:
+                messages += [(poll_id, poll_group(poll_id), public), (poll_id, POLLS_GROUP, public)]
             if live.full is not None:
-                messages.append((poll_id, poll_results_group(poll_id), poll_updated_layer_message(totals=live.full)))
-            elif live.public["results_visibility"] == Poll.Visibility.AFTER_VOTE:
+                full = poll_updated_layer_message(totals=live.full)
+                if self._is_new((poll_id, "full"), full["text"]):
+                    messages.append((poll_id, poll_results_group(poll_id), full))
+            elif public_is_new and live.public["results_visibility"] == Poll.Visibility.AFTER_VOTE:
                 # Closed: the public totals show the counts now. The voters who watch
                 # from the results group (and left the public one) are told too.
                 messages.append((poll_id, poll_results_group(poll_id), public))
@@ -304,9 +311,10 @@ class Broadcaster:
                 retry_at = time.monotonic() + _READ_RETRY_SECONDS
                 for key in keys:
                     self._last_text.pop(key, None)
+                    self._last_text.pop((key, "full"), None)
                     self._due.setdefault(key, retry_at)
 
-    def _is_new(self, key: int | str, text: str) -> bool:
+    def _is_new(self, key: int | str | tuple[int, str], text: str) -> bool:
         if self._last_text.get(key) == text:
             return False
         self._last_text[key] = text

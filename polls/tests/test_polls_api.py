@@ -81,6 +81,25 @@ def test_ordered_by_total_a_poll_holding_its_counts_back_comes_last_and_gives_no
     assert order("-total_votes") == [hidden.pk, five.pk, one.pk]
 
 
+def test_a_poll_holding_its_counts_back_shows_a_version_that_tells_nothing_of_them(client):
+    """The version grows with every applied batch: shown while the counts were null, it
+    told about how many votes had come in."""
+    poll = poll_create(question="Held back?", options=("a", "b"), results_visibility=Poll.Visibility.AFTER_CLOSE)
+
+    def shown():
+        body = client.get(f"/polls/{poll.pk}").json()
+        return body["total"], body["version"]
+
+    for option in (1, 2, 1):
+        votes_apply(events=[vote_event(poll, option)])
+    assert shown() == (None, 0)
+    poll_set_status(poll=poll, status=Poll.Status.CLOSED)
+    assert shown() == (3, 4)  # three batches and the close
+    poll_set_status(poll=poll, status=Poll.Status.OPEN)
+    votes_apply(events=[vote_event(poll, 2)])
+    assert shown() == (None, 5)  # the reopen's version: never below what was shown before
+
+
 def test_a_page_of_after_vote_polls_asks_once_whether_the_viewer_voted(client):
     polls = [poll_create(question=f"q{n}", options=("a", "b"), results_visibility=Poll.Visibility.AFTER_VOTE)
              for n in range(6)]

@@ -226,21 +226,27 @@ def test_results_held_back_until_close_are_null_on_the_socket(live):
         comm = communicator(f"/ws/polls/{poll.pk}")
         assert (await comm.connect())[0]
         snapshot = await receive(comm)
-        await apply_votes(poll, 1, 2)
-        update = (await receive_until(comm, lambda m: m["version"] == 2))[-1]
+        for option in (1, 2, 1):
+            await apply_votes(poll, option)
+        assert await sync_to_async(get_broadcaster().flush)(10.0)
+        held = await drain(comm, quiet=0.5)
         await database_sync_to_async(Poll.objects.filter(pk=poll.pk).update)(status=Poll.Status.CLOSED)
         get_broadcaster().request(poll_ids=[poll.pk])
         after_close = (await receive_until(comm, lambda m: m["status"] == "closed"))[-1]
         await comm.disconnect()
-        return snapshot, update, after_close
+        return snapshot, held, after_close
 
-    snapshot, update, after_close = run(scenario)
-    for message in (snapshot, update):
+    snapshot, held, after_close = run(scenario)
+    for message in (snapshot, *held):
         assert message["results_hidden"] is True
         assert message["option1"] is None and message["total"] is None
         assert all(option["count"] is None for option in message["options"])
+        # Neither the version nor the number of updates tells how many batches came in:
+        # at most one update (the broadcaster's first send of the poll), the same as the snapshot.
+        assert message["version"] == 0
+    assert len(held) <= 1
     assert after_close["results_hidden"] is False
-    assert (after_close["option1"], after_close["option2"], after_close["total"]) == (1, 1, 2)
+    assert (after_close["option1"], after_close["option2"], after_close["total"], after_close["version"]) == (2, 1, 3, 3)
 
 
 def test_a_voter_watching_an_after_vote_poll_is_told_of_its_close(live):
@@ -257,17 +263,23 @@ def test_a_voter_watching_an_after_vote_poll_is_told_of_its_close(live):
         stranger = communicator(f"/ws/polls/{poll.pk}")
         assert (await voted.connect())[0] and (await stranger.connect())[0]
         snapshots = await receive(voted), await receive(stranger)
+        await apply_votes(poll, 2)  # the voter sees each batch; the stranger has nothing new to see
+        counted = (await receive_until(voted, lambda m: m["total"] == 4))[-1]
+        await sync_to_async(get_broadcaster().flush)(10.0)
+        unseen = await drain(stranger, quiet=0.3)
         await database_sync_to_async(poll_set_status)(poll=poll, status=Poll.Status.CLOSED)
         closed = [(await receive_until(comm, lambda m: m["status"] == "closed"))[-1] for comm in (voted, stranger)]
         await voted.disconnect()
         await stranger.disconnect()
-        return snapshots, closed
+        return snapshots, counted, unseen, closed
 
-    (voter_snapshot, stranger_snapshot), closed = run(scenario)
+    (voter_snapshot, stranger_snapshot), counted, unseen, closed = run(scenario)
+    assert (counted["option2"], counted["version"]) == (3, 2)
+    assert all(message["results_hidden"] and message["version"] == 0 for message in unseen) and len(unseen) <= 1
     assert (voter_snapshot["results_hidden"], voter_snapshot["total"]) == (False, 3)
     assert (stranger_snapshot["results_hidden"], stranger_snapshot["total"]) == (True, None)
     for message in closed:
-        assert (message["results_hidden"], message["option1"], message["option2"], message["total"]) == (False, 1, 2, 3)
+        assert (message["results_hidden"], message["option1"], message["option2"], message["total"]) == (False, 1, 3, 4)
 
 
 def test_garbage_from_a_client_gets_error_messages_then_a_4400_close(live):
