@@ -6,7 +6,6 @@ from functools import cache
 from typing import Any
 
 from django.db import connection
-from django.db.models import Sum
 
 from polls.models import Option, Poll
 from polls.sql import column, table
@@ -51,8 +50,7 @@ def leaderboard_polls(*, limit: int) -> list[dict[str, Any]]:
     """Polls ranked by their total votes, most first; ties by poll id."""
     rows = (
         Poll.objects.filter(hidden=False, results_visibility=Poll.Visibility.ALWAYS)
-        .annotate(total=Sum("options__votes"))
-        .order_by("-total", "id")
+        .order_by("-total", "id")  # poll_total_rank_idx: the top rows, not a sum of every option
         .values("id", "question", "total")[:limit]
     )
-    return [{"poll_id": row["id"], "question": row["question"], "total": row["total"] or 0} for row in rows]
+    return [{"poll_id": row["id"], "question": row["question"], "total": row["total"]} for row in rows]

@@ -6,7 +6,6 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
-from django.db.models import Sum
 from django.http import HttpResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -95,9 +94,6 @@ class PollAdmin(admin.ModelAdmin):
     inlines = [OptionInline, AuditEntryInline]
     actions = ["close_polls", "reopen_polls", "hide_polls", "unhide_polls", "export_results_csv"]
 
-    def get_queryset(self, request):
-        return super().get_queryset(request).annotate(total=Sum("options__votes"))
-
     def get_readonly_fields(self, request, obj=None):
         return self.readonly_fields if obj is None else [*self.readonly_fields, *self.rule_fields]
 
@@ -114,7 +110,7 @@ class PollAdmin(admin.ModelAdmin):
 
     @admin.display(description="votes", ordering="total")
     def total_votes(self, poll):
-        return poll.total or 0
+        return poll.total
 
     @admin.display(description="vote history")
     def vote_history_link(self, poll):

@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.db import models, router, transaction
+from django.db.models.functions import Coalesce
 
 
 class _DeleteLockingOptions(models.QuerySet):
@@ -62,6 +63,11 @@ class Poll(models.Model):
     # what the poll says as its version while it holds its counts back, so that neither the
     # version nor the rate of updates tells how many batches (about, votes) it received.
     state_version = models.BigIntegerField(default=0, editable=False)
+    # The sum of its options' counters, kept with them in the batch's transaction (and
+    # set again when an option goes): the leaderboard of polls and the list ordered by
+    # total read it instead of adding up every option of every poll, which took 370 ms a
+    # request at 100,000 polls.
+    total = models.BigIntegerField(default=0, editable=False)
 
     objects = PollQuerySet.as_manager()
 
@@ -71,6 +77,13 @@ class Poll(models.Model):
             models.Index(fields=["status", "-created_at"], name="poll_status_created_idx"),
             # The broadcaster's look, every second, for polls whose deadline just passed.
             models.Index(fields=["closes_at"], name="poll_closes_at_idx", condition=models.Q(closes_at__isnull=False)),
+            # GET /polls, newest first: the first page read off the index, not a sort of all.
+            models.Index(fields=["-created_at", "-id"], name="poll_listed_idx", condition=models.Q(hidden=False)),
+            # The leaderboard of polls, read off the index: the public, visible ones.
+            models.Index(
+                fields=["-total", "id"], name="poll_total_rank_idx",
+                condition=models.Q(hidden=False, results_visibility="always"),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -185,3 +198,11 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_action_display()} poll {self.poll_id} by {self.actor or 'system'}"
+
+
+def poll_total_reset(using: str | None = None, **poll_filter) -> None:
+    """Set the total of the polls `poll_filter` selects to the sum of their options' counters."""
+    sums = Option.objects.filter(poll=models.OuterRef("pk")).order_by().values("poll").annotate(s=models.Sum("votes"))
+    Poll.objects.using(using).filter(**poll_filter).update(
+        total=Coalesce(models.Subquery(sums.values("s")), 0)
+    )

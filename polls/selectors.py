@@ -12,7 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q, QuerySet, Sum
+from django.db.models import Case, F, Q, QuerySet, When
 from django.db.models.expressions import OrderBy
 from django.utils import timezone
 
@@ -201,8 +201,8 @@ def poll_list(*, status: str | None = None, search: str | None = None, ordering:
     Ordered by `total_votes`, a poll that holds its counts back from everyone (an open
     after_close or after_vote poll) has no total and comes last: ranked among the others
     by its real total, its place would give that total away (a poll of one's own,
-    voted up one vote at a time, passes it). The sum over the options is added only for
-    that ordering; the other orderings and the page count read the polls alone.
+    voted up one vote at a time, passes it). The rank is the poll's kept total
+    (Poll.total), not a sum over every option of every poll.
     """
     polls = Poll.objects.filter(hidden=False).prefetch_related("options")
     now = timezone.now()
@@ -217,7 +217,7 @@ def poll_list(*, status: str | None = None, search: str | None = None, ordering:
     key: str | OrderBy = ordering
     if ordering.lstrip("-") == "total_votes":
         shown_to_all = Q(results_visibility=Poll.Visibility.ALWAYS) | ~open_q
-        polls = polls.annotate(total_votes=Sum("options__votes", filter=shown_to_all))
+        polls = polls.annotate(total_votes=Case(When(shown_to_all, then=F("total")), default=None))
         total = F("total_votes")
         key = total.desc(nulls_last=True) if descending else total.asc(nulls_last=True)
     return polls.order_by(key, "-id" if descending else "id")

@@ -17,7 +17,7 @@ from django.utils import timezone
 from polls.bus import get_vote_bus
 from polls.events import VoteEvent
 from polls.exceptions import AlreadyVoted, InvalidChoices, OptionOutOfRange, PollClosed, SignInRequired
-from polls.models import AuditEntry, Option, Poll, Vote
+from polls.models import AuditEntry, Option, Poll, Vote, poll_total_reset
 from polls.selectors import poll_vote_target, vote_target_forget
 from polls.sql import column, columns, placeholders, table
 from polls.voters import Voter
@@ -249,7 +249,11 @@ def votes_apply(*, events: Iterable[VoteEvent]) -> AppliedBatch:
         result.duplicates += len(firsts) - result.applied
         result.poll_ids = {row[1].poll_id for row in first_inserted}
         if result.poll_ids:
-            _versions_bump(poll_ids=result.poll_ids)
+            poll_of = {option_id: poll_id for (poll_id, _), option_id in option_ids.items()}
+            added: Counter[int] = Counter()
+            for option_id, count in inserted.items():
+                added[poll_of[option_id]] += count
+            _polls_bump(added=added)
             broadcast_polls_on_commit(poll_ids=result.poll_ids)
     return result
 
@@ -281,16 +285,25 @@ def _options_lock(*, poll_ids: set[int]) -> dict[tuple[int, int], int]:
         return {(poll_id, position): option_id for option_id, poll_id, position in cursor.fetchall()}
 
 
-def _versions_bump(*, poll_ids: set[int]) -> None:
-    """Add one to each poll's version (the ORM's update cost 0.45 ms of CPU per batch to compile)."""
-    ids = sorted(poll_ids)
-    version = column(Poll, "version")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table(Poll)} SET {version} = {version} + 1 "
-            f"WHERE {column(Poll, 'id')} IN ({placeholders(len(ids))})",
-            ids,
-        )
+def _polls_bump(*, added: Counter[int]) -> None:
+    """Add one to each touched poll's version and its new choices to its total.
+
+    One hand-written statement on PostgreSQL (the ORM's update cost 0.45 ms of CPU per
+    batch to compile); one per poll elsewhere. The polls' options are locked already
+    (_options_lock), so no other batch touches these rows meanwhile.
+    """
+    ids = sorted(added)
+    if connection.vendor == "postgresql":
+        version, total, pk = column(Poll, "version"), column(Poll, "total"), column(Poll, "id")
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table(Poll)} AS p SET {version} = p.{version} + 1, {total} = p.{total} + v.n "
+                f"FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, n) WHERE p.{pk} = v.id",
+                [ids, [added[poll_id] for poll_id in ids]],
+            )
+        return
+    for poll_id in ids:
+        Poll.objects.filter(pk=poll_id).update(version=F("version") + 1, total=F("total") + added[poll_id])
 
 
 def _counters_add(*, counts: Counter[int]) -> None:
@@ -432,13 +445,14 @@ def _insert_chunk(rows: list[_Row]) -> list[uuid.UUID]:
 @dataclass(frozen=True)
 class CounterMismatch:
     poll_id: int
-    position: int
+    position: int  # 0: the poll's total
     counter: int
     rows: int
 
 
 def counters_verify(*, repair: bool = False) -> list[CounterMismatch]:
-    """Every option whose counter differs from its number of vote rows; optionally fix them.
+    """Every option whose counter, and every poll whose total, differs from its number of
+    vote rows; optionally fix them.
 
     A repair sets each wrong counter to a count taken in the UPDATE itself. Run it with
     the workers stopped: a batch committing between the check and the repair would be
@@ -459,4 +473,10 @@ def counters_verify(*, repair: bool = False) -> list[CounterMismatch]:
                 Option.objects.filter(poll_id=mismatch.poll_id, position=mismatch.position).update(
                     votes=Coalesce(Subquery(row_count), 0)
                 )
-    return mismatches
+    # Each poll's kept total against its vote rows (a repair sets it to its options'
+    # counters, which equal their rows once repaired).
+    totals = Poll.objects.annotate(counted=Count("votes")).exclude(total=F("counted")).order_by("pk")
+    wrong_totals = [CounterMismatch(poll_id=p.pk, position=0, counter=p.total, rows=p.counted) for p in totals]
+    if repair and wrong_totals:
+        poll_total_reset(pk__in=[mismatch.poll_id for mismatch in wrong_totals])
+    return mismatches + wrong_totals

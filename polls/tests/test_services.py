@@ -74,6 +74,19 @@ def test_each_applied_batch_grows_the_poll_version():
     assert versions == [3, 3]
 
 
+def test_each_batch_adds_its_new_choices_to_the_polls_kept_total():
+    """The leaderboard of polls and the list ordered by total read the kept total."""
+    red, blue = make_poll(), make_poll()
+    seen = vote_event(red, 1)
+    votes_apply(events=[seen, vote_event(red, 2), vote_event(blue, 3), vote_event(red, 1, 4)])
+    votes_apply(events=[seen, vote_event(blue, 3)])  # one redelivered, one new
+    assert Poll.objects.get(pk=red.pk).total == sum(counts(red)) == 4  # a ballot of two choices counts two
+    assert Poll.objects.get(pk=blue.pk).total == sum(counts(blue)) == 2
+    red.options.get(position=4).delete()  # its vote row goes with it, and from the total
+    assert Poll.objects.get(pk=red.pk).total == sum(counts(red)) == 3
+    assert counters_verify() == []
+
+
 VOTER = Voter(user_id=None, token_id="t0ken", address_key="abc")
 
 
@@ -107,4 +120,12 @@ def test_verify_counts_reports_and_repairs_a_wrong_counter(capsys):
     assert "poll %d option 1: counter 5, vote rows 2" % poll.pk in capsys.readouterr().out
     call_command("verify_counts", "--repair")
     assert counts(poll) == [2, 0, 0, 0]
+    assert counters_verify() == []
+    # The poll's kept total too (the leaderboard of polls ranks by it).
+    Poll.objects.filter(pk=poll.pk).update(total=7)
+    with pytest.raises(CommandError, match="1 counter"):
+        call_command("verify_counts")
+    assert "poll %d total: 7, vote rows 2" % poll.pk in capsys.readouterr().out
+    call_command("verify_counts", "--repair")
+    assert Poll.objects.get(pk=poll.pk).total == 2
     assert counters_verify() == []

@@ -5,8 +5,8 @@ from polls.services import counters_verify
 
 class Command(BaseCommand):
     help = (
-        "Compare every option's vote counter with the number of its vote rows. Exits 1 "
-        "when any differ; with --repair, sets the counters to the row counts."
+        "Compare every option's vote counter, and every poll's total, with the number of "
+        "their vote rows. Exits 1 when any differ; with --repair, sets them to the counts."
     )
 
     def add_arguments(self, parser):
@@ -15,10 +15,12 @@ class Command(BaseCommand):
     def handle(self, *args, repair, **options):
         mismatches = counters_verify(repair=repair)
         for mismatch in mismatches:
-            self.stdout.write(
-                f"poll {mismatch.poll_id} option {mismatch.position}: counter {mismatch.counter}, "
-                f"vote rows {mismatch.rows}" + (" (repaired)" if repair else "")
-            )
+            if mismatch.position == 0:
+                what = f"poll {mismatch.poll_id} total: {mismatch.counter}, vote rows {mismatch.rows}"
+            else:
+                what = (f"poll {mismatch.poll_id} option {mismatch.position}: counter {mismatch.counter}, "
+                        f"vote rows {mismatch.rows}")
+            self.stdout.write(what + (" (repaired)" if repair else ""))
         if not mismatches:
             self.stdout.write("all counters match their vote rows")
         elif not repair:
