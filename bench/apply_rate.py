@@ -49,7 +49,7 @@ def _counted(database_url: str, poll_ids: list[int]) -> int:
 def _reset(database_url: str) -> None:
     sql(database_url, "TRUNCATE polls_vote", fetch=False)
     sql(database_url, "UPDATE polls_option SET votes = 0", fetch=False)
-    sql(database_url, "UPDATE polls_poll SET version = 0", fetch=False)
+    sql(database_url, "UPDATE polls_poll SET version = 0, state_version = 0, total = 0", fetch=False)
     sql(database_url, "VACUUM ANALYZE polls_option", fetch=False)
 
 

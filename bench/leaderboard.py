@@ -155,6 +155,11 @@ def load(polls: int, votes: int) -> dict:
                 f"UPDATE {option_table} AS t SET votes = v.c FROM "
                 f"(SELECT {vote_option_fk} AS option_id, count(*) AS c FROM {vote_table} GROUP BY 1) v WHERE t.id = v.option_id"
             )
+            poll_total = connection.ops.quote_name(Poll._meta.get_field("total").column)
+            cursor.execute(
+                f"UPDATE {poll_table} AS p SET {poll_total} = s.total FROM "
+                f"(SELECT {option_fk} AS poll_id, sum(votes) AS total FROM {option_table} GROUP BY 1) s WHERE p.id = s.poll_id"
+            )
         cursor.execute(f"VACUUM ANALYZE {poll_table}")
         cursor.execute(f"VACUUM ANALYZE {option_table}")
         cursor.execute(f"VACUUM ANALYZE {vote_table}")
