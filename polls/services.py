@@ -18,7 +18,7 @@ from polls.bus import get_vote_bus
 from polls.events import VoteEvent
 from polls.exceptions import AlreadyVoted, InvalidChoices, OptionOutOfRange, PollClosed, SignInRequired
 from polls.models import AuditEntry, Option, Poll, Vote, poll_total_reset
-from polls.selectors import poll_vote_target, vote_target_forget
+from polls.selectors import poll_is_open, poll_vote_target, vote_target_forget
 from polls.sql import column, columns, placeholders, table
 from polls.voters import Voter
 from realtime.broadcast import broadcast_polls_on_commit
@@ -51,8 +51,14 @@ def poll_create(
 
 
 def poll_set_status(*, poll: Poll, status: str, actor: AbstractBaseUser | None = None) -> Poll:
-    """Close or reopen a poll, with an audit record of who did it."""
+    """Close or reopen a poll, with an audit record of who did it.
+
+    A close of a closed poll, or a reopen of one that is open (its deadline, if any, not
+    passed), changes nothing: no audit entry, no new version, no broadcast.
+    """
     action = AuditEntry.Action.CLOSE if status == Poll.Status.CLOSED else AuditEntry.Action.REOPEN
+    if poll.status == status and (status == Poll.Status.CLOSED or poll_is_open(status=poll.status, closes_at=poll.closes_at)):
+        return poll
     with transaction.atomic():
         poll.status = status
         if status == Poll.Status.OPEN and poll.closes_at is not None and poll.closes_at <= timezone.now():

@@ -1,10 +1,13 @@
+from datetime import timedelta
+
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.utils import timezone
 
 from polls.exceptions import InvalidChoices, OptionOutOfRange, PollClosed, PollNotFound
-from polls.models import Option, Poll, Vote
-from polls.services import counters_verify, poll_create, vote_cast, votes_apply
+from polls.models import AuditEntry, Option, Poll, Vote
+from polls.services import counters_verify, poll_create, poll_set_status, vote_cast, votes_apply
 from polls.tests.factories import counts, make_poll, vote_event
 from polls.voters import Voter
 
@@ -72,6 +75,21 @@ def test_each_applied_batch_grows_the_poll_version():
     votes_apply(events=[duplicate])  # nothing new: the version stays
     versions.append(Poll.objects.get(pk=poll.pk).version)
     assert versions == [3, 3]
+
+
+def test_closing_a_closed_poll_or_reopening_an_open_one_changes_nothing():
+    """Each repeat used to write an audit entry, grow the version and broadcast."""
+    poll = make_poll()
+    poll_set_status(poll=poll, status=Poll.Status.OPEN)  # open already
+    poll_set_status(poll=poll, status=Poll.Status.CLOSED)
+    poll_set_status(poll=Poll.objects.get(pk=poll.pk), status=Poll.Status.CLOSED)
+    assert list(AuditEntry.objects.values_list("action", flat=True)) == ["close"]
+    assert Poll.objects.get(pk=poll.pk).version == 1
+    # Open by its status but past its deadline: a reopen is a change (the deadline goes).
+    Poll.objects.filter(pk=poll.pk).update(status=Poll.Status.OPEN, closes_at=timezone.now() - timedelta(minutes=1))
+    reopened = poll_set_status(poll=Poll.objects.get(pk=poll.pk), status=Poll.Status.OPEN)
+    assert (reopened.status, reopened.closes_at, reopened.version) == ("open", None, 2)
+    assert list(AuditEntry.objects.order_by("id").values_list("action", flat=True)) == ["close", "reopen"]
 
 
 def test_each_batch_adds_its_new_choices_to_the_polls_kept_total():
