@@ -12,7 +12,7 @@ from django.db import connection
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from polls.bus import reset_vote_bus
-from polls.topics import consumer_config, dead_letter_producer_config, ensure_topics
+from polls.topics import dead_letter_producer_config, ensure_topics, vote_consumer
 from polls.worker import VoteWorker
 from testsupport.plugin import service_stack
 from testsupport.processes import WebServer, WorkerProcess, kill_leftovers, wait_until
@@ -106,7 +106,7 @@ def vote_worker(process_env, tmp_path):
 
 def make_vote_worker(*, group: str, batch_size: int = 500) -> VoteWorker:
     """A VoteWorker in this process, on real Kafka clients, subscribed to the test topic."""
-    consumer = KafkaConsumer(**consumer_config(group_id=group, max_records=batch_size))
+    consumer = vote_consumer(group_id=group, max_records=batch_size)
     producer = KafkaProducer(**dead_letter_producer_config())
     worker = VoteWorker(consumer=consumer, dead_letter_producer=producer, batch_size=batch_size, batch_wait_ms=50)
     worker.subscribe([django_settings.KAFKA_TOPIC])

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from django.conf import settings
+from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 
@@ -90,6 +91,15 @@ def consumer_config(*, group_id: str, max_records: int) -> dict[str, Any]:
         "reconnect_backoff_max_ms": 1000,
         "allow_auto_create_topics": False,
     }
+
+
+def vote_consumer(*, group_id: str, max_records: int) -> KafkaConsumer:
+    """The vote worker's consumer, reading its fetched records the lean way (polls.records)."""
+    from polls import records
+
+    consumer = KafkaConsumer(**consumer_config(group_id=group_id, max_records=max_records))
+    records.install(consumer)
+    return consumer
 
 
 def ensure_topics() -> None:

@@ -8,7 +8,7 @@ import time
 import pytest
 from django.conf import settings
 from django.core.management import call_command
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions
 
 from conftest import make_vote_worker, read_topic
@@ -17,7 +17,7 @@ from polls.bus import get_vote_bus
 from polls.models import Option, Poll, Vote
 from polls.services import counters_verify
 from polls.tests.factories import counts, make_poll, vote_event
-from polls.topics import consumer_config, dead_letter_topic
+from polls.topics import dead_letter_topic, vote_consumer
 from polls.worker import WorkerStopped
 from testsupport.processes import WorkerProcess, wait_until
 
@@ -253,7 +253,7 @@ def test_the_worker_takes_partitions_added_to_its_topic_within_seconds(kafka_top
     worker test waited 30 s in vain for a vote), and partitions an operator adds went
     unread as long. The worker's metadata ages out in seconds; new partitions make it
     rejoin its group and take them."""
-    consumer = KafkaConsumer(**consumer_config(group_id=f"workers-{kafka_topic}", max_records=10))
+    consumer = vote_consumer(group_id=f"workers-{kafka_topic}", max_records=10)
     admin = KafkaAdminClient(bootstrap_servers=settings.KAFKA_BROKERS)
     try:
         consumer.subscribe([kafka_topic])

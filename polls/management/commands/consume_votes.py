@@ -5,12 +5,12 @@ import threading
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from polling.heap import freeze_startup_heap
 from polling.metrics import worker_metrics_serve
-from polls.topics import consumer_config, dead_letter_producer_config, ensure_topics, vote_topic
+from polls.topics import dead_letter_producer_config, ensure_topics, vote_consumer, vote_topic
 from polls.worker import VoteWorker
 from realtime.broadcast import get_broadcaster
 
@@ -103,7 +103,7 @@ class Command(BaseCommand):
         while not stop.is_set():
             try:
                 ensure_topics()
-                consumer = KafkaConsumer(**consumer_config(group_id=group, max_records=batch_size))
+                consumer = vote_consumer(group_id=group, max_records=batch_size)
                 # A topic created a moment ago can be missing from this client's first
                 # metadata; joining the group then assigns it no partitions, and the worker
                 # idles until the next metadata refresh (minutes). Join once it is known.
