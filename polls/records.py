@@ -11,7 +11,8 @@ It takes the place of kafka-python's `Fetcher.PartitionRecords` in one consumer
 (`install`), and keeps its contract: the batch's CRC is checked first, control batches
 are skipped, the fetch position moves record by record (a poll may stop inside a
 batch), and a malformed record raises `CorruptRecordError`, before any record of its
-batch is handed out (kafka-python hands out those before the malformed one first).
+batch is handed out (kafka-python hands out those before the malformed one first; the
+one other difference is a record's attributes byte, under `plain_records`).
 Everything else, a compressed or pre-v2 batch, a consumer with deserializers or reading
 only committed transactions, goes through kafka-python's own code. kafka-python is
 pinned (requirements.txt); the tests in `polls/tests/test_records.py` compare both
@@ -53,13 +54,15 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
     return decode_varint(data, pos)
 
 
-def plain_records(batch: DefaultRecordBatch, topic: str, partition: int) -> tuple[list[ConsumerRecord], int]:
+def plain_records(batch: DefaultRecordBatch, topic: str, partition: int) -> tuple[list[ConsumerRecord], list[int]]:
     """Every record of an uncompressed v2 batch, as kafka-python would yield them, and
-    the sum of their sizes (kafka-python's fetch metrics count those).
+    each one's size (kafka-python's fetch metrics count those).
 
-    The record layout (KIP-98): length, attributes (one byte), timestamp delta, offset
+    The record layout (KIP-98): length, attributes (an Int8), timestamp delta, offset
     delta, key and value (length-prefixed, -1 for null), then headers; lengths, deltas
-    and counts are zigzag varints.
+    and counts are zigzag varints. kafka-python reads the attributes as a varint too,
+    which differs only for a byte of 0x80 or more; producers write 0 there, and this
+    reads it as the protocol (and the Java client) does.
     """
     data = bytes(batch._buffer)
     base_offset = batch.base_offset
@@ -70,12 +73,13 @@ def plain_records(batch: DefaultRecordBatch, topic: str, partition: int) -> tupl
     pos = _HEADER_SIZE
     records = []
     append = records.append
-    size = 0
+    sizes = []
+    append_size = sizes.append
     try:
         for _ in range(batch.records_count):
             length, pos = _varint(data, pos)
             start = pos
-            timestamp_delta, pos = _varint(data, pos + 1)  # past the attributes, unused by v2
+            timestamp_delta, pos = _varint(data, pos + 1)  # past the attributes, unused
             offset_delta, pos = _varint(data, pos)
             key_size, pos = _varint(data, pos)
             if key_size >= 0:
@@ -100,7 +104,7 @@ def plain_records(batch: DefaultRecordBatch, topic: str, partition: int) -> tupl
                 raise CorruptRecordError(
                     f"record at offset {base_offset + offset_delta} has {pos - start} bytes, "
                     f"its length says {length}")
-            size += length
+            append_size(length)
             append(_new(ConsumerRecord, (
                 topic, partition, epoch, base_offset + offset_delta,
                 fixed_timestamp if fixed_timestamp is not None else first_timestamp + timestamp_delta,
@@ -112,7 +116,7 @@ def plain_records(batch: DefaultRecordBatch, topic: str, partition: int) -> tupl
         raise CorruptRecordError(f"malformed record in the batch at offset {base_offset}: {exc!r}") from exc
     if pos != len(data):
         raise CorruptRecordError(f"{len(data) - pos} bytes left after the batch at offset {base_offset}")
-    return records, size
+    return records, sizes
 
 
 def _headers(data: bytes, pos: int, count: int) -> tuple[list[tuple[str, bytes | None]], int, int]:
@@ -135,7 +139,8 @@ def _headers(data: bytes, pos: int, count: int) -> tuple[list[tuple[str, bytes |
             value = None
             size += key_size
         headers.append((encoded.decode("utf-8"), value))
-    return headers, size, pos
+    # kafka-python's size of no headers is -1, however their count was written.
+    return headers, size if headers else -1, pos
 
 
 def _record_sizes(record) -> tuple[int, int, int]:
@@ -169,13 +174,12 @@ class LeanPartitionRecords(Fetcher.PartitionRecords):
                     batch = records.next_batch()
                     continue
             if batch.magic == 2 and batch.compression_type == _NO_COMPRESSION:
-                plain, size = plain_records(batch, topic, partition)
-                for record in plain:
+                plain, sizes = plain_records(batch, topic, partition)
+                for record, size in zip(plain, sizes):
                     self.records_read += 1
+                    self.bytes_read += size
                     self.next_fetch_offset = record.offset + 1
                     yield record
-                # Counted by the batch: the fetch metrics read it when the records drain.
-                self.bytes_read += size
             else:
                 for record in batch:
                     if self.check_crcs and not record.validate_crc():
@@ -203,6 +207,8 @@ def install(consumer) -> bool:
     shape (the consumer then reads as kafka-python does, only slower).
     """
     fetcher = getattr(consumer, "_fetcher", None)
+    if isinstance(fetcher, Fetcher) and getattr(fetcher, "PartitionRecords", None) is LeanPartitionRecords:
+        return True
     if not isinstance(fetcher, Fetcher) or getattr(fetcher, "PartitionRecords", None) is not Fetcher.PartitionRecords:
         logger.warning("kafka-python's fetcher is not the one polls.records knows; records are read by kafka-python")
         return False

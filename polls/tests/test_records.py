@@ -56,13 +56,28 @@ def with_attributes(data: bytes, *, set_bits: int) -> bytes:
     return bytes(raw)
 
 
-def read(cls, data: bytes, *, fetch_offset=0, takes=(None,), **options):
-    """Records taken in steps (a poll may stop inside a batch), where the fetch goes on
-    after each, and the reader's counts once it is drained (the fetch metrics read them then)."""
-    partition = cls(fetch_offset, TP, MemoryRecords(data), **options)
-    steps = [(partition.take(n), partition.next_fetch_offset, partition.records_read, bool(partition))
-             for n in takes]
-    return steps, (partition.records_read, partition.bytes_read, partition.leader_epoch)
+class Aggregator:
+    """What kafka-python's fetch metrics are told when a partition's records drain."""
+
+    def __init__(self) -> None:
+        self.recorded = []
+
+    def record(self, tp, num_bytes, num_records) -> None:
+        self.recorded.append((num_bytes, num_records))
+
+
+def read(cls, data: bytes, *, fetch_offset=0, takes=(None,), drain=False, **options):
+    """Records taken in steps (a poll may stop inside a batch) with the reader's state
+    after each: where the fetch goes on, what it counted, the leader epoch, whether it
+    has more. Then what the fetch metrics were told, once drained (the fetcher drains a
+    partition read to its end, and one it seeks, resets or gives back in mid-read)."""
+    aggregator = Aggregator()
+    partition = cls(fetch_offset, TP, MemoryRecords(data), metric_aggregator=aggregator, **options)
+    steps = [(partition.take(n), partition.next_fetch_offset, partition.records_read, partition.bytes_read,
+              partition.leader_epoch, bool(partition)) for n in takes]
+    if drain:
+        partition.drain()
+    return steps, aggregator.recorded
 
 
 def assert_same(data: bytes, **kwargs):
@@ -83,8 +98,8 @@ def test_vote_batches_read_alike():
         batch([(T0 + i, b"7", v, []) for i, v in enumerate(values[start:start + 100])], offset=start)
         for start in (0, 100, 200)
     )
-    [(got, next_offset, count, more)], (_, size, _) = assert_same(data)
-    assert not more
+    [(got, next_offset, count, size, _, more)], recorded = assert_same(data)
+    assert not more and recorded == [(size, 300)]
     assert [r.value for r in got] == values
     assert [r.offset for r in got] == list(range(300))
     assert (next_offset, count) == (300, 300)
@@ -92,13 +107,15 @@ def test_vote_batches_read_alike():
 
 
 @pytest.mark.parametrize("shape", [
-    "null key and value", "empty key and value", "long value", "very long value", "headers",
-    "far timestamps", "wide offsets"])
+    "null key and value", "empty key and value", "one-byte edge", "two-byte edge", "long value",
+    "very long value", "headers", "far timestamps", "wide offsets"])
 def test_every_record_shape_reads_alike(shape):
     records = {
         "null key and value": [(T0, None, None, []), (T0, None, b"v", []), (T0, b"k", None, [])],
         "empty key and value": [(T0, b"", b"", [])],
-        # Lengths over 63 and over 8,191 bytes take two and three varint bytes.
+        # A zigzag varint holds up to 63 in one byte and up to 8,191 in two.
+        "one-byte edge": [(T0, b"k" * 63, b"v" * 64, [])],
+        "two-byte edge": [(T0, b"k" * 8_191, b"v" * 8_192, [])],
         "long value": [(T0, b"k" * 70, b"v" * 300, [])],
         "very long value": [(T0, b"k", b"v" * 20_000, [])],
         "headers": [(T0, b"k", b"v", [("trace", b"abc"), ("empty", None), ("clé", b"")]),
@@ -118,6 +135,67 @@ def test_a_poll_stopping_inside_a_batch_moves_the_position_record_by_record():
     steps, _ = assert_same(data, fetch_offset=50, takes=(3, 4, 100))
     assert [(len(got), next_offset, more) for got, next_offset, *_, more in steps] == [
         (3, 53, True), (4, 57, True), (8, 65, False)]
+
+
+def test_a_partition_drained_in_mid_read_reports_what_was_read():
+    """The fetcher drains a partition it seeks, resets or gives back while its records
+    are half taken; the fetch metrics then get the bytes and records read so far."""
+    data = batch([(T0, b"k", v, []) for v in vote_values(5)]) + batch([(T0, b"k", b"x", [])], offset=5)
+    for takes in ((3,), (5,), (6,)):
+        steps, recorded = assert_same(data, takes=takes, drain=True)
+        [(got, _, count, size, _, _)] = steps
+        assert len(got) == count == takes[0] and recorded == [(size, count)] and size > 0
+
+
+def test_the_leader_epoch_comes_from_each_batch():
+    first, second = (bytearray(batch([(T0, b"k", b"v", [])], offset=o)) for o in (0, 1))
+    struct.pack_into(">i", first, 12, 7)  # PartitionLeaderEpoch, set by the broker, outside the CRC
+    struct.pack_into(">i", second, 12, 8)
+    steps, _ = assert_same(bytes(first + second), takes=(1, 1))
+    assert [(got[0].leader_epoch, epoch) for got, _, _, _, epoch, _ in steps] == [(7, 7), (8, 8)]
+
+
+def test_a_batch_whose_last_records_were_compacted_away_is_fetched_past():
+    """Format v2 keeps a batch's last offset when compaction removes its last records:
+    the next fetch must start past it, or the same batch comes back forever."""
+    raw = bytearray(batch([(T0, b"k", b"a", []), (T0, b"k", b"b", [])], offset=10))
+    struct.pack_into(">i", raw, 23, 5)  # LastOffsetDelta: offsets 12 to 15 were compacted away
+    at = DefaultRecordBatch.ATTRIBUTES_OFFSET
+    struct.pack_into(">I", raw, DefaultRecordBatch.CRC_OFFSET, calc_crc32c(memoryview(raw)[at:]))
+    [(got, next_offset, *_)], _ = assert_same(bytes(raw))
+    assert [r.offset for r in got] == [10, 11] and next_offset == 16
+
+
+def test_unchecked_crcs_hand_out_the_bytes_as_they_are():
+    data = batch([(T0, b"k", b"value", [])])
+    flipped = data[:-2] + b"V" + data[-1:]
+    [(got, *_)], _ = assert_same(flipped, check_crcs=False)
+    assert got[0].value == b"valuV"
+
+
+def test_the_attributes_byte_is_one_byte_as_the_protocol_says():
+    """The one place the two readers differ on a well-formed CRC: kafka-python reads a
+    record's attributes (an Int8, always 0 from producers) as a varint."""
+    raw = bytearray(batch([(T0, b"k", b"v", [])]))
+    raw[DefaultRecordBatch.HEADER_STRUCT.size + 1] = 0x80
+    at = DefaultRecordBatch.ATTRIBUTES_OFFSET
+    struct.pack_into(">I", raw, DefaultRecordBatch.CRC_OFFSET, calc_crc32c(memoryview(raw)[at:]))
+    [(ours, *_)], _ = read(lean.LeanPartitionRecords, bytes(raw))
+    [(theirs, *_)], _ = read(Fetcher.PartitionRecords, bytes(raw))
+    assert [(r.key, r.value) for r in ours] == [(b"k", b"v")]
+    assert [(r.key, r.value) for r in theirs] == [(None, b"v")]
+
+
+def test_no_headers_written_in_two_bytes_still_have_kafka_python_s_size():
+    raw = bytearray(batch([(T0, b"k", b"v", [])]))
+    assert raw[-1] == 0  # the header count, last byte of the record: 0 in two bytes instead
+    raw[-1:] = b"\x80\x00"
+    raw[DefaultRecordBatch.HEADER_STRUCT.size] += 2  # the record's length (zigzag: 2 per byte)
+    struct.pack_into(">i", raw, 8, len(raw) - 12)
+    at = DefaultRecordBatch.ATTRIBUTES_OFFSET
+    struct.pack_into(">I", raw, DefaultRecordBatch.CRC_OFFSET, calc_crc32c(memoryview(raw)[at:]))
+    [(got, *_)], _ = assert_same(bytes(raw))
+    assert (got[0].headers, got[0].serialized_header_size) == ([], -1)
 
 
 def test_a_fetch_from_inside_a_batch_skips_what_came_before():
@@ -140,9 +218,11 @@ def test_control_batches_are_skipped_and_log_append_time_is_the_batch_s():
 
 @pytest.mark.parametrize("magic,compression", [(2, 1), (1, 0), (0, 0), (1, 1)])
 def test_compressed_and_old_format_batches_go_through_kafka_python(magic, compression):
-    data = batch([(T0 + i, b"k", v, []) for i, v in enumerate(vote_values(20))], magic=magic, compression=compression)
+    headers = [("trace", b"abc"), ("none", None)] if magic == 2 else []
+    data = batch([(T0 + i, b"k", v, headers) for i, v in enumerate(vote_values(20))], magic=magic, compression=compression)
     [(got, next_offset, *_)], _ = assert_same(data)
     assert len(got) == 20 and next_offset == 20
+    assert {r.serialized_header_size for r in got} == ({12} if headers else {-1})
 
 
 def test_deserializers_and_read_committed_use_kafka_python_s_reader(monkeypatch):
@@ -185,7 +265,7 @@ def test_a_flipped_bit_fails_the_crc_in_both():
             read(cls, bad)
 
 
-@pytest.mark.parametrize("where", ["record length", "key length", "trailing byte"])
+@pytest.mark.parametrize("where", ["record length", "key length", "header count", "header key length", "trailing byte"])
 def test_malformed_records_with_a_good_crc_are_refused_by_both(where):
     data = batch([(T0, b"key", b"value", []), (T0, b"key", b"value", [])])
     first = DefaultRecordBatch.HEADER_STRUCT.size
@@ -194,6 +274,12 @@ def test_malformed_records_with_a_good_crc_are_refused_by_both(where):
     elif where == "key length":
         # length, attributes, timestamp delta, offset delta, then the key's length: 3 -> 60.
         bad = corrupt(data, first + 4, 120, fix_crc=True)
+    elif where == "header count":
+        # ... the key (3 bytes), the value's length and the value (5), then the header count: -1.
+        bad = corrupt(data, first + 5 + 3 + 1 + 5, 1, fix_crc=True)
+    elif where == "header key length":
+        data = batch([(T0, b"key", b"value", [("h", b"1")]), (T0, b"key", b"value", [])])
+        bad = corrupt(data, first + 5 + 3 + 1 + 5 + 1, 1, fix_crc=True)  # the first header's key: -1
     else:
         raw = bytearray(data + b"\x00")
         struct.pack_into(">i", raw, 8, len(raw) - 12)
@@ -209,6 +295,20 @@ def test_malformed_records_with_a_good_crc_are_refused_by_both(where):
     # The lean reader refuses the batch before handing out any of its records.
     assert handed_out[lean.LeanPartitionRecords] == 0
     assert handed_out[Fetcher.PartitionRecords] == (2 if where == "trailing byte" else 0)
+
+
+def test_install_sets_the_reader_of_that_consumer_only_and_may_run_twice(caplog):
+    class Consumer:
+        def __init__(self) -> None:
+            self._fetcher = object.__new__(Fetcher)  # the fetcher's type is what install checks
+
+    consumer, other = Consumer(), Consumer()
+    with caplog.at_level(logging.WARNING, logger="polls.records"):
+        assert lean.install(consumer) is True
+        assert lean.install(consumer) is True
+    assert consumer._fetcher.PartitionRecords is lean.LeanPartitionRecords
+    assert other._fetcher.PartitionRecords is Fetcher.PartitionRecords
+    assert caplog.text == ""
 
 
 def test_install_refuses_a_consumer_it_does_not_know(caplog):
