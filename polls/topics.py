@@ -15,6 +15,8 @@ from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 
+from polls import records
+
 logger = logging.getLogger(__name__)
 
 
@@ -94,11 +96,11 @@ def consumer_config(*, group_id: str, max_records: int) -> dict[str, Any]:
 
 
 def vote_consumer(*, group_id: str, max_records: int) -> KafkaConsumer:
-    """The vote worker's consumer, reading its fetched records the lean way (polls.records)."""
-    from polls import records
-
+    """The vote worker's consumer, reading its fetched records with polls.records
+    unless WORKER_LEAN_RECORDS is off."""
     consumer = KafkaConsumer(**consumer_config(group_id=group_id, max_records=max_records))
-    records.install(consumer)
+    if settings.WORKER_LEAN_RECORDS:
+        records.install(consumer)
     return consumer
 
 

@@ -10,11 +10,13 @@ from django.conf import settings
 from django.core.management import call_command
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions
+from kafka.consumer.fetcher import Fetcher
 
 from conftest import make_vote_worker, read_topic
 from polling.metrics import WORKER_REGISTRY
 from polls.bus import get_vote_bus
 from polls.models import Option, Poll, Vote
+from polls.records import LeanPartitionRecords
 from polls.services import counters_verify
 from polls.tests.factories import counts, make_poll, vote_event
 from polls.topics import dead_letter_topic, vote_consumer
@@ -46,10 +48,14 @@ def close(worker):
     worker.dead_letter_producer.close(timeout=5)
 
 
-def test_a_batch_delivered_twice_is_counted_once(kafka_topic):
+@pytest.mark.parametrize("lean_records", [True, False], ids=["lean reader", "kafka-python's reader"])
+def test_a_batch_delivered_twice_is_counted_once(kafka_topic, settings, lean_records):
+    settings.WORKER_LEAN_RECORDS = lean_records
     poll = make_poll()
     publish(*[vote_event(poll, 1 + n % 4) for n in range(40)])
     worker = make_vote_worker(group="redelivery")
+    reader = worker.consumer._fetcher.PartitionRecords
+    assert reader is (LeanPartitionRecords if lean_records else Fetcher.PartitionRecords)
     try:
         messages = poll_batch(worker, 40)
         first = worker.consume_batch(messages)
