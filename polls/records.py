@@ -81,18 +81,13 @@ def plain_records(batch: DefaultRecordBatch, topic: str, partition: int) -> tupl
             start = pos
             timestamp_delta, pos = _varint(data, pos + 1)  # past the attributes, unused
             offset_delta, pos = _varint(data, pos)
+            # Key and value: a length, then its bytes; a negative length is null.
             key_size, pos = _varint(data, pos)
-            if key_size >= 0:
-                key = data[pos:pos + key_size]
-                pos += key_size
-            else:
-                key = None
+            key = data[pos:pos + key_size] if key_size >= 0 else None
+            pos += key_size if key_size > 0 else 0
             value_size, pos = _varint(data, pos)
-            if value_size >= 0:
-                value = data[pos:pos + value_size]
-                pos += value_size
-            else:
-                value = None
+            value = data[pos:pos + value_size] if value_size >= 0 else None
+            pos += value_size if value_size > 0 else 0
             if data[pos] == 0:  # no headers, as in every vote
                 pos += 1
                 headers = []

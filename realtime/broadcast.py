@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 LEADERBOARD = "leaderboard"
 # After a failed read of the totals (database down) or send (Redis down), the same polls
 # are tried again this much later, so their last state still goes out once it is back.
-_READ_RETRY_SECONDS = 1.0
+_RETRY_SECONDS = 1.0
 # How often a broadcaster that watches deadlines looks for polls whose closes_at passed,
 # and how far back its first look goes (a worker restarted just after a deadline).
 _DEADLINE_SWEEP_SECONDS = 1.0
@@ -263,11 +263,8 @@ class Broadcaster:
             leaderboard = leaderboard_snapshot() if LEADERBOARD in keys else None
         except Exception as exc:  # noqa: BLE001 - whatever the database says, the thread lives on
             connections.close_all()
-            self._note_failure(f"reading totals of {keys} failed ({exc!r}); retrying in {_READ_RETRY_SECONDS} s")
-            with self._cond:
-                retry_at = time.monotonic() + _READ_RETRY_SECONDS
-                for key in keys:
-                    self._due.setdefault(key, retry_at)
+            self._note_failure(f"reading totals of {keys} failed ({exc!r}); retrying in {_RETRY_SECONDS} s")
+            self._retry_later(keys)
             return
 
         # (key, group, message): the key is sent again if its message does not go out.
@@ -306,13 +303,18 @@ class Broadcaster:
             # Sent again, read afresh, until the layer takes them: the last state of a
             # poll must go out even if no change follows. Forgotten as sent, or the next
             # send of the same totals would be skipped as a repeat.
-            keys = {messages[index][0] for index in failed}
-            with self._cond:
-                retry_at = time.monotonic() + _READ_RETRY_SECONDS
-                for key in keys:
+            self._retry_later({messages[index][0] for index in failed}, forget_sent=True)
+
+    def _retry_later(self, keys: Iterable[int | str], *, forget_sent: bool = False) -> None:
+        """Make these keys due again in _RETRY_SECONDS (unless due sooner); forget_sent:
+        also forget what was last sent for them, so the retry is not skipped as a repeat."""
+        with self._cond:
+            retry_at = time.monotonic() + _RETRY_SECONDS
+            for key in keys:
+                if forget_sent:
                     self._last_text.pop(key, None)
                     self._last_text.pop((key, "full"), None)
-                    self._due.setdefault(key, retry_at)
+                self._due.setdefault(key, retry_at)
 
     def _is_new(self, key: int | str | tuple[int, str], text: str) -> bool:
         if self._last_text.get(key) == text:
