@@ -8,10 +8,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+REST_PORT ?= 8001
 # Environment of the real services started by `make services` (read by web and worker).
 SERVICES_ENV := .services/env
 
-.PHONY: install run test services services-stop services-status web worker migrate check clean bench audit
+.PHONY: install run test services services-stop services-status web rest worker migrate check clean bench audit
 
 install: $(VENV)/.installed
 
@@ -56,6 +57,10 @@ migrate: install
 
 web: migrate
 	$(with_services_env) exec $(BIN)/python -m daphne -v 0 -b $(HOST) -p $(PORT) polling.asgi:application
+
+# The REST API alone on gunicorn (polling.wsgi), beside `make web` for the WebSockets.
+rest: migrate
+	$(with_services_env) exec $(BIN)/python -m gunicorn -c python:polling.gunicorn_conf -b $(HOST):$(REST_PORT)
 
 worker: migrate
 	$(with_services_env) exec $(BIN)/python manage.py consume_votes

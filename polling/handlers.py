@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.base import BaseHandler
+from django.core.handlers.wsgi import WSGIHandler
 from django.http import FileResponse
 
 
@@ -110,6 +111,15 @@ class SyncChainASGIHandler(ASGIHandler):
         message = await receive()
         if message["type"] != "http.disconnect":
             raise AssertionError(f"Invalid ASGI message after request body: {message['type']}")
+
+
+class CycleFreeWSGIHandler(WSGIHandler):
+    """Django's WSGIHandler, for the REST process (gunicorn), without a request's cycles."""
+
+    def get_response(self, request):
+        response = super().get_response(request)
+        release_request_cycles(request, response)
+        return response
 
 
 def release_request_cycles(request, response) -> None:

@@ -1,6 +1,7 @@
 """Log formatting: one JSON object per line in production, plain text in development.
 
-settings.LOGGING picks the formatter from LOG_FORMAT (default: "json" unless DEBUG).
+settings.LOGGING picks the formatter from LOG_FORMAT (default: "json" unless DEBUG);
+the REST process's gunicorn (polling.gunicorn_conf) logs through the same configuration.
 """
 
 from __future__ import annotations
@@ -8,6 +9,10 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
+
+from django.core.exceptions import ImproperlyConfigured
+
+from polling.env import env_str
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is
 # kept as a field of its own.
@@ -44,3 +49,32 @@ class JsonFormatter(logging.Formatter):
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_") and key not in entry:
                 entry[key] = value
         return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def log_format(*, debug: bool) -> str:
+    """LOG_FORMAT from the environment: "json" or "plain" (the default: plain when debugging)."""
+    fmt = env_str("LOG_FORMAT", "plain" if debug else "json")
+    if fmt not in ("json", "plain"):
+        raise ImproperlyConfigured(f"LOG_FORMAT={fmt!r} must be 'json' or 'plain'.")
+    return fmt
+
+
+def logging_config(*, level: str, fmt: str, loggers: dict[str, dict] | None = None) -> dict:
+    """The `logging.config.dictConfig` of every process: one handler on stderr, in `fmt`."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+            "json": {"()": "polling.logging.JsonFormatter"},
+        },
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": fmt}},
+        "root": {"handlers": ["console"], "level": level},
+        "loggers": {
+            "kafka": {"level": "WARNING"},
+            # Django's own console handler (DEBUG only) would print its records a second
+            # time, in another format; they reach the root handler anyway.
+            "django": {"handlers": [], "propagate": True},
+            **(loggers or {}),
+        },
+    }

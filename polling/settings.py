@@ -12,6 +12,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from polling.env import env_bool, env_float, env_int, env_list, env_rate, env_str
+from polling.logging import log_format, logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -302,25 +303,8 @@ SECURE_PROXY_SSL_HEADER = tuple(_proxy_ssl_header) if len(_proxy_ssl_header) == 
 # Logs go to stderr: one JSON object per line in production (for log collectors), plain
 # text in DEBUG; LOG_FORMAT=json|plain overrides either.
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
-LOG_FORMAT = env_str("LOG_FORMAT", "plain" if DEBUG else "json")
-if LOG_FORMAT not in ("json", "plain"):
-    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} must be 'json' or 'plain'.")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-        "json": {"()": "polling.logging.JsonFormatter"},
-    },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {
-        "kafka": {"level": "WARNING"},
-        # Django's own console handler (DEBUG only) would print its records a second
-        # time, in another format; they reach the root handler anyway.
-        "django": {"handlers": [], "propagate": True},
-    },
-}
+LOG_FORMAT = log_format(debug=DEBUG)
+LOGGING = logging_config(level=LOG_LEVEL, fmt=LOG_FORMAT)
 
 # Request metrics time the whole stack, so their middleware comes first; probes and
 # scrapes are answered next, ahead of the Host header check (see polling.health).

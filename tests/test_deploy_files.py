@@ -30,11 +30,11 @@ from django.core.management import call_command, get_commands, load_command_clas
 from django.urls import resolve
 
 from devservices import free_port
-from testsupport.processes import WebServer, WorkerProcess
+from testsupport.processes import RestServer, WebServer, WorkerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.zookeeper.yml")
-APP_SERVICES = ("migrate", "web", "worker")
+APP_SERVICES = ("migrate", "web", "rest", "worker")
 # The project's own Python packages (what the image must contain, and what is not a
 # third-party import).
 PROJECT_PACKAGES = ("polling", "polls", "leaderboard", "realtime")
@@ -191,12 +191,13 @@ def test_compose_has_the_whole_system_with_dependencies_that_exist(compose):
             if not source.startswith((".", "/")):
                 assert source in declared_volumes, f"{service_name} uses undeclared volume {source}"
     assert services["postgres"]["volumes"] and services["kafka"]["volumes"]
-    for app in ("web", "worker"):
+    for app in ("web", "rest", "worker"):
         assert services[app]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
         assert services[app]["depends_on"]["kafka"] == {"condition": "service_healthy"}
         assert services[app].get("init") is True
     assert services["migrate"]["restart"] == "no"
-    assert "healthcheck" in services["web"] and "healthcheck" in services["worker"]
+    assert all("healthcheck" in services[app] for app in ("web", "rest", "worker"))
+    assert services["rest"]["depends_on"] == services["web"]["depends_on"]
 
 
 def test_compose_images_are_pinned(compose):
@@ -317,6 +318,19 @@ def check_command(argv: list[str]) -> dict:
         assert callable(getattr(module, attribute)), args.application
         assert args.host == "0.0.0.0", "in a container the server must listen on every interface"
         return {"role": "web", "port": args.port, "verbosity": args.verbosity}
+    if argv[1:3] == ["-m", "gunicorn"]:
+        from gunicorn.config import Config
+
+        args = Config().parser().parse_args(argv[3:])
+        assert args.config == "python:polling.gunicorn_conf", "the REST process's settings are the project's"
+        conf = importlib.import_module(args.config.removeprefix("python:"))
+        module_name, attribute = conf.wsgi_app.split(":")
+        assert callable(getattr(importlib.import_module(module_name), attribute)), conf.wsgi_app
+        assert conf.accesslog is None, "gunicorn's plain-text access log would break the JSON log stream"
+        (bind,) = args.bind
+        host, port = bind.rsplit(":", 1)
+        assert host == "0.0.0.0", "in a container the server must listen on every interface"
+        return {"role": "rest", "port": int(port)}
     assert argv[1] == "manage.py" and (REPO / "manage.py").exists()
     name = argv[2]
     commands = get_commands()
@@ -334,9 +348,13 @@ def test_the_image_runs_the_asgi_application_and_compose_runs_real_commands(comp
     assert services["web"]["command"] == dockerfile_cmd()
     assert check_command(services["migrate"]["command"])["role"] == "migrate"
     assert check_command(services["worker"]["command"])["role"] == "consume_votes"
-    web_port = check_command(services["web"]["command"])["port"]
-    assert f"{web_port}:{web_port}" in services["web"]["ports"]
-    assert str(web_port) in dockerfile("EXPOSE")[0].split()
+    for app, role in (("web", "web"), ("rest", "rest")):
+        command = check_command(services[app]["command"])
+        assert command["role"] == role
+        assert f"{command['port']}:{command['port']}" in services[app]["ports"]
+        assert str(command["port"]) in dockerfile("EXPOSE")[0].split()
+    # The Dockerfile's list of roles names the rest command as compose runs it.
+    assert shlex.join(services["rest"]["command"]) in (REPO / "Dockerfile").read_text()
 
 
 def healthcheck_url(service: dict) -> str:
@@ -350,14 +368,14 @@ def healthcheck_url(service: dict) -> str:
 def test_health_checks_probe_endpoints_the_urlconf_serves(compose):
     _, spec = compose
     services = spec["services"]
-    web_url = urlsplit(healthcheck_url(services["web"]))
-    web_port = check_command(services["web"]["command"])["port"]
-    assert web_url.port == web_port
-    assert resolve(web_url.path).url_name in ("healthz", "readyz")
     # Answered before the Host check, so the probe works whatever ALLOWED_HOSTS says.
     from polling.health import PROBE_PATHS
 
-    assert web_url.path in PROBE_PATHS
+    for app in ("web", "rest"):
+        url = urlsplit(healthcheck_url(services[app]))
+        assert url.port == check_command(services[app]["command"])["port"]
+        assert resolve(url.path).url_name in ("healthz", "readyz")
+        assert url.path in PROBE_PATHS
 
     worker_url = urlsplit(healthcheck_url(services["worker"]))
     worker_env = service_env(services["worker"], {"SECRET_KEY": "any"})
@@ -497,6 +515,10 @@ def test_the_makefile_serves_the_same_application_as_the_image():
     assert commands
     for argv in commands:
         assert argv[-1] == dockerfile_cmd()[-1]
+    rest = load_compose("docker-compose.yml")["services"]["rest"]["command"]
+    (make_rest,) = [shlex.split(line.split("$(BIN)/python", 1)[1]) for line in makefile.splitlines()
+                    if "-m gunicorn" in line and "$(BIN)/python" in line]
+    assert make_rest[:-2] == rest[1:-2] and make_rest[-2] == "-b"
 
 
 # --- The image's commands, run for real ---------------------------------------------------------
@@ -511,11 +533,21 @@ def image_web_server(env: dict[str, str], log_dir: Path) -> WebServer:
     return server
 
 
+def compose_rest_server(env: dict[str, str], log_dir: Path) -> RestServer:
+    """gunicorn started with the compose file's rest command, on a free port of 127.0.0.1."""
+    server = RestServer(env=env, log_dir=log_dir)
+    command = load_compose("docker-compose.yml")["services"]["rest"]["command"]
+    replace = {"python": sys.executable, "0.0.0.0:8001": f"127.0.0.1:{server.port}"}
+    server.args = [replace.get(arg, arg) for arg in command]
+    return server
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_image_and_compose_commands_run_and_pass_the_compose_health_checks(process_env, tmp_path):
     services = load_compose("docker-compose.yml")["services"]
     # Readiness here is about the command and the path; slack for a loaded machine.
     web = image_web_server({**process_env, "READYZ_TIMEOUT": "3"}, tmp_path)
+    rest = compose_rest_server({**process_env, "READYZ_TIMEOUT": "3"}, tmp_path)
     metrics_port = free_port()
     worker = WorkerProcess(env={**process_env, "WORKER_METRICS_PORT": str(metrics_port)}, log_dir=tmp_path,
                            group=process_env["KAFKA_CONSUMER_GROUP"])
@@ -523,16 +555,19 @@ def test_the_image_and_compose_commands_run_and_pass_the_compose_health_checks(p
     worker.args = [sys.executable if arg == "python" else arg for arg in services["worker"]["command"]]
     worker_url = healthcheck_url(services["worker"])
     web.start()
+    rest.start()
     worker.start()
     try:
         web_probe = services["web"]["healthcheck"]["test"][3].replace(":8000/", f":{web.port}/")
+        rest_probe = services["rest"]["healthcheck"]["test"][3].replace(":8001/", f":{rest.port}/")
         worker_probe = services["worker"]["healthcheck"]["test"][3].replace(
             f":{urlsplit(worker_url).port}/", f":{metrics_port}/")
-        for probe in (web_probe, worker_probe):
+        for probe in (web_probe, rest_probe, worker_probe):
             result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
             assert result.returncode == 0, result.stderr
     finally:
         web.kill()
+        rest.kill()
         worker.kill()
 
 

@@ -1,4 +1,4 @@
-"""The whole vote path with real processes: daphne, the worker, Kafka and PostgreSQL."""
+"""The whole vote path with real processes: daphne or gunicorn, the worker, Kafka and PostgreSQL."""
 
 import http.client
 import json
@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from polls.services import counters_verify
-from testsupport.processes import REPO, WebServer, WorkerProcess, wait_until
+from testsupport.processes import REPO, RestServer, WebServer, WorkerProcess, wait_until
 from tests.http import request
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -23,12 +23,26 @@ SEED_POLL = {"question": "What is your favorite color?", "option1": "Red", "opti
              "option3": "Green", "option4": "Yellow"}
 
 
+# The two HTTP servers of the image: daphne (web: REST and WebSockets), gunicorn (rest).
+SERVERS = pytest.mark.parametrize("server_class", [WebServer, RestServer], ids=["daphne", "gunicorn"])
+
+
+@pytest.fixture
+def http_server(server_class, process_env, tmp_path):
+    server = server_class(env=process_env, log_dir=tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
 def totals(server, poll_id):
     body = request("GET", f"{server.url}/polls/{poll_id}").json()
     return [body[f"option{n}"] for n in range(1, 5)]
 
 
-def test_hundreds_of_concurrent_votes_are_all_counted_exactly(web_server, vote_worker):
+@SERVERS
+def test_hundreds_of_concurrent_votes_are_all_counted_exactly(http_server, vote_worker):
+    web_server = http_server
     created = request("POST", f"{web_server.url}/polls", SEED_POLL)
     assert created.status == 201
     poll_id = created.json()["id"]
@@ -56,9 +70,10 @@ def test_the_worker_process_runs_with_its_thread_switch_interval(vote_worker):
     assert "(thread switch interval 1.00 ms)" in vote_worker.log()
 
 
-def test_with_the_broker_down_a_vote_gets_503_and_is_never_counted(services, process_env, tmp_path):
+@SERVERS
+def test_with_the_broker_down_a_vote_gets_503_and_is_never_counted(server_class, services, process_env, tmp_path):
     env = {**process_env, "VOTE_PUBLISH_TIMEOUT": "2"}
-    web = WebServer(env=env, log_dir=tmp_path)
+    web = server_class(env=env, log_dir=tmp_path)
     worker = WorkerProcess(env=env, log_dir=tmp_path, group=env["KAFKA_CONSUMER_GROUP"])
     web.start()
     worker.start()
@@ -141,7 +156,9 @@ def test_daphne_hands_post_bodies_to_the_api_without_parsing_them_as_forms(web_s
         assert content_type.split(";")[0] in json.loads(answer.value.read())["detail"]
 
 
-def test_a_chunked_body_gets_411_asking_for_a_content_length(web_server):
+@SERVERS
+def test_a_chunked_body_gets_411_asking_for_a_content_length(http_server):
+    web_server = http_server
     """Django and DRF read a body only up to its Content-Length: a vote sent chunked
     (no Content-Length) was read as empty and refused as if it named no option."""
     poll_id = request("POST", f"{web_server.url}/polls", {"question": "Chunked?", "option1": "a", "option2": "b"}).json()["id"]

@@ -109,6 +109,16 @@ class WebServer(ManagedProcess):
         wait_until(answers, timeout=timeout, what=f"{self.name} to answer")
 
 
+class RestServer(WebServer):
+    """gunicorn serving polling.wsgi (REST only), as the image's `rest` role runs it."""
+
+    def __init__(self, *, env: dict[str, str], log_dir: Path, port: int | None = None) -> None:
+        super().__init__(env=env, log_dir=log_dir, port=port)
+        self.name = f"rest-{self.port}"
+        self.log_path = log_dir / f"{self.name}.log"
+        self.args = [sys.executable, "-m", "gunicorn", "-c", "python:polling.gunicorn_conf", "-b", f"127.0.0.1:{self.port}"]
+
+
 class WorkerProcess(ManagedProcess):
     """`manage.py consume_votes`, the vote worker."""
 

@@ -240,3 +240,56 @@ def test_a_vote_leaves_no_reference_cycles_behind(kafka_topic):
 
     garbage = asyncio.run(scenario())
     assert not garbage, f"cyclic garbage after 5 votes: {garbage.most_common(15)}"
+
+
+# --- The REST process's WSGI handler (polling.wsgi, under gunicorn) -----------------------
+
+
+def test_polling_wsgi_serves_http_with_the_cycle_free_handler():
+    from polling.handlers import CycleFreeWSGIHandler
+    from polling.wsgi import application
+
+    assert isinstance(application, CycleFreeWSGIHandler)
+    assert not asyncio.iscoroutinefunction(application._middleware_chain)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_vote_through_the_wsgi_handler_leaves_no_reference_cycles_behind(kafka_topic):
+    """The same as above, as gunicorn's threads call the REST process's handler."""
+    import io
+
+    from polling.handlers import CycleFreeWSGIHandler
+
+    poll = poll_create(question="Cycles?", options=["yes", "no"])
+    app = CycleFreeWSGIHandler()
+    body = json.dumps({"option": 1}).encode()
+
+    def vote() -> str:
+        started: list[str] = []
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": f"/polls/{poll.pk}/vote", "SCRIPT_NAME": "",
+                   "QUERY_STRING": "", "SERVER_NAME": "testserver", "SERVER_PORT": "80", "HTTP_HOST": "testserver",
+                   "REMOTE_ADDR": "127.0.0.1", "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
+                   "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http", "wsgi.errors": io.StringIO()}
+        response = app(environ, lambda status, headers: started.append(status))
+        b"".join(response)
+        response.close()
+        return started[0]
+
+    for _ in range(3):  # the first requests fill caches that live on
+        assert vote().startswith("204")
+    garbage: collections.Counter = collections.Counter()
+    for _ in range(5):  # a thread of an earlier test ending in the window leaves its own garbage
+        threads = set(threading.enumerate())
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            statuses = [vote() for _ in range(5)]
+            gc.collect()
+            garbage = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        assert all(status.startswith("204") for status in statuses), statuses
+        if not threads - set(threading.enumerate()):
+            break
+    assert not garbage, f"cyclic garbage after 5 votes: {garbage.most_common(15)}"

@@ -30,7 +30,7 @@ from polls.apis import PollVoteApi
 from polls.topics import ensure_topics, vote_topic
 from testsupport.processes import REPO, WebServer, WorkerProcess, wait_until
 from tests.http import request
-from tests.test_deploy_files import image_web_server
+from tests.test_deploy_files import compose_rest_server, image_web_server
 
 SEED_POLL = {"question": "What is your favorite color?", "option1": "Red", "option2": "Blue",
              "option3": "Green", "option4": "Yellow"}
@@ -297,17 +297,21 @@ def test_votes_publish_latency_and_intake_and_worker_metrics_from_real_processes
 
 
 def test_production_logs_are_one_json_object_per_line(process_env, tmp_path):
-    """The image's web command and the worker with DEBUG off: every line they write is JSON."""
+    """The image's web, rest and worker commands with DEBUG off: every line they write is JSON."""
     web = image_web_server(process_env, tmp_path)
+    rest = compose_rest_server(process_env, tmp_path)
     worker = WorkerProcess(env=process_env, log_dir=tmp_path, group=process_env["KAFKA_CONSUMER_GROUP"])
     web.start()
+    rest.start()
     worker.start()
     try:
-        request("GET", f"{web.url}/polls/999999999")  # a 404: Django logs a warning for it
+        for server in (web, rest):
+            request("GET", f"{server.url}/polls/999999999")  # a 404: Django logs a warning for it
     finally:
         web.terminate()
+        rest.terminate()
         worker.terminate()
-    for process in (web, worker):
+    for process in (web, rest, worker):
         lines = process.log().splitlines()
         assert lines, f"{process.name} logged nothing"
         for line in lines:
@@ -316,13 +320,18 @@ def test_production_logs_are_one_json_object_per_line(process_env, tmp_path):
     worker_messages = [json.loads(line)["message"] for line in worker.log().splitlines()]
     assert any(message.startswith("consuming ") for message in worker_messages)
     assert "vote worker stopped" in worker_messages
-    web_entries = [json.loads(line) for line in web.log().splitlines()]
-    assert any(e["logger"] == "django.request" and e["status_code"] == 404 for e in web_entries)
-    # The access log, in place of daphne's plain-text one; no client address in it.
-    (access,) = [e for e in web_entries if e["logger"] == "polling.access" and e["http"]["path"] == "/polls/999999999"]
-    assert access["http"] == {"method": "GET", "path": "/polls/999999999", "status": 404, "view": "poll-detail",
-                              "duration_ms": access["http"]["duration_ms"]}
-    assert "127.0.0.1" not in json.dumps(access)
+    # gunicorn's own lines (its start, its stop on SIGTERM) go through the same formatter.
+    rest_entries = [json.loads(line) for line in rest.log().splitlines()]
+    gunicorn_messages = [e["message"] for e in rest_entries if e["logger"] == "gunicorn.error"]
+    assert any(m.startswith("Booting worker") for m in gunicorn_messages), gunicorn_messages
+    assert "Shutting down: Master" in gunicorn_messages
+    for entries in ([json.loads(line) for line in web.log().splitlines()], rest_entries):
+        assert any(e["logger"] == "django.request" and e["status_code"] == 404 for e in entries)
+        # The access log, in place of the server's plain-text one; no client address in it.
+        (access,) = [e for e in entries if e["logger"] == "polling.access" and e["http"]["path"] == "/polls/999999999"]
+        assert access["http"] == {"method": "GET", "path": "/polls/999999999", "status": 404, "view": "poll-detail",
+                                  "duration_ms": access["http"]["duration_ms"]}
+        assert "127.0.0.1" not in json.dumps(access)
 
 
 def test_plain_logs_in_debug_mode_or_when_asked(tmp_path):

@@ -1,0 +1,36 @@
+"""gunicorn's settings for the REST process (polling.wsgi).
+
+    python -m gunicorn -c python:polling.gunicorn_conf -b 0.0.0.0:8001
+
+One process with 64 request threads: a vote's thread waits for Kafka's acknowledgement
+without using the CPU, so the threads, not the processes, are what must outnumber the
+votes in flight. More processes (about one per core) with WEB_CONCURRENCY, gunicorn's own
+variable; any other of gunicorn's settings with GUNICORN_CMD_ARGS (`--threads 32`).
+"""
+
+from polling.env import env_bool, env_str
+from polling.logging import log_format, logging_config
+
+wsgi_app = "polling.wsgi:application"
+worker_class = "gthread"
+threads = 64
+# An idle client's connection stays open a while (gthread keeps it in its poller, not
+# in a thread): longer than the 60 s idle timeout of common load balancers, so the
+# balancer, not gunicorn, closes a connection it may be reusing.
+keepalive = 75
+proc_name = "polling-rest"
+
+# No access log of gunicorn's: the application writes one JSON line per request (logger
+# "polling.access"), and gunicorn's own lines (start, stop, worker timeouts) go through
+# the same formatter as every other line of the project.
+accesslog = None
+errorlog = "-"
+logconfig_dict = logging_config(
+    level=env_str("LOG_LEVEL", "INFO"),
+    fmt=log_format(debug=env_bool("DEBUG", False)),
+    loggers={"gunicorn.error": {"handlers": [], "propagate": True}},
+)
+
+# gunicorn's control socket (`gunicornc`) would go to the user's home, which the image's
+# user has none of; signals (TERM, HUP, TTIN/TTOU) do what operators need.
+control_socket_disable = True
