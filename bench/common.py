@@ -300,10 +300,12 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 class WebServer:
-    """The ASGI application served as production serves it: `python -m daphne`.
+    """The application served as production serves it: `python -m daphne` (or uvicorn), or
+    the REST process's `python -m gunicorn` (server="gunicorn": polling.wsgi, no WebSockets).
 
-    procs > 1 runs that many daphne processes on one listening socket (bound here and
+    procs > 1 runs that many server processes on one listening socket (bound here and
     passed with --fd, as a process supervisor would), the kernel spreading connections.
+    A gunicorn process is its arbiter and one worker: CPU and memory count both.
     """
 
     def __init__(self, *, name: str, env: dict[str, str], log_dir: Path, procs: int = 1,
@@ -333,6 +335,10 @@ class WebServer:
             return [python, "-m", "daphne", "-v", "0", "--fd", str(fd), *self.server_args, self.app]
         if self.server == "uvicorn":
             return [python, "-m", "uvicorn", "--no-access-log", "--lifespan", "off", "--fd", str(fd), *self.server_args, self.app]
+        if self.server == "gunicorn":
+            # The image's rest command; the WSGI application is the config's (polling.wsgi).
+            return [python, "-m", "gunicorn", "-c", "python:polling.gunicorn_conf", "--bind", f"fd://{fd}",
+                    *self.server_args]
         raise ValueError(f"unknown server {self.server}")
 
     def start(self, timeout: float = 60) -> WebServer:
@@ -382,7 +388,7 @@ class WebServer:
         return {"rss_mb": max(f["rss_mb"] for f in figures), "peak_mb": max(f["peak_mb"] for f in figures)}
 
     def cpu_seconds(self) -> float:
-        return sum(proc_cpu_seconds(pid) for pid in self.pids())
+        return sum(tree_cpu_seconds(pid) for pid in self.pids())
 
 
 class Worker(Process):

@@ -67,14 +67,20 @@ class Stack:
     floor: WebServer | None = None
     naive: WebServer | None = None
     naive_poll_id: int = 0
+    # The viewers' daphne when the product's HTTP is gunicorn's (which has no WebSockets).
+    ws: WebServer | None = None
+
+    @property
+    def viewers_port(self) -> int:
+        return (self.ws or self.product).port
 
     def stop(self) -> None:
-        for process in (self.product, self.floor, self.naive, self.worker):
+        for process in (self.product, self.floor, self.naive, self.ws, self.worker):
             if process is not None:
                 process.stop()
 
 
-def start_stack(ctx, *, name: str, floor: bool, naive: bool) -> Stack:
+def start_stack(ctx, *, name: str, floor: bool, naive: bool, viewers: bool = False) -> Stack:
     services = ctx.services
     topic = f"bench-{name}-{uuid.uuid4().hex[:8]}"
     database_url = services.database_url(f"bench_{name}")
@@ -101,6 +107,9 @@ def start_stack(ctx, *, name: str, floor: bool, naive: bool) -> Stack:
             floor_env = dict(env, DJANGO_SETTINGS_MODULE="bench.floor.settings")
             servers["floor"] = WebServer(name=f"{name}-floor", env=floor_env, log_dir=ctx.work_dir,
                                          procs=ctx.web_procs, server=ctx.server)
+        if viewers and ctx.server == "gunicorn":
+            # As the deployment splits them: REST on gunicorn, WebSockets on daphne.
+            servers["ws"] = WebServer(name=f"{name}-ws", env=env, log_dir=ctx.work_dir, procs=ctx.web_procs)
         if naive_env is not None:
             servers["naive"] = WebServer(name=f"{name}-naive", env=naive_env, log_dir=ctx.work_dir,
                                          procs=ctx.web_procs, server=ctx.server)
@@ -110,7 +119,7 @@ def start_stack(ctx, *, name: str, floor: bool, naive: bool) -> Stack:
                 future.result()
         stack = Stack(product=servers["product"], worker=worker, database_url=database_url,
                       poll_id=create_poll(servers["product"].url), floor=servers.get("floor"),
-                      naive=servers.get("naive"))
+                      naive=servers.get("naive"), ws=servers.get("ws"))
         if stack.naive is not None:
             stack.naive_poll_id = create_poll(stack.naive.url)
     except BaseException:
@@ -267,7 +276,7 @@ def _error_note(results: list[LoadResult]) -> str:
 
 
 def run_viewers(ctx) -> list[Row]:
-    stack = start_stack(ctx, name="viewers", floor=False, naive=False)
+    stack = start_stack(ctx, name="viewers", floor=False, naive=False, viewers=True)
     path = f"/polls/{stack.poll_id}/vote"
     watched: list[LoadResult] = []
     alone: list[LoadResult] = []
@@ -281,7 +290,7 @@ def run_viewers(ctx) -> list[Row]:
                     alone.append(result)
                     log(f"viewers round {round_index + 1}/{ctx.runs} nobody watching: {_describe(result)}")
                     continue
-                viewers = Viewers(port=stack.product.port, path=f"/ws/polls/{stack.poll_id}", count=ctx.viewers,
+                viewers = Viewers(port=stack.viewers_port, path=f"/ws/polls/{stack.poll_id}", count=ctx.viewers,
                                   max_seconds=ctx.warmup + ctx.duration + 120).start()
                 try:
                     if viewers.connected < ctx.viewers:
@@ -299,6 +308,8 @@ def run_viewers(ctx) -> list[Row]:
                     f"{per_viewer:.1f} updates/s per viewer")
                 time.sleep(1.0)
         ctx.memory[f"web (intake + {ctx.viewers} viewers)"] = stack.product.memory()
+        if stack.ws is not None:
+            ctx.memory[f"web, WebSockets (daphne, {ctx.viewers} viewers)"] = stack.ws.memory()
         ctx.memory["worker (intake + viewers, broadcasting)"] = stack.worker.memory()
     finally:
         stack.stop()

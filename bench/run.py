@@ -78,6 +78,11 @@ class Context:
     worker_args: list[str] = field(default_factory=list)
     memory: dict[str, dict[str, float]] = field(default_factory=dict)
 
+    @property
+    def ws_server(self) -> str:
+        """The server of the WebSocket sections: gunicorn has none, daphne serves them beside it."""
+        return "daphne" if self.server == "gunicorn" else self.server
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,7 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64, help="concurrent HTTP clients (default 64)")
     parser.add_argument("--load-procs", type=int, default=1, help="load generator processes (default 1)")
     parser.add_argument("--web-procs", type=int, default=1, help="web server processes on one socket (default 1)")
-    parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne", help="ASGI server (default daphne)")
+    parser.add_argument("--server", choices=["daphne", "uvicorn", "gunicorn"], default="daphne",
+                        help="HTTP server (default daphne); gunicorn is the REST process: sections 1, 3 and 6 "
+                             "send their HTTP to it, 3's viewers and sections 4 and 5 stay on daphne")
     parser.add_argument("--viewers", type=int, help="WebSocket viewers in section 3 (default 1000)")
     parser.add_argument("--apply-events", type=int, help="events pre-filled for section 2 (default 200000, quick 20000)")
     parser.add_argument("--apply-polls", type=int, default=10, help="polls the pre-filled votes spread over (default 10)")

@@ -278,7 +278,7 @@ def bench_rows(ctx) -> list:
 
     web_procs = max(2, ctx.web_procs)
     stack = start_ws_stack(name="ws_fanout", work_dir=ctx.work_dir, services=ctx.services, web_procs=web_procs,
-                           server=ctx.server, extra_env=ctx.product_env, worker_args=ctx.worker_args)
+                           server=ctx.ws_server, extra_env=ctx.product_env, worker_args=ctx.worker_args)
     try:
         viewers = 2000 if ctx.quick else 10000
         result = fanout(stack, viewers=viewers, procs=2, rounds=3 if ctx.quick else 5, settle=3.0)

@@ -257,7 +257,7 @@ def bench_rows(ctx) -> list:
     from bench.common import Row
 
     stack = start_ws_stack(name="ws_latency", work_dir=ctx.work_dir, services=ctx.services, web_procs=ctx.web_procs,
-                           server=ctx.server, extra_env=ctx.product_env, worker_args=ctx.worker_args)
+                           server=ctx.ws_server, extra_env=ctx.product_env, worker_args=ctx.worker_args)
     try:
         results = latency(stack, rates=[100.0, 1000.0], duration=ctx.duration, warmup=ctx.warmup, source="http")
         # What one viewer among ctx.viewers sees while the intake saturates the process.
