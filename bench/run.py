@@ -23,7 +23,8 @@ Sections (--only takes a comma-separated list of these names):
                     topic by a load process (the worker onwards, at the target rate)
 
 It starts its own PostgreSQL, Redis and Kafka (devservices, a fresh temporary directory,
-free ports), runs the web process as production does (`python -m daphne`), and drives
+free ports), runs the web processes as production does (the REST process on gunicorn for
+the HTTP, daphne beside it for the WebSockets; `--server daphne` for one daphne), and drives
 load from separate generator processes on 127.0.0.1. Each figure is the median of
 --runs rounds; references are measured in the same rounds, interleaved, and shown as
 ratios (absolute figures drift on a shared 2-core machine; ratios hold).
@@ -94,9 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64, help="concurrent HTTP clients (default 64)")
     parser.add_argument("--load-procs", type=int, default=1, help="load generator processes (default 1)")
     parser.add_argument("--web-procs", type=int, default=1, help="web server processes on one socket (default 1)")
-    parser.add_argument("--server", choices=["daphne", "uvicorn", "gunicorn"], default="daphne",
-                        help="HTTP server (default daphne); gunicorn is the REST process: sections 1, 3 and 6 "
-                             "send their HTTP to it, 3's viewers and sections 4 and 5 stay on daphne")
+    parser.add_argument("--server", choices=["daphne", "uvicorn", "gunicorn"], default="gunicorn",
+                        help="HTTP server (default gunicorn, as production splits them: the REST process takes "
+                             "the votes and reads of sections 1, 3, 4 and 6, a daphne beside it the WebSockets of "
+                             "3, 4 and 5); daphne or uvicorn: one server for all")
     parser.add_argument("--viewers", type=int, help="WebSocket viewers in section 3 (default 1000)")
     parser.add_argument("--apply-events", type=int, help="events pre-filled for section 2 (default 200000, quick 20000)")
     parser.add_argument("--apply-polls", type=int, default=10, help="polls the pre-filled votes spread over (default 10)")

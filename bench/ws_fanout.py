@@ -53,8 +53,16 @@ class WsStack:
     poll_id: int
     own_services: bool
     env: dict | None = None  # the product processes' environment (for load processes that publish)
+    rest: object | None = None  # the REST process (gunicorn), when the votes go there
+
+    @property
+    def vote_port(self) -> int:
+        """Where HTTP votes go: the REST process when there is one, else the web."""
+        return (self.rest or self.web).port
 
     def stop(self) -> None:
+        if self.rest is not None:
+            self.rest.stop()
         self.web.stop()
         self.worker.stop()
         if self.own_services:
@@ -64,7 +72,8 @@ class WsStack:
 def start_ws_stack(*, name: str, work_dir: Path, services=None, extra_env: dict[str, str] | None = None,
                    web_procs: int = 1, server: str = "daphne", worker_args: list[str] | None = None) -> WsStack:
     """Web (`web_procs` processes on one socket) + worker on a fresh database and topic;
-    services started here unless given."""
+    services started here unless given. server="gunicorn": the web is daphne (WebSockets)
+    and a REST process on gunicorn takes the HTTP votes, as the deployment splits them."""
     from bench.common import Services, WebServer, Worker, django_env, log, manage
 
     own = services is None
@@ -82,10 +91,15 @@ def start_ws_stack(*, name: str, work_dir: Path, services=None, extra_env: dict[
         manage(env, "migrate", "--no-input")
         worker = Worker(name=f"{name}-worker", env=dict(env, LOG_LEVEL="INFO"), log_dir=work_dir, group=f"bench-{topic}",
                         extra=worker_args or []).start()
+        rest = None
+        if server == "gunicorn":
+            server = "daphne"
+            rest = WebServer(name=f"{name}-rest", env=env, log_dir=work_dir, procs=web_procs, server="gunicorn").start()
         web = WebServer(name=f"{name}-web", env=env, log_dir=work_dir, procs=web_procs, server=server).start()
         poll_id = _create_poll(web.url)
-        log(f"{name}: web on {web.url}, poll {poll_id}")
-        return WsStack(services=services, web=web, worker=worker, poll_id=poll_id, own_services=own, env=env)
+        log(f"{name}: web on {web.url}, poll {poll_id}" + (f", REST on {rest.url}" if rest else ""))
+        return WsStack(services=services, web=web, worker=worker, poll_id=poll_id, own_services=own, env=env,
+                       rest=rest)
     except BaseException:
         if own:
             services.stop()

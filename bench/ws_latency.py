@@ -177,7 +177,7 @@ async def _watch(stack: WsStack, ws_url: str, arrivals: list[tuple[float, int]],
             voted, errors, started = await _publish(stack, rate=rate, count=count, seconds=warmup + duration)
         else:
             started = time.time() + 0.5
-            sender = _VoteSender(port=stack.web.port, poll_id=stack.poll_id, connections=connections)
+            sender = _VoteSender(port=stack.vote_port, poll_id=stack.poll_id, connections=connections)
             await sender.run(rate=rate, count=count, started=started, until=started + warmup + duration)
             voted, errors = sender.voted, sender.errors
             answers = sorted(ms for at, ms in sender.answered if at >= started + warmup)
@@ -257,7 +257,7 @@ def bench_rows(ctx) -> list:
     from bench.common import Row
 
     stack = start_ws_stack(name="ws_latency", work_dir=ctx.work_dir, services=ctx.services, web_procs=ctx.web_procs,
-                           server=ctx.ws_server, extra_env=ctx.product_env, worker_args=ctx.worker_args)
+                           server=ctx.server, extra_env=ctx.product_env, worker_args=ctx.worker_args)
     try:
         results = latency(stack, rates=[100.0, 1000.0], duration=ctx.duration, warmup=ctx.warmup, source="http")
         # What one viewer among ctx.viewers sees while the intake saturates the process.
