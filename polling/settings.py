@@ -6,6 +6,7 @@ channel layer. With them set it uses the real services. See .env.example for eve
 variable.
 """
 
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -49,6 +50,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "polling.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # The admin's and Swagger UI's files (see STATIC_ROOT below).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -122,6 +125,13 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# The web and REST processes serve the static files themselves (WhiteNoise): neither
+# daphne nor gunicorn serves them, and without them the admin had no styles or scripts
+# and /api/docs no Swagger UI. They are found where the apps keep them, so no
+# collectstatic is needed (the image runs it anyway); read once at the start.
+WHITENOISE_USE_FINDERS = True
+# Until collectstatic fills STATIC_ROOT, the finders serve everything: no warning line.
+warnings.filterwarnings("ignore", message=r"No directory at: .*staticfiles", category=UserWarning)
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],

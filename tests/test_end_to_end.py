@@ -3,6 +3,7 @@
 import http.client
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -173,3 +174,25 @@ def test_a_chunked_body_gets_411_asking_for_a_content_length(http_server):
         connection.close()
     assert status == 411
     assert body == {"detail": "Send the body with a Content-Length header: a chunked body is not read."}
+
+
+@SERVERS
+def test_the_api_docs_and_the_admin_get_their_static_files(http_server):
+    """Neither server serves static files; the processes do (WhiteNoise, from the apps'
+    own directories, no collectstatic). Without them /api/docs had no Swagger UI and the
+    admin no styles."""
+    page = request("GET", f"{http_server.url}/api/docs")
+    assert page.status == 200
+    assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page.body.decode())
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets), assets
+    login = request("GET", f"{http_server.url}/admin/login/")
+    assert login.status == 200
+    assets += re.findall(r'(?:src|href)="(/static/[^"]+)"', login.body.decode())
+    assert any(a.endswith("admin/css/base.css") for a in assets), assets
+    for asset in assets:
+        answer = request("GET", f"{http_server.url}{asset}")
+        assert answer.status == 200, (asset, answer.status)
+        assert answer.body, asset
+    answer = request("GET", f"{http_server.url}/static/admin/css/base.css")
+    assert answer.headers["Content-Type"].startswith("text/css")
+    assert request("GET", f"{http_server.url}/static/no/such/file.css").status == 404
