@@ -382,6 +382,12 @@ class WebServer:
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes]
 
+    def serving_pids(self) -> list[int]:
+        """The processes that run the application: gunicorn's workers, not its arbiter."""
+        if self.server == "gunicorn":
+            return [child for pid in self.pids() for child in child_pids(pid)]
+        return self.pids()
+
     def memory(self) -> dict[str, float]:
         """Per process: the largest current and peak RSS among the server processes."""
         figures = [p.memory() for p in self.processes]
@@ -558,7 +564,7 @@ def http_load(
         cpu_server_before = server.cpu_seconds()
         others_before = {name: read() for name, read in (others or {}).items()}
         target = paths[0].strip('/').replace('/', '_')
-        spies = Profiler.attach(f"{server.name}-{target}{'-' + label if label else ''}", server.pids(), duration)
+        spies = Profiler.attach(f"{server.name}-{target}{'-' + label if label else ''}", server.serving_pids(), duration)
         for name, pid in profile_also:
             spies += Profiler.attach(f"{name}-during-{server.name}-{target}{'-' + label if label else ''}", [pid], duration)
         time.sleep(max(0.0, start_at + warmup + duration - time.time()))

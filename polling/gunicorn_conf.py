@@ -8,6 +8,10 @@ votes in flight. More processes (about one per core) with WEB_CONCURRENCY, gunic
 variable; any other of gunicorn's settings with GUNICORN_CMD_ARGS (`--threads 32`).
 """
 
+import os
+
+from gunicorn.glogging import Logger
+
 from polling.env import env_bool, env_str
 from polling.logging import log_format, logging_config
 
@@ -19,10 +23,29 @@ threads = 64
 # balancer, not gunicorn, closes a connection it may be reusing.
 keepalive = 75
 proc_name = "polling-rest"
+# The worker's heartbeat is an fchmod of a temporary file every second, which can block
+# on a disk-backed /tmp (a container's overlay): memory-backed /dev/shm when there is one.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
-# No access log of gunicorn's: the application writes one JSON line per request (logger
-# "polling.access"), and gunicorn's own lines (start, stop, worker timeouts) go through
-# the same formatter as every other line of the project.
+
+
+class ErrorOnlyLogger(Logger):
+    """gunicorn's logger without its access log: the application writes one JSON line per
+    request (logger "polling.access").
+
+    gunicorn counts a logging dict config (below) as an access log, and built every
+    request's access fields and record for a logger with no handler: 3.6% of the REST
+    process's samples under the vote intake, 6.6% under the framework floor (py-spy,
+    GIL only).
+    """
+
+    def access(self, resp, req, environ, request_time) -> None:
+        return
+
+
+# gunicorn's own lines (start, stop, worker timeouts) go through the same formatter as
+# every other line of the project.
+logger_class = ErrorOnlyLogger
 accesslog = None
 errorlog = "-"
 logconfig_dict = logging_config(

@@ -334,6 +334,32 @@ def test_production_logs_are_one_json_object_per_line(process_env, tmp_path):
         assert "127.0.0.1" not in json.dumps(access)
 
 
+def test_gunicorn_builds_no_access_log_line_of_its_own():
+    """The REST process's gunicorn, configured by polling/gunicorn_conf.py, takes its logging
+    from a dict config, which gunicorn counts as an access log: without the project's
+    logger class it built every request's fields and record for a logger with no handler.
+    Here its access() is handed objects it cannot read: it must not look at them."""
+    script = (
+        "import datetime, logging\n"
+        "from gunicorn.config import Config\n"
+        "import polling.gunicorn_conf as conf\n"
+        "cfg = Config()\n"
+        "for name in cfg.settings:\n"
+        "    if hasattr(conf, name):\n"
+        "        cfg.set(name, getattr(conf, name))\n"
+        "log = cfg.logger_class(cfg)\n"
+        "log.access(object(), object(), {}, datetime.timedelta(0))\n"
+        "log.error('an error line of gunicorn')\n"
+        "print('ok', type(log).__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "LOG_FORMAT": "json"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["ok", "ErrorOnlyLogger"]
+    (line,) = result.stderr.splitlines()
+    assert json.loads(line)["logger"] == "gunicorn.error"
+
+
 def test_plain_logs_in_debug_mode_or_when_asked(tmp_path):
     env = {"LOG_FORMAT": "plain"}
     script = "import logging, django; django.setup(); logging.getLogger('x').warning('hello %s', 'there')"
