@@ -9,8 +9,6 @@ settled by the books like any request in flight. Every vote answered 204 is coun
 exactly once.
 """
 
-import time
-
 import pytest
 from django.conf import settings
 
@@ -19,12 +17,11 @@ from tests.faults.load import (
     UNKNOWN,
     UNSENT,
     VoteStream,
-    create_poll,
-    production_env,
     settle,
     summarize,
 )
-from testsupport.processes import RestServer, WorkerProcess
+from tests.faults.stack import restart_mid_stream, web_and_worker
+from testsupport.processes import RestServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,26 +30,14 @@ THREADS = 16
 
 
 def test_rest_process_stopped_with_sigterm_mid_stream_finishes_its_requests(process_env, tmp_path):
-    env = production_env(process_env)
-    rest = RestServer(env=env, log_dir=tmp_path)
-    worker = WorkerProcess(env=env, log_dir=tmp_path, group=env["KAFKA_CONSUMER_GROUP"])
-    windows: list[tuple[float, float, float]] = []  # (SIGTERM sent, process gone, new one ready)
-    try:
-        rest.start()
-        worker.start()
-        port = rest.port
-        polls = {create_poll(rest.url, question=f"Rest poll {n}"): 4 for n in range(3)}
-        with VoteStream(port=port, polls=polls, rate=100, threads=THREADS, timeout=20) as stream:
+    def stop(rest: RestServer) -> None:
+        assert rest.terminate(timeout=30) == 0, rest.log()[-3000:]
+
+    with web_and_worker(process_env, tmp_path, label="Rest", server_class=RestServer) as stack:
+        env, polls = stack.env, stack.polls
+        with VoteStream(port=stack.web.port, polls=polls, rate=100, threads=THREADS, timeout=20) as stream:
             stream.wait_for(ACCEPTED, 150, timeout=60)
-            for _ in range(RESTARTS):
-                stopping = time.monotonic()
-                assert rest.terminate(timeout=30) == 0, rest.log()[-3000:]
-                gone = time.monotonic()
-                rest = RestServer(env=env, log_dir=tmp_path, port=port)
-                rest.start()
-                ready = time.monotonic()
-                windows.append((stopping, gone, ready))
-                stream.wait_for(ACCEPTED, 150, since=ready, timeout=60)
+            windows = restart_mid_stream(stack, stream, times=RESTARTS, stop=stop)
         outcomes = stream.outcomes()
 
         report = settle(outcomes=outcomes, poll_ids=polls, brokers=settings.KAFKA_BROKERS,
@@ -71,8 +56,5 @@ def test_rest_process_stopped_with_sigterm_mid_stream_finishes_its_requests(proc
         assert sum(1 for o in failed if o.kind == UNKNOWN) <= THREADS * RESTARTS, summarize(failed)
         # The stop was graceful, and quick: gunicorn's worker left on its own.
         assert all(g - s < 10 for s, g, _ in windows), windows
-        assert rest.log().count("Worker exiting") >= RESTARTS
-        assert worker.alive(), worker.log()[-3000:]
-    finally:
-        rest.kill()
-        worker.kill()
+        assert stack.web.log().count("Worker exiting") >= RESTARTS
+        assert stack.worker.alive(), stack.worker.log()[-3000:]

@@ -7,7 +7,6 @@ Every vote answered 204, before and after each crash, is counted exactly once.
 """
 
 import random
-import time
 
 import pytest
 from django.conf import settings
@@ -17,12 +16,10 @@ from tests.faults.load import (
     UNKNOWN,
     UNSENT,
     VoteStream,
-    create_poll,
-    production_env,
     settle,
     summarize,
 )
-from testsupport.processes import WebServer, WorkerProcess
+from tests.faults.stack import restart_mid_stream, web_and_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,29 +28,13 @@ THREADS = 16
 
 
 def test_web_process_sigkilled_mid_stream(process_env, tmp_path):
-    env = production_env(process_env)
     rng = random.Random()
-    web = WebServer(env=env, log_dir=tmp_path)
-    worker = WorkerProcess(env=env, log_dir=tmp_path, group=env["KAFKA_CONSUMER_GROUP"])
-    windows: list[tuple[float, float, float]] = []  # (kill sent, process gone, new one ready)
-    try:
-        web.start()
-        worker.start()
-        port = web.port
-        polls = {create_poll(web.url, question=f"Web poll {n}"): 4 for n in range(3)}
-        with VoteStream(port=port, polls=polls, rate=100, threads=THREADS, timeout=20) as stream:
+    with web_and_worker(process_env, tmp_path, label="Web") as stack:
+        env, polls = stack.env, stack.polls
+        with VoteStream(port=stack.web.port, polls=polls, rate=100, threads=THREADS, timeout=20) as stream:
             stream.wait_for(ACCEPTED, 150, timeout=60)
-            for _ in range(CRASHES):
-                time.sleep(rng.uniform(0.0, 1.0))
-                killed = time.monotonic()
-                web.kill()
-                dead = time.monotonic()
-                # A supervisor starts it again on the same port, at once.
-                web = WebServer(env=env, log_dir=tmp_path, port=port)
-                web.start()
-                ready = time.monotonic()
-                windows.append((killed, dead, ready))
-                stream.wait_for(ACCEPTED, 150, since=ready, timeout=60)
+            windows = restart_mid_stream(stack, stream, times=CRASHES, stop=lambda web: web.kill(),
+                                         pause=lambda: rng.uniform(0.0, 1.0))
         outcomes = stream.outcomes()
 
         report = settle(outcomes=outcomes, poll_ids=polls, brokers=settings.KAFKA_BROKERS,
@@ -79,7 +60,4 @@ def test_web_process_sigkilled_mid_stream(process_env, tmp_path):
         edges = [0.0] + [k for k, _, _ in windows] + [float("inf")]
         for start, end in zip(edges, edges[1:]):
             assert sum(1 for o in outcomes if o.kind == ACCEPTED and start <= o.started < end) >= 100
-        assert worker.alive(), worker.log()[-3000:]
-    finally:
-        web.kill()
-        worker.kill()
+        assert stack.worker.alive(), stack.worker.log()[-3000:]
