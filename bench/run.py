@@ -25,9 +25,12 @@ Sections (--only takes a comma-separated list of these names):
 It starts its own PostgreSQL, Redis and Kafka (devservices, a fresh temporary directory,
 free ports), runs the web processes as production does (the REST process on gunicorn for
 the HTTP, daphne beside it for the WebSockets; `--server daphne` for one daphne), and drives
-load from separate generator processes on 127.0.0.1. Each figure is the median of
---runs rounds; references are measured in the same rounds, interleaved, and shown as
-ratios (absolute figures drift on a shared 2-core machine; ratios hold).
+load from separate generator processes on 127.0.0.1. Section 1 runs the web server on a
+core of its own and everything else on the other (`--cores split`; `--cores shared` leaves
+them all to the scheduler), as production gives the web process cores of its own. Each
+figure is the median of --runs rounds; references are measured in the same rounds,
+interleaved, and shown as ratios (absolute figures drift on a shared 2-core machine;
+ratios hold).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class Context:
     load_procs: int
     web_procs: int
     server: str
+    cores: str
     viewers: int
     apply_events: int
     apply_polls: int
@@ -99,6 +103,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="HTTP server (default gunicorn, as production splits them: the REST process takes "
                              "the votes and reads of sections 1, 3, 4 and 6, a daphne beside it the WebSockets of "
                              "3, 4 and 5); daphne or uvicorn: one server for all")
+    parser.add_argument("--cores", choices=["split", "shared"], default="split",
+                        help="section 1: split (default) runs the web servers on cores of their own "
+                             "(--web-procs of them) and the services, the worker and the load generators "
+                             "on the others, as production gives the web process its own; shared lets the "
+                             "scheduler put every process anywhere")
     parser.add_argument("--viewers", type=int, help="WebSocket viewers in section 3 (default 1000)")
     parser.add_argument("--apply-events", type=int, help="events pre-filled for section 2 (default 200000, quick 20000)")
     parser.add_argument("--apply-polls", type=int, default=10, help="polls the pre-filled votes spread over (default 10)")
@@ -140,6 +149,7 @@ def build_context(args: argparse.Namespace, services: Services, work_dir: Path) 
         load_procs=args.load_procs,
         web_procs=args.web_procs,
         server=args.server,
+        cores=args.cores,
         viewers=args.viewers or 1000,
         apply_events=args.apply_events or (20_000 if quick else 200_000),
         apply_polls=args.apply_polls,
