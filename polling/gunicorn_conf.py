@@ -27,6 +27,34 @@ proc_name = "polling-rest"
 # on a disk-backed /tmp (a container's overlay): memory-backed /dev/shm when there is one.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
+# REST_PIN_WORKERS: each worker process runs on one CPU of the set this process may use
+# (a container's cpuset, taskset), the least taken by the other workers. A worker's
+# Python runs on one core at a time anyway (the GIL); its 64 threads handing the GIL to
+# each other across cores cost the framework floor and the votes alike about a third of
+# their rate on the benchmark's two cores (README, Performance). Off by default: on a
+# host whose cores other processes share, every container's first worker would land on
+# the same CPU.
+pin_workers = env_bool("REST_PIN_WORKERS", False)
+
+
+def worker_cpu(allowed: set[int], taken: list[int]) -> int:
+    """The CPU of `allowed` the fewest running workers are on (the lowest of those)."""
+    return min(sorted(allowed), key=taken.count)
+
+
+def pre_fork(server, worker) -> None:
+    # In the arbiter, before the fork: the CPUs of the workers still running decide.
+    if pin_workers:
+        taken = [getattr(w, "polling_cpu", None) for w in server.WORKERS.values()]
+        worker.polling_cpu = worker_cpu(os.sched_getaffinity(0), taken)
+
+
+def post_fork(server, worker) -> None:
+    # In the new worker's only thread: the request threads it starts inherit the mask.
+    if pin_workers:
+        os.sched_setaffinity(0, {worker.polling_cpu})
+        server.log.info("worker %s runs on CPU %d", worker.pid, worker.polling_cpu)
+
 
 
 class ErrorOnlyLogger(Logger):

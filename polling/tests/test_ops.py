@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -358,6 +359,79 @@ def test_gunicorn_builds_no_access_log_line_of_its_own():
     assert result.stdout.split() == ["ok", "ErrorOnlyLogger"]
     (line,) = result.stderr.splitlines()
     assert json.loads(line)["logger"] == "gunicorn.error"
+
+
+# --- The REST process's CPUs ----------------------------------------------------------------
+
+
+def _worker_pids(arbiter_pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            if parent == arbiter_pid:
+                children.append(int(entry))
+    return sorted(children)
+
+
+def _thread_cpus(pid: int) -> list[set[int]]:
+    """The CPUs each thread of a process may run on."""
+    return [os.sched_getaffinity(int(thread)) for thread in os.listdir(f"/proc/{pid}/task")]
+
+
+def test_worker_cpu_is_the_least_taken_of_the_allowed_ones():
+    from polling.gunicorn_conf import worker_cpu
+
+    assert worker_cpu({0, 1}, []) == 0
+    assert worker_cpu({0, 1}, [0]) == 1
+    assert worker_cpu({0, 1}, [0, 1, 1]) == 0
+    assert worker_cpu({2, 3}, [None, 2]) == 3  # a worker spawned before pinning counts for none
+    assert worker_cpu({5}, [5, 5]) == 5
+
+
+def test_rest_workers_run_each_on_one_cpu_when_pinned(process_env, tmp_path):
+    """REST_PIN_WORKERS=on: one worker per CPU this process may use, every thread of each on
+    its own CPU; a worker that dies is replaced on the CPU it had. Off (the default), the
+    scheduler may put any thread anywhere."""
+    allowed = os.sched_getaffinity(0)
+    assert len(allowed) >= 2, f"this test needs two CPUs to tell the workers apart; it has {sorted(allowed)}"
+    pinned = compose_rest_server({**process_env, "REST_PIN_WORKERS": "on", "WEB_CONCURRENCY": str(len(allowed))}, tmp_path)
+    pinned.start()
+    try:
+        for _ in range(8):  # the workers' request threads start with their first requests
+            request("GET", f"{pinned.url}/leaderboard")
+        workers = _worker_pids(pinned.process.pid)
+        assert len(workers) == len(allowed)
+        cpus = {}
+        for pid in workers:
+            (cpu_set,) = {frozenset(cpus_of_thread) for cpus_of_thread in _thread_cpus(pid)}
+            (cpus[pid],) = cpu_set
+        assert set(cpus.values()) == allowed
+        assert os.sched_getaffinity(pinned.process.pid) == allowed, "the arbiter itself is not pinned"
+
+        dead = workers[0]
+        os.kill(dead, signal.SIGKILL)
+        wait_until(lambda: len(set(_worker_pids(pinned.process.pid)) - set(workers)) == 1, timeout=30,
+                   what="gunicorn to replace the killed worker")
+        (new,) = set(_worker_pids(pinned.process.pid)) - set(workers)
+        assert _thread_cpus(new) == [{cpus[dead]}]
+        assert f"worker {new} runs on CPU {cpus[dead]}" in pinned.log()
+    finally:
+        pinned.terminate()
+
+    default = compose_rest_server(process_env, tmp_path)
+    default.start()
+    try:
+        request("GET", f"{default.url}/leaderboard")
+        (worker,) = _worker_pids(default.process.pid)
+        assert all(cpus_of_thread == allowed for cpus_of_thread in _thread_cpus(worker))
+        assert "runs on CPU" not in default.log()
+    finally:
+        default.terminate()
 
 
 def test_plain_logs_in_debug_mode_or_when_asked(tmp_path):
