@@ -100,6 +100,7 @@ def web_server(process_env, tmp_path):
 def vote_worker(process_env, tmp_path):
     worker = WorkerProcess(env=process_env, log_dir=tmp_path, group=process_env["KAFKA_CONSUMER_GROUP"])
     worker.start()
+    worker.wait_assigned(process_env["KAFKA_TOPIC"])
     yield worker
     worker.kill()
 

@@ -113,7 +113,16 @@ class _ForgetRevoked(ConsumerRebalanceListener):
             self._applied.pop(partition, None)
 
     def on_partitions_assigned(self, assigned) -> None:
-        pass
+        # Each rebalance's outcome, for operators; the end-to-end tests wait for it.
+        logger.info("partitions assigned: %s", describe_partitions(assigned))
+
+
+def describe_partitions(partitions) -> str:
+    """`polls[0,1,2], polls.dlq[0]`, or `none`."""
+    by_topic: dict[str, list[int]] = {}
+    for partition in partitions:
+        by_topic.setdefault(partition.topic, []).append(partition.partition)
+    return ", ".join(f"{topic}[{','.join(map(str, sorted(numbers)))}]" for topic, numbers in sorted(by_topic.items())) or "none"
 
 
 class VoteWorker:

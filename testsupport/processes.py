@@ -141,3 +141,20 @@ class WorkerProcess(ManagedProcess):
             return "consuming" in self.log()
 
         wait_until(consuming, timeout=timeout, what=f"{self.name} to start consuming")
+
+    def wait_assigned(self, topic: str, timeout: float = 30) -> None:
+        """Wait until the consumer group has given this worker partitions of `topic`.
+
+        "consuming" is logged before the group is joined; a vote sent meanwhile waits for
+        the join, which took over 4 s once (a test's poll closed before its vote was in).
+        """
+
+        def assigned() -> bool:
+            if not self.alive():
+                raise AssertionError(f"{self.name} exited:\n{self.log()[-3000:]}")
+            return any(
+                "partitions assigned: " in line and f"{topic}[" in line.split("partitions assigned: ", 1)[1]
+                for line in self.log().splitlines()
+            )
+
+        wait_until(assigned, timeout=timeout, what=f"{self.name} to be assigned partitions of {topic}")

@@ -386,3 +386,15 @@ def test_on_sqlite_one_thread_applies(monkeypatch):
     monkeypatch.setattr(connections["default"], "vendor", "sqlite")
     worker = ObservedWorker(ScriptedConsumer([]), apply_threads=4)
     assert worker.apply_threads == 1
+
+
+def test_each_rebalance_logs_the_partitions_it_assigned(caplog):
+    """Operators see what a rebalance gave the worker; the end-to-end tests wait for it."""
+    listener = ObservedWorker(ScriptedConsumer([], partitions=(P0,))).rebalance_listener
+    with caplog.at_level("INFO", logger="polls.worker"):
+        listener.on_partitions_assigned({P1, P0, TopicPartition("polls.dlq", 3)})
+        listener.on_partitions_assigned(set())
+    assert [r.getMessage() for r in caplog.records] == [
+        f"partitions assigned: polls.dlq[3], {TOPIC}[0,1]",
+        "partitions assigned: none",
+    ]
