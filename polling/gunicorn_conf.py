@@ -37,8 +37,9 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 pin_workers = env_bool("REST_PIN_WORKERS", False)
 
 
-def worker_cpu(allowed: set[int], taken: list[int]) -> int:
-    """The CPU of `allowed` the fewest running workers are on (the lowest of those)."""
+def worker_cpu(allowed: set[int], taken: list[int | None]) -> int:
+    """The CPU of `allowed` the fewest running workers are on (the lowest of those); a
+    worker in `taken` as None was started unpinned."""
     return min(sorted(allowed), key=taken.count)
 
 

@@ -145,8 +145,9 @@ class WorkerProcess(ManagedProcess):
     def wait_assigned(self, topic: str, timeout: float = 30) -> None:
         """Wait until the consumer group has given this worker partitions of `topic`.
 
-        "consuming" is logged before the group is joined; a vote sent meanwhile waits for
-        the join, which took over 4 s once (a test's poll closed before its vote was in).
+        "consuming" is logged before the group is joined, and a vote sent meanwhile waits
+        for the join and the assignment: once, a test's poll closed 4 s after its vote's
+        204 with the worker still to apply it, and its log said nothing after "consuming".
         """
 
         def assigned() -> bool:
