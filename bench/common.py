@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from devservices import KafkaServer, PostgresServer, RedisServer, ensure_installed, free_port  # noqa: E402
-from testsupport.processes import wait_until  # noqa: E402
+from testsupport.processes import child_pids, wait_until  # noqa: E402
 
 PYTHON = sys.executable
 LOADGEN = REPO / "bench" / "loadgen.py"
@@ -257,21 +257,6 @@ def proc_memory(pids: Sequence[int]) -> dict[str, float]:
             elif line.startswith("VmHWM:"):
                 peak += int(line.split()[1]) / 1024
     return {"rss_mb": rss, "peak_mb": peak}
-
-
-def child_pids(pid: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if fields[1] == str(pid):
-                children.append(int(entry.name))
-                children.extend(child_pids(int(entry.name)))
-    return children
 
 
 def proc_cpu_seconds(pid: int) -> float:

@@ -30,6 +30,22 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def child_pids(pid: int) -> list[int]:
+    """Every descendant of a process (from /proc): gunicorn's workers, PostgreSQL's backends."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if fields[1] == str(pid):
+                children.append(int(entry.name))
+                children.extend(child_pids(int(entry.name)))
+    return children
+
+
 class ManagedProcess:
     """A child process with its output in a log file, stopped by SIGTERM or SIGKILL."""
 
@@ -132,15 +148,8 @@ class WorkerProcess(ManagedProcess):
 
     def start(self, timeout: float = 60, *, wait: bool = True) -> None:
         super().start()
-        if not wait:
-            return
-
-        def consuming() -> bool:
-            if not self.alive():
-                raise AssertionError(f"{self.name} exited:\n{self.log()[-3000:]}")
-            return "consuming" in self.log()
-
-        wait_until(consuming, timeout=timeout, what=f"{self.name} to start consuming")
+        if wait:
+            self._wait_logged(lambda log: "consuming" in log, timeout=timeout, what="start consuming")
 
     def wait_assigned(self, topic: str, timeout: float = 30) -> None:
         """Wait until the consumer group has given this worker partitions of `topic`.
@@ -149,13 +158,15 @@ class WorkerProcess(ManagedProcess):
         for the join and the assignment: once, a test's poll closed 4 s after its vote's
         204 with the worker still to apply it, and its log said nothing after "consuming".
         """
+        self._wait_logged(
+            lambda log: any("partitions assigned: " in line and f"{topic}[" in line for line in log.splitlines()),
+            timeout=timeout, what=f"be assigned partitions of {topic}",
+        )
 
-        def assigned() -> bool:
+    def _wait_logged(self, found: Callable[[str], bool], *, timeout: float, what: str) -> None:
+        def logged() -> bool:
             if not self.alive():
                 raise AssertionError(f"{self.name} exited:\n{self.log()[-3000:]}")
-            return any(
-                "partitions assigned: " in line and f"{topic}[" in line.split("partitions assigned: ", 1)[1]
-                for line in self.log().splitlines()
-            )
+            return found(self.log())
 
-        wait_until(assigned, timeout=timeout, what=f"{self.name} to be assigned partitions of {topic}")
+        wait_until(logged, timeout=timeout, what=f"{self.name} to {what}")

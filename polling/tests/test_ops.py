@@ -29,7 +29,7 @@ from polling.logging import JsonFormatter
 from polling.metrics import VoteIntakeMetricsMixin
 from polls.apis import PollVoteApi
 from polls.topics import ensure_topics, vote_topic
-from testsupport.processes import REPO, WebServer, WorkerProcess, wait_until
+from testsupport.processes import REPO, WebServer, WorkerProcess, child_pids, wait_until
 from tests.http import request
 from tests.test_deploy_files import compose_rest_server, image_web_server
 
@@ -364,20 +364,6 @@ def test_gunicorn_builds_no_access_log_line_of_its_own():
 # --- The REST process's CPUs ----------------------------------------------------------------
 
 
-def _worker_pids(arbiter_pid: int) -> list[int]:
-    children = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            if parent == arbiter_pid:
-                children.append(int(entry))
-    return sorted(children)
-
-
 def _thread_cpus(pid: int) -> list[set[int]]:
     """The CPUs each thread of a process may run on."""
     return [os.sched_getaffinity(int(thread)) for thread in os.listdir(f"/proc/{pid}/task")]
@@ -404,7 +390,7 @@ def test_rest_workers_run_each_on_one_cpu_when_pinned(process_env, tmp_path):
     try:
         for _ in range(8):  # the workers' request threads start with their first requests
             request("GET", f"{pinned.url}/leaderboard")
-        workers = _worker_pids(pinned.process.pid)
+        workers = child_pids(pinned.process.pid)
         assert len(workers) == len(allowed)
         cpus = {}
         for pid in workers:
@@ -415,9 +401,9 @@ def test_rest_workers_run_each_on_one_cpu_when_pinned(process_env, tmp_path):
 
         dead = workers[0]
         os.kill(dead, signal.SIGKILL)
-        wait_until(lambda: len(set(_worker_pids(pinned.process.pid)) - set(workers)) == 1, timeout=30,
+        wait_until(lambda: len(set(child_pids(pinned.process.pid)) - set(workers)) == 1, timeout=30,
                    what="gunicorn to replace the killed worker")
-        (new,) = set(_worker_pids(pinned.process.pid)) - set(workers)
+        (new,) = set(child_pids(pinned.process.pid)) - set(workers)
         assert _thread_cpus(new) == [{cpus[dead]}]
         assert f"worker {new} runs on CPU {cpus[dead]}" in pinned.log()
     finally:
@@ -427,7 +413,7 @@ def test_rest_workers_run_each_on_one_cpu_when_pinned(process_env, tmp_path):
     default.start()
     try:
         request("GET", f"{default.url}/leaderboard")
-        (worker,) = _worker_pids(default.process.pid)
+        (worker,) = child_pids(default.process.pid)
         assert all(cpus_of_thread == allowed for cpus_of_thread in _thread_cpus(worker))
         assert "runs on CPU" not in default.log()
     finally:
