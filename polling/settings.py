@@ -332,3 +332,8 @@ READYZ_TIMEOUT = env_float("READYZ_TIMEOUT", 1.0, minimum=0.1)
 WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0, minimum=0)
 # Seconds between the vote worker's progress lines (votes applied, batches, lag); 0: none.
 WORKER_PROGRESS_INTERVAL = env_float("WORKER_PROGRESS_INTERVAL", 30.0, minimum=0)
+# Seconds votes may wait while the worker applies nothing before it logs an ERROR and
+# counts a stall (polling_worker_stalls_total); 0 turns the watchdog off.
+WORKER_STALL_TIMEOUT = env_float("WORKER_STALL_TIMEOUT", 60.0, minimum=0)
+# On a stall the worker stops (exit status 1) so that its supervisor starts it again.
+WORKER_EXIT_ON_STALL = env_bool("WORKER_EXIT_ON_STALL", False)
