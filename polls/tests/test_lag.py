@@ -108,3 +108,24 @@ def test_a_worker_that_applies_nothing_while_votes_wait_is_reported_once_and_rec
             thread.join(30)
         worker.consumer.close(autocommit=False)
         worker.dead_letter_producer.close(timeout=5)
+
+
+def test_a_worker_told_to_stop_on_a_stall_stops(kafka_topic, transactional_db):
+    """WORKER_EXIT_ON_STALL's path: on_stall stops the running worker (the command then exits 1)."""
+    stopped = threading.Event()
+    worker = make_vote_worker(group="stops-on-stall", stall_timeout=2, on_stall=lambda: worker.stop())
+    poll = make_poll()
+    thread = threading.Thread(target=lambda: (worker.run(), connection.close(), stopped.set()), daemon=True)
+    try:
+        thread.start()
+        wait_until(lambda: len(worker.consumer.assignment()) == 6, timeout=30, what="the worker's partitions")
+        # A real consumer that fetches nothing: its partitions paused.
+        worker.consumer.pause(*worker.consumer.assignment())
+        get_vote_bus().publish(vote_event(poll, 4))
+        assert stopped.wait(30), "the worker did not stop on the stall"
+        assert counts(poll) == [0, 0, 0, 0]
+    finally:
+        worker.stop()
+        thread.join(30)
+        worker.consumer.close(autocommit=False)
+        worker.dead_letter_producer.close(timeout=5)
