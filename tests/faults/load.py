@@ -633,8 +633,11 @@ def settle(
     topic: str,
     direct: Sequence[DirectVote] = (),
     timeout: float = 120,
+    other_polls: Iterable[int] = (),
 ) -> Reconciliation:
     """Wait until the workers applied every event in the topic, then reconcile.
+
+    Events of `other_polls` (votes a test sent outside the ledger) are left out.
 
     Caught up means: every vote_id in the topic has its row (the topic, not the group's
     committed offsets: a commit lost in a rebalance leaves those behind until the next
@@ -647,8 +650,13 @@ def settle(
     from polls.models import Vote
 
     poll_ids = sorted(set(poll_ids))
+    others = set(other_polls)
+
+    def events() -> list[TopicEvent]:
+        return [e for e in topic_events(brokers=brokers, topic=topic) if e.poll_id not in others]
+
     deadline = time.monotonic() + timeout
-    wanted = {e.vote_id for e in topic_events(brokers=brokers, topic=topic) if e.vote_id is not None}
+    wanted = {e.vote_id for e in events() if e.vote_id is not None}
     while True:
         try:
             have = {str(v) for v in Vote.objects.filter(poll_id__in=poll_ids).values_list("vote_id", flat=True)}
@@ -659,8 +667,7 @@ def settle(
             break  # on time out, reconcile reports what is missing
         time.sleep(0.25)
     time.sleep(2.0)  # a late redelivery that counted twice would show now
-    return reconcile(outcomes=outcomes, poll_ids=poll_ids, direct=direct,
-                     events=topic_events(brokers=brokers, topic=topic))
+    return reconcile(outcomes=outcomes, poll_ids=poll_ids, direct=direct, events=events())
 
 
 def batches_in_log(text: str) -> dict[str, int]:
