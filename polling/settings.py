@@ -193,6 +193,9 @@ VOTE_PUBLISH_TIMEOUT = env_float("VOTE_PUBLISH_TIMEOUT", 5.0, minimum=0.1)
 VOTE_TARGET_CACHE_SECONDS = env_float("VOTE_TARGET_CACHE_SECONDS", 1.0, minimum=0)
 # Seconds a client is told to wait after a 503.
 VOTE_RETRY_AFTER = env_int("VOTE_RETRY_AFTER", 2, minimum=1)
+# Seconds an Idempotency-Key's first request is remembered in the cache (polls.idempotency);
+# later, the ballot's vote rows still make a retry count once.
+IDEMPOTENCY_KEY_TTL = env_int("IDEMPOTENCY_KEY_TTL", 24 * 3600, minimum=60)
 # Producer batching: how long a send waits for others to share its request.
 KAFKA_LINGER_MS = env_int("KAFKA_LINGER_MS", 2, minimum=0)
 VOTE_BATCH_SIZE = env_int("VOTE_BATCH_SIZE", 5000, minimum=1)
