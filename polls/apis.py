@@ -165,9 +165,13 @@ class PollDetailApi(APIView):
         examples=[docs.POLL_EXAMPLE],
     )
     def get(self, request: Request, poll_id: int) -> Response:
-        poll = poll_get(poll_id=poll_id)
-        visible = poll_results_visible(poll=poll, voter=voter_from_request(request))
-        return Response(poll_totals(poll=poll, visible=visible))
+        return Response(_poll_as_seen(request, poll_id))
+
+
+def _poll_as_seen(request: Request, poll_id: int) -> dict:
+    """The poll as this caller may see it: counts it holds back from them are null."""
+    poll = poll_get(poll_id=poll_id)
+    return poll_totals(poll=poll, visible=poll_results_visible(poll=poll, voter=voter_from_request(request)))
 
 
 class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
@@ -252,7 +256,10 @@ class PollStatusApi(APIView):
         request=None,
         responses={200: docs.PollSerializer, 401: docs.ErrorSerializer, 403: docs.ErrorSerializer, 404: docs.ErrorSerializer},
         description=(
-            "Closes or reopens the poll. The server that answers refuses or accepts votes from then on; "
+            "Closes or reopens the poll and answers it as GET /polls/{id} shows it to the caller: counts "
+            "the poll holds back from the caller are null, for its creator and staff too, also when nothing "
+            "changed (closing a closed poll, reopening an open one). "
+            "The server that answers refuses or accepts votes from then on; "
             "other server processes may go on answering votes as before for up to VOTE_TARGET_CACHE_SECONDS "
             "(1 s by default), and the votes they accept are counted."
         ),
@@ -260,8 +267,10 @@ class PollStatusApi(APIView):
     def post(self, request: Request, poll_id: int) -> Response:
         poll = poll_get(poll_id=poll_id)
         self.check_object_permissions(request, poll)
-        poll = poll_set_status(poll=poll, status=self.status_to_set, actor=request.user)
-        return Response(poll_totals(poll=poll_get(poll_id=poll.pk)))
+        poll_set_status(poll=poll, status=self.status_to_set, actor=request.user)
+        # As GET /polls/{id} shows it: moderating a poll is no way to read the counts it
+        # holds back (an open after_close poll, reopened again and again).
+        return Response(_poll_as_seen(request, poll.pk))
 
 
 class PollExportApi(APIView):
