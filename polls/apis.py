@@ -5,8 +5,12 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import HttpResponse
 from django.utils import timezone
+from django.utils.http import parse_header_parameters
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.authentication import CSRFCheck
+from rest_framework.exceptions import UnsupportedMediaType
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.request import Request
@@ -297,12 +301,40 @@ class VoterTokenApi(APIView):
     """`POST /voters`: a new anonymous voter token, for one-vote-per-voter polls."""
 
     @extend_schema(
-        request=None,
-        responses={201: inline_serializer("VoterToken", {"voter_token": serializers.CharField()})},
+        request={"application/json": OpenApiTypes.OBJECT},
+        responses={201: inline_serializer("VoterToken", {"voter_token": serializers.CharField()}), 415: docs.ErrorSerializer},
         examples=[OpenApiExample("A token", value={"voter_token": "kq3…:Xb1…"}, response_only=True)],
+        description=(
+            "Sent as Content-Type: application/json (the body is ignored and may be empty), or with "
+            "Django's CSRF token (X-CSRFToken); anything else is 415, so that no page of another site "
+            "can replace a browser's voter cookie."
+        ),
     )
     def post(self, request: Request) -> Response:
+        _require_json_or_csrf(request)
         _, signed = voter_token_issue()
         response = Response({"voter_token": signed}, status=status.HTTP_201_CREATED)
         _set_voter_cookie(response, signed)
         return response
+
+
+def _require_json_or_csrf(request: Request) -> None:
+    """Refuse (415) what a page of another site can send without asking: an HTML form
+    (urlencoded, multipart, text/plain) or a fetch with no Content-Type. A JSON body
+    needs a CORS preflight that this server never grants; a valid CSRF token comes only
+    from this site's own pages.
+    """
+    media_type, _ = parse_header_parameters(request.META.get("CONTENT_TYPE", ""))
+    if media_type == "application/json":
+        return
+    check = CSRFCheck(lambda _request: None)
+    check.process_request(request._request)  # sets the expected token from the cookie
+    if check.process_view(request._request, None, (), {}) is None:
+        return
+    raise UnsupportedMediaType(
+        media_type or "(none)",
+        detail=(
+            f"Send this request with Content-Type: application/json (not {media_type or 'none'}; the body may be "
+            "empty), or with a CSRF token: a form of another site must not replace your voter cookie."
+        ),
+    )
