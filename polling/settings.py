@@ -49,6 +49,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "polling.middleware.BodySizeLimitMiddleware",
+    "polling.middleware.JSONDepthMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # The admin's and Swagger UI's files (see STATIC_ROOT below).
     "whitenoise.middleware.WhiteNoiseMiddleware",
