@@ -12,7 +12,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from polling.env import env_bool, env_float, env_int, env_list, env_rate, env_str
+from polling.env import env_bool, env_float, env_int, env_list, env_networks, env_rate, env_str
 from polling.logging import log_format, logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -329,6 +329,14 @@ MIDDLEWARE = [
 ACCESS_LOG = env_bool("ACCESS_LOG", True)
 # How long /readyz waits for each service (they are checked side by side).
 READYZ_TIMEOUT = env_float("READYZ_TIMEOUT", 1.0, minimum=0.1)
+# Who may read the web and REST processes' /metrics: a client whose own address (not a
+# forwarded one) is in these networks and whose request came through no proxy, or one
+# that sends "Authorization: Bearer <METRICS_TOKEN>". Loopback only by default; "none"
+# leaves the token alone. See docs/security.md.
+METRICS_ALLOWED_ADDRESSES = env_networks("METRICS_ALLOWED_ADDRESSES", ["127.0.0.1", "::1"])
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+if METRICS_TOKEN is not None and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters long (a random secret).")
 # The vote worker serves its Prometheus metrics on this port; 0 turns that off.
 WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0, minimum=0)
 # Seconds between the vote worker's progress lines (votes applied, batches, lag); 0: none.
