@@ -7,6 +7,7 @@ variable.
 """
 
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -42,6 +43,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    # Throttles admin logins (see ADMIN_LOGIN_* below).
+    "axes",
     "polls",
     "leaderboard",
     "realtime",
@@ -59,6 +62,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Answers a locked-out login attempt (429); last, as django-axes asks.
+    "axes.middleware.AxesMiddleware",
     "polling.middleware.ReleaseDatabaseConnectionMiddleware",
 ]
 
@@ -308,6 +313,19 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 # "HTTP_X_FORWARDED_PROTO,https" behind a proxy that terminates TLS and sets that header.
 _proxy_ssl_header = env_list("SECURE_PROXY_SSL_HEADER", [])
 SECURE_PROXY_SSL_HEADER = tuple(_proxy_ssl_header) if len(_proxy_ssl_header) == 2 else None
+
+# Admin logins throttled by django-axes: after ADMIN_LOGIN_FAILURE_LIMIT wrong passwords
+# for one username from one address, that pair is refused (429), the right password too,
+# until ADMIN_LOGIN_LOCKOUT_MINUTES pass without another try. Attempts are kept in the
+# database (SQLite or PostgreSQL alike; staff see them in the admin), not in the cache.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("ADMIN_LOGIN_LOCKOUT_MINUTES", 15.0, minimum=0.1))
+# The pair, not the address alone: everyone behind one NAT or proxy shares an address,
+# and one attacker there would lock every moderator out.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
 
 # --- Operations ------------------------------------------------------------------------
 
