@@ -3,12 +3,14 @@ from django.db import connections
 from django.http import JsonResponse
 from django.utils.http import parse_header_parameters
 
+from polling.asgi_limits import too_large_detail
 from polling.strict import TOO_DEEP, json_too_deep
 
 
 class BodySizeLimitMiddleware:
     """Answer 413 to a request whose declared body exceeds API_MAX_BODY_BYTES, 411 to one
-    sent chunked.
+    sent chunked. Under ASGI, polling.asgi_limits refuses a body past its limit before
+    it is received whole; this check is what the WSGI (gunicorn) process has.
 
     DRF's parsers read the body as a stream and so bypass Django's
     DATA_UPLOAD_MAX_MEMORY_SIZE; this check runs before any of it is parsed. Django and
@@ -33,10 +35,7 @@ class BodySizeLimitMiddleware:
         except ValueError:
             return JsonResponse({"detail": "Content-Length is not a number."}, status=400)
         if length > limit:
-            return JsonResponse(
-                {"detail": f"Request body too large: {length} bytes, at most {limit} accepted."},
-                status=413,
-            )
+            return JsonResponse({"detail": too_large_detail(limit, length)}, status=413)
         return self.get_response(request)
 
 
