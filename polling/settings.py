@@ -326,6 +326,8 @@ AXES_COOLOFF_TIME = timedelta(minutes=env_float("ADMIN_LOGIN_LOCKOUT_MINUTES", 1
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+# No start-up banner (a process's log is one JSON object a line); lockouts still warn.
+AXES_VERBOSE = False
 
 # --- Operations ------------------------------------------------------------------------
 
