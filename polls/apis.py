@@ -301,7 +301,7 @@ class VoterTokenApi(APIView):
     """`POST /voters`: a new anonymous voter token, for one-vote-per-voter polls."""
 
     @extend_schema(
-        request={"application/json": OpenApiTypes.OBJECT},
+        request={"application/json": OpenApiTypes.ANY},
         responses={201: inline_serializer("VoterToken", {"voter_token": serializers.CharField()}), 415: docs.ErrorSerializer},
         examples=[OpenApiExample("A token", value={"voter_token": "kq3…:Xb1…"}, response_only=True)],
         description=(
