@@ -13,8 +13,12 @@ from django.utils.html import format_html
 
 from polls.exports import results_csv
 from polls.models import AuditEntry, Option, Poll, Vote
-from polls.selectors import poll_get, poll_totals
+from polls.selectors import poll_get, poll_results_visible, poll_totals
 from polls.services import poll_set_hidden, poll_set_status
+
+
+# The audit note of an export of counts that the poll still held back from the public.
+HELD_BACK_NOTE = "Results not yet public (held back until the viewer votes or the poll closes)."
 
 
 class OptionInlineFormSet(BaseInlineFormSet):
@@ -142,9 +146,12 @@ class PollAdmin(admin.ModelAdmin):
     def export_results_csv(self, request, queryset):
         parts = []
         for poll in queryset.order_by("id"):
-            csv_text = results_csv(poll_totals(poll=poll_get(poll_id=poll.pk, include_hidden=True)))
+            poll = poll_get(poll_id=poll.pk, include_hidden=True)
+            csv_text = results_csv(poll_totals(poll=poll))
             parts.append(csv_text if not parts else csv_text.split("\n", 1)[1])
-            AuditEntry.objects.create(poll=poll, action=AuditEntry.Action.EXPORT, actor=request.user)
+            # Staff may read counts the public may not see yet: the trail says when they did.
+            note = "" if poll_results_visible(poll=poll, voter=None) else HELD_BACK_NOTE
+            AuditEntry.objects.create(poll=poll, action=AuditEntry.Action.EXPORT, actor=request.user, note=note)
         response = HttpResponse("".join(parts), content_type="text/csv; charset=utf-8")
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         response["Content-Disposition"] = f'attachment; filename="poll-results-{stamp}.csv"'

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from polling.strict import JSONTooDeep, json_loads
 from realtime.broadcast import get_broadcaster
 from realtime.events import (
     LEADERBOARD_UPDATED,
@@ -50,6 +50,9 @@ CLOSE_NOT_FOUND = 4404
 
 # Wrong messages a client may send (each answered with an error) before it is closed.
 _MAX_BAD_MESSAGES = 10
+# The longest message read from a client: the only one it may send is a ping.
+_MAX_MESSAGE_CHARS = 1024
+_ONLY_PING = 'The only message a client may send is {"type": "ping"}.'
 # Poll ids fit a 64-bit column; a longer number is "no such poll", not a database error.
 _MAX_ID_DIGITS = 18
 
@@ -211,15 +214,21 @@ class _LiveConsumer(AsyncJsonWebsocketConsumer):
         if text_data is None:
             await self._refuse("binary_not_supported", "Send JSON text frames, not binary ones.")
             return
+        if len(text_data) > _MAX_MESSAGE_CHARS:  # not a ping: refused unread
+            await self._refuse("unknown_message", f'{_ONLY_PING} This one has over {_MAX_MESSAGE_CHARS} characters.')
+            return
         try:
-            content = json.loads(text_data)
-        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested deep enough
+            content = json_loads(text_data)
+        except JSONTooDeep as exc:
+            await self._refuse("invalid_json", str(exc))
+            return
+        except ValueError:
             await self._refuse("invalid_json", "That message is not JSON.")
             return
         if isinstance(content, dict) and content.get("type") == "ping":
             await self.send_json({"type": PONG})
         else:
-            await self._refuse("unknown_message", 'The only message a client may send is {"type": "ping"}.')
+            await self._refuse("unknown_message", _ONLY_PING)
 
     async def _refuse(self, code: str, message: str) -> None:
         self.bad_messages += 1

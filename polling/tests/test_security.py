@@ -43,8 +43,8 @@ def test_votes_over_the_per_address_limit_get_429_with_retry_after(client, setti
 def test_votes_over_the_per_voter_limit_get_429(client, settings, in_process_bus):
     settings.RATE_LIMIT_VOTES_PER_VOTER = "2/hour"
     poll = make_poll()
-    token = client.post("/voters").json()["voter_token"]
-    other = client.post("/voters").json()["voter_token"]
+    token = client.post("/voters", content_type="application/json").json()["voter_token"]
+    other = client.post("/voters", content_type="application/json").json()["voter_token"]
 
     def cast(voter):
         return client.post(f"/polls/{poll.pk}/vote", '{"option": 2}', content_type="application/json",

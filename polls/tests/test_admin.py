@@ -59,8 +59,8 @@ def test_the_export_action_downloads_csv(moderator):
     response = act(moderator, "export_results_csv", poll)
     assert response.status_code == 200
     lines = response.content.decode().splitlines()
-    assert lines[0] == "poll_id,question,position,option,votes,percent"
-    assert lines[2] == f"{poll.pk},Favourite colour?,2,Blue,1,100.0"
+    assert lines[0] == '"poll_id","question","position","option","votes","percent"'
+    assert lines[2] == f'"{poll.pk}","Favourite colour?","2","Blue","1","100.0"'
     assert AuditEntry.objects.filter(poll=poll, action="export").count() == 1
 
 
