@@ -301,10 +301,14 @@ def test_garbage_from_a_client_gets_error_messages_then_a_4400_close(live):
         await comm.send_to(text_data="still garbage")
         answers.append(await receive(comm))
         closed = await comm.receive_output(timeout=2)
-        return pong, answers, closed
+        # Frames the client sent before it saw the close get no answer.
+        await comm.send_to(text_data="late garbage")
+        late = await comm.receive_nothing(timeout=0.5)
+        return pong, answers, closed, late
 
-    pong, answers, closed = run(scenario)
+    pong, answers, closed, late = run(scenario)
     assert pong == {"type": "pong"}
+    assert late is True
     assert len(answers) == 10
     assert all(a["type"] == "error" and a["message"] for a in answers)
     assert [a["code"] for a in answers[:2]] == ["invalid_json", "unknown_message"]

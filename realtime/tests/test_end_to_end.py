@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
+import os
+import socket
+import struct
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import websockets
 
+from realtime.consumers import CLOSE_BAD_MESSAGES
 from testsupport.processes import WebServer
 from tests.http import request
 
@@ -120,3 +126,54 @@ def test_the_worker_tells_viewers_when_a_polls_deadline_passes(web_server, vote_
     assert (snapshot["status"], snapshot["results_hidden"]) == ("open", True)
     assert received_at >= closes_at
     assert (update["results_hidden"], update["option1"], update["option2"], update["total"]) == (False, 0, 1, 1)
+
+
+
+def _websocket_burst(url: str, path: str, frames: list[bytes]) -> bytes:
+    """Open a WebSocket on a raw socket, write the frames in one send, return what comes back.
+
+    One write puts every frame in the server's queue before the consumer answers the
+    first: the race a real client library's frame-by-frame sends rarely hits.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        received = b""
+        while b"\r\n\r\n" not in received:  # frames sent before the handshake's answer are dropped
+            received += sock.recv(65536) or b"\r\n\r\n"
+        sock.sendall(b"".join(frames))
+        with contextlib.suppress(OSError):  # the server may reset once it closed
+            while chunk := sock.recv(65536):
+                received += chunk
+        return received
+
+
+def _client_frame(opcode: int, payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + mask + masked
+
+
+@pytest.mark.parametrize("direct_write", ["1", "0"], ids=["frames-to-sockets", "asgi-send"])
+def test_a_client_closed_for_bad_messages_leaves_no_traceback_in_the_server_log(process_env, tmp_path, direct_write):
+    web_server = WebServer(env={**process_env, "WS_DIRECT_WRITE": direct_write}, log_dir=tmp_path)
+    web_server.start()
+    try:
+        poll_id = request("POST", f"{web_server.url}/polls", POLL).json()["id"]
+        garbage = _client_frame(0x1, b'"x"')
+        client_close = _client_frame(0x8, struct.pack("!H", 1000))
+        # Eleven bad messages at once: the server closes after the tenth with the
+        # eleventh still queued. Then messages followed at once by the client's close.
+        eleven = _websocket_burst(web_server.url, f"/ws/polls/{poll_id}", [garbage] * 11)
+        for _ in range(3):
+            _websocket_burst(web_server.url, f"/ws/polls/{poll_id}", [garbage, _client_frame(0x1, b'{"type": "ping"}'), client_close])
+        assert b"101 Switching Protocols" in eleven and struct.pack("!H", CLOSE_BAD_MESSAGES) in eleven
+        assert request("GET", f"{web_server.url}/polls/{poll_id}").status == 200
+    finally:
+        web_server.kill()
+    log = web_server.log()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
