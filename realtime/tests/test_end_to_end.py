@@ -70,16 +70,40 @@ def test_a_vote_posted_over_http_reaches_websocket_viewers_through_kafka_and_the
         web_server.kill()
 
 
-def test_a_browser_origin_of_another_site_is_refused_by_the_real_server(web_server):
-    ws_url = web_server.url.replace("http://", "ws://")
+def test_the_real_server_takes_only_its_own_scheme_host_and_port_or_a_trusted_origin_as_origin(process_env, tmp_path):
+    trusted = "https://polls.example.com"
+    web_server = WebServer(env={**process_env, "CSRF_TRUSTED_ORIGINS": trusted}, log_dir=tmp_path)
+    web_server.start()
+    port = web_server.port
+    origins = {
+        f"http://127.0.0.1:{port}": 101,
+        trusted: 101,
+        None: 101,  # not a browser
+        "http://127.0.0.1:9999": 403,
+        "https://127.0.0.1:4443": 403,
+        f"https://127.0.0.1:{port}": 403,
+        f"http://localhost:{port}": 403,
+        "http://127.0.0.1": 403,
+        "http://evil.example": 403,
+        "http://polls.example.com": 403,
+        "null": 403,
+    }
+
+    async def handshake(origin):
+        try:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws", origin=origin) as ws:
+                await ws.recv()
+                return 101
+        except websockets.InvalidStatus as refused:
+            return refused.response.status_code
 
     async def scenario():
-        with pytest.raises(websockets.InvalidStatus) as refused:
-            async with websockets.connect(f"{ws_url}/ws", origin="http://evil.example"):
-                pass
-        return refused.value.response.status_code
+        return {origin: await handshake(origin) for origin in origins}
 
-    assert asyncio.run(scenario()) == 403
+    try:
+        assert asyncio.run(scenario()) == origins
+    finally:
+        web_server.kill()
 
 
 def test_viewers_of_a_restarted_server_reconnect_and_resync_from_the_snapshot(web_server, vote_worker):
