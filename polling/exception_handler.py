@@ -13,6 +13,7 @@ from rest_framework.views import exception_handler
 from polls.exceptions import (
     AlreadyVoted,
     InvalidChoices,
+    InvalidPoll,
     OptionOutOfRange,
     PollClosed,
     PollNotFound,
@@ -30,6 +31,8 @@ def api_exception_handler(exc, context):
     if isinstance(exc, OptionOutOfRange):
         # Shaped like a serializer error, since it is one: the option field is wrong.
         return Response({"option": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, InvalidPoll):
+        return Response({exc.field: [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, InvalidChoices):
         return Response({"options": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, InvalidVoterToken):
