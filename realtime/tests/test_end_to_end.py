@@ -153,23 +153,31 @@ def test_the_worker_tells_viewers_when_a_polls_deadline_passes(web_server, vote_
 
 
 
+def _raw_websocket(url: str, path: str) -> socket.socket:
+    """A WebSocket opened on a plain socket, its handshake's answer read: frames are ours to write."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:  # frames sent before the handshake's answer are dropped
+        answer += sock.recv(65536) or b"\r\n\r\n"
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    return sock
+
+
 def _websocket_burst(url: str, path: str, frames: list[bytes]) -> bytes:
-    """Open a WebSocket on a raw socket, write the frames in one send, return what comes back.
+    """Write the frames on a new WebSocket in one send; return what comes back until it closes.
 
     One write puts every frame in the server's queue before the consumer answers the
     first: the race a real client library's frame-by-frame sends rarely hits.
     """
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        key = base64.b64encode(os.urandom(16)).decode()
-        sock.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        received = b""
-        while b"\r\n\r\n" not in received:  # frames sent before the handshake's answer are dropped
-            received += sock.recv(65536) or b"\r\n\r\n"
+    with _raw_websocket(url, path) as sock:
         sock.sendall(b"".join(frames))
+        received = b""
         with contextlib.suppress(OSError):  # the server may reset once it closed
             while chunk := sock.recv(65536):
                 received += chunk
@@ -195,8 +203,36 @@ def test_a_client_closed_for_bad_messages_leaves_no_traceback_in_the_server_log(
         eleven = _websocket_burst(web_server.url, f"/ws/polls/{poll_id}", [garbage] * 11)
         for _ in range(3):
             _websocket_burst(web_server.url, f"/ws/polls/{poll_id}", [garbage, _client_frame(0x1, b'{"type": "ping"}'), client_close])
-        assert b"101 Switching Protocols" in eleven and struct.pack("!H", CLOSE_BAD_MESSAGES) in eleven
+        assert struct.pack("!H", CLOSE_BAD_MESSAGES) in eleven
         assert request("GET", f"{web_server.url}/polls/{poll_id}").status == 200
+    finally:
+        web_server.kill()
+    log = web_server.log()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("direct_write", ["1", "0"], ids=["frames-to-sockets", "asgi-send"])
+def test_viewers_that_leave_while_updates_are_written_leave_no_traceback_in_the_server_log(
+    process_env, tmp_path, vote_worker, direct_write
+):
+    web_server = WebServer(env={**process_env, "WS_DIRECT_WRITE": direct_write}, log_dir=tmp_path)
+    web_server.start()
+    try:
+        poll_id = request("POST", f"{web_server.url}/polls", POLL).json()["id"]
+        viewers = [_raw_websocket(web_server.url, f"/ws/polls/{poll_id}") for _ in range(20)]
+        client_close = _client_frame(0x8, struct.pack("!H", 1000))
+        for viewer in viewers:
+            assert request("POST", f"{web_server.url}/polls/{poll_id}/vote", {"option": 1}).status == 204
+            # A close and at once a reset, while the server may be writing an update to it.
+            viewer.sendall(client_close)
+            viewer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            viewer.close()
+
+        async def last_viewer():
+            async with websockets.connect(f"{web_server.url.replace('http://', 'ws://')}/ws/polls/{poll_id}") as ws:
+                return await _next(ws, lambda m: m["total"] == len(viewers))
+
+        assert asyncio.run(last_viewer())["option1"] == len(viewers)
     finally:
         web_server.kill()
     log = web_server.log()
