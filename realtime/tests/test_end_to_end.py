@@ -32,42 +32,50 @@ async def _next(ws, predicate, timeout: float = 30) -> dict:
             return message
 
 
-@pytest.mark.parametrize("direct_write", ["1", "0"], ids=["frames-to-sockets", "asgi-send"])
-def test_a_vote_posted_over_http_reaches_websocket_viewers_through_kafka_and_the_worker(
-    process_env, tmp_path, vote_worker, direct_write
-):
-    # Both ways a server writes broadcasts: straight to daphne's sockets, and through
-    # each viewer's ASGI send (WS_DIRECT_WRITE=0, the fallback).
-    web_server = WebServer(env={**process_env, "WS_DIRECT_WRITE": direct_write}, log_dir=tmp_path)
+@pytest.fixture(params=["1", "0"], ids=["frames-to-sockets", "asgi-send"])
+def each_write_path_server(request, process_env, tmp_path):
+    """A web server for each way it writes broadcasts: straight to daphne's sockets, and
+    through each viewer's ASGI send (WS_DIRECT_WRITE=0, the fallback)."""
+    web_server = WebServer(env={**process_env, "WS_DIRECT_WRITE": request.param}, log_dir=tmp_path)
     web_server.start()
-    try:
-        poll_id = request("POST", f"{web_server.url}/polls", POLL).json()["id"]
-        ws_url = web_server.url.replace("http://", "ws://")
+    yield web_server
+    web_server.kill()
 
-        async def scenario():
-            origin = web_server.url
-            async with websockets.connect(f"{ws_url}/ws/polls/{poll_id}", origin=origin) as one, websockets.connect(
-                f"{ws_url}/ws", origin=origin
-            ) as every:
-                snapshot = json.loads(await one.recv())
-                every_snapshot = json.loads(await every.recv())
-                answer = await asyncio.to_thread(request, "POST", f"{web_server.url}/polls/{poll_id}/vote", {"option": 2})
-                voted_at = time.monotonic()
-                update = await _next(one, lambda m: m["type"] == "poll.updated")
-                latency = time.monotonic() - voted_at
-                seen_by_every = await _next(every, lambda m: m["type"] == "poll.updated" and m["id"] == poll_id)
-                return snapshot, every_snapshot, answer.status, update, seen_by_every, latency
 
-        snapshot, every_snapshot, status, update, seen_by_every, latency = asyncio.run(scenario())
-        assert status == 204
-        assert snapshot["type"] == "poll.snapshot" and snapshot["total"] == 0
-        assert every_snapshot["type"] == "polls.snapshot" and every_snapshot["polls"][0]["id"] == poll_id
-        for message in (update, seen_by_every):
-            assert (message["id"], message["option1"], message["option2"], message["total"]) == (poll_id, 0, 1, 1)
-            assert message["version"] == 1
-        print(f"vote-to-screen through Kafka and the worker: {latency * 1000:.0f} ms")
-    finally:
-        web_server.kill()
+def _no_traceback_in(web_server) -> None:
+    log = web_server.log()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+
+
+def test_a_vote_posted_over_http_reaches_websocket_viewers_through_kafka_and_the_worker(
+    vote_worker, each_write_path_server
+):
+    web_server = each_write_path_server
+    poll_id = request("POST", f"{web_server.url}/polls", POLL).json()["id"]
+    ws_url = web_server.url.replace("http://", "ws://")
+
+    async def scenario():
+        origin = web_server.url
+        async with websockets.connect(f"{ws_url}/ws/polls/{poll_id}", origin=origin) as one, websockets.connect(
+            f"{ws_url}/ws", origin=origin
+        ) as every:
+            snapshot = json.loads(await one.recv())
+            every_snapshot = json.loads(await every.recv())
+            answer = await asyncio.to_thread(request, "POST", f"{web_server.url}/polls/{poll_id}/vote", {"option": 2})
+            voted_at = time.monotonic()
+            update = await _next(one, lambda m: m["type"] == "poll.updated")
+            latency = time.monotonic() - voted_at
+            seen_by_every = await _next(every, lambda m: m["type"] == "poll.updated" and m["id"] == poll_id)
+            return snapshot, every_snapshot, answer.status, update, seen_by_every, latency
+
+    snapshot, every_snapshot, status, update, seen_by_every, latency = asyncio.run(scenario())
+    assert status == 204
+    assert snapshot["type"] == "poll.snapshot" and snapshot["total"] == 0
+    assert every_snapshot["type"] == "polls.snapshot" and every_snapshot["polls"][0]["id"] == poll_id
+    for message in (update, seen_by_every):
+        assert (message["id"], message["option1"], message["option2"], message["total"]) == (poll_id, 0, 1, 1)
+        assert message["version"] == 1
+    print(f"vote-to-screen through Kafka and the worker: {latency * 1000:.0f} ms")
 
 
 def test_the_real_server_takes_only_its_own_scheme_host_and_port_or_a_trusted_origin_as_origin(process_env, tmp_path):
@@ -190,50 +198,38 @@ def _client_frame(opcode: int, payload: bytes) -> bytes:
     return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + mask + masked
 
 
-@pytest.mark.parametrize("direct_write", ["1", "0"], ids=["frames-to-sockets", "asgi-send"])
-def test_a_client_closed_for_bad_messages_leaves_no_traceback_in_the_server_log(process_env, tmp_path, direct_write):
-    web_server = WebServer(env={**process_env, "WS_DIRECT_WRITE": direct_write}, log_dir=tmp_path)
-    web_server.start()
-    try:
-        poll_id = request("POST", f"{web_server.url}/polls", POLL).json()["id"]
-        garbage = _client_frame(0x1, b'"x"')
-        client_close = _client_frame(0x8, struct.pack("!H", 1000))
-        # Eleven bad messages at once: the server closes after the tenth with the
-        # eleventh still queued. Then messages followed at once by the client's close.
-        eleven = _websocket_burst(web_server.url, f"/ws/polls/{poll_id}", [garbage] * 11)
-        for _ in range(3):
-            _websocket_burst(web_server.url, f"/ws/polls/{poll_id}", [garbage, _client_frame(0x1, b'{"type": "ping"}'), client_close])
-        assert struct.pack("!H", CLOSE_BAD_MESSAGES) in eleven
-        assert request("GET", f"{web_server.url}/polls/{poll_id}").status == 200
-    finally:
-        web_server.kill()
-    log = web_server.log()
-    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+def test_a_client_closed_for_bad_messages_leaves_no_traceback_in_the_server_log(each_write_path_server):
+    web_server = each_write_path_server
+    poll_id = request("POST", f"{web_server.url}/polls", POLL).json()["id"]
+    garbage = _client_frame(0x1, b'"x"')
+    client_close = _client_frame(0x8, struct.pack("!H", 1000))
+    # Eleven bad messages at once: the server closes after the tenth with the
+    # eleventh still queued. Then messages followed at once by the client's close.
+    eleven = _websocket_burst(web_server.url, f"/ws/polls/{poll_id}", [garbage] * 11)
+    for _ in range(3):
+        _websocket_burst(web_server.url, f"/ws/polls/{poll_id}", [garbage, _client_frame(0x1, b'{"type": "ping"}'), client_close])
+    assert struct.pack("!H", CLOSE_BAD_MESSAGES) in eleven
+    assert request("GET", f"{web_server.url}/polls/{poll_id}").status == 200
+    _no_traceback_in(web_server)
 
 
-@pytest.mark.parametrize("direct_write", ["1", "0"], ids=["frames-to-sockets", "asgi-send"])
 def test_viewers_that_leave_while_updates_are_written_leave_no_traceback_in_the_server_log(
-    process_env, tmp_path, vote_worker, direct_write
+    vote_worker, each_write_path_server
 ):
-    web_server = WebServer(env={**process_env, "WS_DIRECT_WRITE": direct_write}, log_dir=tmp_path)
-    web_server.start()
-    try:
-        poll_id = request("POST", f"{web_server.url}/polls", POLL).json()["id"]
-        viewers = [_raw_websocket(web_server.url, f"/ws/polls/{poll_id}") for _ in range(20)]
-        client_close = _client_frame(0x8, struct.pack("!H", 1000))
-        for viewer in viewers:
-            assert request("POST", f"{web_server.url}/polls/{poll_id}/vote", {"option": 1}).status == 204
-            # A close and at once a reset, while the server may be writing an update to it.
-            viewer.sendall(client_close)
-            viewer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            viewer.close()
+    web_server = each_write_path_server
+    poll_id = request("POST", f"{web_server.url}/polls", POLL).json()["id"]
+    viewers = [_raw_websocket(web_server.url, f"/ws/polls/{poll_id}") for _ in range(20)]
+    client_close = _client_frame(0x8, struct.pack("!H", 1000))
+    for viewer in viewers:
+        assert request("POST", f"{web_server.url}/polls/{poll_id}/vote", {"option": 1}).status == 204
+        # A close and at once a reset, while the server may be writing an update to it.
+        viewer.sendall(client_close)
+        viewer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        viewer.close()
 
-        async def last_viewer():
-            async with websockets.connect(f"{web_server.url.replace('http://', 'ws://')}/ws/polls/{poll_id}") as ws:
-                return await _next(ws, lambda m: m["total"] == len(viewers))
+    async def last_viewer():
+        async with websockets.connect(f"{web_server.url.replace('http://', 'ws://')}/ws/polls/{poll_id}") as ws:
+            return await _next(ws, lambda m: m["total"] == len(viewers))
 
-        assert asyncio.run(last_viewer())["option1"] == len(viewers)
-    finally:
-        web_server.kill()
-    log = web_server.log()
-    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+    assert asyncio.run(last_viewer())["option1"] == len(viewers)
+    _no_traceback_in(web_server)
