@@ -12,6 +12,9 @@ from rest_framework.views import exception_handler
 
 from polls.exceptions import (
     AlreadyVoted,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    IdempotencyUnavailable,
     InvalidChoices,
     InvalidPoll,
     OptionOutOfRange,
@@ -39,10 +42,19 @@ def api_exception_handler(exc, context):
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, (PollClosed, AlreadyVoted)):
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, IdempotencyKeyReused):
+        return Response({"detail": str(exc)}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
+    if isinstance(exc, IdempotencyKeyInUse):
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT,
+                        headers={"Retry-After": str(settings.VOTE_RETRY_AFTER)})
     if isinstance(exc, SignInRequired):
         return Response({"detail": str(exc)}, status=status.HTTP_401_UNAUTHORIZED, headers={"WWW-Authenticate": "Token"})
     if isinstance(exc, VoteBusUnavailable):
         return _unavailable("The vote was not recorded: the vote log is unavailable. Retry later.")
+    if isinstance(exc, IdempotencyUnavailable):
+        # Not skipped: without the check, a retry could be counted twice.
+        logger.warning("Idempotency-Key not checked, the cache is unavailable: %s", exc)
+        return _unavailable("The vote was not recorded: its Idempotency-Key cannot be checked now. Retry later.")
     if isinstance(exc, (OperationalError, InterfaceError)):
         # The database is unreachable (restarting, failing over): say so and when to retry,
         # rather than a bare 500. Nothing was published: validation needs the database.

@@ -26,7 +26,7 @@ from polls.exports import results_csv
 from polls.models import Poll
 from polls.selectors import poll_closed_by_staff, poll_get, poll_list, poll_results_visible, poll_totals, polls_results_visible
 from polls.services import poll_create, poll_set_status, vote_cast
-from polls.voters import COOKIE_NAME, Voter, voter_from_request, voter_token_issue
+from polls.voters import COOKIE_NAME, voter_for_vote, voter_from_request, voter_token_issue, voter_token_of
 
 
 class CanCreatePolls(BasePermission):
@@ -181,7 +181,7 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
         operation_id="polls_vote",
         request=InputSerializer,
         parameters=[
-            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, description="Retries with the same key count once."),
+            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, description=docs.IDEMPOTENCY_KEY),
             OpenApiParameter("X-Voter-Token", str, OpenApiParameter.HEADER, description="An anonymous voter token from POST /voters."),
         ],
         responses={
@@ -189,12 +189,23 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
             400: docs.VALIDATION_ERROR,
             401: docs.ErrorSerializer,
             404: docs.ErrorSerializer,
-            409: docs.ErrorSerializer,
+            409: OpenApiResponse(
+                docs.ErrorSerializer,
+                description="The poll is closed, this voter already voted in a one-vote poll, or a request "
+                "with the same Idempotency-Key is still being processed (retry after Retry-After).",
+            ),
             411: docs.ErrorSerializer,
             413: docs.ErrorSerializer,
             415: docs.ErrorSerializer,
+            422: OpenApiResponse(
+                docs.ErrorSerializer, description="The Idempotency-Key was already used with another choice of options."
+            ),
             429: docs.ErrorSerializer,
-            503: docs.ErrorSerializer,
+            503: OpenApiResponse(
+                docs.ErrorSerializer,
+                description="Not recorded (the vote log, the database, or for a keyed vote the key's store, is "
+                "unavailable): retry after Retry-After with the same Idempotency-Key.",
+            ),
         },
         examples=[docs.VOTE_EXAMPLE, docs.MULTI_VOTE_EXAMPLE],
     )
@@ -202,17 +213,11 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
         data = validated_data(self.InputSerializer(data=request.data))
         if data.get("poll_id") is not None and data["poll_id"] != poll_id:
             raise serializers.ValidationError({"poll_id": [f"Does not match the poll in the path: {data['poll_id']} != {poll_id}."]})
-        voter = voter_from_request(request)
-        new_token = None
-        if voter.token_id is None and voter.user_id is None:
-            # Browsers get a voter token with their first vote, so one-vote-per-voter
-            # polls work for them without a separate call.
-            token_id, new_token = voter_token_issue()
-            voter = Voter(user_id=None, token_id=token_id, address_key=voter.address_key)
+        voter, new_token = voter_for_vote(voter_from_request(request))
         key = request.headers.get("Idempotency-Key") or (str(data["vote_id"]) if "vote_id" in data else None)
         if key is not None and not 1 <= len(key) <= 200:
             raise serializers.ValidationError({"Idempotency-Key": ["Must be 1 to 200 characters."]})
-        vote_cast(
+        ballot = vote_cast(
             poll_id=poll_id,
             options=data["options"] if "options" in data else [data["option"]],
             voter=voter,
@@ -220,7 +225,8 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
         )
         response = Response(status=status.HTTP_204_NO_CONTENT)
         if new_token is not None:
-            _set_voter_cookie(response, new_token)
+            # A repeated ballot answers with the cookie of the voter it was cast as.
+            _set_voter_cookie(response, voter_token_of(ballot.voter_key) or new_token)
         return response
 
 

@@ -118,3 +118,12 @@ LEADERBOARD_EXAMPLE = OpenApiExample(
     },
     response_only=True,
 )
+
+
+IDEMPOTENCY_KEY = (
+    "1 to 200 characters, a UUID is best (or `vote_id` in the body). Scoped to the poll and the voter: the "
+    "signed-in user, else the voter token, else the client's address. The same key with the same choice is "
+    "answered as the first time (204) and counted once; with another choice it is 422; while the first "
+    "request is in progress, 409. A first request refused with a 4xx leaves the key free; after a 503 only "
+    "the same choice may retry. Kept IDEMPOTENCY_KEY_TTL (24 h) in the cache, then checked against the stored ballot."
+)

@@ -18,6 +18,7 @@ from django.utils import timezone
 from polls.bus import get_vote_bus
 from polls.events import VoteEvent
 from polls.exceptions import AlreadyVoted, InvalidChoices, InvalidPoll, OptionOutOfRange, PollClosed, SignInRequired
+from polls.idempotency import idempotency_claim
 from polls.models import AuditEntry, Option, Poll, Vote, poll_total_reset
 from polls.selectors import poll_is_open, poll_vote_target, vote_target_forget
 from polls.sql import column, columns, placeholders, table
@@ -142,15 +143,6 @@ def _save_and_bump_version(poll: Poll, fields: list[str]) -> None:
     poll.refresh_from_db(fields=["version", "state_version"])
 
 
-# Idempotency keys name a ballot within a poll: the same key always yields the same id.
-_IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c1c52-4b0e-4f5e-9d36-2a4f3f0c7a11")
-
-
-def ballot_id(*, poll_id: int, idempotency_key: str) -> uuid.UUID:
-    """The ballot id of a vote sent with this Idempotency-Key: the same for every retry."""
-    return uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{poll_id}:{idempotency_key}")
-
-
 def vote_cast(
     *,
     poll_id: int,
@@ -163,15 +155,35 @@ def vote_cast(
     Returns only once the bus has accepted the vote (for Kafka: acknowledged by all
     in-sync replicas); raises PollNotFound, PollClosed, OptionOutOfRange,
     InvalidChoices, SignInRequired, AlreadyVoted or VoteBusUnavailable otherwise, and
-    then nothing was published. A retry with the same idempotency key publishes the
-    same ballot id, which the worker counts once.
+    then nothing was published. With an idempotency key (polls.idempotency), a retry of
+    an accepted ballot returns that ballot (its voter_key the one it was cast as) and
+    publishes nothing; the key may also raise IdempotencyKeyReused, IdempotencyKeyInUse
+    or IdempotencyUnavailable.
     """
+    if idempotency_key is None:
+        return _vote_publish(_vote_check(uuid.uuid4(), poll_id, options, voter))
+    claim = idempotency_claim(poll_id=poll_id, voter=voter, idempotency_key=idempotency_key, options=options)
+    if claim.replay_voter_key is not None:
+        # Answered as the first time, even once the poll has closed (the client may
+        # have missed the first answer).
+        return _ballot(claim.vote_id, poll_id, options, claim.replay_voter_key, None)
+    try:
+        event = _vote_check(claim.vote_id, poll_id, options, voter)
+    except BaseException:
+        claim.release()  # nothing published: the key is free
+        raise
+    try:
+        _vote_publish(event)
+    except BaseException:
+        claim.fail()  # perhaps published all the same
+        raise
+    claim.settle(voter_key=event.voter_key)
+    return event
+
+
+def _vote_check(vote_id: uuid.UUID, poll_id: int, options: Sequence[int], voter: Voter) -> VoteEvent:
+    """The ballot, checked against the poll; raises the vote's domain errors."""
     target = poll_vote_target(poll_id=poll_id)
-    vote_id = ballot_id(poll_id=poll_id, idempotency_key=idempotency_key) if idempotency_key else uuid.uuid4()
-    if idempotency_key and Vote.objects.filter(vote_id=vote_id).exists():
-        # A retry of a ballot already counted: answer as the first time, publish nothing;
-        # even once the poll has closed (the client may have missed the first answer).
-        return _ballot(vote_id, poll_id, options, voter, None)
     if not target.is_open:
         raise PollClosed(poll_id)
     if len(set(options)) != len(options):
@@ -196,7 +208,10 @@ def vote_cast(
     if dedupe_key and Vote.objects.filter(poll_id=poll_id, dedupe_key=dedupe_key).exists():
         raise AlreadyVoted(poll_id)
 
-    event = _ballot(vote_id, poll_id, options, voter, dedupe_key)
+    return _ballot(vote_id, poll_id, options, voter.key, dedupe_key)
+
+
+def _vote_publish(event: VoteEvent) -> VoteEvent:
     _release_connection()
     get_vote_bus().publish(event)
     return event
@@ -215,12 +230,12 @@ def _release_connection() -> None:
         connection.close()
 
 
-def _ballot(vote_id: uuid.UUID, poll_id: int, options: Sequence[int], voter: Voter, dedupe_key: str | None) -> VoteEvent:
+def _ballot(vote_id: uuid.UUID, poll_id: int, options: Sequence[int], voter_key: str, dedupe_key: str | None) -> VoteEvent:
     return VoteEvent(
         vote_id=vote_id,
         poll_id=poll_id,
         options=tuple(options),
-        voter_key=voter.key,
+        voter_key=voter_key,
         cast_at=timezone.now(),
         dedupe_key=dedupe_key,
     )
