@@ -16,6 +16,7 @@ from polls.exceptions import (
     IdempotencyKeyReused,
     IdempotencyUnavailable,
     InvalidChoices,
+    InvalidPoll,
     OptionOutOfRange,
     PollClosed,
     PollNotFound,
@@ -33,6 +34,8 @@ def api_exception_handler(exc, context):
     if isinstance(exc, OptionOutOfRange):
         # Shaped like a serializer error, since it is one: the option field is wrong.
         return Response({"option": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, InvalidPoll):
+        return Response({exc.field: [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, InvalidChoices):
         return Response({"options": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, InvalidVoterToken):

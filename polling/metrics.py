@@ -283,8 +283,9 @@ access_logger = logging.getLogger("polling.access")
 class RequestMetricsMiddleware:
     """Counts and times every HTTP request by view, method and status; writes the access log.
 
-    First in MIDDLEWARE, so the time includes the other middleware and the answers they
-    give themselves (413 for a large body, a probe's answer). The access log goes
+    First in MIDDLEWARE after the security headers, so the time includes the other
+    middleware and the answers they give themselves (413 for a large body, a probe's
+    answer). The access log goes
     through logging (JSON in production) in place of daphne's own plain-text one, which
     the image turns off (``daphne -v 0``). It leaves out the client's address, as the
     vote history does.

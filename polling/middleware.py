@@ -1,6 +1,7 @@
 from django.conf import settings
 from django.db import connections
 from django.http import JsonResponse
+from django.middleware.security import SecurityMiddleware
 from django.utils.http import parse_header_parameters
 
 from polling.asgi_limits import too_large_detail
@@ -81,3 +82,32 @@ class ReleaseDatabaseConnectionMiddleware:
                 # connection is still in use: leave it to whoever opened the block.
                 if not connection.in_atomic_block:
                     connection.close_if_unusable_or_obsolete()
+
+
+class SecurityHeadersMiddleware(SecurityMiddleware):
+    """Security headers on every response: Django's (nosniff, Referrer-Policy, COOP, HSTS
+    over HTTPS), X-Frame-Options, and the Content-Security-Policy of CONTENT_SECURITY_POLICY.
+
+    Listed first, so that the probes and /metrics, answered ahead of the rest of the
+    chain, get them too. Django's SecurityMiddleware stays after the probes for the
+    HTTPS redirect (a probe over plain HTTP must not be redirected), and
+    XFrameOptionsMiddleware for its exemptions (and `check --deploy`). A view that sets
+    its own Content-Security-Policy or X-Frame-Options header keeps it.
+    """
+
+    def __init__(self, get_response):
+        super().__init__(get_response)
+        self.frame_options = settings.X_FRAME_OPTIONS
+        self.content_security_policy = "; ".join(
+            " ".join([directive, *sources]) for directive, sources in settings.CONTENT_SECURITY_POLICY.items()
+        )
+
+    def process_request(self, request):
+        return None
+
+    def process_response(self, request, response):
+        response = super().process_response(request, response)
+        if not getattr(response, "xframe_options_exempt", False):
+            response.headers.setdefault("X-Frame-Options", self.frame_options)
+        response.headers.setdefault("Content-Security-Policy", self.content_security_policy)
+        return response

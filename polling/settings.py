@@ -76,7 +76,8 @@ APPEND_SLASH = False
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # The project's own pages beside the apps' (the API docs' page).
+        "DIRS": [BASE_DIR / "polling" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -131,6 +132,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "polling" / "static"]
 # The web and REST processes serve the static files themselves (WhiteNoise): neither
 # daphne nor gunicorn serves them, and without them the admin had no styles or scripts
 # and /api/docs no Swagger UI. They are found where the apps keep them, so no
@@ -307,6 +309,22 @@ CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Sent on every response (polling.middleware.SecurityHeadersMiddleware): scripts, styles
+# and everything else from this site's own files only, no inline code, no framing. New
+# pages inherit it; one that needs more sets its own header (docs/security.md).
+CONTENT_SECURITY_POLICY = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    # data: for the icons Swagger UI and the live page draw inline.
+    "img-src": ["'self'", "data:"],
+    # 'self' covers ws:// and wss:// of the same host (the live page's WebSocket).
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
 # Off by default so that plain-HTTP setups (compose on localhost, tests) work; turn on
 # behind TLS. `manage.py check --deploy` passes with the values in .env.example.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
@@ -340,9 +358,10 @@ LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOG_FORMAT = log_format(debug=DEBUG)
 LOGGING = logging_config(level=LOG_LEVEL, fmt=LOG_FORMAT)
 
-# Request metrics time the whole stack, so their middleware comes first; probes and
-# scrapes are answered next, ahead of the Host header check (see polling.health).
+# Every response gets the security headers; request metrics time the rest of the stack;
+# probes and scrapes are answered next, ahead of the Host header check (see polling.health).
 MIDDLEWARE = [
+    "polling.middleware.SecurityHeadersMiddleware",
     "polling.metrics.RequestMetricsMiddleware",
     "polling.health.ProbeMiddleware",
     *(name for name in MIDDLEWARE if name not in ("polling.metrics.RequestMetricsMiddleware", "polling.health.ProbeMiddleware")),

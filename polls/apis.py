@@ -109,14 +109,7 @@ class PollsApi(APIView):
                 options = numbered
             else:
                 options = listed
-            if len(options) < 2:
-                raise serializers.ValidationError({"options": ["A poll needs at least 2 options: give option1 and option2."]})
-            if len(options) > maximum:
-                raise serializers.ValidationError({"options": [f"A poll has at most {maximum} options."]})
-            if len({text.casefold() for text in options}) != len(options):
-                raise serializers.ValidationError({"options": ["Options must differ from one another."]})
-            if attrs["max_choices"] > len(options):
-                raise serializers.ValidationError({"max_choices": [f"Ensure this value is at most the number of options ({len(options)})."]})
+            # Their number, their text and max_choices: polls.services.poll_options_clean.
             closes_at = attrs.get("closes_at")
             if closes_at is not None and closes_at <= timezone.now():
                 raise serializers.ValidationError({"closes_at": ["Must be in the future."]})
