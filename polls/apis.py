@@ -15,18 +15,13 @@ from rest_framework.views import APIView
 
 from polling.metrics import VoteIntakeMetricsMixin
 from polling.strict import StrictCharField, StrictIntegerField, query_data, validated_data
-from polling.throttles import (
-    PipelinedThrottlesMixin,
-    PollCreateRateThrottle,
-    VoteAddressRateThrottle,
-    VoteVoterRateThrottle,
-)
+from polling.throttles import VOTE_THROTTLES, VoterTokenIssueRateThrottle, PipelinedThrottlesMixin, PollCreateRateThrottle
 from polls import docs
 from polls.exports import results_csv
 from polls.models import Poll
 from polls.selectors import poll_closed_by_staff, poll_get, poll_list, poll_results_visible, poll_totals, polls_results_visible
 from polls.services import poll_create, poll_set_status, vote_cast
-from polls.voters import COOKIE_NAME, Voter, voter_from_request, voter_token_issue
+from polls.voters import voter_cookie_set, voter_from_request, voter_or_new, voter_token_issue
 
 
 class CanCreatePolls(BasePermission):
@@ -171,7 +166,7 @@ class PollDetailApi(APIView):
 
 
 class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
-    throttle_classes = [VoteAddressRateThrottle, VoteVoterRateThrottle]
+    throttle_classes = list(VOTE_THROTTLES)
 
     class InputSerializer(serializers.Serializer):
         option = StrictIntegerField(required=False)
@@ -209,13 +204,7 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
         data = validated_data(self.InputSerializer(data=request.data))
         if data.get("poll_id") is not None and data["poll_id"] != poll_id:
             raise serializers.ValidationError({"poll_id": [f"Does not match the poll in the path: {data['poll_id']} != {poll_id}."]})
-        voter = voter_from_request(request)
-        new_token = None
-        if voter.token_id is None and voter.user_id is None:
-            # Browsers get a voter token with their first vote, so one-vote-per-voter
-            # polls work for them without a separate call.
-            token_id, new_token = voter_token_issue()
-            voter = Voter(user_id=None, token_id=token_id, address_key=voter.address_key)
+        voter, new_token = voter_or_new(request)
         key = request.headers.get("Idempotency-Key") or (str(data["vote_id"]) if "vote_id" in data else None)
         if key is not None and not 1 <= len(key) <= 200:
             raise serializers.ValidationError({"Idempotency-Key": ["Must be 1 to 200 characters."]})
@@ -227,19 +216,8 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
         )
         response = Response(status=status.HTTP_204_NO_CONTENT)
         if new_token is not None:
-            _set_voter_cookie(response, new_token)
+            voter_cookie_set(response, new_token)
         return response
-
-
-def _set_voter_cookie(response: Response, signed_token: str) -> None:
-    response.set_cookie(
-        COOKIE_NAME,
-        signed_token,
-        max_age=settings.VOTER_COOKIE_MAX_AGE,
-        httponly=True,
-        samesite="Lax",
-        secure=settings.SESSION_COOKIE_SECURE,
-    )
 
 
 class PollStatusApi(APIView):
@@ -284,16 +262,21 @@ class PollExportApi(APIView):
         return response
 
 
-class VoterTokenApi(APIView):
+class VoterTokenApi(PipelinedThrottlesMixin, APIView):
     """`POST /voters`: a new anonymous voter token, for one-vote-per-voter polls."""
+
+    throttle_classes = [VoterTokenIssueRateThrottle]
 
     @extend_schema(
         request=None,
-        responses={201: inline_serializer("VoterToken", {"voter_token": serializers.CharField()})},
+        responses={
+            201: inline_serializer("VoterToken", {"voter_token": serializers.CharField()}),
+            429: docs.ErrorSerializer,
+        },
         examples=[OpenApiExample("A token", value={"voter_token": "kq3…:Xb1…"}, response_only=True)],
     )
     def post(self, request: Request) -> Response:
         _, signed = voter_token_issue()
         response = Response({"voter_token": signed}, status=status.HTTP_201_CREATED)
-        _set_voter_cookie(response, signed)
+        voter_cookie_set(response, signed)
         return response

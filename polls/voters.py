@@ -57,6 +57,31 @@ def voter_token_read(signed: str) -> str | None:
         return None
 
 
+def voter_or_new(request) -> tuple[Voter, str | None]:
+    """The voter behind a request, given a new voter token when it has neither token nor user.
+
+    Returns the voter and the signed new token to set as the client's cookie (None when
+    the request already had an identity): browsers get their token with their first vote,
+    so one-vote-per-voter polls work for them without a separate call.
+    """
+    voter = voter_from_request(request)
+    if voter.token_id is not None or voter.user_id is not None:
+        return voter, None
+    token_id, signed = voter_token_issue()
+    return Voter(user_id=None, token_id=token_id, address_key=voter.address_key), signed
+
+
+def voter_cookie_set(response, signed_token: str) -> None:
+    response.set_cookie(
+        COOKIE_NAME,
+        signed_token,
+        max_age=settings.VOTER_COOKIE_MAX_AGE,
+        httponly=True,
+        samesite="Lax",
+        secure=settings.SESSION_COOKIE_SECURE,
+    )
+
+
 def client_address_key(address: str) -> str:
     return hashlib.sha256(f"{settings.SECRET_KEY}:{address}".encode()).hexdigest()[:16]
 
