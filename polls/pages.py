@@ -45,6 +45,10 @@ HOME_POLLS = 20
 # The closing times the create form offers, in minutes from now ("" : no deadline).
 CLOSES_IN_CHOICES = [("", "No deadline"), ("2", "In 2 minutes"), ("5", "In 5 minutes"), ("15", "In 15 minutes"),
                      ("30", "In 30 minutes"), ("60", "In 1 hour"), ("1440", "In 1 day")]
+# How many votes each person has, in the words of the create form.
+ONE_VOTE_PER_CHOICES = [(Poll.OneVotePer.VOTER, "One per device (browser)"),
+                        (Poll.OneVotePer.USER, "One per signed-in user"),
+                        (Poll.OneVotePer.NONE, "No limit")]
 # The HTTP status a refused vote is answered with, as the API answers it (a page has no
 # WWW-Authenticate to offer, hence 403 for a poll that needs a signed-in user).
 _REFUSAL_STATUS: dict[type[Exception], int] = {
@@ -85,7 +89,7 @@ def home(request: HttpRequest) -> HttpResponse:
         "option_fields": [(n, f"option{n}", values.get(f"option{n}", "")) for n in range(1, settings.POLL_MAX_OPTIONS + 1)],
         "closes_in_choices": CLOSES_IN_CHOICES,
         "visibility_choices": Poll.Visibility.choices,
-        "one_vote_per_choices": Poll.OneVotePer.choices,
+        "one_vote_per_choices": ONE_VOTE_PER_CHOICES,
     }
     return render(request, "polls/home.html", context, status=status)
 
@@ -160,11 +164,13 @@ def _choices(form) -> list[int] | None:
 
 def _refused(request, totals, error: str, status: int, *, already_voted: bool = False) -> HttpResponse:
     voter = viewer_of(request)
-    return _vote_page(request, totals, voter=voter, just_voted=already_voted, error=error, status=status)
+    return _vote_page(request, totals, voter=voter, just_voted=already_voted, error=error, status=status,
+                      chosen=_choices(request.POST) or [])
 
 
 def _vote_page(
-    request, totals: dict[str, Any], *, voter: Voter | None, just_voted: bool, error: str | None = None, status: int = 200
+    request, totals: dict[str, Any], *, voter: Voter | None, just_voted: bool, error: str | None = None,
+    status: int = 200, chosen: list[int] | None = None,
 ) -> HttpResponse:
     is_open = totals["status"] == Poll.Status.OPEN
     voted = just_voted or (
@@ -183,6 +189,7 @@ def _vote_page(
         "sign_in_needed": totals["one_vote_per"] == Poll.OneVotePer.USER and (voter is None or voter.user_id is None),
         "await_results": voted and is_open and totals["results_hidden"],
         "error": error,
+        "chosen": chosen or [],  # a refused multiple-choice ballot comes back as it was
     }
     return render(request, "polls/vote.html", context, status=status)
 

@@ -143,6 +143,9 @@
     };
   }
 
+  // Without this script the page says to reload; with it, it is live.
+  conn.hidden = false;
+  document.getElementById("updated").textContent = "Live updates via WebSocket";
   render(state, false);
   connect();
 })();
