@@ -159,6 +159,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # The request bodies' cross-field rules, which serializers cannot describe (polls.docs).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "polls.docs.strict_request_bodies"],
 }
 
 # The shared cache: rate-limit counters must hold across web processes.

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.http import HttpResponse
-from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
@@ -18,6 +18,7 @@ from polling.strict import StrictCharField, StrictIntegerField, query_data, vali
 from polling.throttles import VOTE_THROTTLES, VoterTokenIssueRateThrottle, PipelinedThrottlesMixin, PollCreateRateThrottle
 from polls import docs
 from polls.exports import results_csv
+from polls.exceptions import PollMismatch
 from polls.models import Poll
 from polls.selectors import poll_closed_by_staff, poll_get, poll_list, poll_results_visible, poll_totals, polls_results_visible
 from polls.services import poll_create, poll_set_status, vote_cast
@@ -104,19 +105,16 @@ class PollsApi(APIView):
                 raise serializers.ValidationError({"options": ["A poll needs at least 2 options: give option1 and option2."]})
             if len(options) > maximum:
                 raise serializers.ValidationError({"options": [f"A poll has at most {maximum} options."]})
-            if len({text.casefold() for text in options}) != len(options):
-                raise serializers.ValidationError({"options": ["Options must differ from one another."]})
-            if attrs["max_choices"] > len(options):
-                raise serializers.ValidationError({"max_choices": [f"Ensure this value is at most the number of options ({len(options)})."]})
-            closes_at = attrs.get("closes_at")
-            if closes_at is not None and closes_at <= timezone.now():
-                raise serializers.ValidationError({"closes_at": ["Must be in the future."]})
-            return {**attrs, "options": options}
+            # Rules a schema can state, and no more (polls.docs.create_poll_request): more
+            # choices than options means any number of them; a deadline already past makes
+            # a closed poll.
+            return {**attrs, "options": options, "max_choices": min(attrs["max_choices"], len(options))}
 
     class ListFilterSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=Poll.Status.choices, required=False)
         search = serializers.CharField(
-            max_length=200, required=False, allow_blank=True, help_text="Case-insensitive part of the question."
+            max_length=200, required=False, allow_blank=True, help_text="Case-insensitive part of the question.",
+            validators=[RegexValidator(r"^[^\x00]*$", "Null characters are not allowed.")],  # the schema's pattern
         )
         page = serializers.IntegerField(min_value=1, required=False)
         page_size = serializers.IntegerField(min_value=1, max_value=PollsPagination.max_page_size, required=False)
@@ -169,12 +167,14 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
     throttle_classes = list(VOTE_THROTTLES)
 
     class InputSerializer(serializers.Serializer):
-        option = StrictIntegerField(required=False)
-        options = serializers.ListField(child=StrictIntegerField(), required=False, min_length=1, max_length=100)
+        # Null is the same as left out (polls.docs.vote_request).
+        option = StrictIntegerField(required=False, allow_null=True)
+        options = serializers.ListField(child=StrictIntegerField(), required=False, allow_null=True, min_length=1, max_length=100)
         poll_id = StrictIntegerField(required=False)
         vote_id = serializers.UUIDField(required=False)
 
         def validate(self, attrs):
+            attrs = {name: value for name, value in attrs.items() if value is not None}
             if ("option" in attrs) == ("options" in attrs):
                 raise serializers.ValidationError({"option": ["Give option (one choice) or options (a list), not both." if "option" in attrs else "This field is required."]})
             return attrs
@@ -183,7 +183,8 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
         operation_id="polls_vote",
         request=InputSerializer,
         parameters=[
-            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, description="Retries with the same key count once."),
+            OpenApiParameter("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 200}, OpenApiParameter.HEADER,
+                             description="Retries with the same key count once."),
             OpenApiParameter("X-Voter-Token", str, OpenApiParameter.HEADER, description="An anonymous voter token from POST /voters."),
         ],
         responses={
@@ -191,7 +192,7 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
             400: docs.VALIDATION_ERROR,
             401: docs.ErrorSerializer,
             404: docs.ErrorSerializer,
-            409: docs.ErrorSerializer,
+            409: docs.CONFLICT,
             411: docs.ErrorSerializer,
             413: docs.ErrorSerializer,
             415: docs.ErrorSerializer,
@@ -203,7 +204,7 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
     def post(self, request: Request, poll_id: int) -> Response:
         data = validated_data(self.InputSerializer(data=request.data))
         if data.get("poll_id") is not None and data["poll_id"] != poll_id:
-            raise serializers.ValidationError({"poll_id": [f"Does not match the poll in the path: {data['poll_id']} != {poll_id}."]})
+            raise PollMismatch(data["poll_id"], poll_id)
         voter, new_token = voter_or_new(request)
         key = request.headers.get("Idempotency-Key") or (str(data["vote_id"]) if "vote_id" in data else None)
         if key is not None and not 1 <= len(key) <= 200:

@@ -23,16 +23,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from polling.throttles import PollCreateRateThrottle, throttles_check, vote_throttles_check
 from polls.apis import PollsApi
-from polls.exceptions import (
-    AlreadyVoted,
-    InvalidChoices,
-    OptionOutOfRange,
-    PollClosed,
-    PollError,
-    PollNotFound,
-    SignInRequired,
-    VoteBusUnavailable,
-)
+from polls.exceptions import AlreadyVoted, PollError, VoteBusUnavailable
 from polls.models import Poll
 from polls.selectors import poll_list, voter_has_voted
 from polls.services import poll_create, vote_cast
@@ -49,17 +40,6 @@ CLOSES_IN_CHOICES = [("", "No deadline"), ("2", "In 2 minutes"), ("5", "In 5 min
 ONE_VOTE_PER_CHOICES = [(Poll.OneVotePer.VOTER, "One per device (browser)"),
                         (Poll.OneVotePer.USER, "One per signed-in user"),
                         (Poll.OneVotePer.NONE, "No limit")]
-# The HTTP status a refused vote is answered with, as the API answers it (a page has no
-# WWW-Authenticate to offer, hence 403 for a poll that needs a signed-in user).
-_REFUSAL_STATUS: dict[type[Exception], int] = {
-    PollNotFound: 404,
-    PollClosed: 409,
-    AlreadyVoted: 409,
-    SignInRequired: 403,
-    OptionOutOfRange: 400,
-    InvalidChoices: 400,
-    PollError: 400,  # a forged voter token
-}
 
 
 @require_http_methods(["GET", "POST"])
@@ -142,9 +122,8 @@ def _vote(request: HttpRequest, totals: dict[str, Any]) -> HttpResponse:
         response = _refused(request, totals, "Your vote was not recorded: the service is busy. Try again in a moment.", 503)
         response["Retry-After"] = str(settings.VOTE_RETRY_AFTER)
         return response
-    except PollError as exc:
-        status = next(code for kind, code in _REFUSAL_STATUS.items() if isinstance(exc, kind))
-        return _refused(request, totals, str(exc), status, already_voted=isinstance(exc, AlreadyVoted))
+    except PollError as exc:  # answered with the API's status (polls.exceptions)
+        return _refused(request, totals, str(exc), exc.status, already_voted=isinstance(exc, AlreadyVoted))
     messages.success(request, "Your vote is in.", extra_tags="voted")
     response = redirect("poll-vote-page", poll_id=totals["id"])
     response.status_code = 303  # the GET of the results, never the POST again

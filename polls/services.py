@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from polls.bus import get_vote_bus
 from polls.events import VoteEvent
-from polls.exceptions import AlreadyVoted, InvalidChoices, OptionOutOfRange, PollClosed, SignInRequired
+from polls.exceptions import AlreadyVoted, InvalidChoices, OptionOutOfRange, PollClosed, SignInRequired, TooManyChoices
 from polls.models import AuditEntry, Option, Poll, Vote, poll_total_reset
 from polls.selectors import poll_is_open, poll_vote_target, vote_target_forget
 from polls.sql import column, columns, placeholders, table
@@ -111,7 +111,7 @@ def vote_cast(
 
     Returns only once the bus has accepted the vote (for Kafka: acknowledged by all
     in-sync replicas); raises PollNotFound, PollClosed, OptionOutOfRange,
-    InvalidChoices, SignInRequired, AlreadyVoted or VoteBusUnavailable otherwise, and
+    InvalidChoices, TooManyChoices, SignInRequired, AlreadyVoted or VoteBusUnavailable otherwise, and
     then nothing was published. A retry with the same idempotency key publishes the
     same ballot id, which the worker counts once.
     """
@@ -126,7 +126,7 @@ def vote_cast(
     if len(set(options)) != len(options):
         raise InvalidChoices("The same option is chosen twice.")
     if len(options) > target.max_choices:
-        raise InvalidChoices(
+        raise TooManyChoices(
             f"At most {target.max_choices} option{'s' if target.max_choices > 1 else ''} may be chosen in this poll."
         )
     for option in options:

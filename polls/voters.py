@@ -22,6 +22,8 @@ _SALT = "polls.voter-token"
 
 
 class InvalidVoterToken(PollError):
+    status = 401  # a credential that is not ours, as a wrong API token
+
     def __init__(self) -> None:
         super().__init__("X-Voter-Token is not a voter token issued by this server: get one from POST /voters.")
 
