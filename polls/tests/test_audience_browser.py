@@ -112,3 +112,21 @@ def test_a_phone_without_javascript_votes_by_form_post(site):
     from testsupport.processes import wait_until
 
     wait_until(lambda: counted() == [1, 0, 1], timeout=30, what="the form's ballot counted")
+
+
+def test_an_after_vote_poll_shows_the_voter_the_results_once_the_vote_is_counted(site):
+    from tests.http import request
+
+    poll = request("POST", f"{site.url}/polls", {
+        "question": "Secret ballot?", "option1": "Yes", "option2": "No", "results_visibility": "after_vote",
+    }).json()
+    with chromium() as browser:
+        phone = browser.new_context(**PHONE).new_page()
+        phone.goto(f"{site.url}/p/{poll['id']}")
+        phone.get_by_role("button", name="No").tap()
+        expect(phone.get_by_role("status").filter(has_text="Your vote is in")).to_be_visible()
+        # Accepted before the worker counted it: the page asks again until the counts show.
+        expect(phone.locator("#hidden-note")).to_be_hidden(timeout=30_000)
+        expect(phone.locator('.option[data-position="2"] .count')).to_have_text("1")
+        expect(phone.locator("#conn")).to_have_attribute("data-state", "live")
+        keep_screenshot(phone, "phone-after-vote-counted")

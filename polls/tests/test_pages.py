@@ -272,4 +272,5 @@ def test_the_pages_static_files_are_served_by_the_project(browser):
                  "/static/realtime/favicon.svg"):
         response = browser.get(path)
         assert response.status_code == 200, path
-        b"".join(response.streaming_content) if response.streaming else response.content
+        body = b"".join(response.streaming_content) if response.streaming else response.content
+        assert body.strip(), path
