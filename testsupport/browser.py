@@ -30,14 +30,14 @@ DESKTOP = {"viewport": {"width": 1280, "height": 800}}
 
 
 @contextmanager
-def chromium() -> Iterator:
+def chromium(*extra_args: str) -> Iterator:
     """A headless browser (never a downloaded one). Open it after the server fixtures, so it
     closes before their teardown: Playwright's sync API keeps an event loop on this thread
     while it is open, and Django refuses a transactional test's database teardown then."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, *extra_args])
         try:
             yield browser
         finally:

@@ -130,3 +130,36 @@ def test_an_after_vote_poll_shows_the_voter_the_results_once_the_vote_is_counted
         expect(phone.locator('.option[data-position="2"] .count')).to_have_text("1")
         expect(phone.locator("#conn")).to_have_attribute("data-state", "live")
         keep_screenshot(phone, "phone-after-vote-counted")
+
+
+# The policy the project is to send (no unsafe-inline anywhere), added here to every answer.
+STRICT_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+              "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
+def test_the_pages_work_under_a_content_security_policy_without_unsafe_inline(site):
+    from tests.http import request
+
+    poll = request("POST", f"{site.url}/polls", {"question": "Strict?", "option1": "Yes", "option2": "No"}).json()
+    # A page answered through Playwright's route counts as from a public address, and
+    # Chromium then blocks its WebSocket to 127.0.0.1 (local network access checks).
+    with chromium("--disable-features=LocalNetworkAccessChecks") as browser:
+        context = browser.new_context(**DESKTOP)
+
+        def with_policy(route):
+            response = route.fetch()
+            route.fulfill(response=response, headers={**response.headers, "content-security-policy": STRICT_CSP})
+
+        context.route("**/*", with_policy)
+        page = context.new_page()
+        refused = []
+        page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None)
+        for path in ("/", f"/p/{poll['id']}/share", f"/p/{poll['id']}/present", f"/polls/{poll['id']}/live"):
+            page.goto(f"{site.url}{path}")
+            if path != "/" and not path.endswith("/share"):
+                expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=15_000)
+        page.goto(f"{site.url}/p/{poll['id']}")
+        page.get_by_role("button", name="Yes").click()
+        expect(page.locator("#total")).to_have_text("1", timeout=30_000)
+        expect(page.locator('.option[data-position="1"] .bar')).to_have_attribute("style", "width: 100%;")
+        assert refused == []
