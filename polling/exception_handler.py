@@ -11,44 +11,35 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from polls.exceptions import (
-    AlreadyVoted,
     IdempotencyKeyInUse,
-    IdempotencyKeyReused,
     IdempotencyUnavailable,
     InvalidChoices,
     InvalidPoll,
     OptionOutOfRange,
-    PollClosed,
-    PollNotFound,
+    PollError,
+    PollMismatch,
     SignInRequired,
+    TooManyChoices,
     VoteBusUnavailable,
 )
 from polls.voters import InvalidVoterToken
 
 logger = logging.getLogger(__name__)
 
+_ERROR_FIELDS = {OptionOutOfRange: "option", InvalidChoices: "options", TooManyChoices: "options", PollMismatch: "poll_id"}
+
 
 def api_exception_handler(exc, context):
-    if isinstance(exc, PollNotFound):
-        return Response({"detail": str(exc)}, status=status.HTTP_404_NOT_FOUND)
-    if isinstance(exc, OptionOutOfRange):
-        # Shaped like a serializer error, since it is one: the option field is wrong.
-        return Response({"option": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, InvalidPoll):
-        return Response({exc.field: [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, InvalidChoices):
-        return Response({"options": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, InvalidVoterToken):
-        return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, (PollClosed, AlreadyVoted)):
-        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-    if isinstance(exc, IdempotencyKeyReused):
-        return Response({"detail": str(exc)}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
-    if isinstance(exc, IdempotencyKeyInUse):
-        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT,
-                        headers={"Retry-After": str(settings.VOTE_RETRY_AFTER)})
-    if isinstance(exc, SignInRequired):
-        return Response({"detail": str(exc)}, status=status.HTTP_401_UNAUTHORIZED, headers={"WWW-Authenticate": "Token"})
+    if isinstance(exc, PollError):
+        # Shaped like a serializer error where it is one (the field named is wrong).
+        field = exc.field if isinstance(exc, InvalidPoll) else _ERROR_FIELDS.get(type(exc))
+        body = {field: [str(exc)]} if field else {"detail": str(exc)}
+        # 401 names its scheme: an API token, or the X-Voter-Token header.
+        scheme = {SignInRequired: "Token", InvalidVoterToken: "Voter-Token"}.get(type(exc))
+        headers = {"WWW-Authenticate": scheme} if scheme else {}
+        if isinstance(exc, IdempotencyKeyInUse):
+            headers["Retry-After"] = str(settings.VOTE_RETRY_AFTER)
+        return Response(body, status=exc.status, headers=headers or None)
     if isinstance(exc, VoteBusUnavailable):
         return _unavailable("The vote was not recorded: the vote log is unavailable. Retry later.")
     if isinstance(exc, IdempotencyUnavailable):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.http import HttpResponse
-from django.utils import timezone
 from django.utils.http import parse_header_parameters
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
@@ -19,18 +19,14 @@ from rest_framework.views import APIView
 
 from polling.metrics import VoteIntakeMetricsMixin
 from polling.strict import StrictCharField, StrictIntegerField, query_data, validated_data
-from polling.throttles import (
-    PipelinedThrottlesMixin,
-    PollCreateRateThrottle,
-    VoteAddressRateThrottle,
-    VoteVoterRateThrottle,
-)
+from polling.throttles import VOTE_THROTTLES, VoterTokenIssueRateThrottle, PipelinedThrottlesMixin, PollCreateRateThrottle
 from polls import docs
 from polls.exports import results_csv
+from polls.exceptions import PollMismatch
 from polls.models import Poll
 from polls.selectors import poll_closed_by_staff, poll_get, poll_list, poll_results_visible, poll_totals, polls_results_visible
 from polls.services import poll_create, poll_set_status, vote_cast
-from polls.voters import COOKIE_NAME, voter_for_vote, voter_from_request, voter_token_issue, voter_token_of
+from polls.voters import voter_cookie_set, voter_for_vote, voter_from_request, voter_token_issue, voter_token_of
 
 
 class CanCreatePolls(BasePermission):
@@ -109,16 +105,15 @@ class PollsApi(APIView):
                 options = numbered
             else:
                 options = listed
-            # Their number, their text and max_choices: polls.services.poll_options_clean.
-            closes_at = attrs.get("closes_at")
-            if closes_at is not None and closes_at <= timezone.now():
-                raise serializers.ValidationError({"closes_at": ["Must be in the future."]})
-            return {**attrs, "options": options}
+            # Their number and text: polls.services.poll_options_clean. More choices than
+            # options means any number of them; a deadline already past makes a closed poll.
+            return {**attrs, "options": options, "max_choices": min(attrs["max_choices"], max(len(options), 1))}
 
     class ListFilterSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=Poll.Status.choices, required=False)
         search = serializers.CharField(
-            max_length=200, required=False, allow_blank=True, help_text="Case-insensitive part of the question."
+            max_length=200, required=False, allow_blank=True, help_text="Case-insensitive part of the question.",
+            validators=[RegexValidator(r"^[^\x00]*$", "Null characters are not allowed.")],  # the schema's pattern
         )
         page = serializers.IntegerField(min_value=1, required=False)
         page_size = serializers.IntegerField(min_value=1, max_value=PollsPagination.max_page_size, required=False)
@@ -172,15 +167,17 @@ def _poll_as_seen(request: Request, poll_id: int) -> dict:
 
 
 class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
-    throttle_classes = [VoteAddressRateThrottle, VoteVoterRateThrottle]
+    throttle_classes = list(VOTE_THROTTLES)
 
     class InputSerializer(serializers.Serializer):
-        option = StrictIntegerField(required=False)
-        options = serializers.ListField(child=StrictIntegerField(), required=False, min_length=1, max_length=100)
+        # Null is the same as left out (polls.docs.vote_request).
+        option = StrictIntegerField(required=False, allow_null=True)
+        options = serializers.ListField(child=StrictIntegerField(), required=False, allow_null=True, min_length=1, max_length=100)
         poll_id = StrictIntegerField(required=False)
         vote_id = serializers.UUIDField(required=False)
 
         def validate(self, attrs):
+            attrs = {name: value for name, value in attrs.items() if value is not None}
             if ("option" in attrs) == ("options" in attrs):
                 raise serializers.ValidationError({"option": ["Give option (one choice) or options (a list), not both." if "option" in attrs else "This field is required."]})
             return attrs
@@ -189,7 +186,8 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
         operation_id="polls_vote",
         request=InputSerializer,
         parameters=[
-            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, description=docs.IDEMPOTENCY_KEY),
+            OpenApiParameter("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 200}, OpenApiParameter.HEADER,
+                             description=docs.IDEMPOTENCY_KEY),
             OpenApiParameter("X-Voter-Token", str, OpenApiParameter.HEADER, description="An anonymous voter token from POST /voters."),
         ],
         responses={
@@ -197,11 +195,7 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
             400: docs.VALIDATION_ERROR,
             401: docs.ErrorSerializer,
             404: docs.ErrorSerializer,
-            409: OpenApiResponse(
-                docs.ErrorSerializer,
-                description="The poll is closed, this voter already voted in a one-vote poll, or a request "
-                "with the same Idempotency-Key is still being processed (retry after Retry-After).",
-            ),
+            409: docs.CONFLICT,
             411: docs.ErrorSerializer,
             413: docs.ErrorSerializer,
             415: docs.ErrorSerializer,
@@ -220,7 +214,7 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
     def post(self, request: Request, poll_id: int) -> Response:
         data = validated_data(self.InputSerializer(data=request.data))
         if data.get("poll_id") is not None and data["poll_id"] != poll_id:
-            raise serializers.ValidationError({"poll_id": [f"Does not match the poll in the path: {data['poll_id']} != {poll_id}."]})
+            raise PollMismatch(data["poll_id"], poll_id)
         voter, new_token = voter_for_vote(voter_from_request(request))
         key = request.headers.get("Idempotency-Key") or (str(data["vote_id"]) if "vote_id" in data else None)
         if key is not None and not 1 <= len(key) <= 200:
@@ -234,19 +228,8 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
         response = Response(status=status.HTTP_204_NO_CONTENT)
         if new_token is not None:
             # A repeated ballot answers with the cookie of the voter it was cast as.
-            _set_voter_cookie(response, voter_token_of(ballot.voter_key) or new_token)
+            voter_cookie_set(response, voter_token_of(ballot.voter_key) or new_token)
         return response
-
-
-def _set_voter_cookie(response: Response, signed_token: str) -> None:
-    response.set_cookie(
-        COOKIE_NAME,
-        signed_token,
-        max_age=settings.VOTER_COOKIE_MAX_AGE,
-        httponly=True,
-        samesite="Lax",
-        secure=settings.SESSION_COOKIE_SECURE,
-    )
 
 
 class PollStatusApi(APIView):
@@ -296,12 +279,18 @@ class PollExportApi(APIView):
         return response
 
 
-class VoterTokenApi(APIView):
+class VoterTokenApi(PipelinedThrottlesMixin, APIView):
     """`POST /voters`: a new anonymous voter token, for one-vote-per-voter polls."""
+
+    throttle_classes = [VoterTokenIssueRateThrottle]
 
     @extend_schema(
         request={"application/json": OpenApiTypes.ANY},
-        responses={201: inline_serializer("VoterToken", {"voter_token": serializers.CharField()}), 415: docs.ErrorSerializer},
+        responses={
+            201: inline_serializer("VoterToken", {"voter_token": serializers.CharField()}),
+            415: docs.ErrorSerializer,
+            429: docs.ErrorSerializer,
+        },
         examples=[OpenApiExample("A token", value={"voter_token": "kq3…:Xb1…"}, response_only=True)],
         description=(
             "Sent as Content-Type: application/json (the body is ignored and may be empty), or with "
@@ -313,7 +302,7 @@ class VoterTokenApi(APIView):
         _require_json_or_csrf(request)
         _, signed = voter_token_issue()
         response = Response({"voter_token": signed}, status=status.HTTP_201_CREATED)
-        _set_voter_cookie(response, signed)
+        voter_cookie_set(response, signed)
         return response
 
 
