@@ -14,6 +14,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from polls.bus import reset_vote_bus
 from polls.topics import dead_letter_producer_config, ensure_topics, vote_consumer
 from polls.worker import VoteWorker
+from testsupport.browser import chromium
 from testsupport.plugin import service_stack
 from testsupport.processes import WebServer, WorkerProcess, kill_leftovers, wait_until
 
@@ -135,19 +136,6 @@ def worker_thread(kafka_topic, transactional_db):
     worker.dead_letter_producer.close(timeout=5)
 
 
-# Browser tests (marked `browser`) drive Debian's Chromium, never a downloaded browser.
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
 # Reports every Content-Security-Policy violation of a page to the test (see `page`).
 _REPORT_CSP_VIOLATIONS = """
 document.addEventListener("securitypolicyviolation", (event) => {
@@ -169,11 +157,8 @@ def page():
     teardown of transactional tests as "async". Requested after the server fixtures, it
     is closed before their teardown.
     """
-    from playwright.sync_api import sync_playwright
-
     violations: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         context = browser.new_context(viewport={"width": 1100, "height": 800})
         context.expose_function("reportCspViolation", lambda text: violations.append(text))
         context.add_init_script(_REPORT_CSP_VIOLATIONS)
@@ -184,5 +169,4 @@ def page():
         )
         yield opened
         context.close()
-        browser.close()
     assert not violations, f"the pages broke the Content-Security-Policy: {violations}"
