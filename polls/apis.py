@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import HttpResponse
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny, BasePermission
@@ -22,11 +22,12 @@ from polling.throttles import (
     VoteVoterRateThrottle,
 )
 from polls import docs
+from polls.ballots import ballot_read, idempotency_key
 from polls.exports import results_csv
 from polls.models import Poll
 from polls.selectors import poll_closed_by_staff, poll_get, poll_list, poll_results_visible, poll_totals, polls_results_visible
 from polls.services import poll_create, poll_set_status, vote_cast
-from polls.voters import COOKIE_NAME, Voter, voter_from_request, voter_token_issue
+from polls.voters import COOKIE_NAME, voter_for_ballot, voter_from_request, voter_token_issue
 
 
 class CanCreatePolls(BasePermission):
@@ -171,67 +172,25 @@ class PollDetailApi(APIView):
 
 
 class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
+    """`POST /polls/{id}/vote` for requests that carry a signed-in user (and in-process
+    clients): servers route the others to the lean path, polls.vote_intake, which
+    reads the ballot and casts it with the same functions."""
+
     throttle_classes = [VoteAddressRateThrottle, VoteVoterRateThrottle]
 
-    class InputSerializer(serializers.Serializer):
-        option = StrictIntegerField(required=False)
-        options = serializers.ListField(child=StrictIntegerField(), required=False, min_length=1, max_length=100)
-        poll_id = StrictIntegerField(required=False)
-        vote_id = serializers.UUIDField(required=False)
-
-        def validate(self, attrs):
-            if ("option" in attrs) == ("options" in attrs):
-                raise serializers.ValidationError({"option": ["Give option (one choice) or options (a list), not both." if "option" in attrs else "This field is required."]})
-            return attrs
-
-    @extend_schema(
-        operation_id="polls_vote",
-        request=InputSerializer,
-        parameters=[
-            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, description="Retries with the same key count once."),
-            OpenApiParameter("X-Voter-Token", str, OpenApiParameter.HEADER, description="An anonymous voter token from POST /voters."),
-        ],
-        responses={
-            204: OpenApiResponse(description="The vote is durable and will be counted."),
-            400: docs.VALIDATION_ERROR,
-            401: docs.ErrorSerializer,
-            404: docs.ErrorSerializer,
-            409: docs.ErrorSerializer,
-            411: docs.ErrorSerializer,
-            413: docs.ErrorSerializer,
-            415: docs.ErrorSerializer,
-            429: docs.ErrorSerializer,
-            503: docs.ErrorSerializer,
-        },
-        examples=[docs.VOTE_EXAMPLE, docs.MULTI_VOTE_EXAMPLE],
-    )
+    @extend_schema(**docs.VOTE_OPERATION)
     def post(self, request: Request, poll_id: int) -> Response:
-        data = validated_data(self.InputSerializer(data=request.data))
-        if data.get("poll_id") is not None and data["poll_id"] != poll_id:
-            raise serializers.ValidationError({"poll_id": [f"Does not match the poll in the path: {data['poll_id']} != {poll_id}."]})
-        voter = voter_from_request(request)
-        new_token = None
-        if voter.token_id is None and voter.user_id is None:
-            # Browsers get a voter token with their first vote, so one-vote-per-voter
-            # polls work for them without a separate call.
-            token_id, new_token = voter_token_issue()
-            voter = Voter(user_id=None, token_id=token_id, address_key=voter.address_key)
-        key = request.headers.get("Idempotency-Key") or (str(data["vote_id"]) if "vote_id" in data else None)
-        if key is not None and not 1 <= len(key) <= 200:
-            raise serializers.ValidationError({"Idempotency-Key": ["Must be 1 to 200 characters."]})
-        vote_cast(
-            poll_id=poll_id,
-            options=data["options"] if "options" in data else [data["option"]],
-            voter=voter,
-            idempotency_key=key,
-        )
+        ballot = ballot_read(body=request.body, content_type=request.content_type, poll_id=poll_id)
+        voter, new_token = voter_for_ballot(voter_from_request(request))
+        key = idempotency_key(header=request.headers.get("Idempotency-Key"), ballot=ballot)
+        vote_cast(poll_id=poll_id, options=ballot.options, voter=voter, idempotency_key=key)
         response = Response(status=status.HTTP_204_NO_CONTENT)
         if new_token is not None:
-            _set_voter_cookie(response, new_token)
+            set_voter_cookie(response, new_token)
         return response
 
 
-def _set_voter_cookie(response: Response, signed_token: str) -> None:
+def set_voter_cookie(response: HttpResponse, signed_token: str) -> None:
     response.set_cookie(
         COOKIE_NAME,
         signed_token,
@@ -295,5 +254,5 @@ class VoterTokenApi(APIView):
     def post(self, request: Request) -> Response:
         _, signed = voter_token_issue()
         response = Response({"voter_token": signed}, status=status.HTTP_201_CREATED)
-        _set_voter_cookie(response, signed)
+        set_voter_cookie(response, signed)
         return response

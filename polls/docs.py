@@ -6,7 +6,7 @@ them, so the schema says what clients get.
 
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
 
 
@@ -117,4 +117,34 @@ LEADERBOARD_EXAMPLE = OpenApiExample(
         ]
     },
     response_only=True,
+)
+
+
+# The vote's body as the schema shows it; polls.ballots reads and checks it.
+class VoteSerializer(serializers.Serializer):
+    option = serializers.IntegerField(required=False)
+    options = serializers.ListField(child=serializers.IntegerField(), required=False, min_length=1, max_length=100)
+    poll_id = serializers.IntegerField(required=False)
+    vote_id = serializers.UUIDField(required=False)
+
+
+# The vote's operation (`POST /polls/{id}/vote`), as extend_schema's arguments.
+VOTE_OPERATION = dict(
+    operation_id="polls_vote",
+    description=(
+        "Casts a ballot: `option` (the seed's one choice) or `options` (a multiple-choice ballot). "
+        "Answered 204 once the vote is durable in the vote log; a client without a voter token "
+        "gets one in the `voter` cookie with its first vote."
+    ),
+    request=VoteSerializer,
+    parameters=[
+        OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, description="Retries with the same key count once."),
+        OpenApiParameter("X-Voter-Token", str, OpenApiParameter.HEADER, description="An anonymous voter token from POST /voters."),
+    ],
+    responses={
+        204: OpenApiResponse(description="The vote is durable and will be counted."),
+        400: VALIDATION_ERROR,
+        **{code: ErrorSerializer for code in (401, 404, 409, 411, 413, 415, 429, 503)},
+    },
+    examples=[VOTE_EXAMPLE, MULTI_VOTE_EXAMPLE],
 )

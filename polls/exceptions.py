@@ -4,6 +4,9 @@
 class PollError(Exception):
     """Base of the errors a client can cause and be told about."""
 
+    # The reason label of polling_votes_rejected; None: named after the class.
+    reason: str | None = None
+
 
 class PollNotFound(PollError):
     def __init__(self, poll_id: int) -> None:
@@ -33,6 +36,29 @@ class AlreadyVoted(PollError):
 class SignInRequired(PollError):
     def __init__(self, what: str) -> None:
         super().__init__(f"Sign in to {what}.")
+
+
+class BallotInvalid(PollError):
+    """A vote's body (or Idempotency-Key) that is not a ballot: `errors` names each wrong field."""
+
+    reason = "invalid"
+
+    def __init__(self, errors: dict) -> None:
+        self.errors = errors
+        super().__init__(str(errors))
+
+
+class BodyUnreadable(PollError):
+    """A body that is not JSON in the charset it names."""
+
+    reason = "parse_error"
+
+
+class MediaTypeUnsupported(PollError):
+    reason = "unsupported_media_type"
+
+    def __init__(self, media_type: str) -> None:
+        super().__init__(f'Unsupported media type "{media_type}" in request.')
 
 
 class VoteBusUnavailable(Exception):

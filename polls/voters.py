@@ -77,3 +77,15 @@ def voter_from_request(request) -> Voter:
         token_id=token_id,
         address_key=client_address_key(request.META.get("REMOTE_ADDR") or "unknown"),
     )
+
+
+def voter_for_ballot(voter: Voter) -> tuple[Voter, str | None]:
+    """The voter a ballot is cast as, and the signed token to hand back if one was issued.
+
+    Browsers get a voter token with their first vote, so one-vote-per-voter polls work
+    for them without a separate call.
+    """
+    if voter.token_id is not None or voter.user_id is not None:
+        return voter, None
+    token_id, signed = voter_token_issue()
+    return Voter(user_id=None, token_id=token_id, address_key=voter.address_key), signed
