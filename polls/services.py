@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Count, F, OuterRef, Subquery
@@ -18,7 +19,7 @@ from polls.bus import get_vote_bus
 from polls.events import VoteEvent
 from polls.exceptions import AlreadyVoted, InvalidChoices, OptionOutOfRange, PollClosed, SignInRequired
 from polls.models import AuditEntry, Option, Poll, Vote, poll_total_reset
-from polls.selectors import poll_is_open, poll_vote_target, vote_target_forget
+from polls.selectors import poll_is_open, poll_vote_target, poll_vote_target_cached, vote_target_forget
 from polls.sql import column, columns, placeholders, table
 from polls.voters import Voter
 from realtime.broadcast import broadcast_polls_on_commit
@@ -110,17 +111,62 @@ def vote_cast(
     """Check a ballot against the poll and make it durable on the vote bus.
 
     Returns only once the bus has accepted the vote (for Kafka: acknowledged by all
-    in-sync replicas); raises PollNotFound, PollClosed, OptionOutOfRange,
-    InvalidChoices, SignInRequired, AlreadyVoted or VoteBusUnavailable otherwise, and
-    then nothing was published. A retry with the same idempotency key publishes the
-    same ballot id, which the worker counts once.
+    in-sync replicas); raises what vote_check raises, or VoteBusUnavailable, and then
+    nothing was published.
+    """
+    event, new = vote_check(poll_id=poll_id, options=options, voter=voter, idempotency_key=idempotency_key)
+    if new:
+        _release_connection()
+        get_vote_bus().publish(event)
+    return event
+
+
+async def vote_cast_async(
+    *,
+    poll_id: int,
+    options: Sequence[int],
+    voter: Voter,
+    idempotency_key: str | None = None,
+) -> VoteEvent:
+    """vote_cast for an event loop: the same checks, the bus's acknowledgement awaited on the loop.
+
+    A ballot checked against this process's cached poll with nothing else to look up is
+    checked on the loop; one that needs the database (the poll not cached, an
+    idempotency key, a one-vote-per rule) is checked on a thread of the loop's executor,
+    whose connection goes back to the pool before the vote is published.
+    """
+    target = poll_vote_target_cached(poll_id=poll_id)
+    if target is None or idempotency_key or target.one_vote_per != Poll.OneVotePer.NONE:
+        event, new = await sync_to_async(_vote_check_then_release, thread_sensitive=False)(
+            poll_id=poll_id, options=options, voter=voter, idempotency_key=idempotency_key
+        )
+    else:
+        event, new = vote_check(poll_id=poll_id, options=options, voter=voter, idempotency_key=idempotency_key)
+    if new:
+        await get_vote_bus().publish_async(event)
+    return event
+
+
+def vote_check(
+    *,
+    poll_id: int,
+    options: Sequence[int],
+    voter: Voter,
+    idempotency_key: str | None = None,
+) -> tuple[VoteEvent, bool]:
+    """The ballot's event, and whether it is to be published: False for a retry of a ballot
+    already counted, answered as the first time (even once the poll has closed: the
+    client may have missed the first answer). A retry with the same idempotency key
+    gets the same ballot id, which the worker counts once.
+
+    Raises PollNotFound, PollClosed, OptionOutOfRange, InvalidChoices, SignInRequired or
+    AlreadyVoted. Reads the database only for a poll this process has not cached, an
+    idempotency key, or a one-vote-per rule.
     """
     target = poll_vote_target(poll_id=poll_id)
     vote_id = ballot_id(poll_id=poll_id, idempotency_key=idempotency_key) if idempotency_key else uuid.uuid4()
     if idempotency_key and Vote.objects.filter(vote_id=vote_id).exists():
-        # A retry of a ballot already counted: answer as the first time, publish nothing;
-        # even once the poll has closed (the client may have missed the first answer).
-        return _ballot(vote_id, poll_id, options, voter, None)
+        return _ballot(vote_id, poll_id, options, voter, None), False
     if not target.is_open:
         raise PollClosed(poll_id)
     if len(set(options)) != len(options):
@@ -144,11 +190,14 @@ def vote_cast(
     # lets most duplicates hear 409 instead of a 204 for a vote that will not count.
     if dedupe_key and Vote.objects.filter(poll_id=poll_id, dedupe_key=dedupe_key).exists():
         raise AlreadyVoted(poll_id)
+    return _ballot(vote_id, poll_id, options, voter, dedupe_key), True
 
-    event = _ballot(vote_id, poll_id, options, voter, dedupe_key)
-    _release_connection()
-    get_vote_bus().publish(event)
-    return event
+
+def _vote_check_then_release(**kwargs) -> tuple[VoteEvent, bool]:
+    try:
+        return vote_check(**kwargs)
+    finally:
+        _release_connection()
 
 
 def _release_connection() -> None:
