@@ -19,7 +19,7 @@ from polls.bus import get_vote_bus
 from polls.events import VoteEvent
 from polls.exceptions import AlreadyVoted, InvalidChoices, OptionOutOfRange, PollClosed, SignInRequired
 from polls.models import AuditEntry, Option, Poll, Vote, poll_total_reset
-from polls.selectors import poll_is_open, poll_vote_target, poll_vote_target_cached, vote_target_forget
+from polls.selectors import VoteTarget, poll_is_open, poll_vote_target, poll_vote_target_cached, vote_target_forget
 from polls.sql import column, columns, placeholders, table
 from polls.voters import Voter
 from realtime.broadcast import broadcast_polls_on_commit
@@ -141,7 +141,7 @@ async def vote_cast_async(
             poll_id=poll_id, options=options, voter=voter, idempotency_key=idempotency_key
         )
     else:
-        event, new = vote_check(poll_id=poll_id, options=options, voter=voter, idempotency_key=idempotency_key)
+        event, new = vote_check(poll_id=poll_id, options=options, voter=voter, target=target)
     if new:
         await get_vote_bus().publish_async(event)
     return event
@@ -153,6 +153,7 @@ def vote_check(
     options: Sequence[int],
     voter: Voter,
     idempotency_key: str | None = None,
+    target: VoteTarget | None = None,
 ) -> tuple[VoteEvent, bool]:
     """The ballot's event, and whether it is to be published: False for a retry of a ballot
     already counted, answered as the first time (even once the poll has closed: the
@@ -160,10 +161,11 @@ def vote_check(
     gets the same ballot id, which the worker counts once.
 
     Raises PollNotFound, PollClosed, OptionOutOfRange, InvalidChoices, SignInRequired or
-    AlreadyVoted. Reads the database only for a poll this process has not cached, an
-    idempotency key, or a one-vote-per rule.
+    AlreadyVoted. Reads the database only for a poll this process has not cached (or
+    whose `target` is not given), an idempotency key, or a one-vote-per rule.
     """
-    target = poll_vote_target(poll_id=poll_id)
+    if target is None:
+        target = poll_vote_target(poll_id=poll_id)
     vote_id = ballot_id(poll_id=poll_id, idempotency_key=idempotency_key) if idempotency_key else uuid.uuid4()
     if idempotency_key and Vote.objects.filter(vote_id=vote_id).exists():
         return _ballot(vote_id, poll_id, options, voter, None), False
