@@ -38,7 +38,7 @@ from polling.throttles import VoteAddressRateThrottle, VoteVoterRateThrottle, th
 from polls.apis import set_voter_cookie
 from polls.ballots import ballot_read, idempotency_key
 from polls.services import vote_cast_async
-from polls.voters import voter_for_ballot, voter_from_request
+from polls.voters import COOKIE_NAME, voter_for_ballot, voter_from_request
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,11 @@ class VoteRequest(HttpRequest):
     """The request as Django would see it (META, cookies, host, scheme), with no body or
     handler: what voter_from_request, the throttles and the host check read."""
 
+    # HttpRequest.__init__ is not called: its query and form dictionaries are never read here.
+    GET = POST = FILES = None
+    resolver_match = content_type = content_params = None
+
     def __init__(self, scope) -> None:
-        super().__init__()
         self.scope = scope
         self.method = "POST"
         self.path = self.path_info = scope["path"]
@@ -206,10 +209,19 @@ def _render(data) -> bytes:
 
 
 def _cookie_header(signed_token: str) -> tuple[bytes, bytes]:
-    response = HttpResponse()
-    set_voter_cookie(response, signed_token)
-    (morsel,) = response.cookies.values()
-    return b"set-cookie", morsel.output(header="").strip().encode("ascii")
+    """The Set-Cookie header set_voter_cookie writes, its attributes made once a second."""
+    global _cookie_attributes
+    now = int(time.time())
+    if _cookie_attributes[0] != now:
+        response = HttpResponse()
+        set_voter_cookie(response, "-")
+        (morsel,) = response.cookies.values()
+        _cookie_attributes = (now, morsel.OutputString().partition(";")[2])
+    # A signed token needs no quoting in a cookie (base64url and ":").
+    return b"set-cookie", f"{COOKIE_NAME}={signed_token};{_cookie_attributes[1]}".encode("ascii")
+
+
+_cookie_attributes: tuple[int, str] = (0, "")
 
 
 _security_headers: dict[bool, list[tuple[bytes, bytes]]] = {}
@@ -232,7 +244,9 @@ def _common_headers(request: VoteRequest) -> list[tuple[bytes, bytes]]:
 
 
 def _forget_headers(**kwargs) -> None:
+    global _cookie_attributes
     _security_headers.clear()
+    _cookie_attributes = (0, "")
 
 
 setting_changed.connect(_forget_headers)
