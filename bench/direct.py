@@ -3,9 +3,10 @@
 The direct design is the seed's service written the plain way (bench/direct_service.py:
 FastAPI on uvicorn with 2 workers, asyncpg, one atomic UPDATE per vote on the poll's row,
 no Kafka). Both run on the same PostgreSQL server and the same cores (no pinning), the
-product as production serves votes (its ASGI server, the lean path, Kafka and one vote
-worker), and take the same load: N clients on one hot poll, the rate limits never
-refusing (the load comes from one address), only 2xx answers counted. Rounds alternate
+product as --server serves it (an ASGI server: the votes take the lean path; gunicorn:
+through DRF) with Kafka and one vote worker, and take the same load: N clients on one
+hot poll, the rate limits never refusing (the load comes from one address), only 2xx
+answers counted. Rounds alternate
 three phases, their order rotating: the product with clients that send no voter cookie
 (each vote issues a token), the product with a returning voter's cookie, the direct
 design (which ignores the cookie). Every vote answered 204 must be counted once.
@@ -40,8 +41,7 @@ def voter_cookie(url: str) -> str:
 
 
 def run_direct(ctx) -> list[Row]:
-    # The product as production serves votes: on an ASGI server (the lean path), not gunicorn.
-    stack = start_stack(ctx, name="direct", floor=False, naive=False, server=ctx.ws_server)
+    stack = start_stack(ctx, name="direct", floor=False, naive=False)
     direct = None
     results: dict[str, list[LoadResult]] = {phase: [] for phase in PHASES}
     try:
@@ -83,7 +83,7 @@ def run_direct(ctx) -> list[Row]:
         if rows == accepted else f"MISMATCH: the product answered {accepted:,} votes 204, {rows:,} rows after {waited:.0f} s"
     )
     direct_note = (f"direct: {direct_accepted:,} answered 204, counters add up to {direct_counted:,}; "
-                   f"product {ctx.ws_server} + Kafka + worker, direct 2 uvicorn workers, cores shared")
+                   f"product {ctx.server} + Kafka + worker, direct 2 uvicorn workers, cores shared")
     c = ctx.connections
     out = []
     for phase, what in (("product", "no voter cookie (a token issued per vote)"), ("product+cookie", "a returning voter's cookie")):
