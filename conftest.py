@@ -105,11 +105,12 @@ def vote_worker(process_env, tmp_path):
     worker.kill()
 
 
-def make_vote_worker(*, group: str, batch_size: int = 500) -> VoteWorker:
+def make_vote_worker(*, group: str, batch_size: int = 500, **options) -> VoteWorker:
     """A VoteWorker in this process, on real Kafka clients, subscribed to the test topic."""
     consumer = vote_consumer(group_id=group, max_records=batch_size)
     producer = KafkaProducer(**dead_letter_producer_config())
-    worker = VoteWorker(consumer=consumer, dead_letter_producer=producer, batch_size=batch_size, batch_wait_ms=50)
+    worker = VoteWorker(consumer=consumer, dead_letter_producer=producer, batch_size=batch_size, batch_wait_ms=50,
+                        **options)
     worker.subscribe([django_settings.KAFKA_TOPIC])
     return worker
 

@@ -216,7 +216,7 @@ def main() -> int:
         outcomes = stream.outcomes()
         in_topic = {e.vote_id for e in topic_events(brokers=settings.KAFKA_BROKERS, topic=topic)}
         refused = [o for o in outcomes if o.kind == REFUSED]
-        refused_written = [o for o in refused if str(expected_vote_id(o.poll_id, o.key)) in in_topic]
+        refused_written = [o for o in refused if str(expected_vote_id(o)) in in_topic]
         retries = []
         if refused and not args.no_retry:
             # What a 503 asks of a client: the same vote again, with the same key.

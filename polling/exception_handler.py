@@ -15,6 +15,9 @@ from polls.exceptions import (
     AlreadyVoted,
     BallotInvalid,
     BodyUnreadable,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    IdempotencyUnavailable,
     InvalidChoices,
     MediaTypeUnsupported,
     OptionOutOfRange,
@@ -58,10 +61,18 @@ def error_answer(exc: BaseException) -> tuple[int, dict, dict[str, str]] | None:
         return status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, {"detail": str(exc)}, {}
     if isinstance(exc, (PollClosed, AlreadyVoted)):
         return status.HTTP_409_CONFLICT, {"detail": str(exc)}, {}
+    if isinstance(exc, IdempotencyKeyReused):
+        return status.HTTP_422_UNPROCESSABLE_ENTITY, {"detail": str(exc)}, {}
+    if isinstance(exc, IdempotencyKeyInUse):
+        return status.HTTP_409_CONFLICT, {"detail": str(exc)}, {"Retry-After": str(settings.VOTE_RETRY_AFTER)}
     if isinstance(exc, SignInRequired):
         return status.HTTP_401_UNAUTHORIZED, {"detail": str(exc)}, {"WWW-Authenticate": "Token"}
     if isinstance(exc, VoteBusUnavailable):
         return _unavailable("The vote was not recorded: the vote log is unavailable. Retry later.")
+    if isinstance(exc, IdempotencyUnavailable):
+        # Not skipped: without the check, a retry could be counted twice.
+        logger.warning("Idempotency-Key not checked, the cache is unavailable: %s", exc)
+        return _unavailable("The vote was not recorded: its Idempotency-Key cannot be checked now. Retry later.")
     if isinstance(exc, (OperationalError, InterfaceError)):
         # The database is unreachable (restarting, failing over): say so and when to retry,
         # rather than a bare 500. Nothing was published: validation needs the database.

@@ -140,8 +140,14 @@ WORKER_DEAD_LETTER_RETRIES = Counter(
 )
 WORKER_CONSUMER_LAG = Gauge(
     "polling_worker_consumer_lag",
-    "Messages in a partition that this worker has not consumed yet (high watermark - position).",
+    "Messages in a partition this worker holds that its group has not committed yet (end offset - committed offset).",
     ["topic", "partition"],
+    registry=WORKER_REGISTRY,
+)
+
+WORKER_STALLS = Counter(
+    "polling_worker_stalls",
+    "Times votes waited WORKER_STALL_TIMEOUT seconds while the worker applied nothing.",
     registry=WORKER_REGISTRY,
 )
 

@@ -193,6 +193,9 @@ VOTE_PUBLISH_TIMEOUT = env_float("VOTE_PUBLISH_TIMEOUT", 5.0, minimum=0.1)
 VOTE_TARGET_CACHE_SECONDS = env_float("VOTE_TARGET_CACHE_SECONDS", 1.0, minimum=0)
 # Seconds a client is told to wait after a 503.
 VOTE_RETRY_AFTER = env_int("VOTE_RETRY_AFTER", 2, minimum=1)
+# Seconds an Idempotency-Key's first request is remembered in the cache (polls.idempotency);
+# later, the ballot's vote rows still make a retry count once.
+IDEMPOTENCY_KEY_TTL = env_int("IDEMPOTENCY_KEY_TTL", 24 * 3600, minimum=60)
 # Producer batching: how long a send waits for others to share its request.
 KAFKA_LINGER_MS = env_int("KAFKA_LINGER_MS", 2, minimum=0)
 VOTE_BATCH_SIZE = env_int("VOTE_BATCH_SIZE", 5000, minimum=1)
@@ -332,3 +335,8 @@ READYZ_TIMEOUT = env_float("READYZ_TIMEOUT", 1.0, minimum=0.1)
 WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0, minimum=0)
 # Seconds between the vote worker's progress lines (votes applied, batches, lag); 0: none.
 WORKER_PROGRESS_INTERVAL = env_float("WORKER_PROGRESS_INTERVAL", 30.0, minimum=0)
+# Seconds votes may wait while the worker applies nothing before it logs an ERROR and
+# counts a stall (polling_worker_stalls_total); 0 turns the watchdog off.
+WORKER_STALL_TIMEOUT = env_float("WORKER_STALL_TIMEOUT", 60.0, minimum=0)
+# On a stall the worker stops (exit status 1) so that its supervisor starts it again.
+WORKER_EXIT_ON_STALL = env_bool("WORKER_EXIT_ON_STALL", False)

@@ -27,7 +27,7 @@ from polls.exports import results_csv
 from polls.models import Poll
 from polls.selectors import poll_closed_by_staff, poll_get, poll_list, poll_results_visible, poll_totals, polls_results_visible
 from polls.services import poll_create, poll_set_status, vote_cast
-from polls.voters import COOKIE_NAME, voter_for_ballot, voter_from_request, voter_token_issue
+from polls.voters import COOKIE_NAME, voter_for_vote, voter_from_request, voter_token_issue, voter_token_of
 
 
 class CanCreatePolls(BasePermission):
@@ -181,13 +181,19 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
     @extend_schema(**docs.VOTE_OPERATION)
     def post(self, request: Request, poll_id: int) -> Response:
         ballot = ballot_read(body=request.body, content_type=request.content_type, poll_id=poll_id)
-        voter, new_token = voter_for_ballot(voter_from_request(request))
+        voter, new_token = voter_for_vote(voter_from_request(request))
         key = idempotency_key(header=request.headers.get("Idempotency-Key"), ballot=ballot)
-        vote_cast(poll_id=poll_id, options=ballot.options, voter=voter, idempotency_key=key)
+        event = vote_cast(poll_id=poll_id, options=ballot.options, voter=voter, idempotency_key=key)
         response = Response(status=status.HTTP_204_NO_CONTENT)
         if new_token is not None:
-            set_voter_cookie(response, new_token)
+            set_voter_cookie(response, voter_cookie_token(event, new_token))
         return response
+
+
+def voter_cookie_token(event, new_token: str) -> str:
+    """The token a first vote's cookie carries: a repeated ballot answers with the cookie of
+    the voter it was cast as."""
+    return voter_token_of(event.voter_key) or new_token
 
 
 def set_voter_cookie(response: HttpResponse, signed_token: str) -> None:

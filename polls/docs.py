@@ -120,6 +120,15 @@ LEADERBOARD_EXAMPLE = OpenApiExample(
 )
 
 
+IDEMPOTENCY_KEY = (
+    "1 to 200 characters, a UUID is best (or `vote_id` in the body). Scoped to the poll and the voter: the "
+    "signed-in user, else the voter token, else the client's address. The same key with the same choice is "
+    "answered as the first time (204) and counted once; with another choice it is 422; while the first "
+    "request is in progress, 409. A first request refused with a 4xx leaves the key free; after a 503 only "
+    "the same choice may retry. Kept IDEMPOTENCY_KEY_TTL (24 h) in the cache, then checked against the stored ballot."
+)
+
+
 # The vote's body as the schema shows it; polls.ballots reads and checks it.
 class VoteSerializer(serializers.Serializer):
     option = serializers.IntegerField(required=False)
@@ -138,13 +147,29 @@ VOTE_OPERATION = dict(
     ),
     request=VoteSerializer,
     parameters=[
-        OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, description="Retries with the same key count once."),
+        OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, description=IDEMPOTENCY_KEY),
         OpenApiParameter("X-Voter-Token", str, OpenApiParameter.HEADER, description="An anonymous voter token from POST /voters."),
     ],
     responses={
         204: OpenApiResponse(description="The vote is durable and will be counted."),
         400: VALIDATION_ERROR,
-        **{code: ErrorSerializer for code in (401, 404, 409, 411, 413, 415, 429, 503)},
+        401: ErrorSerializer,
+        404: ErrorSerializer,
+        409: OpenApiResponse(
+            ErrorSerializer,
+            description="The poll is closed, this voter already voted in a one-vote poll, or a request "
+            "with the same Idempotency-Key is still being processed (retry after Retry-After).",
+        ),
+        411: ErrorSerializer,
+        413: ErrorSerializer,
+        415: ErrorSerializer,
+        422: OpenApiResponse(ErrorSerializer, description="The Idempotency-Key was already used with another choice of options."),
+        429: ErrorSerializer,
+        503: OpenApiResponse(
+            ErrorSerializer,
+            description="Not recorded (the vote log, the database, or for a keyed vote the key's store, is "
+            "unavailable): retry after Retry-After with the same Idempotency-Key.",
+        ),
     },
     examples=[VOTE_EXAMPLE, MULTI_VOTE_EXAMPLE],
 )

@@ -61,6 +61,23 @@ class MediaTypeUnsupported(PollError):
         super().__init__(f'Unsupported media type "{media_type}" in request.')
 
 
+class IdempotencyKeyReused(PollError):
+    def __init__(self) -> None:
+        super().__init__(
+            "This Idempotency-Key was already used with a different request (another choice of options): "
+            "send the same request to retry it, or a new key for a new vote."
+        )
+
+
+class IdempotencyKeyInUse(PollError):
+    def __init__(self) -> None:
+        super().__init__("A request with this Idempotency-Key is still being processed: retry later.")
+
+
+class IdempotencyUnavailable(Exception):
+    """The Idempotency-Key could not be checked (the cache is down); nothing was published."""
+
+
 class VoteBusUnavailable(Exception):
     """The vote could not be made durable in time; nothing was accepted."""
 

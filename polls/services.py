@@ -18,6 +18,7 @@ from django.utils import timezone
 from polls.bus import get_vote_bus
 from polls.events import VoteEvent
 from polls.exceptions import AlreadyVoted, InvalidChoices, OptionOutOfRange, PollClosed, SignInRequired
+from polls.idempotency import idempotency_claim
 from polls.models import AuditEntry, Option, Poll, Vote, poll_total_reset
 from polls.selectors import VoteTarget, poll_is_open, poll_vote_target, poll_vote_target_cached, vote_target_forget
 from polls.sql import column, columns, placeholders, table
@@ -92,15 +93,6 @@ def _save_and_bump_version(poll: Poll, fields: list[str]) -> None:
     poll.refresh_from_db(fields=["version", "state_version"])
 
 
-# Idempotency keys name a ballot within a poll: the same key always yields the same id.
-_IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c1c52-4b0e-4f5e-9d36-2a4f3f0c7a11")
-
-
-def ballot_id(*, poll_id: int, idempotency_key: str) -> uuid.UUID:
-    """The ballot id of a vote sent with this Idempotency-Key: the same for every retry."""
-    return uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{poll_id}:{idempotency_key}")
-
-
 def vote_cast(
     *,
     poll_id: int,
@@ -111,13 +103,31 @@ def vote_cast(
     """Check a ballot against the poll and make it durable on the vote bus.
 
     Returns only once the bus has accepted the vote (for Kafka: acknowledged by all
-    in-sync replicas); raises what vote_check raises, or VoteBusUnavailable, and then
-    nothing was published.
+    in-sync replicas); raises PollNotFound, PollClosed, OptionOutOfRange,
+    InvalidChoices, SignInRequired, AlreadyVoted or VoteBusUnavailable otherwise, and
+    then nothing was published. With an idempotency key (polls.idempotency), a retry of
+    an accepted ballot returns that ballot (its voter_key the one it was cast as) and
+    publishes nothing; the key may also raise IdempotencyKeyReused, IdempotencyKeyInUse
+    or IdempotencyUnavailable.
     """
-    event, new = vote_check(poll_id=poll_id, options=options, voter=voter, idempotency_key=idempotency_key)
-    if new:
-        _release_connection()
-        get_vote_bus().publish(event)
+    if idempotency_key is None:
+        return _vote_publish(_vote_check(uuid.uuid4(), poll_id, options, voter))
+    claim = idempotency_claim(poll_id=poll_id, voter=voter, idempotency_key=idempotency_key, options=options)
+    if claim.replay_voter_key is not None:
+        # Answered as the first time, even once the poll has closed (the client may
+        # have missed the first answer).
+        return _ballot(claim.vote_id, poll_id, options, claim.replay_voter_key, None)
+    try:
+        event = _vote_check(claim.vote_id, poll_id, options, voter)
+    except BaseException:
+        claim.release()  # nothing published: the key is free
+        raise
+    try:
+        _vote_publish(event)
+    except BaseException:
+        claim.fail()  # perhaps published all the same
+        raise
+    claim.settle(voter_key=event.voter_key)
     return event
 
 
@@ -130,45 +140,32 @@ async def vote_cast_async(
 ) -> VoteEvent:
     """vote_cast for an event loop: the same checks, the bus's acknowledgement awaited on the loop.
 
-    A ballot checked against this process's cached poll with nothing else to look up is
-    checked on the loop; one that needs the database (the poll not cached, an
-    idempotency key, a one-vote-per rule) is checked on a thread of the loop's executor,
-    whose connection goes back to the pool before the vote is published.
+    A ballot for a poll this process has cached, with no one-vote-per rule, is checked
+    on the loop; one that needs the database (the poll not cached, a one-vote-per rule)
+    on a thread of the loop's executor, whose connection goes back to the pool before
+    the vote is published. A keyed vote (its claim, record and check in the shared
+    cache and the database) is vote_cast on such a thread, its publishing included.
     """
-    target = poll_vote_target_cached(poll_id=poll_id)
-    if target is None or idempotency_key or target.one_vote_per != Poll.OneVotePer.NONE:
-        event, new = await sync_to_async(_vote_check_then_release, thread_sensitive=False)(
+    if idempotency_key is not None:
+        return await sync_to_async(_then_release(vote_cast), thread_sensitive=False)(
             poll_id=poll_id, options=options, voter=voter, idempotency_key=idempotency_key
         )
+    target = poll_vote_target_cached(poll_id=poll_id)
+    if target is None or target.one_vote_per != Poll.OneVotePer.NONE:
+        event = await sync_to_async(_then_release(_vote_check), thread_sensitive=False)(uuid.uuid4(), poll_id, options, voter)
     else:
-        event, new = vote_check(poll_id=poll_id, options=options, voter=voter, target=target)
-    if new:
-        await get_vote_bus().publish_async(event)
+        event = _vote_check(uuid.uuid4(), poll_id, options, voter, target=target)
+    await get_vote_bus().publish_async(event)
     return event
 
 
-def vote_check(
-    *,
-    poll_id: int,
-    options: Sequence[int],
-    voter: Voter,
-    idempotency_key: str | None = None,
-    target: VoteTarget | None = None,
-) -> tuple[VoteEvent, bool]:
-    """The ballot's event, and whether it is to be published: False for a retry of a ballot
-    already counted, answered as the first time (even once the poll has closed: the
-    client may have missed the first answer). A retry with the same idempotency key
-    gets the same ballot id, which the worker counts once.
-
-    Raises PollNotFound, PollClosed, OptionOutOfRange, InvalidChoices, SignInRequired or
-    AlreadyVoted. Reads the database only for a poll this process has not cached (or
-    whose `target` is not given), an idempotency key, or a one-vote-per rule.
-    """
+def _vote_check(
+    vote_id: uuid.UUID, poll_id: int, options: Sequence[int], voter: Voter, *, target: VoteTarget | None = None
+) -> VoteEvent:
+    """The ballot, checked against the poll (`target`, or read: cached, else one SELECT);
+    raises the vote's domain errors."""
     if target is None:
         target = poll_vote_target(poll_id=poll_id)
-    vote_id = ballot_id(poll_id=poll_id, idempotency_key=idempotency_key) if idempotency_key else uuid.uuid4()
-    if idempotency_key and Vote.objects.filter(vote_id=vote_id).exists():
-        return _ballot(vote_id, poll_id, options, voter, None), False
     if not target.is_open:
         raise PollClosed(poll_id)
     if len(set(options)) != len(options):
@@ -192,14 +189,24 @@ def vote_check(
     # lets most duplicates hear 409 instead of a 204 for a vote that will not count.
     if dedupe_key and Vote.objects.filter(poll_id=poll_id, dedupe_key=dedupe_key).exists():
         raise AlreadyVoted(poll_id)
-    return _ballot(vote_id, poll_id, options, voter, dedupe_key), True
+
+    return _ballot(vote_id, poll_id, options, voter.key, dedupe_key)
 
 
-def _vote_check_then_release(**kwargs) -> tuple[VoteEvent, bool]:
-    try:
-        return vote_check(**kwargs)
-    finally:
-        _release_connection()
+def _vote_publish(event: VoteEvent) -> VoteEvent:
+    _release_connection()
+    get_vote_bus().publish(event)
+    return event
+
+
+def _then_release(function):
+    """`function`, then this thread's database connection back to the pool, whatever happened."""
+    def call(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _release_connection()
+    return call
 
 
 def _release_connection() -> None:
@@ -215,12 +222,12 @@ def _release_connection() -> None:
         connection.close()
 
 
-def _ballot(vote_id: uuid.UUID, poll_id: int, options: Sequence[int], voter: Voter, dedupe_key: str | None) -> VoteEvent:
+def _ballot(vote_id: uuid.UUID, poll_id: int, options: Sequence[int], voter_key: str, dedupe_key: str | None) -> VoteEvent:
     return VoteEvent(
         vote_id=vote_id,
         poll_id=poll_id,
         options=tuple(options),
-        voter_key=voter.key,
+        voter_key=voter_key,
         cast_at=timezone.now(),
         dedupe_key=dedupe_key,
     )

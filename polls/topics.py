@@ -15,7 +15,7 @@ from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 
-from polls import records
+from polls import kafka_patches, records
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +96,10 @@ def consumer_config(*, group_id: str, max_records: int) -> dict[str, Any]:
 
 
 def vote_consumer(*, group_id: str, max_records: int) -> KafkaConsumer:
-    """The vote worker's consumer, reading its fetched records with polls.records
-    unless WORKER_LEAN_RECORDS is off."""
+    """The vote worker's consumer, with polls.kafka_patches applied, reading its fetched
+    records with polls.records unless WORKER_LEAN_RECORDS is off."""
     consumer = KafkaConsumer(**consumer_config(group_id=group_id, max_records=max_records))
+    kafka_patches.finish_started_rebalances(consumer)
     if settings.WORKER_LEAN_RECORDS:
         records.install(consumer)
     return consumer

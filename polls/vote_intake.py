@@ -35,10 +35,10 @@ from rest_framework.utils.mediatypes import media_type_matches
 from polling.exception_handler import error_answer
 from polling.metrics import request_observed, vote_accepted, vote_refused
 from polling.throttles import VoteAddressRateThrottle, VoteVoterRateThrottle, throttles_check, throttles_wait_for_cache
-from polls.apis import set_voter_cookie
+from polls.apis import set_voter_cookie, voter_cookie_token
 from polls.ballots import ballot_read, idempotency_key
 from polls.services import vote_cast_async
-from polls.voters import COOKIE_NAME, voter_for_ballot, voter_from_request
+from polls.voters import COOKIE_NAME, voter_for_vote, voter_from_request
 
 logger = logging.getLogger(__name__)
 
@@ -162,9 +162,9 @@ async def _answer(request: VoteRequest, poll_id: int, receive) -> tuple[int, byt
         if wait is not None:
             raise Throttled(wait)
         ballot = ballot_read(body=body, content_type=meta.get("CONTENT_TYPE", ""), poll_id=poll_id)
-        voter, new_token = voter_for_ballot(voter_from_request(request))
+        voter, new_token = voter_for_vote(voter_from_request(request))
         key = idempotency_key(header=meta.get("HTTP_IDEMPOTENCY_KEY"), ballot=ballot)
-        await vote_cast_async(poll_id=poll_id, options=ballot.options, voter=voter, idempotency_key=key)
+        event = await vote_cast_async(poll_id=poll_id, options=ballot.options, voter=voter, idempotency_key=key)
     except Exception as exc:
         answer = error_answer(exc)
         if answer is None:
@@ -177,7 +177,7 @@ async def _answer(request: VoteRequest, poll_id: int, receive) -> tuple[int, byt
     vote_accepted()
     headers = _common_headers(request)
     if new_token is not None:
-        headers = [*headers, _cookie_header(new_token)]
+        headers = [*headers, _cookie_header(voter_cookie_token(event, new_token))]
     return 204, b"", headers
 
 

@@ -34,6 +34,9 @@ class Voter:
     token_id: str | None
     # A keyed hash of the client's address: never the address itself.
     address_key: str
+    # True when token_id was issued for this very request (the client sent no token):
+    # an Idempotency-Key's retry then cannot carry it yet (polls.idempotency).
+    token_is_new: bool = False
 
     @property
     def key(self) -> str:
@@ -48,7 +51,29 @@ class Voter:
 def voter_token_issue() -> tuple[str, str]:
     """A new anonymous voter: (token id, signed token to hand to the client)."""
     token_id = secrets.token_urlsafe(16)
-    return token_id, _signer(settings.SECRET_KEY).sign(token_id)
+    return token_id, voter_token_sign(token_id)
+
+
+def voter_token_sign(token_id: str) -> str:
+    return _signer(settings.SECRET_KEY).sign(token_id)
+
+
+def voter_for_vote(voter: Voter) -> tuple[Voter, str | None]:
+    """The voter a vote is cast as, and the signed token to set as its cookie, if new.
+
+    A client with neither a user nor a token gets a token with its first vote, so that
+    one-vote-per-voter polls work for browsers without a separate call.
+    """
+    if voter.user_id is not None or voter.token_id is not None:
+        return voter, None
+    token_id, signed = voter_token_issue()
+    return Voter(user_id=None, token_id=token_id, address_key=voter.address_key, token_is_new=True), signed
+
+
+def voter_token_of(voter_key: str) -> str | None:
+    """The signed token of a Voter.key that names a voter token; None for users and addresses."""
+    token_id = voter_key.removeprefix("voter:")
+    return voter_token_sign(token_id) if token_id != voter_key else None
 
 
 def voter_token_read(signed: str) -> str | None:
@@ -91,15 +116,3 @@ def voter_from_request(request) -> Voter:
         token_id=token_id,
         address_key=client_address_key(request.META.get("REMOTE_ADDR") or "unknown"),
     )
-
-
-def voter_for_ballot(voter: Voter) -> tuple[Voter, str | None]:
-    """The voter a ballot is cast as, and the signed token to hand back if one was issued.
-
-    Browsers get a voter token with their first vote, so one-vote-per-voter polls work
-    for them without a separate call.
-    """
-    if voter.token_id is not None or voter.user_id is not None:
-        return voter, None
-    token_id, signed = voter_token_issue()
-    return Voter(user_id=None, token_id=token_id, address_key=voter.address_key), signed

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -29,6 +29,7 @@ from kafka.producer.future import FutureRecordMetadata
 from polling import metrics
 from polls.events import VoteEvent
 from polls.exceptions import MalformedVoteEvent
+from polls.lag import Activity, LagMonitor
 from polls.services import AppliedBatch, votes_apply
 from polls.topics import dead_letter_topic
 
@@ -91,10 +92,6 @@ class Progress:
         self.dead_lettered += outcome.dead_lettered
 
 
-# Seconds between two refreshes of the consumer-lag gauges (cheap: no request to Kafka).
-LAG_REFRESH_INTERVAL = 1.0
-
-
 class _ForgetRevoked(ConsumerRebalanceListener):
     """Forgets what the worker applied of the partitions a rebalance takes away.
 
@@ -139,6 +136,8 @@ class VoteWorker:
         stop_event: threading.Event | None = None,
         progress_interval: float = 0.0,
         apply_threads: int = 1,
+        stall_timeout: float = 0.0,
+        on_stall: Callable[[], None] | None = None,
     ) -> None:
         self.consumer = consumer
         self.dead_letter_producer = dead_letter_producer
@@ -153,8 +152,17 @@ class VoteWorker:
         self.total = Progress()
         self._since_report = Progress()
         self._last_report = time.monotonic()
-        self._last_lag_refresh = 0.0
-        self._lags: dict[tuple[str, int], int] = {}
+        # Lag from the broker and the stall watchdog, in a thread of their own while run()
+        # runs; a consumer that is no KafkaConsumer (a test's script) has no broker to ask.
+        self.activity = Activity()
+        self.lag_monitor = LagMonitor(
+            bootstrap_servers=consumer.config["bootstrap_servers"],
+            group_id=consumer.config["group_id"],
+            partitions=lambda: self.consumer.assignment() or set(),
+            activity=self.activity,
+            stall_timeout=stall_timeout,
+            on_stall=on_stall,
+        ) if isinstance(consumer, KafkaConsumer) else None
         # Next offset per partition of what is in the database (the offsets to commit), for
         # the partitions this worker holds: a rebalance that takes one away forgets it.
         self._applied: dict[TopicPartition, int] = {}
@@ -197,6 +205,8 @@ class VoteWorker:
         # Read ahead at most a batch per applying thread: enough for a free thread to find
         # a partition that is not busy, little enough to stop fetching while they are.
         read_ahead = self.batch_size * self.apply_threads
+        if self.lag_monitor is not None:
+            self.lag_monitor.start()
         try:
             while not self._stop.is_set():
                 self._collect(in_flight, busy, block=False)
@@ -209,7 +219,7 @@ class VoteWorker:
                     self._dispatch(appliers, pending, in_flight, busy)
                 else:
                     self._collect(in_flight, busy, block=True)
-                self._refresh_lag()
+                self.activity.in_flight = len(in_flight)
                 self._maybe_report_progress()
         finally:
             # Whatever ended the loop: a batch still waiting out a database outage gives up,
@@ -225,6 +235,8 @@ class VoteWorker:
                 # The applying thread's database connection is its own: close it there.
                 applier.submit(_close_connection).result()
                 applier.shutdown()
+            if self.lag_monitor is not None:
+                self.lag_monitor.stop()
             if failures:
                 raise failures[0]
         self._commit_applied()
@@ -328,6 +340,7 @@ class VoteWorker:
         self.commit_offsets(next_offsets, wait=False)
         self.total.add(outcome)
         self._since_report.add(outcome)
+        self.activity.last_batch_done = time.monotonic()
         logger.info(
             "batch of %d: %d applied, %d duplicates, %d dead-lettered",
             outcome.messages,
@@ -335,31 +348,6 @@ class VoteWorker:
             outcome.duplicates,
             outcome.dead_lettered,
         )
-
-    def partition_lags(self) -> dict[tuple[str, int], int]:
-        """Messages not yet consumed, per assigned partition, from what the consumer knows.
-
-        The high watermark comes with every fetch response and the position is local
-        state, so this sends nothing to Kafka. Partitions not fetched yet are left out.
-        """
-        lags: dict[tuple[str, int], int] = {}
-        for partition in self.consumer.assignment() or ():
-            try:
-                highwater = self.consumer.highwater(partition)
-                position = self.consumer.position(partition, timeout_ms=0) if highwater is not None else None
-            except KafkaError:  # revoked by a rebalance meanwhile
-                continue
-            if highwater is not None and position is not None:
-                lags[(partition.topic, partition.partition)] = max(highwater - position, 0)
-        return lags
-
-    def _refresh_lag(self) -> None:
-        now = time.monotonic()
-        if now - self._last_lag_refresh < LAG_REFRESH_INTERVAL:
-            return
-        self._last_lag_refresh = now
-        self._lags = self.partition_lags()
-        metrics.worker_lag_set(self._lags)
 
     def _maybe_report_progress(self) -> None:
         if self.progress_interval <= 0:
@@ -369,12 +357,13 @@ class VoteWorker:
         if elapsed < self.progress_interval:
             return
         done = self._since_report
-        lag = sum(self._lags.values())
+        lags = self.lag_monitor.lags if self.lag_monitor is not None else {}
+        lag = sum(lags.values())
         logger.info(
             "progress: %d votes applied, %d duplicates, %d dead-lettered in %d batches over the last %.0f s "
             "(%.1f votes/s); %d applied since start; lag %d on %d partitions",
             done.applied, done.duplicates, done.dead_lettered, done.batches, elapsed,
-            done.applied / elapsed, self.total.applied, lag, len(self._lags),
+            done.applied / elapsed, self.total.applied, lag, len(lags),
             extra={"progress": {
                 "interval_s": round(elapsed, 1),
                 "batches": done.batches,
@@ -384,7 +373,7 @@ class VoteWorker:
                 "votes_applied_total": self.total.applied,
                 "batches_total": self.total.batches,
                 "lag": lag,
-                "lag_by_partition": {f"{topic}[{partition}]": n for (topic, partition), n in sorted(self._lags.items())},
+                "lag_by_partition": {f"{topic}[{partition}]": n for (topic, partition), n in sorted(lags.items())},
             }},
         )
         self._since_report = Progress()

@@ -5,7 +5,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from polls.exceptions import InvalidChoices, OptionOutOfRange, PollClosed, PollNotFound
+from polls.bus import reset_vote_bus
+from polls.exceptions import IdempotencyKeyReused, InvalidChoices, OptionOutOfRange, PollClosed, PollNotFound
+from polls.idempotency import choice_fingerprint, idempotency_scope
 from polls.models import AuditEntry, Option, Poll, Vote
 from polls.services import counters_verify, poll_create, poll_set_status, vote_cast, votes_apply
 from polls.tests.factories import counts, make_poll, vote_event
@@ -126,6 +128,32 @@ def test_vote_cast_refuses_unknown_polls_closed_polls_and_options_out_of_range(s
     with pytest.raises(PollNotFound):
         vote_cast(poll_id=poll.pk, options=[1], voter=VOTER)
     assert Vote.objects.count() == 0
+
+
+def test_an_idempotency_key_is_scoped_to_the_voter_and_bound_to_its_choice(settings):
+    settings.KAFKA_BROKERS = []  # the in-process bus: a ballot returned is counted
+    reset_vote_bus()
+    poll = poll_create(question="Up to two", options=["a", "b", "c"], max_choices=2)
+    user = Voter(user_id=7, token_id="t0ken", address_key="abc")
+    tokenless = Voter(user_id=None, token_id=None, address_key="abc")
+    new_token = Voter(user_id=None, token_id="fresh", address_key="abc", token_is_new=True)
+    assert [idempotency_scope(v) for v in (user, VOTER, tokenless, new_token)] == ["user:7", "voter:t0ken", "ip:abc", "ip:abc"]
+    assert choice_fingerprint([3, 1]) == choice_fingerprint([1, 3]) != choice_fingerprint([1])
+
+    first = vote_cast(poll_id=poll.pk, options=[1, 3], voter=VOTER, idempotency_key="k")
+    # Another voter's "k" is another ballot; the same voter's is the first one again.
+    other = vote_cast(poll_id=poll.pk, options=[2], voter=user, idempotency_key="k")
+    again = vote_cast(poll_id=poll.pk, options=[3, 1], voter=VOTER, idempotency_key="k")
+    assert other.vote_id != first.vote_id == again.vote_id
+    with pytest.raises(IdempotencyKeyReused):
+        vote_cast(poll_id=poll.pk, options=[1], voter=VOTER, idempotency_key="k")
+    # A first vote that was given a new token: its retry with that token is the same ballot.
+    cast = vote_cast(poll_id=poll.pk, options=[2], voter=new_token, idempotency_key="k2")
+    retried = vote_cast(poll_id=poll.pk, options=[2], voter=Voter(user_id=None, token_id="fresh", address_key="abc"),
+                        idempotency_key="k2")
+    assert (retried.vote_id, retried.voter_key) == (cast.vote_id, "voter:fresh")
+    assert counts(poll) == [1, 2, 1]
+    reset_vote_bus()
 
 
 def test_verify_counts_reports_and_repairs_a_wrong_counter(capsys):

@@ -1,17 +1,22 @@
 """Who may vote how often, retries, multiple choice, deadlines and results visibility."""
 
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from conftest import read_topic
+from polls import services
+from polls.bus import reset_vote_bus
 from polls.models import Poll, Vote
 from polls.services import counters_verify, poll_create, poll_set_status, votes_apply
 from polls.tests.factories import counts, make_poll, vote_event
@@ -180,3 +185,150 @@ def test_results_visibility_hides_counts_until_the_viewer_voted_or_the_poll_clos
     # Neither shows on the leaderboard, which is public.
     board = client.get("/leaderboard").json()["leaderboard"]
     assert {entry["poll_id"] for entry in board} & {after_vote.pk, after_close.pk} == set()
+
+
+# --- Idempotency-Key: scoped to the voter, bound to the first request's choice -------------
+
+
+def test_two_voters_sending_the_same_key_both_count(client, kafka_topic, worker_thread):
+    poll = poll_create(question="Once each", options=["a", "b"], one_vote_per=Poll.OneVotePer.VOTER)
+    x, y = voter_token(client), voter_token(client)
+    assert vote(client, poll, {"option": 1}, HTTP_X_VOTER_TOKEN=x, HTTP_IDEMPOTENCY_KEY="vote-1").status_code == 204
+    assert vote(client, poll, {"option": 2}, HTTP_X_VOTER_TOKEN=y, HTTP_IDEMPOTENCY_KEY="vote-1").status_code == 204
+    # Two clients without a token, from two addresses: two more voters.
+    for address, option in (("10.0.0.1", 1), ("10.0.0.2", 2)):
+        response = vote(Client(HTTP_HOST="localhost"), poll, {"option": option}, HTTP_IDEMPOTENCY_KEY="vote-1",
+                        REMOTE_ADDR=address)
+        assert response.status_code == 204
+    wait_until(lambda: counts(poll) == [2, 2], timeout=30, what="four voters' ballots counted")
+    # Each of X and Y is recorded as having voted: another vote, keyed or not, is refused.
+    assert vote(client, poll, {"option": 1}, HTTP_X_VOTER_TOKEN=y).status_code == 409
+    assert vote(client, poll, {"option": 2}, HTTP_X_VOTER_TOKEN=x, HTTP_IDEMPOTENCY_KEY="vote-2").status_code == 409
+    assert counts(poll) == [2, 2]
+    assert counters_verify() == []
+
+
+def test_a_key_reused_with_another_choice_is_422_and_nothing_more_is_counted(client, kafka_topic, worker_thread):
+    poll = poll_create(question="Up to two", options=["a", "b", "c"], max_choices=2)
+    token = voter_token(client)
+    keyed = {"HTTP_X_VOTER_TOKEN": token, "HTTP_IDEMPOTENCY_KEY": "vote-1"}
+    assert vote(client, poll, {"option": 1}, **keyed).status_code == 204
+    for other in ({"option": 2}, {"options": [1, 2]}, {"option": 99}):
+        response = vote(client, poll, other, **keyed)
+        assert (response.status_code, response.json()) == (422, {"detail": (
+            "This Idempotency-Key was already used with a different request (another choice of options): "
+            "send the same request to retry it, or a new key for a new vote.")}), other
+    # The same choice, in either shape, is the first request again: 204, published once.
+    assert vote(client, poll, {"option": 1}, **keyed).status_code == 204
+    assert vote(client, poll, {"options": [1]}, **keyed).status_code == 204
+    wait_until(lambda: counts(poll) == [1, 0, 0], timeout=30, what="the one ballot counted")
+    assert len(read_topic(kafka_topic)) == 1
+
+    # Past the record's time (here: the cache emptied) the stored ballot answers alike.
+    cache.clear()
+    assert vote(client, poll, {"option": 2}, **keyed).status_code == 422
+    assert vote(client, poll, {"option": 1}, **keyed).status_code == 204
+    # A ballot of several choices is compared whole, in any order.
+    assert vote(client, poll, {"options": [3, 2]}, HTTP_X_VOTER_TOKEN=token, HTTP_IDEMPOTENCY_KEY="vote-2").status_code == 204
+    wait_until(lambda: counts(poll) == [1, 1, 1], timeout=30, what="the second ballot counted")
+    cache.clear()
+    for other, status in (({"options": [2]}, 422), ({"options": [2, 3, 1]}, 422), ({"options": [2, 3]}, 204)):
+        assert vote(client, poll, other, HTTP_X_VOTER_TOKEN=token, HTTP_IDEMPOTENCY_KEY="vote-2").status_code == status
+    assert len(read_topic(kafka_topic)) == 2
+    assert counts(poll) == [1, 1, 1]
+    assert counters_verify() == []
+
+
+class _GatedBus:
+    """The real bus, holding each vote until the test lets it through."""
+
+    def __init__(self, bus):
+        self.bus, self.reached, self.go = bus, threading.Event(), threading.Event()
+
+    def publish(self, event):
+        self.reached.set()
+        assert self.go.wait(30)
+        self.bus.publish(event)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_in_flight_is_409_until_its_first_request_ends(in_process_bus, monkeypatch):
+    poll = make_poll()
+    token = voter_token(Client(HTTP_HOST="localhost"))
+    keyed = {"HTTP_X_VOTER_TOKEN": token, "HTTP_IDEMPOTENCY_KEY": "slow-1"}
+    gated = _GatedBus(services.get_vote_bus())
+    monkeypatch.setattr(services, "get_vote_bus", lambda: gated)
+
+    def first():
+        try:
+            return vote(Client(HTTP_HOST="localhost"), poll, {"option": 1}, **keyed).status_code
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first_status = pool.submit(first)
+        assert gated.reached.wait(30)
+        again = vote(Client(HTTP_HOST="localhost"), poll, {"option": 1}, **keyed)
+        assert (again.status_code, again.json()) == (
+            409, {"detail": "A request with this Idempotency-Key is still being processed: retry later."})
+        assert again["Retry-After"] == "2"
+        gated.go.set()
+        assert first_status.result(30) == 204
+    assert vote(Client(HTTP_HOST="localhost"), poll, {"option": 1}, **keyed).status_code == 204
+    assert counts(poll) == [1, 0, 0, 0]
+
+
+def test_a_key_is_free_again_after_its_first_request_failed(client, settings, kafka_topic, worker_thread):
+    poll = make_poll()
+    token = voter_token(client)
+    keyed = {"HTTP_X_VOTER_TOKEN": token, "HTTP_IDEMPOTENCY_KEY": "vote-1"}
+    # Refused before publishing (a 4xx): no record, so another choice may follow.
+    assert vote(client, poll, {"option": 9}, **keyed).status_code == 400
+    # The vote log unreachable: 503, and a retry of the same vote succeeds once it is back.
+    brokers = settings.KAFKA_BROKERS
+    settings.KAFKA_BROKERS, settings.VOTE_PUBLISH_TIMEOUT = ["127.0.0.1:9"], 0.5
+    reset_vote_bus()
+    refused = vote(client, poll, {"option": 2}, **keyed)
+    assert (refused.status_code, refused["Retry-After"]) == (503, "2")
+    # A 503's vote may have reached the log all the same: its key takes no other choice.
+    assert vote(client, poll, {"option": 3}, **keyed).status_code == 422
+    settings.KAFKA_BROKERS = brokers
+    reset_vote_bus()
+    assert vote(client, poll, {"option": 2}, **keyed).status_code == 204
+    assert vote(client, poll, {"option": 2}, **keyed).status_code == 204
+    wait_until(lambda: counts(poll) == [0, 1, 0, 0], timeout=30, what="the retried ballot counted")
+    assert len(read_topic(kafka_topic)) == 1
+
+
+@pytest.mark.django_db
+def test_a_first_votes_retry_without_its_cookie_is_the_same_ballot(in_process_bus):
+    poll = poll_create(question="Once?", options=["yes", "no"], one_vote_per=Poll.OneVotePer.VOTER)
+    first = vote(Client(HTTP_HOST="localhost"), poll, {"option": 1}, HTTP_IDEMPOTENCY_KEY="k-1")
+    assert first.status_code == 204
+    cookie = first.cookies["voter"].value
+    # The client never got that answer: its retry has no cookie, from the same address.
+    retry = vote(Client(HTTP_HOST="localhost"), poll, {"option": 1}, HTTP_IDEMPOTENCY_KEY="k-1")
+    assert retry.status_code == 204
+    assert retry.cookies["voter"].value == cookie  # the first answer's cookie: one voter
+    # It did get it: a retry with the cookie is the same ballot too, also once only the
+    # vote rows remember it.
+    with_cookie = Client(HTTP_HOST="localhost")
+    with_cookie.cookies["voter"] = cookie
+    assert vote(with_cookie, poll, {"option": 1}, HTTP_IDEMPOTENCY_KEY="k-1").status_code == 204
+    cache.clear()
+    assert vote(with_cookie, poll, {"option": 1}, HTTP_IDEMPOTENCY_KEY="k-1").status_code == 204
+    assert vote(with_cookie, poll, {"option": 2}, HTTP_IDEMPOTENCY_KEY="k-1").status_code == 422
+    assert vote(with_cookie, poll, {"option": 2}).status_code == 409
+    assert counts(poll) == [1, 0]
+
+
+@pytest.mark.django_db
+def test_with_the_cache_down_a_keyed_vote_is_503_and_a_vote_without_a_key_goes_on(client, settings, in_process_bus):
+    poll = make_poll()
+    settings.CACHES = {"default": {"BACKEND": "polling.cache.SharedClientRedisCache", "LOCATION": "redis://127.0.0.1:9",
+                                   "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}}}
+    refused = vote(client, poll, {"option": 1}, HTTP_IDEMPOTENCY_KEY="vote-1")
+    assert (refused.status_code, refused["Retry-After"], refused.json()) == (503, "2", {
+        "detail": "The vote was not recorded: its Idempotency-Key cannot be checked now. Retry later."})
+    assert vote(client, poll, {"option": 2}).status_code == 204
+    assert counts(poll) == [0, 1, 0, 0]

@@ -63,11 +63,14 @@ def source_address(seq: int) -> str:
     return f"127.{1 + (rest // 256) % 255}.{rest % 256}.{host}"
 
 
-def expected_vote_id(poll_id: int, idempotency_key: str) -> uuid.UUID:
-    """The ballot id the API gives a vote sent with this Idempotency-Key (polls.services.vote_cast)."""
-    from polls import services
+def expected_vote_id(outcome: Outcome) -> uuid.UUID:
+    """The ballot id the API gives this vote: from its Idempotency-Key, scoped to the
+    address it came from, as the client sends no voter token (polls.idempotency)."""
+    from polls.idempotency import ballot_id
+    from polls.voters import client_address_key
 
-    return services.ballot_id(poll_id=poll_id, idempotency_key=idempotency_key)
+    scope = f"ip:{client_address_key(outcome.address)}"
+    return ballot_id(poll_id=outcome.poll_id, scope=scope, idempotency_key=outcome.key)
 
 
 # --- the stream --------------------------------------------------------------------
@@ -253,9 +256,10 @@ class VoteStream:
                          timeout=self.timeout)
 
 
-def send_vote(*, port: int, seq: int, poll_id: int, option: int, key: str, timeout: float) -> Outcome:
-    """POST one vote to 127.0.0.1:port from source_address(seq), with this Idempotency-Key."""
-    address = source_address(seq)
+def send_vote(*, port: int, seq: int, poll_id: int, option: int, key: str, timeout: float,
+              address: str | None = None) -> Outcome:
+    """POST one vote to 127.0.0.1:port from `address` (source_address(seq) by default), with this Idempotency-Key."""
+    address = address or source_address(seq)
     outcome = Outcome(
         seq=seq, address=address, key=key, poll_id=poll_id, option=option,
         started=time.monotonic(), ended=0.0, kind=UNKNOWN,
@@ -293,7 +297,8 @@ def resend(*, port: int, outcomes: Sequence[Outcome], first_seq: int, attempts: 
            threads: int = 8, timeout: float = 15.0, max_seconds: float = 180.0) -> list[Outcome]:
     """What the API tells a client to do after a 503: send the same vote again, same key.
 
-    Each vote is sent again (from a new source address) until it is answered 204, at
+    Each vote is sent again (from its first address: a client without a voter token has
+    its keys scoped to its address) until it is answered 204, at
     most `attempts` times, waiting its Retry-After between tries, and no new attempt
     starts after `max_seconds`. Returns every attempt.
     """
@@ -311,7 +316,7 @@ def resend(*, port: int, outcomes: Sequence[Outcome], first_seq: int, attempts: 
             with lock:
                 seq = next(seqs)
             result = send_vote(port=port, seq=seq, poll_id=original.poll_id, option=original.option,
-                               key=original.key, timeout=timeout)
+                               key=original.key, timeout=timeout, address=original.address)
             tries.append(result)
             if result.kind == ACCEPTED:
                 break
@@ -544,7 +549,7 @@ def reconcile(
     # A ballot is one Idempotency-Key: the first attempt and any retries of it.
     attempts_of: dict[str, list[Outcome]] = defaultdict(list)
     for o in outcomes:
-        attempts_of[str(expected_vote_id(o.poll_id, o.key))].append(o)
+        attempts_of[str(expected_vote_id(o))].append(o)
     for vote_id, attempts in attempts_of.items():
         o = attempts[0]
         kinds = {a.kind for a in attempts}
@@ -628,8 +633,11 @@ def settle(
     topic: str,
     direct: Sequence[DirectVote] = (),
     timeout: float = 120,
+    other_polls: Iterable[int] = (),
 ) -> Reconciliation:
     """Wait until the workers applied every event in the topic, then reconcile.
+
+    Events of `other_polls` (votes a test sent outside the ledger) are left out.
 
     Caught up means: every vote_id in the topic has its row (the topic, not the group's
     committed offsets: a commit lost in a rebalance leaves those behind until the next
@@ -642,8 +650,13 @@ def settle(
     from polls.models import Vote
 
     poll_ids = sorted(set(poll_ids))
+    others = set(other_polls)
+
+    def events() -> list[TopicEvent]:
+        return [e for e in topic_events(brokers=brokers, topic=topic) if e.poll_id not in others]
+
     deadline = time.monotonic() + timeout
-    wanted = {e.vote_id for e in topic_events(brokers=brokers, topic=topic) if e.vote_id is not None}
+    wanted = {e.vote_id for e in events() if e.vote_id is not None}
     while True:
         try:
             have = {str(v) for v in Vote.objects.filter(poll_id__in=poll_ids).values_list("vote_id", flat=True)}
@@ -654,8 +667,7 @@ def settle(
             break  # on time out, reconcile reports what is missing
         time.sleep(0.25)
     time.sleep(2.0)  # a late redelivery that counted twice would show now
-    return reconcile(outcomes=outcomes, poll_ids=poll_ids, direct=direct,
-                     events=topic_events(brokers=brokers, topic=topic))
+    return reconcile(outcomes=outcomes, poll_ids=poll_ids, direct=direct, events=events())
 
 
 def batches_in_log(text: str) -> dict[str, int]:

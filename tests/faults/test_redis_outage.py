@@ -1,8 +1,10 @@
-"""Redis stopped while votes stream in: voting does not depend on it.
+"""Redis stopped while votes stream in: voting without a key does not depend on it.
 
 Redis carries the live updates (the channel layer) and shared caches; a vote's path is
-the API, Kafka and the worker. With Redis gone every vote must still be accepted and
-applied; once it is back, a WebSocket viewer gets live updates again.
+the API, Kafka and the worker. With Redis gone every vote without an Idempotency-Key
+must still be accepted and applied. A keyed vote needs its key's record (in Redis) to
+count once: it gets 503 with Retry-After, and its retry once Redis is back counts once.
+Once it is back, a WebSocket viewer gets live updates again.
 """
 
 import json
@@ -14,8 +16,10 @@ from django.conf import settings
 from websockets.sync.client import connect
 
 from polls.models import Vote
-from tests.faults.load import ACCEPTED, VoteStream, settle, summarize
+from tests.faults.load import ACCEPTED, REFUSED, VoteStream, create_poll, resend, settle, summarize
 from tests.faults.stack import web_and_worker
+from tests.http import request
+from testsupport.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,31 +33,45 @@ def test_redis_stopped_voting_keeps_working(services, process_env, tmp_path):
     try:
         with web_and_worker(process_env, tmp_path, label="Redis") as stack:
             env, web, worker, polls = stack.env, stack.web, stack.worker, stack.polls
+            unkeyed_poll = create_poll(web.url, question="Redis poll without keys")
+            unkeyed = []
             with VoteStream(port=web.port, polls=polls, rate=80, threads=12) as stream:
                 stream.wait_for(ACCEPTED, 150, timeout=60)
 
                 services.redis.stop()
                 down, down_wall = time.monotonic(), datetime.now(timezone.utc)
                 try:
-                    stream.wait_for(ACCEPTED, 300, since=down, timeout=90)
+                    stream.wait_for(REFUSED, 300, since=down, timeout=90)
+                    for _ in range(150):
+                        unkeyed.append(request("POST", f"{web.url}/polls/{unkeyed_poll}/vote", {"option": 1}, timeout=15))
+                    wait_until(lambda: Vote.objects.filter(poll_id=unkeyed_poll).count() == 150, timeout=60,
+                               what="the votes without a key applied while Redis is down")
                 finally:
                     restarting, up_wall = time.monotonic(), datetime.now(timezone.utc)
                     services.redis.start()
                     up = time.monotonic()
                 stream.wait_for(ACCEPTED, 150, since=up, timeout=60)
             outcomes = stream.outcomes()
+            refused = [o for o in outcomes if o.kind == REFUSED]
+            # The client's side of a 503: the same vote again, same key, until it is accepted.
+            retries = resend(port=web.port, outcomes=refused, first_seq=10_000_000)
 
-            report = settle(outcomes=outcomes, poll_ids=polls, brokers=settings.KAFKA_BROKERS,
-                            topic=env["KAFKA_TOPIC"])
+            report = settle(outcomes=outcomes + retries, poll_ids=polls, brokers=settings.KAFKA_BROKERS,
+                            topic=env["KAFKA_TOPIC"], other_polls=[unkeyed_poll])
             during = [o for o in outcomes if o.started >= down and o.ended <= restarting]
-            applied_during = Vote.objects.filter(poll_id__in=polls, applied_at__gt=down_wall, applied_at__lt=up_wall).count()
-            print(f"\n{report.line()}\nRedis down {restarting - down:.1f} s: {summarize(during)}; "
-                  f"{applied_during} votes applied meanwhile")
+            applied_during = Vote.objects.filter(poll_id=unkeyed_poll, applied_at__gt=down_wall,
+                                                 applied_at__lt=up_wall).count()
+            print(f"\n{report.line()}\nRedis down {restarting - down:.1f} s: keyed {summarize(during)}; "
+                  f"{applied_during} votes without a key applied meanwhile; retries: {summarize(retries)}")
             report.assert_exact()
-            # Every vote was accepted, during the outage too, and applied while Redis was down.
-            assert {o.kind for o in outcomes} == {ACCEPTED}, summarize(outcomes)
-            assert len(during) >= 300
-            assert applied_during >= 100
+            # Votes without a key were all accepted during the outage, and applied while Redis was down.
+            assert {answer.status for answer in unkeyed} == {204}
+            assert applied_during == 150
+            # Keyed votes: 503 with Retry-After (never a 500), each accepted on retry and counted once (above).
+            assert {o.kind for o in outcomes} <= {ACCEPTED, REFUSED}, summarize(outcomes)
+            assert len(during) >= 300 and {o.kind for o in during} == {REFUSED}, summarize(during)
+            assert all(o.retry_after and b"Idempotency-Key cannot be checked" in o.body for o in refused)
+            assert {o.key for o in retries if o.kind == ACCEPTED} == {o.key for o in refused}
             assert worker.alive() and web.alive()
 
             # Live updates resume: a viewer that connects now sees the next vote land.

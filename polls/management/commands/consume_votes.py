@@ -1,4 +1,6 @@
+import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -16,6 +18,9 @@ from realtime.broadcast import get_broadcaster
 
 # Through logging, not self.stdout: in production every line the worker writes is JSON.
 logger = logging.getLogger("polls.worker")
+
+# Seconds a worker stopping after a stall has to finish its batches before it is ended.
+STALL_EXIT_GRACE = 30.0
 
 
 class Command(BaseCommand):
@@ -43,15 +48,22 @@ class Command(BaseCommand):
         parser.add_argument("--progress-interval", type=float, default=settings.WORKER_PROGRESS_INTERVAL,
                             help="Seconds between progress lines (votes applied, batches, lag); 0 turns "
                                  "them off (default: WORKER_PROGRESS_INTERVAL, 30).")
+        parser.add_argument("--stall-timeout", type=float, default=settings.WORKER_STALL_TIMEOUT,
+                            help="Seconds votes may wait while nothing is applied before the worker logs "
+                                 "an ERROR and counts a stall; 0 turns that off (default: WORKER_STALL_TIMEOUT, 60).")
+        parser.add_argument("--exit-on-stall", action=argparse.BooleanOptionalAction,
+                            default=settings.WORKER_EXIT_ON_STALL,
+                            help="Stop with exit status 1 on a stall, for a supervisor to restart the worker "
+                                 "(default: WORKER_EXIT_ON_STALL, off).")
 
     def handle(self, *args, batch_size, batch_wait_ms, apply_threads, group, metrics_port, metrics_addr,
-               progress_interval, **options):
+               progress_interval, stall_timeout, exit_on_stall, **options):
         if not settings.KAFKA_BROKERS:
             raise CommandError("KAFKA_BROKERS is not set: the worker reads votes from Kafka.")
         if batch_size < 1 or batch_wait_ms < 0 or apply_threads < 1:
             raise CommandError("--batch-size and --apply-threads must be at least 1 and --batch-wait-ms at least 0.")
-        if not 0 <= metrics_port <= 65535 or progress_interval < 0:
-            raise CommandError("--metrics-port must be 0 to 65535 and --progress-interval at least 0.")
+        if not 0 <= metrics_port <= 65535 or progress_interval < 0 or stall_timeout < 0:
+            raise CommandError("--metrics-port must be 0 to 65535, --progress-interval and --stall-timeout at least 0.")
         metrics_server = None
         if metrics_port:
             try:
@@ -60,14 +72,20 @@ class Command(BaseCommand):
                 raise CommandError(f"cannot serve metrics on {metrics_addr}:{metrics_port}: {exc}") from exc
             logger.info("metrics at http://%s:%d/metrics", metrics_addr, metrics_port)
         try:
-            self._consume(group=group, batch_size=batch_size, batch_wait_ms=batch_wait_ms,
-                          apply_threads=apply_threads, progress_interval=progress_interval)
+            stalled = self._consume(group=group, batch_size=batch_size, batch_wait_ms=batch_wait_ms,
+                                    apply_threads=apply_threads, progress_interval=progress_interval,
+                                    stall_timeout=stall_timeout, exit_on_stall=exit_on_stall)
         finally:
             if metrics_server is not None:
                 metrics_server.shutdown()
+        if stalled:
+            raise CommandError("stopped after a stall (--exit-on-stall): votes were waiting and none was applied")
 
-    def _consume(self, *, group, batch_size, batch_wait_ms, apply_threads, progress_interval):
+    def _consume(self, *, group, batch_size, batch_wait_ms, apply_threads, progress_interval, stall_timeout,
+                 exit_on_stall) -> bool:
+        """Run the worker until a signal (False) or, with exit_on_stall, a stall (True)."""
         stop = threading.Event()
+        stalled = threading.Event()
         # The applying threads get the GIL back sooner after each database round trip.
         sys.setswitchinterval(settings.WORKER_SWITCH_INTERVAL_MS / 1000)
 
@@ -77,12 +95,22 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
 
+        def stop_on_stall():
+            logger.error("stopping the worker after the stall, for its supervisor to start it again")
+            stalled.set()
+            stop.set()
+            # A polling thread stuck inside the Kafka client would never see the stop.
+            deadline = threading.Timer(STALL_EXIT_GRACE, os._exit, args=(1,))
+            deadline.daemon = True
+            deadline.start()
+
         consumer, producer = self._connect(group=group, batch_size=batch_size, stop=stop)
         if consumer is None:
-            return
+            return False
         worker = VoteWorker(consumer=consumer, dead_letter_producer=producer,
                             batch_size=batch_size, batch_wait_ms=batch_wait_ms, stop_event=stop,
-                            progress_interval=progress_interval, apply_threads=apply_threads)
+                            progress_interval=progress_interval, apply_threads=apply_threads,
+                            stall_timeout=stall_timeout, on_stall=stop_on_stall if exit_on_stall else None)
         worker.subscribe([vote_topic()])
         # The worker tells viewers of the polls whose deadline passes (realtime.broadcast).
         get_broadcaster().watch_deadlines()
@@ -96,6 +124,7 @@ class Command(BaseCommand):
             # No autocommit on close: only what the worker committed after the DB is final.
             consumer.close(autocommit=False)
             producer.close(timeout=5)
+        return stalled.is_set()
 
     def _connect(self, *, group, batch_size, stop):
         """Create the topics and clients, waiting for the broker as long as it takes."""
