@@ -11,6 +11,7 @@ import pytest
 from django.conf import settings
 
 from polling.asgi import application, django_asgi_app
+from polls.exceptions import IdempotencyKeyReused
 from polls.models import Poll
 from polls.services import poll_create
 from polls.tests.factories import counts
@@ -173,8 +174,11 @@ def test_a_real_server_answers_every_status_of_the_vote(web_server, vote_worker)
     assert returning.status == 204 and "Set-Cookie" not in returning.headers
     cookie = first.headers["Set-Cookie"].split(";")[0]
     assert "Set-Cookie" not in request("POST", url, {"option": 1}, headers={"Cookie": cookie}).headers
-    assert request("POST", url, {"option": 2}, headers={"Idempotency-Key": "once"}).status == 204
-    assert request("POST", url, {"option": 2}, headers={"Idempotency-Key": "once"}).status == 204
+    keyed = {"Idempotency-Key": "once", "X-Voter-Token": token}
+    assert request("POST", url, {"option": 2}, headers=keyed).status == 204
+    assert request("POST", url, {"option": 2}, headers=keyed).status == 204  # the same ballot again
+    reused = request("POST", url, {"option": 1}, headers=keyed)
+    assert (reused.status, reused.json()["detail"]) == (422, str(IdempotencyKeyReused()))
 
     assert request("POST", url, {"option": 3}).json() == {"option": ["Option 3 does not exist: this poll has options 1 to 2."]}
     assert request("POST", f"{web_server.url}/polls/{members.pk}/vote", {"option": 1}).status == 401
