@@ -133,3 +133,56 @@ def worker_thread(kafka_topic, transactional_db):
     thread.join(30)
     worker.consumer.close(autocommit=False)
     worker.dead_letter_producer.close(timeout=5)
+
+
+# Browser tests (marked `browser`) drive Debian's Chromium, never a downloaded browser.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+# Reports every Content-Security-Policy violation of a page to the test (see `page`).
+_REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.reportCspViolation(`${event.effectiveDirective} blocked ${event.blockedURI || "inline"} in ${event.sourceFile}:${event.lineNumber}`);
+});
+"""
+
+
+@pytest.fixture
+def page():
+    """A page of Debian's headless Chromium driven by Playwright (never a downloaded browser).
+
+    Every page it opens must keep to the site's Content-Security-Policy: a violation
+    (a `securitypolicyviolation` event, or Chromium's console message for one) fails
+    the test at teardown, so each browser test checks the policy of the pages it visits.
+
+    One browser per test, not per module: Playwright's sync API keeps an event loop
+    running on this thread while it is open, and Django then refuses the database
+    teardown of transactional tests as "async". Requested after the server fixtures, it
+    is closed before their teardown.
+    """
+    from playwright.sync_api import sync_playwright
+
+    violations: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1100, "height": 800})
+        context.expose_function("reportCspViolation", lambda text: violations.append(text))
+        context.add_init_script(_REPORT_CSP_VIOLATIONS)
+        opened = context.new_page()
+        opened.on(
+            "console",
+            lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None,
+        )
+        yield opened
+        context.close()
+        browser.close()
+    assert not violations, f"the pages broke the Content-Security-Policy: {violations}"

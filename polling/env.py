@@ -6,6 +6,7 @@ value fails at start with a message naming the variable, not later with a KeyErr
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 from django.core.exceptions import ImproperlyConfigured
@@ -75,6 +76,20 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if value is None or value.strip() == "":
         return list(default)
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_networks(name: str, default: list[str]) -> list[str]:
+    """Addresses and networks ("127.0.0.1", "10.0.0.0/8", "::1"), checked at start; "none": an empty list."""
+    value = os.environ.get(name)
+    if value is not None and value.strip().lower() == "none":
+        return []
+    items = env_list(name, default)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not an IP address or network (10.0.0.0/8).") from None
+    return items
 
 
 def parse_rate(rate: str | None) -> tuple[int, int] | None:

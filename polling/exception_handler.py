@@ -19,6 +19,7 @@ from polls.exceptions import (
     IdempotencyKeyReused,
     IdempotencyUnavailable,
     InvalidChoices,
+    InvalidPoll,
     MediaTypeUnsupported,
     OptionOutOfRange,
     PollClosed,
@@ -51,6 +52,8 @@ def error_answer(exc: BaseException) -> tuple[int, dict, dict[str, str]] | None:
     if isinstance(exc, OptionOutOfRange):
         # Shaped like a serializer error, since it is one: the option field is wrong.
         return status.HTTP_400_BAD_REQUEST, {"option": [str(exc)]}, {}
+    if isinstance(exc, InvalidPoll):
+        return status.HTTP_400_BAD_REQUEST, {exc.field: [str(exc)]}, {}
     if isinstance(exc, InvalidChoices):
         return status.HTTP_400_BAD_REQUEST, {"options": [str(exc)]}, {}
     if isinstance(exc, BallotInvalid):

@@ -12,13 +12,16 @@ a client cannot grow the series without bound by sending odd paths.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import logging
 import re
 import time
 
 from django.conf import settings
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.urls import Resolver404, resolve
+from django.utils.crypto import constant_time_compare
 from django.views.decorators.http import require_safe
 from prometheus_client import (
     CollectorRegistry,
@@ -285,8 +288,9 @@ access_logger = logging.getLogger("polling.access")
 class RequestMetricsMiddleware:
     """Counts and times every HTTP request by view, method and status; writes the access log.
 
-    First in MIDDLEWARE, so the time includes the other middleware and the answers they
-    give themselves (413 for a large body, a probe's answer). The access log goes
+    First in MIDDLEWARE after the security headers, so the time includes the other
+    middleware and the answers they give themselves (413 for a large body, a probe's
+    answer). The access log goes
     through logging (JSON in production) in place of daphne's own plain-text one, which
     the image turns off (``daphne -v 0``). It leaves out the client's address, as the
     vote history does.
@@ -318,6 +322,45 @@ def request_observed(*, view: str, method: str, path: str, status: int, seconds:
 
 @require_safe
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """The web process's metrics in Prometheus' text format (OpenMetrics when asked)."""
+    """The web process's metrics in Prometheus' text format (OpenMetrics when asked), for operators only."""
+    if not metrics_allowed(request):
+        return JsonResponse({"detail": METRICS_REFUSED}, status=403)
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return HttpResponse(encoder(WEB_REGISTRY), content_type=content_type)
+
+
+METRICS_REFUSED = (
+    "Metrics are served only to the addresses in METRICS_ALLOWED_ADDRESSES (loopback by default), "
+    "not through a proxy, or with Authorization: Bearer <METRICS_TOKEN>."
+)
+# Headers a reverse proxy adds: behind one, the peer's address is the proxy's (often
+# loopback), so it says nothing about the client.
+_PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP", "HTTP_X_FORWARDED_HOST")
+
+
+def metrics_allowed(request: HttpRequest) -> bool:
+    """Whether the request may read the metrics: it carries METRICS_TOKEN as a bearer
+    token, or it comes straight (no proxy headers) from METRICS_ALLOWED_ADDRESSES.
+
+    Even global counters tell an outsider too much: on a quiet server the votes accepted
+    since the last scrape are one poll's votes, which that poll may hold back.
+    """
+    token = settings.METRICS_TOKEN
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and constant_time_compare(given.strip(), token):
+            return True
+    if any(header in request.META for header in _PROXY_HEADERS):
+        return False
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR") or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in _networks(tuple(settings.METRICS_ALLOWED_ADDRESSES)))
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(items: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(item, strict=False) for item in items]

@@ -1,11 +1,17 @@
 from django.conf import settings
 from django.db import connections
 from django.http import JsonResponse
+from django.middleware.security import SecurityMiddleware
+from django.utils.http import parse_header_parameters
+
+from polling.asgi_limits import too_large_detail
+from polling.strict import TOO_DEEP, json_too_deep
 
 
 class BodySizeLimitMiddleware:
     """Answer 413 to a request whose declared body exceeds API_MAX_BODY_BYTES, 411 to one
-    sent chunked.
+    sent chunked. Under ASGI, polling.asgi_limits refuses a body past its limit before
+    it is received whole; this check is what the WSGI (gunicorn) process has.
 
     DRF's parsers read the body as a stream and so bypass Django's
     DATA_UPLOAD_MAX_MEMORY_SIZE; this check runs before any of it is parsed. Django and
@@ -30,10 +36,25 @@ class BodySizeLimitMiddleware:
         except ValueError:
             return JsonResponse({"detail": "Content-Length is not a number."}, status=400)
         if length > limit:
-            return JsonResponse(
-                {"detail": f"Request body too large: {length} bytes, at most {limit} accepted."},
-                status=413,
-            )
+            return JsonResponse({"detail": too_large_detail(limit, length)}, status=413)
+        return self.get_response(request)
+
+
+class JSONDepthMiddleware:
+    """Answer 400 to a JSON body nested deeper than polling.strict.JSON_MAX_DEPTH, on every
+    endpoint, before any view reads it: Python's parser recurses per level and a deep
+    enough body was a RecursionError (500). After BodySizeLimitMiddleware, so the body
+    read here is within API_MAX_BODY_BYTES.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        media_type, _ = parse_header_parameters(request.META.get("CONTENT_TYPE", ""))
+        is_json = media_type == "application/json" or media_type.endswith("+json")
+        if is_json and request.META.get("CONTENT_LENGTH") not in (None, "", "0") and json_too_deep(request.body):
+            return JsonResponse({"detail": TOO_DEEP}, status=400)
         return self.get_response(request)
 
 
@@ -61,3 +82,32 @@ class ReleaseDatabaseConnectionMiddleware:
                 # connection is still in use: leave it to whoever opened the block.
                 if not connection.in_atomic_block:
                     connection.close_if_unusable_or_obsolete()
+
+
+class SecurityHeadersMiddleware(SecurityMiddleware):
+    """Security headers on every response: Django's (nosniff, Referrer-Policy, COOP, HSTS
+    over HTTPS), X-Frame-Options, and the Content-Security-Policy of CONTENT_SECURITY_POLICY.
+
+    Listed first, so that the probes and /metrics, answered ahead of the rest of the
+    chain, get them too. Django's SecurityMiddleware stays after the probes for the
+    HTTPS redirect (a probe over plain HTTP must not be redirected), and
+    XFrameOptionsMiddleware for its exemptions (and `check --deploy`). A view that sets
+    its own Content-Security-Policy or X-Frame-Options header keeps it.
+    """
+
+    def __init__(self, get_response):
+        super().__init__(get_response)
+        self.frame_options = settings.X_FRAME_OPTIONS
+        self.content_security_policy = "; ".join(
+            " ".join([directive, *sources]) for directive, sources in settings.CONTENT_SECURITY_POLICY.items()
+        )
+
+    def process_request(self, request):
+        return None
+
+    def process_response(self, request, response):
+        response = super().process_response(request, response)
+        if not getattr(response, "xframe_options_exempt", False):
+            response.headers.setdefault("X-Frame-Options", self.frame_options)
+        response.headers.setdefault("Content-Security-Policy", self.content_security_policy)
+        return response

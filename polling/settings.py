@@ -7,12 +7,13 @@ variable.
 """
 
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from polling.env import env_bool, env_float, env_int, env_list, env_rate, env_str
+from polling.env import env_bool, env_float, env_int, env_list, env_networks, env_rate, env_str
 from polling.logging import log_format, logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -42,6 +43,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    # Throttles admin logins (see ADMIN_LOGIN_* below).
+    "axes",
     "polls",
     "leaderboard",
     "realtime",
@@ -49,6 +52,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "polling.middleware.BodySizeLimitMiddleware",
+    "polling.middleware.JSONDepthMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # The admin's and Swagger UI's files (see STATIC_ROOT below).
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -58,6 +62,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Answers a locked-out login attempt (429); last, as django-axes asks.
+    "axes.middleware.AxesMiddleware",
     "polling.middleware.ReleaseDatabaseConnectionMiddleware",
 ]
 
@@ -70,7 +76,8 @@ APPEND_SLASH = False
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # The project's own pages beside the apps' (the API docs' page).
+        "DIRS": [BASE_DIR / "polling" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -125,6 +132,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "polling" / "static"]
 # The web and REST processes serve the static files themselves (WhiteNoise): neither
 # daphne nor gunicorn serves them, and without them the admin had no styles or scripts
 # and /api/docs no Swagger UI. They are found where the apps keep them, so no
@@ -301,6 +309,22 @@ CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Sent on every response (polling.middleware.SecurityHeadersMiddleware): scripts, styles
+# and everything else from this site's own files only, no inline code, no framing. New
+# pages inherit it; one that needs more sets its own header (docs/security.md).
+CONTENT_SECURITY_POLICY = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    # data: for the icons Swagger UI and the live page draw inline.
+    "img-src": ["'self'", "data:"],
+    # 'self' covers ws:// and wss:// of the same host (the live page's WebSocket).
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
 # Off by default so that plain-HTTP setups (compose on localhost, tests) work; turn on
 # behind TLS. `manage.py check --deploy` passes with the values in .env.example.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
@@ -311,6 +335,21 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 _proxy_ssl_header = env_list("SECURE_PROXY_SSL_HEADER", [])
 SECURE_PROXY_SSL_HEADER = tuple(_proxy_ssl_header) if len(_proxy_ssl_header) == 2 else None
 
+# Admin logins throttled by django-axes: after ADMIN_LOGIN_FAILURE_LIMIT wrong passwords
+# for one username from one address, that pair is refused (429), the right password too,
+# until ADMIN_LOGIN_LOCKOUT_MINUTES pass without another try. Attempts are kept in the
+# database (SQLite or PostgreSQL alike; staff see them in the admin), not in the cache.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("ADMIN_LOGIN_LOCKOUT_MINUTES", 15.0, minimum=0.1))
+# The pair, not the address alone: everyone behind one NAT or proxy shares an address,
+# and one attacker there would lock every moderator out.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+# No start-up banner (a process's log is one JSON object a line); lockouts still warn.
+AXES_VERBOSE = False
+
 # --- Operations ------------------------------------------------------------------------
 
 # Logs go to stderr: one JSON object per line in production (for log collectors), plain
@@ -319,9 +358,10 @@ LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOG_FORMAT = log_format(debug=DEBUG)
 LOGGING = logging_config(level=LOG_LEVEL, fmt=LOG_FORMAT)
 
-# Request metrics time the whole stack, so their middleware comes first; probes and
-# scrapes are answered next, ahead of the Host header check (see polling.health).
+# Every response gets the security headers; request metrics time the rest of the stack;
+# probes and scrapes are answered next, ahead of the Host header check (see polling.health).
 MIDDLEWARE = [
+    "polling.middleware.SecurityHeadersMiddleware",
     "polling.metrics.RequestMetricsMiddleware",
     "polling.health.ProbeMiddleware",
     *(name for name in MIDDLEWARE if name not in ("polling.metrics.RequestMetricsMiddleware", "polling.health.ProbeMiddleware")),
@@ -331,6 +371,14 @@ MIDDLEWARE = [
 ACCESS_LOG = env_bool("ACCESS_LOG", True)
 # How long /readyz waits for each service (they are checked side by side).
 READYZ_TIMEOUT = env_float("READYZ_TIMEOUT", 1.0, minimum=0.1)
+# Who may read the web and REST processes' /metrics: a client whose own address (not a
+# forwarded one) is in these networks and whose request came through no proxy, or one
+# that sends "Authorization: Bearer <METRICS_TOKEN>". Loopback only by default; "none"
+# leaves the token alone. See docs/security.md.
+METRICS_ALLOWED_ADDRESSES = env_networks("METRICS_ALLOWED_ADDRESSES", ["127.0.0.1", "::1"])
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+if METRICS_TOKEN is not None and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters long (a random secret).")
 # The vote worker serves its Prometheus metrics on this port; 0 turns that off.
 WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0, minimum=0)
 # Seconds between the vote worker's progress lines (votes applied, batches, lag); 0: none.

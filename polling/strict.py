@@ -7,8 +7,54 @@ log should refuse all of these with a clear 400 instead.
 
 from __future__ import annotations
 
+import json
+import re
+from itertools import accumulate
+from typing import Any
+
 from rest_framework import serializers
 from rest_framework.request import Request
+
+# Deepest nesting of arrays and objects a client's JSON may have: the API's bodies nest
+# two levels, and Python's parser recurses per level until a RecursionError (a 500).
+JSON_MAX_DEPTH = 32
+TOO_DEEP = f"JSON nested deeper than {JSON_MAX_DEPTH} levels (arrays and objects) is refused."
+
+
+class JSONTooDeep(ValueError):
+    def __init__(self) -> None:
+        super().__init__(TOO_DEEP)
+
+
+# A JSON string, escapes and all. The closing quote is optional so that an unterminated
+# string ends the scan instead of making the search start again at every later quote.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+# +1 for an opening bracket, -1 for a closing one, by byte value.
+_STEP = [1 if byte in b"[{" else -1 if byte in b"]}" else 0 for byte in range(256)]
+
+
+def json_too_deep(data: bytes | str, limit: int = JSON_MAX_DEPTH) -> bool:
+    """Whether the JSON text nests arrays and objects deeper than `limit`, read without parsing it.
+
+    Brackets inside strings do not count. Text with no more opening brackets than the
+    limit is answered by counting alone, which is what nearly every request has.
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > limit
+
+
+def json_loads(data: bytes | str) -> Any:
+    """json.loads that refuses (JSONTooDeep, a ValueError) JSON nested deeper than JSON_MAX_DEPTH."""
+    if json_too_deep(data):
+        raise JSONTooDeep()
+    try:
+        return json.loads(data)
+    except RecursionError:  # only where the interpreter's recursion limit is set very low
+        raise JSONTooDeep() from None
 
 
 class StrictIntegerField(serializers.IntegerField):

@@ -2,7 +2,7 @@
 
 from functools import partial
 
-from django.conf import settings
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
@@ -11,15 +11,20 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from polls.exceptions import InvalidPoll
 from polls.exports import results_csv
 from polls.models import AuditEntry, Option, Poll, Vote
-from polls.selectors import poll_get, poll_totals
-from polls.services import poll_set_hidden, poll_set_status
+from polls.selectors import poll_get, poll_results_visible, poll_totals
+from polls.services import poll_options_clean, poll_question_clean, poll_set_hidden, poll_set_status
+
+
+# The audit note of an export of counts that the poll still held back from the public.
+HELD_BACK_NOTE = "Results not yet public (held back until the viewer votes or the poll closes)."
 
 
 class OptionInlineFormSet(BaseInlineFormSet):
-    """A poll's options as the API makes them: positions 1..N without a gap, 2 to
-    POLL_MAX_OPTIONS of them, and max_choices within N.
+    """A poll's options as the API makes them: positions 1..N without a gap, and the
+    rules of polls.services.poll_options_clean (their number and text, max_choices).
 
     The vote path checks a ballot's option against the number of options only, so a gap
     (1, 2, 7) let a vote for option 3 be answered 204 and then refused by the worker.
@@ -31,24 +36,38 @@ class OptionInlineFormSet(BaseInlineFormSet):
             return  # the fields' own errors first
         if self.instance.pk is not None and (self.instance.version > 0 or not self.has_changed()):
             return  # a poll with votes keeps its options as they are, and so does one whose options were not touched
-        positions = []
+        kept = []  # (position, form) of each option the poll keeps
         for form in self.forms:
             cleaned = getattr(form, "cleaned_data", None) or {}
             if cleaned.get("DELETE"):
                 continue
             if form.instance.pk is not None:  # an existing option, perhaps shown read-only
-                positions.append(cleaned.get("position", form.instance.position))
+                kept.append((cleaned.get("position", form.instance.position), form))
             elif cleaned:  # a new one that was filled in
-                positions.append(cleaned["position"])
-        positions.sort()
-        if not 2 <= len(positions) <= settings.POLL_MAX_OPTIONS:
-            raise ValidationError(f"A poll has 2 to {settings.POLL_MAX_OPTIONS} options; this one would have {len(positions)}.")
+                kept.append((cleaned["position"], form))
+        kept.sort(key=lambda pair: pair[0])
+        positions = [position for position, _ in kept]
         if positions != list(range(1, len(positions) + 1)):
             raise ValidationError(
                 f"Options are numbered 1 to {len(positions)} without a gap; these are {', '.join(map(str, positions))}."
             )
-        if not 1 <= self.instance.max_choices <= len(positions):
-            raise ValidationError(f"Max choices must be between 1 and the number of options ({len(positions)}).")
+        try:
+            texts = poll_options_clean(
+                options=[form.cleaned_data.get("text", form.instance.text) for _, form in kept],
+                max_choices=self.instance.max_choices,
+            )
+        except InvalidPoll as refused:
+            raise ValidationError(str(refused)) from None
+        for (_, form), text in zip(kept, texts, strict=True):
+            form.instance.text = text  # as the API stores it (the form built the instance already)
+
+
+class PollAdminForm(forms.ModelForm):
+    def clean_question(self):
+        try:
+            return poll_question_clean(question=self.cleaned_data["question"])
+        except InvalidPoll as refused:
+            raise ValidationError(str(refused)) from None
 
 
 class OptionInline(admin.TabularInline):
@@ -81,7 +100,8 @@ class AuditEntryInline(admin.TabularInline):
 
 @admin.register(Poll)
 class PollAdmin(admin.ModelAdmin):
-    list_display = ["id", "question", "status", "hidden", "total_votes", "one_vote_per", "results_visibility", "created_at"]
+    form = PollAdminForm
+    list_display = ["id", "question_isolated", "status", "hidden", "total_votes", "one_vote_per", "results_visibility", "created_at"]
     list_filter = ["status", "hidden", "one_vote_per", "results_visibility", ("created_at", admin.DateFieldListFilter)]
     search_fields = ["question", "options__text"]
     date_hierarchy = "created_at"
@@ -107,6 +127,11 @@ class PollAdmin(admin.ModelAdmin):
         if any(poll.version > 0 for poll in objs):
             return [], {}, {Vote._meta.verbose_name}, []
         return super().get_deleted_objects(objs, request)
+
+    @admin.display(description="question", ordering="question")
+    def question_isolated(self, poll):
+        # Isolated: the question's bidi controls cannot reorder the row around it.
+        return format_html("<bdi>{}</bdi>", poll.question)
 
     @admin.display(description="votes", ordering="total")
     def total_votes(self, poll):
@@ -142,9 +167,12 @@ class PollAdmin(admin.ModelAdmin):
     def export_results_csv(self, request, queryset):
         parts = []
         for poll in queryset.order_by("id"):
-            csv_text = results_csv(poll_totals(poll=poll_get(poll_id=poll.pk, include_hidden=True)))
+            poll = poll_get(poll_id=poll.pk, include_hidden=True)
+            csv_text = results_csv(poll_totals(poll=poll))
             parts.append(csv_text if not parts else csv_text.split("\n", 1)[1])
-            AuditEntry.objects.create(poll=poll, action=AuditEntry.Action.EXPORT, actor=request.user)
+            # Staff may read counts the public may not see yet: the trail says when they did.
+            note = "" if poll_results_visible(poll=poll, voter=None) else HELD_BACK_NOTE
+            AuditEntry.objects.create(poll=poll, action=AuditEntry.Action.EXPORT, actor=request.user, note=note)
         response = HttpResponse("".join(parts), content_type="text/csv; charset=utf-8")
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         response["Content-Disposition"] = f'attachment; filename="poll-results-{stamp}.csv"'

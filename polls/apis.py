@@ -5,8 +5,12 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import HttpResponse
 from django.utils import timezone
+from django.utils.http import parse_header_parameters
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.authentication import CSRFCheck
+from rest_framework.exceptions import UnsupportedMediaType
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.request import Request
@@ -106,14 +110,7 @@ class PollsApi(APIView):
                 options = numbered
             else:
                 options = listed
-            if len(options) < 2:
-                raise serializers.ValidationError({"options": ["A poll needs at least 2 options: give option1 and option2."]})
-            if len(options) > maximum:
-                raise serializers.ValidationError({"options": [f"A poll has at most {maximum} options."]})
-            if len({text.casefold() for text in options}) != len(options):
-                raise serializers.ValidationError({"options": ["Options must differ from one another."]})
-            if attrs["max_choices"] > len(options):
-                raise serializers.ValidationError({"max_choices": [f"Ensure this value is at most the number of options ({len(options)})."]})
+            # Their number, their text and max_choices: polls.services.poll_options_clean.
             closes_at = attrs.get("closes_at")
             if closes_at is not None and closes_at <= timezone.now():
                 raise serializers.ValidationError({"closes_at": ["Must be in the future."]})
@@ -166,9 +163,13 @@ class PollDetailApi(APIView):
         examples=[docs.POLL_EXAMPLE],
     )
     def get(self, request: Request, poll_id: int) -> Response:
-        poll = poll_get(poll_id=poll_id)
-        visible = poll_results_visible(poll=poll, voter=voter_from_request(request))
-        return Response(poll_totals(poll=poll, visible=visible))
+        return Response(_poll_as_seen(request, poll_id))
+
+
+def _poll_as_seen(request: Request, poll_id: int) -> dict:
+    """The poll as this caller may see it: counts it holds back from them are null."""
+    poll = poll_get(poll_id=poll_id)
+    return poll_totals(poll=poll, visible=poll_results_visible(poll=poll, voter=voter_from_request(request)))
 
 
 class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
@@ -217,7 +218,10 @@ class PollStatusApi(APIView):
         request=None,
         responses={200: docs.PollSerializer, 401: docs.ErrorSerializer, 403: docs.ErrorSerializer, 404: docs.ErrorSerializer},
         description=(
-            "Closes or reopens the poll. The server that answers refuses or accepts votes from then on; "
+            "Closes or reopens the poll and answers it as GET /polls/{id} shows it to the caller: counts "
+            "the poll holds back from the caller are null, for its creator and staff too, also when nothing "
+            "changed (closing a closed poll, reopening an open one). "
+            "The server that answers refuses or accepts votes from then on; "
             "other server processes may go on answering votes as before for up to VOTE_TARGET_CACHE_SECONDS "
             "(1 s by default), and the votes they accept are counted."
         ),
@@ -225,8 +229,10 @@ class PollStatusApi(APIView):
     def post(self, request: Request, poll_id: int) -> Response:
         poll = poll_get(poll_id=poll_id)
         self.check_object_permissions(request, poll)
-        poll = poll_set_status(poll=poll, status=self.status_to_set, actor=request.user)
-        return Response(poll_totals(poll=poll_get(poll_id=poll.pk)))
+        poll_set_status(poll=poll, status=self.status_to_set, actor=request.user)
+        # As GET /polls/{id} shows it: moderating a poll is no way to read the counts it
+        # holds back (an open after_close poll, reopened again and again).
+        return Response(_poll_as_seen(request, poll.pk))
 
 
 class PollExportApi(APIView):
@@ -253,12 +259,40 @@ class VoterTokenApi(APIView):
     """`POST /voters`: a new anonymous voter token, for one-vote-per-voter polls."""
 
     @extend_schema(
-        request=None,
-        responses={201: inline_serializer("VoterToken", {"voter_token": serializers.CharField()})},
+        request={"application/json": OpenApiTypes.ANY},
+        responses={201: inline_serializer("VoterToken", {"voter_token": serializers.CharField()}), 415: docs.ErrorSerializer},
         examples=[OpenApiExample("A token", value={"voter_token": "kq3…:Xb1…"}, response_only=True)],
+        description=(
+            "Sent as Content-Type: application/json (the body is ignored and may be empty), or with "
+            "Django's CSRF token (X-CSRFToken); anything else is 415, so that no page of another site "
+            "can replace a browser's voter cookie."
+        ),
     )
     def post(self, request: Request) -> Response:
+        _require_json_or_csrf(request)
         _, signed = voter_token_issue()
         response = Response({"voter_token": signed}, status=status.HTTP_201_CREATED)
         set_voter_cookie(response, signed)
         return response
+
+
+def _require_json_or_csrf(request: Request) -> None:
+    """Refuse (415) what a page of another site can send without asking: an HTML form
+    (urlencoded, multipart, text/plain) or a fetch with no Content-Type. A JSON body
+    needs a CORS preflight that this server never grants; a valid CSRF token comes only
+    from this site's own pages.
+    """
+    media_type, _ = parse_header_parameters(request.META.get("CONTENT_TYPE", ""))
+    if media_type == "application/json":
+        return
+    check = CSRFCheck(lambda _request: None)
+    check.process_request(request._request)  # sets the expected token from the cookie
+    if check.process_view(request._request, None, (), {}) is None:
+        return
+    raise UnsupportedMediaType(
+        media_type or "(none)",
+        detail=(
+            f"Send this request with Content-Type: application/json (not {media_type or 'none'}; the body may be "
+            "empty), or with a CSRF token: a form of another site must not replace your voter cookie."
+        ),
+    )

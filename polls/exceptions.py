@@ -24,6 +24,14 @@ class OptionOutOfRange(PollError):
         super().__init__(f"Option {option} does not exist: this poll has options 1 to {count}.")
 
 
+class InvalidPoll(PollError):
+    """A question or options a poll cannot have; `field` names the one at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
 class InvalidChoices(PollError):
     """A ballot with too many choices, or the same option twice."""
 

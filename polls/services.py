@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Count, F, OuterRef, Subquery
@@ -17,11 +18,12 @@ from django.utils import timezone
 
 from polls.bus import get_vote_bus
 from polls.events import VoteEvent
-from polls.exceptions import AlreadyVoted, InvalidChoices, OptionOutOfRange, PollClosed, SignInRequired
+from polls.exceptions import AlreadyVoted, InvalidChoices, InvalidPoll, OptionOutOfRange, PollClosed, SignInRequired
 from polls.idempotency import idempotency_claim
 from polls.models import AuditEntry, Option, Poll, Vote, poll_total_reset
 from polls.selectors import VoteTarget, poll_is_open, poll_vote_target, poll_vote_target_cached, vote_target_forget
 from polls.sql import column, columns, placeholders, table
+from polls.texts import text_is_invisible, text_normalize, text_skeleton
 from polls.voters import Voter
 from realtime.broadcast import broadcast_polls_on_commit
 
@@ -36,7 +38,13 @@ def poll_create(
     max_choices: int = 1,
     created_by: AbstractBaseUser | None = None,
 ) -> Poll:
-    """Create a poll with its options numbered 1..N in the given order."""
+    """Create a poll with its options numbered 1..N in the given order.
+
+    Raises InvalidPoll for a question or options that poll_question_clean or
+    poll_options_clean refuse; stores them as those return them.
+    """
+    question = poll_question_clean(question=question)
+    options = poll_options_clean(options=options, max_choices=max_choices)
     with transaction.atomic():
         poll = Poll.objects.create(
             question=question,
@@ -50,6 +58,49 @@ def poll_create(
             Option(poll=poll, position=position, text=text) for position, text in enumerate(options, start=1)
         )
     return poll
+
+
+def _text_clean(text: str, *, field: str, what: str, max_length: int) -> str:
+    stored = text_normalize(text)
+    if text_is_invisible(stored):
+        raise InvalidPoll(field, f"{what} has no visible text.")
+    if len(stored) > max_length:
+        raise InvalidPoll(field, f"{what} is longer than {max_length} characters.")
+    return stored
+
+
+def poll_question_clean(*, question: str) -> str:
+    """The question as stored (see polls.texts.text_normalize); raises InvalidPoll when
+    it shows nothing (whitespace, zero-width or bidi controls only) or is too long."""
+    return _text_clean(
+        question, field="question", what="The question", max_length=Poll._meta.get_field("question").max_length
+    )
+
+
+def poll_options_clean(*, options: Sequence[str], max_choices: int) -> list[str]:
+    """The options as stored, in order; raises InvalidPoll for fewer than 2 or more than
+    POLL_MAX_OPTIONS of them, one that shows nothing, two that look alike (the same
+    polls.texts.text_skeleton: `Red`, `red`, `Ｒｅｄ`, `Red` with a zero-width space), or a
+    max_choices outside 1..their number.
+
+    The one place these rules live: the API and the admin both call it.
+    """
+    maximum = settings.POLL_MAX_OPTIONS
+    if not 2 <= len(options) <= maximum:
+        raise InvalidPoll("options", f"A poll has 2 to {maximum} options; this one has {len(options)}.")
+    max_length = Option._meta.get_field("text").max_length
+    stored = [
+        _text_clean(text, field="options", what=f"Option {position}", max_length=max_length)
+        for position, text in enumerate(options, start=1)
+    ]
+    first_with: dict[str, int] = {}
+    for position, text in enumerate(stored, start=1):
+        earlier = first_with.setdefault(text_skeleton(text), position)
+        if earlier != position:
+            raise InvalidPoll("options", f"Options {earlier} and {position} look the same; options must differ from one another.")
+    if not 1 <= max_choices <= len(stored):
+        raise InvalidPoll("max_choices", f"Max choices must be between 1 and the number of options ({len(stored)}).")
+    return stored
 
 
 def poll_set_status(*, poll: Poll, status: str, actor: AbstractBaseUser | None = None) -> Poll:

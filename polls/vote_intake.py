@@ -16,6 +16,7 @@ satisfy or asks for indentation, a `format` query parameter, a script prefix.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -27,13 +28,14 @@ from django.core.exceptions import DisallowedHost
 from django.core.signals import setting_changed
 from django.http import HttpRequest, HttpResponse
 from django.http.cookie import parse_cookie
-from django.middleware.clickjacking import XFrameOptionsMiddleware
-from django.middleware.security import SecurityMiddleware
 from rest_framework.exceptions import Throttled
 from rest_framework.utils.mediatypes import media_type_matches
 
+from polling.asgi_limits import BodySizeLimit
 from polling.exception_handler import error_answer
 from polling.metrics import request_observed, vote_accepted, vote_refused
+from polling.middleware import SecurityHeadersMiddleware
+from polling.strict import TOO_DEEP, json_too_deep
 from polling.throttles import VoteAddressRateThrottle, VoteVoterRateThrottle, throttles_check, throttles_wait_for_cache
 from polls.apis import set_voter_cookie, voter_cookie_token
 from polls.ballots import ballot_read, idempotency_key
@@ -63,7 +65,8 @@ class VoteIntake:
             if match:
                 request = VoteRequest(scope)
                 if not _needs_django(request):
-                    await _vote(request, int(match[1]), receive, send)
+                    # A body past its limit is refused as Django's are (polling.asgi_limits).
+                    await BodySizeLimit(functools.partial(_vote, request, int(match[1])))(scope, receive, send)
                     return
         await self.app(scope, receive, send)
 
@@ -124,7 +127,7 @@ def _needs_django(request: VoteRequest) -> bool:
     return False
 
 
-async def _vote(request: VoteRequest, poll_id: int, receive, send) -> None:
+async def _vote(request: VoteRequest, poll_id: int, scope, receive, send) -> None:
     started = time.perf_counter()
     try:
         status, body, headers = await _answer(request, poll_id, receive)
@@ -138,19 +141,20 @@ async def _vote(request: VoteRequest, poll_id: int, receive, send) -> None:
 
 
 async def _answer(request: VoteRequest, poll_id: int, receive) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    # polling.middleware.BodySizeLimitMiddleware's answers, from outside the rest of the chain.
-    meta, limit = request.META, settings.API_MAX_BODY_BYTES
+    # Read first, as Django's handler does (BodySizeLimit refuses a body past its limit),
+    # then the answers of polling.middleware's BodySizeLimitMiddleware and
+    # JSONDepthMiddleware, which come before the view.
+    body = await _read_body(receive)
+    meta = request.META
     if "CONTENT_LENGTH" not in meta and meta.get("HTTP_TRANSFER_ENCODING"):
-        return _plain(411, "Send the body with a Content-Length header: a chunked body is not read.")
+        return _plain(request, 411, "Send the body with a Content-Length header: a chunked body is not read.")
     try:
-        length = int(meta.get("CONTENT_LENGTH") or 0)
+        int(meta.get("CONTENT_LENGTH") or 0)
     except ValueError:
-        return _plain(400, "Content-Length is not a number.")
-    if length > limit:
-        return _plain(413, f"Request body too large: {length} bytes, at most {limit} accepted.")
-    body = await _read_body(receive, limit)
-    if body is None:
-        return _plain(413, f"Request body too large: more than {limit} bytes, at most {limit} accepted.")
+        return _plain(request, 400, "Content-Length is not a number.")
+    media_type = meta.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+    if (media_type == "application/json" or media_type.endswith("+json")) and body and json_too_deep(body):
+        return _plain(request, 400, TOO_DEEP)
 
     new_token = None
     try:
@@ -169,7 +173,7 @@ async def _answer(request: VoteRequest, poll_id: int, receive) -> tuple[int, byt
         answer = error_answer(exc)
         if answer is None:
             logger.exception("vote on poll %s failed", poll_id)
-            return _plain(500, "Internal server error.")
+            return _plain(request, 500, "Internal server error.")
         vote_refused(exc)
         status, data, extra = answer
         headers = [*_common_headers(request), _JSON, *((k.lower().encode(), v.encode("latin1")) for k, v in extra.items())]
@@ -181,25 +185,21 @@ async def _answer(request: VoteRequest, poll_id: int, receive) -> tuple[int, byt
     return 204, b"", headers
 
 
-async def _read_body(receive, limit: int) -> bytes | None:
-    """The request's body, or None as soon as it passes `limit` bytes (nothing more is kept)."""
-    chunks, size = [], 0
+async def _read_body(receive) -> bytes:
+    """The request's body (BodySizeLimit's receive raises once it passes the limit)."""
+    chunks = []
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ConnectionResetError("the client went away before sending its vote")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+        chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             return b"".join(chunks)
 
 
-def _plain(status: int, detail: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """An answer of the middleware outside the security headers' (a JsonResponse)."""
-    return status, json.dumps({"detail": detail}).encode(), [_JSON]
+def _plain(request: VoteRequest, status: int, detail: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """An answer of a middleware before the view (a JsonResponse): no view headers."""
+    return status, json.dumps({"detail": detail}).encode(), [_JSON, *_security_headers_for(request)]
 
 
 def _render(data) -> bytes:
@@ -227,20 +227,22 @@ _cookie_attributes: tuple[int, str] = (0, "")
 _security_headers: dict[bool, list[tuple[bytes, bytes]]] = {}
 
 
-def _common_headers(request: VoteRequest) -> list[tuple[bytes, bytes]]:
-    """The view's headers and those the project's middleware adds to its answers (by
-    SecurityMiddleware and XFrameOptionsMiddleware themselves, once per scheme)."""
+def _security_headers_for(request: VoteRequest) -> list[tuple[bytes, bytes]]:
+    """The headers polling.middleware.SecurityHeadersMiddleware adds to every answer,
+    made by that middleware itself, once per scheme."""
     secure = request.is_secure()
     headers = _security_headers.get(secure)
     if headers is None:
         response = HttpResponse()
         del response["Content-Type"]
-        for middleware in (SecurityMiddleware, XFrameOptionsMiddleware):
-            response = middleware(lambda request: response).process_response(request, response)
-        headers = _security_headers[secure] = [
-            *_VIEW_HEADERS, *((name.lower().encode(), value.encode("latin1")) for name, value in response.items())
-        ]
+        response = SecurityHeadersMiddleware(lambda request: response).process_response(request, response)
+        headers = _security_headers[secure] = [(name.lower().encode(), value.encode("latin1")) for name, value in response.items()]
     return headers
+
+
+def _common_headers(request: VoteRequest) -> list[tuple[bytes, bytes]]:
+    """The view's headers and the security headers."""
+    return [*_VIEW_HEADERS, *_security_headers_for(request)]
 
 
 def _forget_headers(**kwargs) -> None:

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
+from autobahn.exception import Disconnected
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from polling.strict import JSONTooDeep, json_loads
 from realtime.broadcast import get_broadcaster
 from realtime.events import (
     LEADERBOARD_UPDATED,
@@ -50,8 +51,14 @@ CLOSE_NOT_FOUND = 4404
 
 # Wrong messages a client may send (each answered with an error) before it is closed.
 _MAX_BAD_MESSAGES = 10
+# The longest message read from a client: the only one it may send is a ping.
+_MAX_MESSAGE_CHARS = 1024
+_ONLY_PING = 'The only message a client may send is {"type": "ping"}.'
 # Poll ids fit a 64-bit column; a longer number is "no such poll", not a database error.
 _MAX_ID_DIGITS = 18
+# What a send on a connection that is closing raises: ASGI asks servers for an OSError;
+# daphne lets autobahn's "Attempt to send on a closed protocol" through instead.
+_CLOSED_SOCKET_ERRORS = (OSError, Disconnected)
 
 
 class _ConnectionSlots:
@@ -134,6 +141,9 @@ class _LiveConsumer(AsyncJsonWebsocketConsumer):
     channel_layer_alias = None
     holds_slot = False
     bad_messages = 0
+    # Set once the server closed the socket, or a send found it closing: nothing more is
+    # answered, whatever the client's frames still queued here say.
+    closing = False
     # Highest version sent per poll on this connection: an update below it is stale.
     versions: dict[int, int]
 
@@ -178,7 +188,7 @@ class _LiveConsumer(AsyncJsonWebsocketConsumer):
     async def go_live(self, snapshot: dict[str, Any]) -> None:
         """Send the snapshot, then the group messages held back meanwhile, if newer."""
         await self.send_json(snapshot)
-        self.write_frame = socket_writer(self.base_send) if settings.WS_DIRECT_WRITE else None
+        self.write_frame = socket_writer(self.server_send) if settings.WS_DIRECT_WRITE else None
         held, self.held = self.held, None
         for event in held or ():
             self.deliver(event)
@@ -194,8 +204,21 @@ class _LiveConsumer(AsyncJsonWebsocketConsumer):
         await handler(message)
 
     async def __call__(self, scope, receive, send) -> None:
+        self.server_send = send  # the server's own, which socket_writer recognises
+
+        async def send_unless_closed(message: dict[str, Any]) -> None:
+            # The client may close (or its frames may still be queued here) while we
+            # answer: a send that finds the socket closing is dropped, not a traceback.
+            if self.closing and message["type"] == "websocket.send":
+                return
+            try:
+                await send(message)
+            except _CLOSED_SOCKET_ERRORS as exc:
+                self.closing = True
+                logger.debug("websocket %s dropped, the connection is closing: %r", message["type"], exc)
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_unless_closed)
         finally:
             # Here rather than in disconnect(): a consumer that is cancelled or crashes
             # never gets there, and its slot would be lost for the life of the process.
@@ -206,20 +229,32 @@ class _LiveConsumer(AsyncJsonWebsocketConsumer):
                 self.holds_slot = False
                 connection_slots.release()
 
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        self.closing = True
+        await super().close(code=code, reason=reason)
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         # Replaces the JSON consumer's receive, which raises on malformed JSON.
+        if self.closing:
+            return  # frames the client sent before it saw our close
         if text_data is None:
             await self._refuse("binary_not_supported", "Send JSON text frames, not binary ones.")
             return
+        if len(text_data) > _MAX_MESSAGE_CHARS:  # not a ping: refused unread
+            await self._refuse("unknown_message", f'{_ONLY_PING} This one has over {_MAX_MESSAGE_CHARS} characters.')
+            return
         try:
-            content = json.loads(text_data)
-        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested deep enough
+            content = json_loads(text_data)
+        except JSONTooDeep as exc:
+            await self._refuse("invalid_json", str(exc))
+            return
+        except ValueError:
             await self._refuse("invalid_json", "That message is not JSON.")
             return
         if isinstance(content, dict) and content.get("type") == "ping":
             await self.send_json({"type": PONG})
         else:
-            await self._refuse("unknown_message", 'The only message a client may send is {"type": "ping"}.')
+            await self._refuse("unknown_message", _ONLY_PING)
 
     async def _refuse(self, code: str, message: str) -> None:
         self.bad_messages += 1

@@ -18,8 +18,11 @@ class Answer:
         return json.loads(self.body)
 
 
-def request(method: str, url: str, body=None, *, headers: dict[str, str] | None = None, timeout: float = 30) -> Answer:
-    data = None if body is None else json.dumps(body).encode()
+def request(
+    method: str, url: str, body=None, *, raw: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 30
+) -> Answer:
+    """`body` is sent as JSON; `raw`, when given, as it is."""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(
         url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
     )

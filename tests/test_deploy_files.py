@@ -38,7 +38,7 @@ APP_SERVICES = ("migrate", "web", "rest", "worker")
 # The project's own Python packages (what the image must contain, and what is not a
 # third-party import).
 PROJECT_PACKAGES = ("polling", "polls", "leaderboard", "realtime")
-ENV_READERS = {"env_str", "env_rate", "env_bool", "env_int", "env_float", "env_list"}
+ENV_READERS = {"env_str", "env_rate", "env_bool", "env_int", "env_float", "env_list", "env_networks"}
 
 
 # --- Parsing ------------------------------------------------------------------------------

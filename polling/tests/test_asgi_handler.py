@@ -36,10 +36,12 @@ def test_the_chain_is_built_sync_with_no_adapter(caplog):
     assert not [r.getMessage() for r in caplog.records if "adapted" in r.getMessage()]
 
 
-def test_polling_asgi_serves_http_with_it():
+def test_polling_asgi_serves_http_with_it_behind_the_body_limit():
     from polling.asgi import django_asgi_app
+    from polling.asgi_limits import BodySizeLimit
 
-    assert isinstance(django_asgi_app, SyncChainASGIHandler)
+    assert isinstance(django_asgi_app, BodySizeLimit)
+    assert isinstance(django_asgi_app.app, SyncChainASGIHandler)
 
 
 def _scope(path: str, method: str = "GET", body: bytes = b"", headers: list | None = None) -> dict:

@@ -59,8 +59,8 @@ def test_the_export_action_downloads_csv(moderator):
     response = act(moderator, "export_results_csv", poll)
     assert response.status_code == 200
     lines = response.content.decode().splitlines()
-    assert lines[0] == "poll_id,question,position,option,votes,percent"
-    assert lines[2] == f"{poll.pk},Favourite colour?,2,Blue,1,100.0"
+    assert lines[0] == '"poll_id","question","position","option","votes","percent"'
+    assert lines[2] == f'"{poll.pk}","Favourite colour?","2","Blue","1","100.0"'
     assert AuditEntry.objects.filter(poll=poll, action="export").count() == 1
 
 
@@ -106,7 +106,7 @@ def new_poll_form(positions: list[int], max_choices: int = 1) -> dict:
 
 @pytest.mark.parametrize(("positions", "max_choices", "error"), [
     ([1, 2, 7], 1, "Options are numbered 1 to 3 without a gap; these are 1, 2, 7."),
-    ([1], 1, "A poll has 2 to 10 options; this one would have 1."),
+    ([1], 1, "A poll has 2 to 10 options; this one has 1."),
     ([1, 2], 3, "Max choices must be between 1 and the number of options (2)."),
 ])
 def test_a_poll_made_in_the_admin_gets_the_options_the_api_would_give_it(moderator, positions, max_choices, error):
@@ -174,3 +174,25 @@ def test_the_delete_page_of_a_poll_with_votes_refuses_without_reading_its_vote_r
     assert not [q for q in queries if 'FROM "polls_vote"' in q["sql"]]
     assert moderator.post(f"/admin/polls/poll/{poll.pk}/delete/", {"post": "yes"}).status_code == 403
     assert Poll.objects.filter(pk=poll.pk).exists() and Vote.objects.filter(poll=poll).count() == 50
+
+
+@pytest.mark.parametrize(("question", "texts", "error"), [
+    ("Made in the admin?", ["Red", "\uff32\uff45\uff44"], "Options 1 and 2 look the same"),
+    ("Made in the admin?", ["Red", "\u200b\u2066\u2069"], "Option 2 has no visible text."),
+    ("\u200b\u202e", ["Red", "Blue"], "The question has no visible text."),
+])
+def test_the_admin_refuses_the_text_the_api_refuses(moderator, question, texts, error):
+    get_user_model().objects.get(username="mod").user_permissions.add(
+        *Permission.objects.filter(codename__in=["add_poll", "add_option", "change_option"]))
+    form = new_poll_form([1, 2]) | {"question": question}
+    form |= {f"options-{index}-text": text for index, text in enumerate(texts)}
+    refused = moderator.post("/admin/polls/poll/add/", form)
+    assert refused.status_code == 200 and error in refused.content.decode()
+    assert not Poll.objects.exists()
+    form |= {"question": "Cafe\u0301 \u202eopen", "options-0-text": "Rose\u0301", "options-1-text": "Blue"}
+    assert moderator.post("/admin/polls/poll/add/", form).status_code == 302
+    poll = Poll.objects.get()
+    assert poll.question == "Caf\u00e9 \u202eopen\u202c"  # as the API stores it
+    assert list(poll.options.values_list("text", flat=True)) == ["Ros\u00e9", "Blue"]
+    listed = moderator.get("/admin/polls/poll/").content.decode()
+    assert "<bdi>Caf\u00e9 \u202eopen\u202c</bdi>" in listed

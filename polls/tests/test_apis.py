@@ -153,15 +153,18 @@ def test_leaderboard_default_limit_is_ten(client):
 # --- bad input: a clear 4xx, and nothing reaches Kafka --------------------------------
 
 
+LOOK_THE_SAME = "Options 1 and 2 look the same; options must differ from one another."
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     "body, status, error",
     [
         ({"option1": "a", "option2": "b"}, 400, {"question": ["This field is required."]}),
         ({"question": "  ", "option1": "a", "option2": "b"}, 400, {"question": ["This field may not be blank."]}),
-        ({"question": "q", "option1": "a"}, 400, {"options": ["A poll needs at least 2 options: give option1 and option2."]}),
+        ({"question": "q", "option1": "a"}, 400, {"options": ["A poll has 2 to 10 options; this one has 1."]}),
         ({"question": "q", "option1": "a", "option3": "c"}, 400, {"option2": ["Options must be consecutive from option1: option2 is missing."]}),
-        ({"question": "q", "option1": "a", "option2": "A"}, 400, {"options": ["Options must differ from one another."]}),
+        ({"question": "q", "option1": "a", "option2": "A"}, 400, {"options": [LOOK_THE_SAME]}),
         ({"question": "q" * 501, "option1": "a", "option2": "b"}, 400, {"question": ["Ensure this field has no more than 500 characters."]}),
         ({"question": "q", "option1": "a" * 201, "option2": "b"}, 400, {"option1": ["Ensure this field has no more than 200 characters."]}),
         ({"question": "q\x00", "option1": "a", "option2": "b"}, 400, {"question": ["Null characters are not allowed."]}),
@@ -173,6 +176,51 @@ def test_create_poll_refuses_bad_input(client, kafka_topic, body, status, error)
     response = post_json(client, "/polls", body)
     assert (response.status_code, response.json()) == (status, error)
     assert Poll.objects.count() == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        ("Red", "Red\u200b"),  # a zero-width space
+        ("Red", "\u2066Red\u2069"),  # bidi isolates around it
+        ("Red", "\uff32\uff45\uff44"),  # full-width
+        ("Red", "RED"),
+        ("Red", "R\u00ade\u034fd"),  # a soft hyphen, a combining grapheme joiner
+        ("caf\u00e9", "cafe\u0301"),  # NFC and NFD
+        ("Two words", "Two\u3000\u3000words"),  # ideographic spaces
+        ("\ufb01ve", "five"),  # the fi ligature
+    ],
+)
+def test_create_poll_refuses_options_that_look_the_same(client, first, second):
+    for body in ({"question": "q", "option1": first, "option2": second}, {"question": "q", "options": ["x", first, second]}):
+        response = post_json(client, "/polls", body)
+        assert response.status_code == 400
+        assert response.json()["options"][0].endswith("look the same; options must differ from one another.")
+    assert Poll.objects.count() == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("invisible", ["\u200b", "\u200b\u200c\u200d\u2060\ufeff", "\u202e\u202c", "\u2066\u2069\u200e",
+                                       "\u3164", "\u00a0\u200b", "\u2800", "\ufe0f"])
+def test_create_poll_refuses_text_made_only_of_invisible_characters(client, invisible):
+    question = post_json(client, "/polls", {"question": invisible, "option1": "a", "option2": "b"})
+    assert (question.status_code, question.json()) == (400, {"question": ["The question has no visible text."]})
+    option = post_json(client, "/polls", {"question": "q", "option1": "a", "option2": invisible})
+    assert (option.status_code, option.json()) == (400, {"options": ["Option 2 has no visible text."]})
+    assert Poll.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_create_poll_stores_nfc_text_with_its_bidi_controls_balanced(client):
+    body = {"question": "Qu'est-ce que c\u0327a ?", "options": ["cafe\u0301", "\u202eevil\u202c txt", "\u202eopen", "a\u202cb\u2069",
+                                                                "\u2067x\u202ay"]}
+    created = post_json(client, "/polls", body).json()
+    assert created["question"] == "Qu'est-ce que \u00e7a ?"
+    assert [option["text"] for option in created["options"]] == [
+        "caf\u00e9", "\u202eevil\u202c txt", "\u202eopen\u202c", "ab", "\u2067x\u202ay\u202c\u2069"]
+    poll = Poll.objects.get()
+    assert poll.question == created["question"] and poll.options.get(position=3).text == "\u202eopen\u202c"
 
 
 @pytest.mark.django_db

@@ -36,7 +36,7 @@ def test_polls_can_be_created_with_an_options_list_of_up_to_ten(client):
     assert [o["text"] for o in created["options"]][-1] == "1990s"
     body["options"].append("2000s")
     response = client.post("/polls", json.dumps(body), content_type="application/json")
-    assert (response.status_code, response.json()) == (400, {"options": ["A poll has at most 10 options."]})
+    assert (response.status_code, response.json()) == (400, {"options": ["A poll has 2 to 10 options; this one has 11."]})
     both = {"question": "q", "options": ["a", "b"], "option1": "c", "option2": "d"}
     assert client.post("/polls", json.dumps(both), content_type="application/json").json() == {
         "options": ["Give options either as a list or as option1..optionN, not both."]}

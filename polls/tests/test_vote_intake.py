@@ -88,6 +88,7 @@ def test_the_lean_path_answers_as_the_django_view_byte_for_byte(in_process_bus):
         (vote, b'[1]', JSON),
         (vote, b'{"option": 1', JSON),
         (vote, b'{"option": NaN}', JSON),
+        (vote, b'{"option": 1, "deep": ' + b"[" * 40 + b"]" * 40 + b"}", JSON),
         (vote, b"", [("content-type", "text/plain")]),
         (vote, b"option=1", [("content-type", "application/x-www-form-urlencoded")]),
         (vote, b'{"option": 1}', JSON + [("x-voter-token", "made-up:token")]),

@@ -34,7 +34,7 @@ def vote(client, poll, body, **headers):
 
 
 def voter_token(client) -> str:
-    response = client.post("/voters")
+    response = client.post("/voters", content_type="application/json")
     assert response.status_code == 201
     return response.json()["voter_token"]
 

@@ -27,33 +27,3 @@ def live(transactional_db, settings):
     channel_layers.backends.clear()
     assert connection_slots.open == 0, "a test left WebSocket connections counted as open"
 
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture
-def page():
-    """A page of Debian's headless Chromium driven by Playwright (never a downloaded browser).
-
-    One browser per test, not per module: Playwright's sync API keeps an event loop
-    running on this thread while it is open, and Django then refuses the database
-    teardown of transactional tests as "async". Requested after the server fixtures, it
-    is closed before their teardown.
-    """
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1100, "height": 800})
-        yield context.new_page()
-        context.close()
-        browser.close()

@@ -20,8 +20,10 @@ def run(coro_fn, *args, **kwargs):
     return async_to_sync(coro_fn)(*args, **kwargs)
 
 
-def communicator(path: str, *, origin: bytes | None = b"http://localhost", headers=()) -> WebsocketCommunicator:
-    all_headers = [(b"host", b"localhost"), *headers]
+def communicator(
+    path: str, *, origin: bytes | None = b"http://localhost", host: bytes = b"localhost", headers=()
+) -> WebsocketCommunicator:
+    all_headers = [(b"host", host), *headers]
     if origin is not None:
         all_headers.append((b"origin", origin))
     return WebsocketCommunicator(application, path, headers=all_headers)

@@ -141,35 +141,49 @@ def test_a_stale_update_is_not_forwarded(live, settings):
     assert [(m["version"], m["option1"]) for m in messages] == [(3, 5)]
 
 
-def test_a_foreign_origin_is_refused_at_the_handshake(live):
+async def _handshakes(poll, cases) -> list[bool]:
+    results = []
+    for case in cases:
+        comm = communicator(f"/ws/polls/{poll.pk}", **case)
+        connected, _ = await comm.connect()
+        results.append(connected and (await receive(comm))["type"] == "poll.snapshot")
+        await comm.disconnect()
+    return results
+
+
+def test_an_origin_of_another_site_scheme_or_port_is_refused_at_the_handshake(live):
     poll = make_poll()
-
-    async def scenario():
-        results = {}
-        for origin in (b"http://evil.example", b"http://localhost.evil.example", b"null"):
-            comm = communicator(f"/ws/polls/{poll.pk}", origin=origin)
-            connected, _ = await comm.connect()
-            results[origin] = connected
-            await comm.disconnect()
-        return results
-
-    assert run(scenario) == {b"http://evil.example": False, b"http://localhost.evil.example": False, b"null": False}
+    origins = [b"http://evil.example", b"http://localhost.evil.example", b"null", b"http://localhost:9999",
+               b"https://localhost", b"https://localhost:8443", b"http://127.0.0.1:8000", b"ws://localhost"]
+    assert run(_handshakes, poll, [{"origin": origin} for origin in origins]) == [False] * len(origins)
+    # A host outside ALLOWED_HOSTS is refused even when Origin names it (DNS rebinding).
+    assert run(_handshakes, poll, [{"origin": b"http://evil.example", "host": b"evil.example"}]) == [False]
     assert connection_slots.open == 0
 
 
-def test_allowed_origins_and_non_browser_clients_without_origin_are_accepted(live):
+def test_the_sites_own_origin_and_non_browser_clients_without_origin_are_accepted(live):
     poll = make_poll()
+    cases = [{"origin": b"http://localhost"}, {"origin": None},
+             {"origin": b"http://127.0.0.1:8000", "host": b"127.0.0.1:8000"}]
+    assert run(_handshakes, poll, cases) == [True, True, True]
 
-    async def scenario():
-        results = []
-        for origin in (b"http://localhost", b"https://localhost:8443", b"http://127.0.0.1:8000", None):
-            comm = communicator(f"/ws/polls/{poll.pk}", origin=origin)
-            connected, _ = await comm.connect()
-            results.append(connected and (await receive(comm))["type"] == "poll.snapshot")
-            await comm.disconnect()
-        return results
 
-    assert run(scenario) == [True, True, True, True]
+def test_trusted_origins_are_accepted_as_django_trusts_them_for_csrf(live, settings):
+    settings.CSRF_TRUSTED_ORIGINS = ["https://polls.example.com", "https://*.example.org"]
+    poll = make_poll()
+    origins = [b"https://polls.example.com", b"https://live.example.org", b"http://polls.example.com",
+               b"http://live.example.org", b"https://example.org.evil.example"]
+    results = run(_handshakes, poll, [{"origin": origin} for origin in origins])
+    assert results == [True, True, False, False, False]
+
+
+def test_behind_a_tls_proxy_the_https_page_of_the_site_is_its_origin(live, settings):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    poll = make_poll()
+    proxied = [(b"x-forwarded-proto", b"https")]
+    cases = [{"origin": b"https://localhost", "headers": proxied}, {"origin": b"http://localhost", "headers": proxied},
+             {"origin": b"http://localhost"}]
+    assert run(_handshakes, poll, cases) == [True, False, True]
 
 
 def test_an_unknown_or_malformed_poll_id_closes_with_4404_and_says_why(live):
@@ -301,10 +315,14 @@ def test_garbage_from_a_client_gets_error_messages_then_a_4400_close(live):
         await comm.send_to(text_data="still garbage")
         answers.append(await receive(comm))
         closed = await comm.receive_output(timeout=2)
-        return pong, answers, closed
+        # Frames the client sent before it saw the close get no answer.
+        await comm.send_to(text_data="late garbage")
+        late = await comm.receive_nothing(timeout=0.5)
+        return pong, answers, closed, late
 
-    pong, answers, closed = run(scenario)
+    pong, answers, closed, late = run(scenario)
     assert pong == {"type": "pong"}
+    assert late is True
     assert len(answers) == 10
     assert all(a["type"] == "error" and a["message"] for a in answers)
     assert [a["code"] for a in answers[:2]] == ["invalid_json", "unknown_message"]

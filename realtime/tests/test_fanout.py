@@ -6,6 +6,7 @@ import asyncio
 import struct
 import time
 
+import pytest
 import redis.asyncio as aioredis
 from django.conf import settings
 
@@ -155,15 +156,16 @@ def _burn(seconds: float) -> None:
         pass
 
 
-def _writes(layer, group: str, *, cpu_share: float, cost: float, sends: list[list[dict]]) -> list[tuple[float, list[dict]]]:
-    """The group's writes: (when, the events written), each send list going out once the
-    viewer has the last event of the one before; a viewer costs `cost` of CPU an event."""
-    writes: list[tuple[float, list[dict]]] = []
+def _writes(layer, group: str, *, cpu_share: float, cost: float, sends: list[list[dict]]) -> list[tuple[float, list[dict], float, float]]:
+    """The group's writes: (when, the events written, the loop's time the group rested until
+    before it, the loop's time it began), each send list going out once the viewer has the
+    last event of the one before; a viewer costs `cost` of CPU an event."""
+    writes: list[tuple[float, list[dict], float, float]] = []
     received: list[dict] = []
 
     class Recording(Audience):
         async def _deliver(self, entry, events):
-            writes.append((time.monotonic(), list(events)))
+            writes.append((time.monotonic(), list(events), entry.next_write, self.loop.time()))
             return await super()._deliver(entry, events)
 
     class Viewer:
@@ -187,7 +189,7 @@ def _writes(layer, group: str, *, cpu_share: float, cost: float, sends: list[lis
         await asyncio.sleep(0.1)  # the last one out unsubscribes in the background
 
     run(scenario)
-    assert received == [event for _, events in writes for event in events]
+    assert received == [event for _, events, _, _ in writes for event in events]
     return writes
 
 
@@ -198,24 +200,25 @@ def _update(version: int) -> dict:
 def test_a_costly_audience_rests_its_share_and_gets_the_updates_of_the_rest_folded(live):
     # 20 ms of CPU a write at a share of 0.05: the group rests until 400 ms after the write began.
     writes = _writes(live, "fanout-share", cpu_share=0.05, cost=0.02, sends=[[_update(1)], [_update(2), _update(3), _update(4)]])
-    assert [events for _, events in writes] == [[_update(1)], [_update(4)]]
+    assert [events for _, events, _, _ in writes] == [[_update(1)], [_update(4)]]
     assert writes[1][0] - writes[0][0] >= 0.39
 
 
 def test_a_cheap_audience_is_written_every_update(live):
     sends = [[_update(version)] for version in range(1, 6)]
     writes = _writes(live, "fanout-cheap-share", cpu_share=0.1, cost=0, sends=sends)
-    assert [events for _, events in writes] == sends
+    assert [events for _, events, _, _ in writes] == sends
 
 
 def test_the_largest_audience_still_gets_an_update_a_second(live):
     # 10 ms a write at a share of 0.001 would be a rest of 10 s; it is cut to 1 s.
     writes = _writes(live, "fanout-longest", cpu_share=0.001, cost=0.01, sends=[[_update(1)], [_update(2)]])
-    assert [events for _, events in writes] == [[_update(1)], [_update(2)]]
-    assert 0.95 <= writes[1][0] - writes[0][0] < 2.0
+    assert [events for _, events, _, _ in writes] == [[_update(1)], [_update(2)]]
+    assert writes[1][2] - writes[0][3] == pytest.approx(1.0, abs=0.001)  # the rest, cut to 1 s
+    assert writes[1][0] - writes[0][0] >= 0.95
 
 
 def test_with_no_share_a_group_is_written_again_as_soon_as_an_update_arrives(live):
     writes = _writes(live, "fanout-no-share", cpu_share=0, cost=0.02, sends=[[_update(1)], [_update(2)]])
-    assert [events for _, events in writes] == [[_update(1)], [_update(2)]]
-    assert writes[1][0] - writes[0][0] < 0.5  # no rest at all, let alone the longest one
+    assert [events for _, events, _, _ in writes] == [[_update(1)], [_update(2)]]
+    assert [rested_until for _, _, rested_until, _ in writes] == [0.0, 0.0]  # no rest at all

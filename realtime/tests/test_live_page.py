@@ -111,3 +111,44 @@ def test_the_live_page_resyncs_votes_it_missed_while_disconnected(web_server, vo
 
 def test_the_live_page_of_an_unknown_poll_is_a_404(web_server):
     assert request("GET", f"{web_server.url}/polls/999999/live").status == 404
+
+
+@pytest.fixture
+def unbalanced_poll(transactional_db):
+    """A poll whose first option opens a right-to-left override it never closes.
+
+    Written past the service, which would close it (polls.texts.text_normalize): the
+    page must isolate the text it is given whatever its origin (rows from before that
+    rule, the admin's raw SQL), so this is the worst case it can meet.
+    """
+    from polls.models import Option, Poll
+
+    poll = Poll.objects.create(question="\u202eWhich one?")
+    Option.objects.bulk_create([Option(poll=poll, position=1, text="\u202eevil txt"), Option(poll=poll, position=2, text="Blue")])
+    return poll
+
+
+def _label_layout(page, position: int) -> dict:
+    """Where the option's text sits in its label, whose ::after is the "Leading" badge."""
+    return page.evaluate(
+        """(position) => {
+            const label = document.querySelector(`.option[data-position="${position}"] .label`);
+            const text = document.createRange();
+            text.selectNodeContents(label.firstElementChild);
+            const box = label.getBoundingClientRect(), inner = text.getBoundingClientRect();
+            return {textLeft: inner.left - box.left, badgeRoom: box.right - inner.right,
+                    badge: getComputedStyle(label, "::after").content};
+        }""",
+        position,
+    )
+
+
+def test_a_right_to_left_override_in_an_option_does_not_move_the_leading_badge(web_server, vote_worker, unbalanced_poll, page):
+    _vote(web_server, unbalanced_poll.pk, 1)
+    page.goto(f"{web_server.url}/polls/{unbalanced_poll.pk}/live")
+    expect(_option(page, 1)).to_have_class(re.compile(r"\bleading\b"), timeout=30_000)
+    layout = _label_layout(page, 1)
+    # The text first, at the label's left edge, the badge after it on the right: the
+    # override reverses the option's own text only.
+    assert layout["badge"] == '"Leading"'
+    assert layout["textLeft"] < 1 and layout["badgeRoom"] > 40, layout
