@@ -159,6 +159,7 @@ def django_env(
         # are part of the vote's cost) but so high that they never refuse a vote.
         RATE_LIMIT_VOTES_PER_ADDRESS="1000000000/min",
         RATE_LIMIT_VOTES_PER_VOTER="1000000000/min",
+        RATE_LIMIT_NEW_VOTERS_PER_ADDRESS="1000000000/min",
         RATE_LIMIT_POLLS_PER_ADDRESS="1000000000/min",
     )
     if database_url:

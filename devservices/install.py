@@ -1,4 +1,5 @@
-"""Installing what the servers need: Debian packages and Kafka's jars from Maven Central."""
+"""Installing what the servers need: Debian packages, Kafka's jars from Maven Central, and
+axe-core from npm for the browser tests."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ KAFKA_ZK_VERSION = "3.9.1"  # last line with ZooKeeper (KafkaZooKeeperServer)
 
 _POM_DIR = Path(__file__).resolve().parent / "kafka"
 _MAVEN_COPY = "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies"
+
+# axe-core, pinned by testsupport/axe/package-lock.json: the browser tests inject it from disk.
+_AXE_DIR = Path(__file__).resolve().parent.parent / "testsupport" / "axe"
 
 _apt_updated = False
 
@@ -43,8 +47,8 @@ def ensure_installed(
 ) -> None:
     """Install whatever is missing; fast (no network) when everything is there.
 
-    `browser` adds Debian's Chromium, which the live page's browser tests drive
-    (test tools may not download browsers of their own here).
+    `browser` adds Debian's Chromium, which the browser tests drive (test tools may
+    not download browsers of their own here), and axe-core, which they inject.
     """
     packages: list[str] = []
     if postgres and postgres_bin_dir() is None:
@@ -57,8 +61,12 @@ def ensure_installed(
         packages.append("maven")
     if browser and shutil.which("chromium") is None:
         packages.append("chromium")
+    if browser and shutil.which("npm") is None:
+        packages.append("npm")
     if packages:
         _apt_install(packages)
+    if browser:
+        ensure_axe_core()
     if kafka:
         for version in kafka_versions:
             ensure_kafka_jars(version)
@@ -84,6 +92,23 @@ def _apt_install(packages: list[str]) -> None:
     for argv in steps:
         _run(argv, env=env, what=" ".join(argv))
     _apt_updated = True
+
+
+def axe_core_path() -> Path:
+    """axe-core's script, as the browser tests inject it into a page."""
+    return _AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def ensure_axe_core() -> Path:
+    """axe-core installed by `npm ci` from its lock file into testsupport/axe/node_modules."""
+    script = axe_core_path()
+    if script.exists():
+        return script
+    if shutil.which("npm") is None:
+        raise ServiceError("axe-core needs npm: run ensure_installed(browser=True)")
+    print("devservices: npm ci of axe-core ...", file=sys.stderr, flush=True)
+    _run(["npm", "ci", "--no-audit", "--no-fund"], cwd=_AXE_DIR, what="npm ci of axe-core")
+    return script
 
 
 def ensure_kafka_jars(version: str) -> Path:

@@ -12,24 +12,23 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from polls.exceptions import (
-    AlreadyVoted,
     BallotInvalid,
-    BodyUnreadable,
     IdempotencyKeyInUse,
-    IdempotencyKeyReused,
     IdempotencyUnavailable,
     InvalidChoices,
     InvalidPoll,
-    MediaTypeUnsupported,
     OptionOutOfRange,
-    PollClosed,
-    PollNotFound,
+    PollError,
+    PollMismatch,
     SignInRequired,
+    TooManyChoices,
     VoteBusUnavailable,
 )
 from polls.voters import InvalidVoterToken
 
 logger = logging.getLogger(__name__)
+
+_ERROR_FIELDS = {OptionOutOfRange: "option", InvalidChoices: "options", TooManyChoices: "options", PollMismatch: "poll_id"}
 
 
 def api_exception_handler(exc, context):
@@ -38,7 +37,7 @@ def api_exception_handler(exc, context):
     if answer is None:
         return exception_handler(exc, context)
     status_code, data, headers = answer
-    return Response(data, status=status_code, headers=headers)
+    return Response(data, status=status_code, headers=headers or None)
 
 
 def error_answer(exc: BaseException) -> tuple[int, dict, dict[str, str]] | None:
@@ -47,29 +46,19 @@ def error_answer(exc: BaseException) -> tuple[int, dict, dict[str, str]] | None:
     The one mapping of errors to answers: the DRF views' exception handler and the
     vote's lean path (polls.vote_intake) both use it.
     """
-    if isinstance(exc, PollNotFound):
-        return status.HTTP_404_NOT_FOUND, {"detail": str(exc)}, {}
-    if isinstance(exc, OptionOutOfRange):
-        # Shaped like a serializer error, since it is one: the option field is wrong.
-        return status.HTTP_400_BAD_REQUEST, {"option": [str(exc)]}, {}
-    if isinstance(exc, InvalidPoll):
-        return status.HTTP_400_BAD_REQUEST, {exc.field: [str(exc)]}, {}
-    if isinstance(exc, InvalidChoices):
-        return status.HTTP_400_BAD_REQUEST, {"options": [str(exc)]}, {}
-    if isinstance(exc, BallotInvalid):
-        return status.HTTP_400_BAD_REQUEST, exc.errors, {}
-    if isinstance(exc, (InvalidVoterToken, BodyUnreadable)):
-        return status.HTTP_400_BAD_REQUEST, {"detail": str(exc)}, {}
-    if isinstance(exc, MediaTypeUnsupported):
-        return status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, {"detail": str(exc)}, {}
-    if isinstance(exc, (PollClosed, AlreadyVoted)):
-        return status.HTTP_409_CONFLICT, {"detail": str(exc)}, {}
-    if isinstance(exc, IdempotencyKeyReused):
-        return status.HTTP_422_UNPROCESSABLE_ENTITY, {"detail": str(exc)}, {}
-    if isinstance(exc, IdempotencyKeyInUse):
-        return status.HTTP_409_CONFLICT, {"detail": str(exc)}, {"Retry-After": str(settings.VOTE_RETRY_AFTER)}
-    if isinstance(exc, SignInRequired):
-        return status.HTTP_401_UNAUTHORIZED, {"detail": str(exc)}, {"WWW-Authenticate": "Token"}
+    if isinstance(exc, PollError):
+        if isinstance(exc, BallotInvalid):
+            body = exc.errors
+        else:
+            # Shaped like a serializer error where it is one (the field named is wrong).
+            field = exc.field if isinstance(exc, InvalidPoll) else _ERROR_FIELDS.get(type(exc))
+            body = {field: [str(exc)]} if field else {"detail": str(exc)}
+        # 401 names its scheme: an API token, or the X-Voter-Token header.
+        scheme = {SignInRequired: "Token", InvalidVoterToken: "Voter-Token"}.get(type(exc))
+        headers = {"WWW-Authenticate": scheme} if scheme else {}
+        if isinstance(exc, IdempotencyKeyInUse):
+            headers["Retry-After"] = str(settings.VOTE_RETRY_AFTER)
+        return exc.status, body, headers
     if isinstance(exc, VoteBusUnavailable):
         return _unavailable("The vote was not recorded: the vote log is unavailable. Retry later.")
     if isinstance(exc, IdempotencyUnavailable):

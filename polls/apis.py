@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.http import HttpResponse
-from django.utils import timezone
 from django.utils.http import parse_header_parameters
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
@@ -19,19 +19,14 @@ from rest_framework.views import APIView
 
 from polling.metrics import VoteIntakeMetricsMixin
 from polling.strict import StrictCharField, StrictIntegerField, query_data, validated_data
-from polling.throttles import (
-    PipelinedThrottlesMixin,
-    PollCreateRateThrottle,
-    VoteAddressRateThrottle,
-    VoteVoterRateThrottle,
-)
+from polling.throttles import VOTE_THROTTLES, VoterTokenIssueRateThrottle, PipelinedThrottlesMixin, PollCreateRateThrottle
 from polls import docs
 from polls.ballots import ballot_read, idempotency_key
 from polls.exports import results_csv
 from polls.models import Poll
 from polls.selectors import poll_closed_by_staff, poll_get, poll_list, poll_results_visible, poll_totals, polls_results_visible
 from polls.services import poll_create, poll_set_status, vote_cast
-from polls.voters import COOKIE_NAME, voter_for_vote, voter_from_request, voter_token_issue, voter_token_of
+from polls.voters import voter_cookie_set, voter_for_vote, voter_from_request, voter_token_issue, voter_token_of
 
 
 class CanCreatePolls(BasePermission):
@@ -110,16 +105,15 @@ class PollsApi(APIView):
                 options = numbered
             else:
                 options = listed
-            # Their number, their text and max_choices: polls.services.poll_options_clean.
-            closes_at = attrs.get("closes_at")
-            if closes_at is not None and closes_at <= timezone.now():
-                raise serializers.ValidationError({"closes_at": ["Must be in the future."]})
-            return {**attrs, "options": options}
+            # Their number and text: polls.services.poll_options_clean. More choices than
+            # options means any number of them; a deadline already past makes a closed poll.
+            return {**attrs, "options": options, "max_choices": min(attrs["max_choices"], max(len(options), 1))}
 
     class ListFilterSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=Poll.Status.choices, required=False)
         search = serializers.CharField(
-            max_length=200, required=False, allow_blank=True, help_text="Case-insensitive part of the question."
+            max_length=200, required=False, allow_blank=True, help_text="Case-insensitive part of the question.",
+            validators=[RegexValidator(r"^[^\x00]*$", "Null characters are not allowed.")],  # the schema's pattern
         )
         page = serializers.IntegerField(min_value=1, required=False)
         page_size = serializers.IntegerField(min_value=1, max_value=PollsPagination.max_page_size, required=False)
@@ -177,7 +171,7 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
     clients): servers route the others to the lean path, polls.vote_intake, which
     reads the ballot and casts it with the same functions."""
 
-    throttle_classes = [VoteAddressRateThrottle, VoteVoterRateThrottle]
+    throttle_classes = list(VOTE_THROTTLES)
 
     @extend_schema(**docs.VOTE_OPERATION)
     def post(self, request: Request, poll_id: int) -> Response:
@@ -187,7 +181,7 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
         event = vote_cast(poll_id=poll_id, options=ballot.options, voter=voter, idempotency_key=key)
         response = Response(status=status.HTTP_204_NO_CONTENT)
         if new_token is not None:
-            set_voter_cookie(response, voter_cookie_token(event, new_token))
+            voter_cookie_set(response, voter_cookie_token(event, new_token))
         return response
 
 
@@ -195,17 +189,6 @@ def voter_cookie_token(event, new_token: str) -> str:
     """The token a first vote's cookie carries: a repeated ballot answers with the cookie of
     the voter it was cast as."""
     return voter_token_of(event.voter_key) or new_token
-
-
-def set_voter_cookie(response: HttpResponse, signed_token: str) -> None:
-    response.set_cookie(
-        COOKIE_NAME,
-        signed_token,
-        max_age=settings.VOTER_COOKIE_MAX_AGE,
-        httponly=True,
-        samesite="Lax",
-        secure=settings.SESSION_COOKIE_SECURE,
-    )
 
 
 class PollStatusApi(APIView):
@@ -255,12 +238,18 @@ class PollExportApi(APIView):
         return response
 
 
-class VoterTokenApi(APIView):
+class VoterTokenApi(PipelinedThrottlesMixin, APIView):
     """`POST /voters`: a new anonymous voter token, for one-vote-per-voter polls."""
+
+    throttle_classes = [VoterTokenIssueRateThrottle]
 
     @extend_schema(
         request={"application/json": OpenApiTypes.ANY},
-        responses={201: inline_serializer("VoterToken", {"voter_token": serializers.CharField()}), 415: docs.ErrorSerializer},
+        responses={
+            201: inline_serializer("VoterToken", {"voter_token": serializers.CharField()}),
+            415: docs.ErrorSerializer,
+            429: docs.ErrorSerializer,
+        },
         examples=[OpenApiExample("A token", value={"voter_token": "kq3…:Xb1…"}, response_only=True)],
         description=(
             "Sent as Content-Type: application/json (the body is ignored and may be empty), or with "
@@ -272,7 +261,7 @@ class VoterTokenApi(APIView):
         _require_json_or_csrf(request)
         _, signed = voter_token_issue()
         response = Response({"voter_token": signed}, status=status.HTTP_201_CREATED)
-        set_voter_cookie(response, signed)
+        voter_cookie_set(response, signed)
         return response
 
 

@@ -19,7 +19,7 @@ import msgspec
 from django.utils.http import parse_header_parameters
 from rest_framework.utils.mediatypes import media_type_matches
 
-from polls.exceptions import BallotInvalid, BodyUnreadable, MediaTypeUnsupported
+from polls.exceptions import BallotInvalid, BodyUnreadable, MediaTypeUnsupported, PollMismatch
 
 MAX_CHOICES = 100
 MAX_IDEMPOTENCY_KEY = 200
@@ -40,13 +40,14 @@ class Ballot:
 def ballot_read(*, body: bytes, content_type: str, poll_id: int) -> Ballot:
     """The ballot in a vote's body for the poll in the path.
 
-    Raises MediaTypeUnsupported (415), BodyUnreadable (400, not JSON) or BallotInvalid
-    (400, with the wrong fields). An empty body is an empty object, whatever its type.
+    Raises MediaTypeUnsupported (415), BodyUnreadable (400, not JSON), BallotInvalid
+    (400, with the wrong fields) or PollMismatch (409). An empty body is an empty object,
+    whatever its type; a null option or options is the same as one left out.
     """
     data = _decode(body, content_type) if body else {}
     ballot, given_poll_id = _check(data)
     if given_poll_id is not None and given_poll_id != poll_id:
-        raise BallotInvalid({"poll_id": [f"Does not match the poll in the path: {given_poll_id} != {poll_id}."]})
+        raise PollMismatch(given_poll_id, poll_id)
     return ballot
 
 
@@ -100,8 +101,8 @@ def _check(data: Any) -> tuple[Ballot, int | None]:
             raise BallotInvalid({"non_field_errors": ["No data provided"]})
         raise BallotInvalid({"non_field_errors": [f"Invalid data. Expected a dictionary, but got {type(data).__name__}."]})
     errors: dict[str, Any] = {}
-    option = _field(data, "option", _integer, errors)
-    options = _field(data, "options", _integers, errors)
+    option = _field(data, "option", _nullable(_integer), errors)
+    options = _field(data, "options", _nullable(_integers), errors)
     poll_id = _field(data, "poll_id", _integer, errors)
     vote_id = _field(data, "vote_id", _uuid, errors)
     if errors:
@@ -125,6 +126,11 @@ def _field(data: dict, name: str, read, errors: dict) -> Any:
     except _Wrong as wrong:
         errors[name] = wrong.messages
         return None
+
+
+def _nullable(read):
+    """`read`, with null read as None (the same as left out)."""
+    return lambda value: None if value is None else read(value)
 
 
 def _integer(value: Any) -> int:

@@ -23,6 +23,15 @@ VALIDATION_ERROR = OpenApiResponse(
 )
 
 
+# A 409 is a well-formed request that the poll, as it is, cannot take: {"detail": "..."},
+# or the field it is about ({"option": ["Option 5 does not exist: ..."]}).
+CONFLICT = OpenApiResponse(
+    response=OpenApiTypes.OBJECT,
+    description='The poll cannot take this vote: {"detail": "<message>"} or {"<field>": ["<message>"]}.',
+    examples=[OpenApiExample("Closed", value={"detail": "Poll 1 is closed to votes."})],
+)
+
+
 class OptionTotalsSerializer(serializers.Serializer):
     position = serializers.IntegerField(min_value=1)
     text = serializers.CharField()
@@ -129,6 +138,96 @@ IDEMPOTENCY_KEY = (
 )
 
 
+# --- Request bodies as the server takes them ---------------------------------------------
+# drf-spectacular describes each serializer field on its own; the rules that tie fields
+# together (option1..optionN consecutive, options as a list or numbered, option or
+# options) are written here, so that every body the schema allows is one the server
+# accepts (schemathesis's positive_data_acceptance, tests/test_api_fuzz.py) and every
+# body it refuses is refused.
+
+# A string the server keeps: not blank once trimmed, no NUL (PostgreSQL cannot store it).
+_TEXT_PATTERN = r"^[^\u0000]*\S[^\u0000]*$"
+_NULL = {"nullable": True, "enum": [None], "description": "Null: the same as leaving it out."}
+
+
+def _text(max_length: int) -> dict:
+    return {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": _TEXT_PATTERN}
+
+
+def create_poll_request() -> dict:
+    """POST /polls: the question and options numbered option1..optionN (the seed's shape), or a list."""
+    most = settings.POLL_MAX_OPTIONS
+    common = {
+        "question": _text(500),
+        "closes_at": {"type": "string", "format": "date-time", "nullable": True,
+                      "description": "Votes are refused from then on; a moment already past creates a closed poll."},
+        "results_visibility": {"type": "string", "enum": ["always", "after_vote", "after_close"], "default": "always"},
+        "one_vote_per": {"type": "string", "enum": ["none", "voter", "user"], "default": "none"},
+        "max_choices": {"type": "integer", "minimum": 1, "default": 1,
+                        "description": "Options a ballot may choose; more than the poll has means all of them."},
+    }
+    numbered = [
+        {
+            "title": f"{count} options as option1..option{count}",
+            "properties": {
+                "options": {"type": "array", "maxItems": 0, "description": "Empty, if given."},
+                **{f"option{n}": _text(200) if n <= count else _NULL for n in range(1, most + 1)},
+            },
+            "required": [f"option{n}" for n in range(1, count + 1)],
+        }
+        for count in range(2, most + 1)
+    ]
+    listed = {
+        "title": "Options as a list",
+        "properties": {
+            "options": {"type": "array", "minItems": 2, "maxItems": most, "items": _text(200)},
+            **{f"option{n}": _NULL for n in range(1, most + 1)},
+        },
+        "required": ["options"],
+    }
+    return {
+        "type": "object",
+        "properties": {**common, "options": {"type": "array", "items": _text(200)},
+                       **{f"option{n}": {**_text(200), "nullable": True} for n in range(1, most + 1)}},
+        "required": ["question"],
+        "oneOf": [*numbered, listed],
+    }
+
+
+def vote_request() -> dict:
+    """POST /polls/{id}/vote: one option, or a list of distinct options."""
+    option = {"type": "integer", "description": "1-based; one the poll has (409 otherwise)."}
+    options = {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 100, "uniqueItems": True,
+               "description": "A multiple-choice ballot: at most the poll's max_choices (409 otherwise)."}
+    return {
+        "type": "object",
+        "properties": {
+            "option": {**option, "nullable": True},
+            "options": {**options, "nullable": True},
+            "poll_id": {"type": "integer", "description": "The poll of the path, if given (409 otherwise)."},
+            "vote_id": {"type": "string", "format": "uuid", "description": "Retries with the same id count once."},
+        },
+        # One of the two, the other left out or null.
+        "oneOf": [
+            {"title": "One choice", "required": ["option"], "properties": {"option": option, "options": _NULL}},
+            {"title": "Several choices", "required": ["options"], "properties": {"options": options, "option": _NULL}},
+        ],
+    }
+
+
+def strict_request_bodies(result, generator, request, public):
+    """drf-spectacular post-processing hook: the request bodies above, required."""
+    schemas = result.get("components", {}).get("schemas", {})
+    bodies = {"polls_create": ("CreateInputRequest", create_poll_request), "polls_vote": ("VoteRequest", vote_request)}
+    for path in result.get("paths", {}).values():
+        for operation in path.values():
+            named = bodies.get(operation.get("operationId")) if isinstance(operation, dict) else None
+            if named and "requestBody" in operation:
+                schemas[named[0]] = named[1]()
+                operation["requestBody"]["required"] = True
+    return result
+
+
 # The vote's body as the schema shows it; polls.ballots reads and checks it.
 class VoteSerializer(serializers.Serializer):
     option = serializers.IntegerField(required=False)
@@ -147,7 +246,8 @@ VOTE_OPERATION = dict(
     ),
     request=VoteSerializer,
     parameters=[
-        OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, description=IDEMPOTENCY_KEY),
+        OpenApiParameter("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 200}, OpenApiParameter.HEADER,
+                         description=IDEMPOTENCY_KEY),
         OpenApiParameter("X-Voter-Token", str, OpenApiParameter.HEADER, description="An anonymous voter token from POST /voters."),
     ],
     responses={
@@ -155,11 +255,7 @@ VOTE_OPERATION = dict(
         400: VALIDATION_ERROR,
         401: ErrorSerializer,
         404: ErrorSerializer,
-        409: OpenApiResponse(
-            ErrorSerializer,
-            description="The poll is closed, this voter already voted in a one-vote poll, or a request "
-            "with the same Idempotency-Key is still being processed (retry after Retry-After).",
-        ),
+        409: CONFLICT,
         411: ErrorSerializer,
         413: ErrorSerializer,
         415: ErrorSerializer,

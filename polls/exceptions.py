@@ -2,23 +2,36 @@
 
 
 class PollError(Exception):
-    """Base of the errors a client can cause and be told about."""
+    """Base of the errors a client can cause and be told about.
+
+    `status` is the HTTP status the API and the pages answer it with: 400 for a request
+    the OpenAPI schema already refuses, 409 for a well-formed one that this poll, as it
+    is, cannot take (schema-valid requests are never answered 400).
+    """
+
+    status = 400
 
     # The reason label of polling_votes_rejected; None: named after the class.
     reason: str | None = None
 
 
 class PollNotFound(PollError):
+    status = 404
+
     def __init__(self, poll_id: int) -> None:
         super().__init__(f"No poll with id {poll_id}.")
 
 
 class PollClosed(PollError):
+    status = 409
+
     def __init__(self, poll_id: int) -> None:
         super().__init__(f"Poll {poll_id} is closed to votes.")
 
 
 class OptionOutOfRange(PollError):
+    status = 409
+
     def __init__(self, option: int, count: int) -> None:
         self.option = option
         super().__init__(f"Option {option} does not exist: this poll has options 1 to {count}.")
@@ -33,15 +46,25 @@ class InvalidPoll(PollError):
 
 
 class InvalidChoices(PollError):
-    """A ballot with too many choices, or the same option twice."""
+    """A ballot with the same option twice."""
+
+
+class TooManyChoices(InvalidChoices):
+    """A ballot with more choices than the poll's max_choices."""
+
+    status = 409
 
 
 class AlreadyVoted(PollError):
+    status = 409
+
     def __init__(self, poll_id: int) -> None:
         super().__init__(f"You have already voted in poll {poll_id}: it takes one vote per voter.")
 
 
 class SignInRequired(PollError):
+    status = 401
+
     def __init__(self, what: str) -> None:
         super().__init__(f"Sign in to {what}.")
 
@@ -63,6 +86,7 @@ class BodyUnreadable(PollError):
 
 
 class MediaTypeUnsupported(PollError):
+    status = 415
     reason = "unsupported_media_type"
 
     def __init__(self, media_type: str) -> None:
@@ -70,6 +94,8 @@ class MediaTypeUnsupported(PollError):
 
 
 class IdempotencyKeyReused(PollError):
+    status = 422
+
     def __init__(self) -> None:
         super().__init__(
             "This Idempotency-Key was already used with a different request (another choice of options): "
@@ -78,12 +104,23 @@ class IdempotencyKeyReused(PollError):
 
 
 class IdempotencyKeyInUse(PollError):
+    status = 409
+
     def __init__(self) -> None:
         super().__init__("A request with this Idempotency-Key is still being processed: retry later.")
 
 
 class IdempotencyUnavailable(Exception):
     """The Idempotency-Key could not be checked (the cache is down); nothing was published."""
+
+
+class PollMismatch(PollError):
+    """A vote whose body names another poll than its path."""
+
+    status = 409
+
+    def __init__(self, body_poll_id: int, path_poll_id: int) -> None:
+        super().__init__(f"Does not match the poll in the path: {body_poll_id} != {path_poll_id}.")
 
 
 class VoteBusUnavailable(Exception):

@@ -18,7 +18,15 @@ from django.utils import timezone
 
 from polls.bus import get_vote_bus
 from polls.events import VoteEvent
-from polls.exceptions import AlreadyVoted, InvalidChoices, InvalidPoll, OptionOutOfRange, PollClosed, SignInRequired
+from polls.exceptions import (
+    AlreadyVoted,
+    InvalidChoices,
+    InvalidPoll,
+    OptionOutOfRange,
+    PollClosed,
+    SignInRequired,
+    TooManyChoices,
+)
 from polls.idempotency import idempotency_claim
 from polls.models import AuditEntry, Option, Poll, Vote, poll_total_reset
 from polls.selectors import VoteTarget, poll_is_open, poll_vote_target, poll_vote_target_cached, vote_target_forget
@@ -155,11 +163,11 @@ def vote_cast(
 
     Returns only once the bus has accepted the vote (for Kafka: acknowledged by all
     in-sync replicas); raises PollNotFound, PollClosed, OptionOutOfRange,
-    InvalidChoices, SignInRequired, AlreadyVoted or VoteBusUnavailable otherwise, and
-    then nothing was published. With an idempotency key (polls.idempotency), a retry of
-    an accepted ballot returns that ballot (its voter_key the one it was cast as) and
-    publishes nothing; the key may also raise IdempotencyKeyReused, IdempotencyKeyInUse
-    or IdempotencyUnavailable.
+    InvalidChoices, TooManyChoices, SignInRequired, AlreadyVoted or VoteBusUnavailable
+    otherwise, and then nothing was published. With an idempotency key (polls.idempotency),
+    a retry of an accepted ballot returns that ballot (its voter_key the one it was cast
+    as) and publishes nothing; the key may also raise IdempotencyKeyReused,
+    IdempotencyKeyInUse or IdempotencyUnavailable.
     """
     if idempotency_key is None:
         return _vote_publish(_vote_check(uuid.uuid4(), poll_id, options, voter))
@@ -222,7 +230,7 @@ def _vote_check(
     if len(set(options)) != len(options):
         raise InvalidChoices("The same option is chosen twice.")
     if len(options) > target.max_choices:
-        raise InvalidChoices(
+        raise TooManyChoices(
             f"At most {target.max_choices} option{'s' if target.max_choices > 1 else ''} may be chosen in this poll."
         )
     for option in options:

@@ -36,11 +36,11 @@ from polling.exception_handler import error_answer
 from polling.metrics import request_observed, vote_accepted, vote_refused
 from polling.middleware import SecurityHeadersMiddleware
 from polling.strict import TOO_DEEP, json_too_deep
-from polling.throttles import VoteAddressRateThrottle, VoteVoterRateThrottle, throttles_check, throttles_wait_for_cache
-from polls.apis import set_voter_cookie, voter_cookie_token
+from polling.throttles import throttles_wait_for_cache, vote_throttles_check
+from polls.apis import voter_cookie_token
 from polls.ballots import ballot_read, idempotency_key
 from polls.services import vote_cast_async
-from polls.voters import COOKIE_NAME, voter_for_vote, voter_from_request
+from polls.voters import COOKIE_NAME, voter_cookie_set, voter_for_vote, voter_from_request
 
 logger = logging.getLogger(__name__)
 
@@ -158,11 +158,10 @@ async def _answer(request: VoteRequest, poll_id: int, receive) -> tuple[int, byt
 
     new_token = None
     try:
-        throttles = [VoteAddressRateThrottle(), VoteVoterRateThrottle()]
         if throttles_wait_for_cache():
-            wait = await sync_to_async(throttles_check, thread_sensitive=False)(throttles, request)
+            wait = await sync_to_async(vote_throttles_check, thread_sensitive=False)(request)
         else:
-            wait = throttles_check(throttles, request)
+            wait = vote_throttles_check(request)
         if wait is not None:
             raise Throttled(wait)
         ballot = ballot_read(body=body, content_type=meta.get("CONTENT_TYPE", ""), poll_id=poll_id)
@@ -209,12 +208,12 @@ def _render(data) -> bytes:
 
 
 def _cookie_header(signed_token: str) -> tuple[bytes, bytes]:
-    """The Set-Cookie header set_voter_cookie writes, its attributes made once a second."""
+    """The Set-Cookie header voter_cookie_set writes, its attributes made once a second."""
     global _cookie_attributes
     now = int(time.time())
     if _cookie_attributes[0] != now:
         response = HttpResponse()
-        set_voter_cookie(response, "-")
+        voter_cookie_set(response, "-")
         (morsel,) = response.cookies.values()
         _cookie_attributes = (now, morsel.OutputString().partition(";")[2])
     # A signed token needs no quoting in a cookie (base64url and ":").

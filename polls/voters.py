@@ -23,6 +23,8 @@ _SALT = "polls.voter-token"
 
 
 class InvalidVoterToken(PollError):
+    status = 401  # a credential that is not ours, as a wrong API token
+
     def __init__(self) -> None:
         super().__init__("X-Voter-Token is not a voter token issued by this server: get one from POST /voters.")
 
@@ -94,6 +96,17 @@ def _token_read(signed: str, secret_key: str) -> str | None:
         return _signer(secret_key).unsign(signed)
     except signing.BadSignature:
         return None
+
+
+def voter_cookie_set(response, signed_token: str) -> None:
+    response.set_cookie(
+        COOKIE_NAME,
+        signed_token,
+        max_age=settings.VOTER_COOKIE_MAX_AGE,
+        httponly=True,
+        samesite="Lax",
+        secure=settings.SESSION_COOKIE_SECURE,
+    )
 
 
 def client_address_key(address: str) -> str:

@@ -135,6 +135,16 @@ def viewer_sees_results(*, totals: LiveTotals, voter: Voter) -> bool:
     return voter_has_voted(poll_id=totals.public["id"], voter=voter)
 
 
+def poll_totals_for_viewer(*, poll_id: int, voter: Voter | None) -> dict[str, Any] | None:
+    """The poll's fresh totals as this viewer may see them (None: no such poll, or hidden)."""
+    live = poll_live_totals(poll_id=poll_id)
+    if live is None:
+        return None
+    if live.full is not None and voter is not None and viewer_sees_results(totals=live, voter=voter):
+        return live.full
+    return live.public
+
+
 def polls_snapshot() -> dict[str, Any]:
     """What a viewer of every poll starts from: the newest polls and the leaderboard."""
     polls = _visible_polls().order_by("-created_at", "-id")[: settings.WS_SNAPSHOT_POLLS]

@@ -6,21 +6,21 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from polls.exceptions import PollError
-from polls.voters import voter_from_request
-from realtime.selectors import poll_live_totals, viewer_sees_results
+from polls.voters import Voter, voter_from_request
+from realtime.selectors import poll_totals_for_viewer
+
+
+def viewer_of(request: HttpRequest) -> Voter | None:
+    """The voter behind a page request; a forged voter token sees what the public sees."""
+    try:
+        return voter_from_request(request)
+    except PollError:
+        return None
 
 
 def poll_live(request: HttpRequest, poll_id: str) -> HttpResponse:
-    live = poll_live_totals(poll_id=int(poll_id))
-    if live is None:
+    totals = poll_totals_for_viewer(poll_id=int(poll_id), voter=viewer_of(request))
+    if totals is None:
         raise Http404(f"No poll with id {poll_id}.")
-    totals = live.public
-    if live.full is not None:
-        try:
-            voter = voter_from_request(request)
-        except PollError:  # a forged voter token sees what the public sees
-            voter = None
-        if voter is not None and viewer_sees_results(totals=live, voter=voter):
-            totals = live.full
     # The first paint shows real totals even before (or without) the WebSocket.
     return render(request, "realtime/live.html", {"poll": totals})

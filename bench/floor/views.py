@@ -23,7 +23,7 @@ try:  # the voter identity, where the product has one (it hashes and signs, no I
 except ImportError:  # pragma: no cover - older product code
     Voter = voter_from_request = voter_token_issue = None
 try:
-    from polls.apis import _set_voter_cookie
+    from polls.voters import voter_cookie_set as _set_voter_cookie
 except ImportError:  # pragma: no cover
     _set_voter_cookie = None
 

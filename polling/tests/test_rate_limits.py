@@ -2,15 +2,19 @@
 
 import time
 import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.core.cache import cache
 from django.test import Client
 
+from polling import settings as settings_module
 from polling import throttles
 from polling.metrics import WEB_REGISTRY
 from polling.throttles import SharedWindowCounts, throttles_forget
 from polls.tests.factories import make_poll
+from polls.voters import voter_token_issue
 from testsupport.processes import WebServer, wait_until
 from tests.http import request
 
@@ -191,3 +195,94 @@ def test_a_voters_limit_holds_across_two_web_processes(process_env, tmp_path):
     finally:
         for server in servers:
             server.terminate()
+
+
+# --- Venue-safe defaults ------------------------------------------------------------------------
+# A whole audience can share one address; per address only what no venue sends is
+# refused, and a flood is stopped per voter token or user.
+
+
+@pytest.fixture
+def default_limits(settings):
+    """The limits as shipped (the suite turns them off), counted afresh."""
+    for name, rate in settings_module.RATE_LIMIT_DEFAULTS.items():
+        setattr(settings, name, rate)
+    throttles_forget()
+    cache.clear()
+    yield
+    throttles_forget()
+    cache.clear()
+
+
+def _vote(client: Client, poll_id: int, **headers) -> int:
+    return client.post(f"/polls/{poll_id}/vote", '{"option": 1}', content_type="application/json", **headers).status_code
+
+
+@pytest.mark.django_db(transaction=True)
+def test_3000_distinct_voters_from_one_address_within_a_minute_are_all_counted(process_env, vote_worker, tmp_path):
+    # The web process with the shipped defaults: none of the suite's RATE_LIMIT_* overrides.
+    env = {name: value for name, value in process_env.items() if not name.startswith("RATE_LIMIT_")}
+    server = WebServer(env=env, log_dir=tmp_path)
+    server.start()
+    try:
+        poll_id = request("POST", f"{server.url}/polls", {"question": "Venue?", "option1": "a", "option2": "b"}).json()["id"]
+        # Every vote from 127.0.0.1 with no voter token: each a new voter, as each phone's first vote is.
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = Counter(pool.map(lambda _: request("POST", f"{server.url}/polls/{poll_id}/vote", {"option": 1}).status,
+                                        range(3000)))
+        assert statuses == {204: 3000}
+        wait_until(lambda: request("GET", f"{server.url}/polls/{poll_id}").json()["total"] == 3000,
+                   timeout=120, what="3,000 votes counted")
+    finally:
+        server.terminate()
+
+
+@pytest.mark.django_db
+def test_one_voter_sending_100_votes_a_second_gets_429s(default_limits, in_process_bus):
+    client = Client(HTTP_HOST="localhost")
+    poll = make_poll()
+    token = client.post("/voters").json()["voter_token"]
+    statuses = []
+    start = time.monotonic()
+    for n in range(200):
+        # At most 100 a second (slower when the machine is busy): a script, not a person.
+        time.sleep(max(0.0, start + n / 100 - time.monotonic()))
+        statuses.append(_vote(client, poll.pk, HTTP_X_VOTER_TOKEN=token))
+    admitted = statuses.count(204)
+    # 60 a minute; the two seconds may straddle two minute windows.
+    assert 60 <= admitted <= 120, statuses
+    assert set(statuses) == {204, 429}
+    assert poll.options.get(position=1).votes == admitted
+    # Another voter behind the same address is not affected.
+    other = client.post("/voters").json()["voter_token"]
+    assert _vote(client, poll.pk, HTTP_X_VOTER_TOKEN=other) == 204
+
+
+@pytest.mark.django_db
+def test_one_address_minting_voter_tokens_in_a_tight_loop_is_slowed_down(default_limits, settings):
+    settings.ACCESS_LOG = False  # thousands of requests: their log lines are not what is tested
+    client = Client(HTTP_HOST="localhost")
+    minted = 0
+    while (response := client.post("/voters")).status_code == 201:
+        minted += 1
+        assert minted <= 12_000, "6,000 a minute: two minute windows at the most before a 429"
+    assert response.status_code == 429
+    assert 1 <= int(response["Retry-After"]) <= 60
+    # A venue's 6,000 new voters in one minute were let in first.
+    assert minted >= 6_000
+
+
+@pytest.mark.django_db
+def test_votes_without_a_voter_token_count_as_new_voters_of_the_address(settings, in_process_bus):
+    settings.RATE_LIMIT_NEW_VOTERS_PER_ADDRESS = "3/hour"
+    throttles_forget()
+    cache.clear()
+    poll = make_poll()
+    statuses = [_vote(Client(HTTP_HOST="localhost"), poll.pk) for _ in range(4)]  # no cookie kept: a new voter each
+    assert statuses == [204, 204, 204, 429]
+    # A voter who has a token is no new voter: not refused by that limit.
+    client = Client(HTTP_HOST="localhost")
+    assert client.post("/voters").status_code == 429  # minting counts in the same window
+    known = Client(HTTP_HOST="localhost")
+    known.cookies.load({"voter": voter_token_issue()[1]})
+    assert _vote(known, poll.pk) == 204

@@ -5,7 +5,7 @@ import uuid
 import pytest
 
 from polls.ballots import Ballot, ballot_read, idempotency_key
-from polls.exceptions import BallotInvalid, BodyUnreadable, MediaTypeUnsupported
+from polls.exceptions import BallotInvalid, BodyUnreadable, MediaTypeUnsupported, PollMismatch
 
 VOTE_ID = "5f0e1c52-4b0e-4f5e-9d36-2a4f3f0c7a11"
 
@@ -36,19 +36,27 @@ def test_a_ballot_is_read_from_the_body(body, ballot):
         (b'{"option": 1, "options": [1]}', {"option": ["Give option (one choice) or options (a list), not both."]}),
         (b'{"option": 1.0, "poll_id": true}', {"option": ["A valid integer is required."], "poll_id": ["A valid integer is required."]}),
         (b'{"option": 1e400}', {"option": ["A valid integer is required."]}),
-        (b'{"option": null}', {"option": ["This field may not be null."]}),
+        (b'{"option": null}', {"option": ["This field is required."]}),  # null: left out
+        (b'{"option": null, "options": [2]}', None),
         (b'{"options": [1, "x", null]}', {"options": {"1": ["A valid integer is required."], "2": ["This field may not be null."]}}),
         (b'{"options": "12"}', {"options": ['Expected a list of items but got type "str".']}),
         (b'{"options": []}', {"options": ["Ensure this field has at least 1 elements."]}),
         (b'{"options": [%s]}' % b",".join([b"1"] * 101), {"options": ["Ensure this field has no more than 100 elements."]}),
         (b'{"option": 1, "vote_id": "nope"}', {"vote_id": ["Must be a valid UUID."]}),
-        (b'{"option": 1, "poll_id": 8}', {"poll_id": ["Does not match the poll in the path: 8 != 7."]}),
     ],
 )
 def test_a_wrong_field_is_named_with_the_serializers_message(body, errors):
+    if errors is None:
+        assert ballot_read(body=body, content_type="application/json", poll_id=7) == Ballot(options=(2,))
+        return
     with pytest.raises(BallotInvalid) as refused:
         ballot_read(body=body, content_type="application/json", poll_id=7)
     assert refused.value.errors == errors
+
+
+def test_a_body_naming_another_poll_is_a_mismatch():
+    with pytest.raises(PollMismatch, match="Does not match the poll in the path: 8 != 7."):
+        ballot_read(body=b'{"option": 1, "poll_id": 8}', content_type="application/json", poll_id=7)
 
 
 @pytest.mark.parametrize(

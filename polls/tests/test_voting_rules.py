@@ -87,7 +87,8 @@ def test_a_detectable_duplicate_gets_409(client, in_process_bus):
 def test_a_forged_voter_token_is_refused(client, kafka_topic):
     poll = make_poll()
     response = vote(client, poll, {"option": 1}, HTTP_X_VOTER_TOKEN="made-up:token")
-    assert response.status_code == 400
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Voter-Token"
     assert response.json() == {"detail": "X-Voter-Token is not a voter token issued by this server: get one from POST /voters."}
     assert read_topic(kafka_topic) == []
 
@@ -148,7 +149,7 @@ def test_multiple_choice_ballots_are_counted_exactly(client, kafka_topic, worker
     wait_until(lambda: counts(poll) == [2, 1, 3, 0, 1], timeout=30, what="4 ballots, 7 choices")
     assert Vote.objects.filter(poll=poll).values("ballot_id").distinct().count() == 4
     too_many = vote(client, poll, {"options": [1, 2, 3]})
-    assert (too_many.status_code, too_many.json()) == (400, {"options": ["At most 2 options may be chosen in this poll."]})
+    assert (too_many.status_code, too_many.json()) == (409, {"options": ["At most 2 options may be chosen in this poll."]})
     repeated = vote(client, poll, {"options": [4, 4]})
     assert (repeated.status_code, repeated.json()) == (400, {"options": ["The same option is chosen twice."]})
     both = vote(client, poll, {"option": 1, "options": [1]})

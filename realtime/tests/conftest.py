@@ -8,6 +8,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 
 from realtime.broadcast import reset_broadcaster
 from realtime.consumers import connection_slots
+from testsupport.browser import chromium
 
 
 @pytest.fixture

@@ -686,7 +686,8 @@ def batches_in_log(text: str) -> dict[str, int]:
 # The test plugin turns the rate limits off for the whole suite (load tests vote from
 # 127.0.0.1); the fault tests run the web process with the production defaults instead,
 # which their traffic (one source address and one voter per vote) never reaches.
-_TEST_ONLY_SETTINGS = ("RATE_LIMIT_VOTES_PER_ADDRESS", "RATE_LIMIT_VOTES_PER_VOTER", "RATE_LIMIT_POLLS_PER_ADDRESS")
+_TEST_ONLY_SETTINGS = ("RATE_LIMIT_VOTES_PER_ADDRESS", "RATE_LIMIT_NEW_VOTERS_PER_ADDRESS", "RATE_LIMIT_VOTES_PER_VOTER",
+                       "RATE_LIMIT_POLLS_PER_ADDRESS")
 
 
 def production_env(env: Mapping[str, str], **overrides: str) -> dict[str, str]:

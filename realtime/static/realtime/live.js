@@ -1,4 +1,5 @@
-// Live results: applies poll.snapshot / poll.updated from ws/polls/<id> to the bars.
+// Live results: applies poll.snapshot / poll.updated from ws/polls/<id> to the bars of the
+// #live section (realtime/_results.html), on the live page, the vote page and the presenter view.
 // Every message carries the full totals and a version that only grows, so the page keeps
 // the highest version it has seen and ignores older ones; after a reconnect the server's
 // snapshot brings it up to date whatever it missed.
@@ -6,6 +7,7 @@
   "use strict";
 
   const root = document.getElementById("live");
+  if (!root) return;
   const pollId = root.dataset.pollId;
   const conn = document.getElementById("conn");
   const connText = document.getElementById("conn-text");
@@ -88,6 +90,24 @@
     }, delay);
   }
 
+  // A viewer who just voted in an after-vote poll sees the counts once the vote is counted
+  // (a moment after it was accepted); the server decides that at connection time, so
+  // ask again, a second apart, up to AWAIT_TRIES times.
+  const AWAIT_TRIES = 20;
+  let awaitTries = 0;
+  function awaitingCount(message) {
+    if (root.dataset.awaitResults !== "true" || !message.results_hidden || message.status !== "open") return false;
+    if (awaitTries >= AWAIT_TRIES) return false;
+    awaitTries += 1;
+    setConnection("connecting", "Counting your vote…");
+    const waiting = socket;
+    waiting.onclose = null;
+    waiting.close();
+    socket = null;
+    retryTimer = setTimeout(connect, 1000);
+    return true;
+  }
+
   function connect() {
     clearTimeout(retryTimer);
     setConnection("connecting", attempt === 0 ? "Connecting…" : "Reconnecting…");
@@ -103,6 +123,7 @@
       }
       if (message.type === "poll.snapshot") {
         attempt = 0; // a snapshot, not the handshake, proves the server is really back
+        if (awaitingCount(message)) return;
         setConnection("live", "Live");
         apply(message);
       } else if (message.type === "poll.updated") {
@@ -122,6 +143,9 @@
     };
   }
 
+  // Without this script the page says to reload; with it, it is live.
+  conn.hidden = false;
+  document.getElementById("updated").textContent = "Live updates via WebSocket";
   render(state, false);
   connect();
 })();
