@@ -35,7 +35,7 @@ def start_direct(ctx) -> tuple[WebServer, str]:
 
 
 def voter_cookie(url: str) -> str:
-    request = urllib.request.Request(f"{url}/voters", data=b"", method="POST")
+    request = urllib.request.Request(f"{url}/voters", data=b"", method="POST", headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as answer:
         return f"Cookie: voter={json.load(answer)['voter_token']}"
 
