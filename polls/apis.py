@@ -140,7 +140,17 @@ class PollsApi(APIView):
     @extend_schema(
         operation_id="polls_create",
         request=CreateInputSerializer,
-        responses={201: docs.PollSerializer, 400: docs.VALIDATION_ERROR, 401: docs.ErrorSerializer, 429: docs.ErrorSerializer},
+        responses={
+            201: docs.PollSerializer,
+            400: docs.VALIDATION_ERROR,
+            401: docs.ErrorSerializer,
+            409: OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                description='Text the schema allows and a poll cannot have (options that look the same, text that '
+                'shows nothing): {"<field>": ["<message>"]}.',
+            ),
+            429: docs.ErrorSerializer,
+        },
         examples=[docs.SEED_CREATE_EXAMPLE, docs.LIST_CREATE_EXAMPLE, docs.POLL_EXAMPLE],
     )
     def post(self, request: Request) -> Response:

@@ -132,7 +132,7 @@ LEADERBOARD_EXAMPLE = OpenApiExample(
 IDEMPOTENCY_KEY = (
     "1 to 200 characters, a UUID is best (or `vote_id` in the body). Scoped to the poll and the voter: the "
     "signed-in user, else the voter token, else the client's address. The same key with the same choice is "
-    "answered as the first time (204) and counted once; with another choice it is 422; while the first "
+    "answered as the first time (204) and counted once; with another choice it is 409 (the key was used for another request); while the first "
     "request is in progress, 409. A first request refused with a 4xx leaves the key free; after a 503 only "
     "the same choice may retry. Kept IDEMPOTENCY_KEY_TTL (24 h) in the cache, then checked against the stored ballot."
 )
@@ -221,9 +221,13 @@ def strict_request_bodies(result, generator, request, public):
     bodies = {"polls_create": ("CreateInputRequest", create_poll_request), "polls_vote": ("VoteRequest", vote_request)}
     for path in result.get("paths", {}).values():
         for operation in path.values():
-            named = bodies.get(operation.get("operationId")) if isinstance(operation, dict) else None
-            if named and "requestBody" in operation:
+            if not isinstance(operation, dict) or "requestBody" not in operation:
+                continue
+            named = bodies.get(operation.get("operationId"))
+            if named:
                 schemas[named[0]] = named[1]()
+            if named or operation.get("operationId") == "voters_create":
+                # POST /voters too: a JSON body (any) is what tells it from a cross-site form.
                 operation["requestBody"]["required"] = True
     return result
 
@@ -259,7 +263,6 @@ VOTE_OPERATION = dict(
         411: ErrorSerializer,
         413: ErrorSerializer,
         415: ErrorSerializer,
-        422: OpenApiResponse(ErrorSerializer, description="The Idempotency-Key was already used with another choice of options."),
         429: ErrorSerializer,
         503: OpenApiResponse(
             ErrorSerializer,

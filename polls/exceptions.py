@@ -38,10 +38,15 @@ class OptionOutOfRange(PollError):
 
 
 class InvalidPoll(PollError):
-    """A question or options a poll cannot have; `field` names the one at fault."""
+    """A question or options a poll cannot have; `field` names the one at fault.
 
-    def __init__(self, field: str, message: str) -> None:
+    400 where the schema states the rule (the number of options); 409 (`schema_valid`)
+    for the text rules it cannot state: invisible-only text, options that look the same.
+    """
+
+    def __init__(self, field: str, message: str, *, schema_valid: bool = False) -> None:
         self.field = field
+        self.status = 409 if schema_valid else 400
         super().__init__(message)
 
 
@@ -94,7 +99,7 @@ class MediaTypeUnsupported(PollError):
 
 
 class IdempotencyKeyReused(PollError):
-    status = 422
+    status = 409
 
     def __init__(self) -> None:
         super().__init__(

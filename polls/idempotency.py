@@ -4,7 +4,7 @@
   the same key cast two ballots.
 - The first request's choice is remembered by a fingerprint: the same key with the same
   choice answers as the first time (204) and publishes nothing new; with another choice
-  it is refused (IdempotencyKeyReused, 422); while the first is still being processed,
+  it is refused (IdempotencyKeyReused, 409); while the first is still being processed,
   a second is refused (IdempotencyKeyInUse, 409).
 - A first request refused before publishing (4xx, the database down) leaves no record:
   a retry may succeed. One whose publishing failed (503) may still have reached the vote

@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from polling.throttles import PollCreateRateThrottle, throttles_check, vote_throttles_check
 from polls.apis import PollsApi
-from polls.exceptions import AlreadyVoted, PollError, VoteBusUnavailable
+from polls.exceptions import AlreadyVoted, InvalidPoll, PollError, VoteBusUnavailable
 from polls.models import Poll
 from polls.selectors import poll_list, voter_has_voted
 from polls.services import poll_create, vote_cast
@@ -58,9 +58,14 @@ def home(request: HttpRequest) -> HttpResponse:
             serializer = PollsApi.CreateInputSerializer(data=_create_input(request.POST))
             if serializer.is_valid():
                 user = request.user if request.user.is_authenticated else None
-                poll = poll_create(**serializer.validated_data, created_by=user)
-                return redirect("poll-share", poll_id=poll.pk)
-            errors, status = {k: [str(m) for m in v] for k, v in serializer.errors.items()}, 400
+                try:
+                    poll = poll_create(**serializer.validated_data, created_by=user)
+                except InvalidPoll as exc:  # the text and count rules (polls.services.poll_options_clean)
+                    errors, status = {exc.field: [str(exc)]}, exc.status
+                else:
+                    return redirect("poll-share", poll_id=poll.pk)
+            else:
+                errors, status = {k: [str(m) for m in v] for k, v in serializer.errors.items()}, 400
     context = {
         "polls": poll_list(status=Poll.Status.OPEN)[:HOME_POLLS],
         "may_create": may_create,

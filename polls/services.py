@@ -71,7 +71,7 @@ def poll_create(
 def _text_clean(text: str, *, field: str, what: str, max_length: int) -> str:
     stored = text_normalize(text)
     if text_is_invisible(stored):
-        raise InvalidPoll(field, f"{what} has no visible text.")
+        raise InvalidPoll(field, f"{what} has no visible text.", schema_valid=True)
     if len(stored) > max_length:
         raise InvalidPoll(field, f"{what} is longer than {max_length} characters.")
     return stored
@@ -105,7 +105,9 @@ def poll_options_clean(*, options: Sequence[str], max_choices: int) -> list[str]
     for position, text in enumerate(stored, start=1):
         earlier = first_with.setdefault(text_skeleton(text), position)
         if earlier != position:
-            raise InvalidPoll("options", f"Options {earlier} and {position} look the same; options must differ from one another.")
+            raise InvalidPoll(
+                "options", f"Options {earlier} and {position} look the same; options must differ from one another.", schema_valid=True
+            )
     if not 1 <= max_choices <= len(stored):
         raise InvalidPoll("max_choices", f"Max choices must be between 1 and the number of options ({len(stored)}).")
     return stored

@@ -164,7 +164,7 @@ LOOK_THE_SAME = "Options 1 and 2 look the same; options must differ from one ano
         ({"question": "  ", "option1": "a", "option2": "b"}, 400, {"question": ["This field may not be blank."]}),
         ({"question": "q", "option1": "a"}, 400, {"options": ["A poll has 2 to 10 options; this one has 1."]}),
         ({"question": "q", "option1": "a", "option3": "c"}, 400, {"option2": ["Options must be consecutive from option1: option2 is missing."]}),
-        ({"question": "q", "option1": "a", "option2": "A"}, 400, {"options": [LOOK_THE_SAME]}),
+        ({"question": "q", "option1": "a", "option2": "A"}, 409, {"options": [LOOK_THE_SAME]}),
         ({"question": "q" * 501, "option1": "a", "option2": "b"}, 400, {"question": ["Ensure this field has no more than 500 characters."]}),
         ({"question": "q", "option1": "a" * 201, "option2": "b"}, 400, {"option1": ["Ensure this field has no more than 200 characters."]}),
         ({"question": "q\x00", "option1": "a", "option2": "b"}, 400, {"question": ["Null characters are not allowed."]}),
@@ -195,7 +195,8 @@ def test_create_poll_refuses_bad_input(client, kafka_topic, body, status, error)
 def test_create_poll_refuses_options_that_look_the_same(client, first, second):
     for body in ({"question": "q", "option1": first, "option2": second}, {"question": "q", "options": ["x", first, second]}):
         response = post_json(client, "/polls", body)
-        assert response.status_code == 400
+        # Schema-valid (no schema can compare two options), so a 409, not a 400.
+        assert response.status_code == 409
         assert response.json()["options"][0].endswith("look the same; options must differ from one another.")
     assert Poll.objects.count() == 0
 
@@ -205,9 +206,9 @@ def test_create_poll_refuses_options_that_look_the_same(client, first, second):
                                        "\u3164", "\u00a0\u200b", "\u2800", "\ufe0f"])
 def test_create_poll_refuses_text_made_only_of_invisible_characters(client, invisible):
     question = post_json(client, "/polls", {"question": invisible, "option1": "a", "option2": "b"})
-    assert (question.status_code, question.json()) == (400, {"question": ["The question has no visible text."]})
+    assert (question.status_code, question.json()) == (409, {"question": ["The question has no visible text."]})
     option = post_json(client, "/polls", {"question": "q", "option1": "a", "option2": invisible})
-    assert (option.status_code, option.json()) == (400, {"options": ["Option 2 has no visible text."]})
+    assert (option.status_code, option.json()) == (409, {"options": ["Option 2 has no visible text."]})
     assert Poll.objects.count() == 0
 
 

@@ -75,7 +75,7 @@ def test_creating_a_poll_on_home_calls_poll_create_and_lands_on_its_share_view(b
 
 
 @pytest.mark.parametrize(("form", "message"), [
-    ({"question": "One?", "option1": "Only"}, "A poll needs at least 2 options"),
+    ({"question": "One?", "option1": "Only"}, "A poll has 2 to 10 options; this one has 1."),
     ({"question": "", "option1": "a", "option2": "b"}, "This field may not be blank."),
     ({"question": "When?", "option1": "a", "option2": "b", "closes_in": "7"}, "Datetime has wrong format"),
 ])

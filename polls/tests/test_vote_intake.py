@@ -179,7 +179,7 @@ def test_a_real_server_answers_every_status_of_the_vote(web_server, vote_worker)
     assert request("POST", url, {"option": 2}, headers=keyed).status == 204
     assert request("POST", url, {"option": 2}, headers=keyed).status == 204  # the same ballot again
     reused = request("POST", url, {"option": 1}, headers=keyed)
-    assert (reused.status, reused.json()["detail"]) == (422, str(IdempotencyKeyReused()))
+    assert (reused.status, reused.json()["detail"]) == (409, str(IdempotencyKeyReused()))
 
     assert request("POST", url, {"option": 3}).json() == {"option": ["Option 3 does not exist: this poll has options 1 to 2."]}
     assert request("POST", f"{web_server.url}/polls/{members.pk}/vote", {"option": 1}).status == 401

@@ -209,14 +209,14 @@ def test_two_voters_sending_the_same_key_both_count(client, kafka_topic, worker_
     assert counters_verify() == []
 
 
-def test_a_key_reused_with_another_choice_is_422_and_nothing_more_is_counted(client, kafka_topic, worker_thread):
+def test_a_key_reused_with_another_choice_is_409_and_nothing_more_is_counted(client, kafka_topic, worker_thread):
     poll = poll_create(question="Up to two", options=["a", "b", "c"], max_choices=2)
     token = voter_token(client)
     keyed = {"HTTP_X_VOTER_TOKEN": token, "HTTP_IDEMPOTENCY_KEY": "vote-1"}
     assert vote(client, poll, {"option": 1}, **keyed).status_code == 204
     for other in ({"option": 2}, {"options": [1, 2]}, {"option": 99}):
         response = vote(client, poll, other, **keyed)
-        assert (response.status_code, response.json()) == (422, {"detail": (
+        assert (response.status_code, response.json()) == (409, {"detail": (
             "This Idempotency-Key was already used with a different request (another choice of options): "
             "send the same request to retry it, or a new key for a new vote.")}), other
     # The same choice, in either shape, is the first request again: 204, published once.
@@ -227,13 +227,13 @@ def test_a_key_reused_with_another_choice_is_422_and_nothing_more_is_counted(cli
 
     # Past the record's time (here: the cache emptied) the stored ballot answers alike.
     cache.clear()
-    assert vote(client, poll, {"option": 2}, **keyed).status_code == 422
+    assert vote(client, poll, {"option": 2}, **keyed).status_code == 409
     assert vote(client, poll, {"option": 1}, **keyed).status_code == 204
     # A ballot of several choices is compared whole, in any order.
     assert vote(client, poll, {"options": [3, 2]}, HTTP_X_VOTER_TOKEN=token, HTTP_IDEMPOTENCY_KEY="vote-2").status_code == 204
     wait_until(lambda: counts(poll) == [1, 1, 1], timeout=30, what="the second ballot counted")
     cache.clear()
-    for other, status in (({"options": [2]}, 422), ({"options": [2, 3, 1]}, 422), ({"options": [2, 3]}, 204)):
+    for other, status in (({"options": [2]}, 409), ({"options": [2, 3, 1]}, 409), ({"options": [2, 3]}, 204)):
         assert vote(client, poll, other, HTTP_X_VOTER_TOKEN=token, HTTP_IDEMPOTENCY_KEY="vote-2").status_code == status
     assert len(read_topic(kafka_topic)) == 2
     assert counts(poll) == [1, 1, 1]
@@ -284,7 +284,7 @@ def test_a_key_is_free_again_after_its_first_request_failed(client, settings, ka
     token = voter_token(client)
     keyed = {"HTTP_X_VOTER_TOKEN": token, "HTTP_IDEMPOTENCY_KEY": "vote-1"}
     # Refused before publishing (a 4xx): no record, so another choice may follow.
-    assert vote(client, poll, {"option": 9}, **keyed).status_code == 400
+    assert vote(client, poll, {"option": 9}, **keyed).status_code == 409
     # The vote log unreachable: 503, and a retry of the same vote succeeds once it is back.
     brokers = settings.KAFKA_BROKERS
     settings.KAFKA_BROKERS, settings.VOTE_PUBLISH_TIMEOUT = ["127.0.0.1:9"], 0.5
@@ -292,7 +292,7 @@ def test_a_key_is_free_again_after_its_first_request_failed(client, settings, ka
     refused = vote(client, poll, {"option": 2}, **keyed)
     assert (refused.status_code, refused["Retry-After"]) == (503, "2")
     # A 503's vote may have reached the log all the same: its key takes no other choice.
-    assert vote(client, poll, {"option": 3}, **keyed).status_code == 422
+    assert vote(client, poll, {"option": 3}, **keyed).status_code == 409
     settings.KAFKA_BROKERS = brokers
     reset_vote_bus()
     assert vote(client, poll, {"option": 2}, **keyed).status_code == 204
@@ -318,7 +318,7 @@ def test_a_first_votes_retry_without_its_cookie_is_the_same_ballot(in_process_bu
     assert vote(with_cookie, poll, {"option": 1}, HTTP_IDEMPOTENCY_KEY="k-1").status_code == 204
     cache.clear()
     assert vote(with_cookie, poll, {"option": 1}, HTTP_IDEMPOTENCY_KEY="k-1").status_code == 204
-    assert vote(with_cookie, poll, {"option": 2}, HTTP_IDEMPOTENCY_KEY="k-1").status_code == 422
+    assert vote(with_cookie, poll, {"option": 2}, HTTP_IDEMPOTENCY_KEY="k-1").status_code == 409
     assert vote(with_cookie, poll, {"option": 2}).status_code == 409
     assert counts(poll) == [1, 0]
 
