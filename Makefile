@@ -71,6 +71,7 @@ check: install
 # The benchmark suite: starts its own real services and servers, prints a table of
 # figures beside their references (ratios), e.g. make bench BENCH_ARGS="--quick".
 bench: install
+	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(BIN)/python -m devservices install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 

@@ -574,6 +574,7 @@ def http_load(
     paths: Sequence[str],
     bodies: Sequence[str] = (),
     method: str = "POST",
+    headers: Sequence[str] = (),
     connections: int = 64,
     duration: float = 10.0,
     warmup: float = 2.0,
@@ -604,6 +605,8 @@ def http_load(
             args += ["--path", path]
         for body in bodies:
             args += ["--body", body]
+        for header in headers:
+            args += ["--header", header]
         generators.append((subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), latency_file))
     cpu_server_before = server_cpu_at_window = 0.0
     others_cpu: dict[str, float] = {}

@@ -82,8 +82,9 @@ class Stack:
                 process.stop()
 
 
-def start_stack(ctx, *, name: str, floor: bool, naive: bool, viewers: bool = False) -> Stack:
+def start_stack(ctx, *, name: str, floor: bool, naive: bool, viewers: bool = False, server: str | None = None) -> Stack:
     services = ctx.services
+    server = server or ctx.server
     topic = f"bench-{name}-{uuid.uuid4().hex[:8]}"
     database_url = services.database_url(f"bench_{name}")
     env = django_env(database_url=database_url, kafka=services.kafka_bootstrap, redis=services.redis_url,
@@ -104,7 +105,7 @@ def start_stack(ctx, *, name: str, floor: bool, naive: bool, viewers: bool = Fal
         started.append(worker)
         worker.start()
         servers = {"product": WebServer(name=f"{name}-web", env=env, log_dir=ctx.work_dir, procs=ctx.web_procs,
-                                        server=ctx.server)}
+                                        server=server)}
         if floor:
             floor_env = dict(env, DJANGO_SETTINGS_MODULE="bench.floor.settings")
             servers["floor"] = WebServer(name=f"{name}-floor", env=floor_env, log_dir=ctx.work_dir,
@@ -131,9 +132,10 @@ def start_stack(ctx, *, name: str, floor: bool, naive: bool, viewers: bool = Fal
     return stack
 
 
-def _load(ctx, server: WebServer, path: str, poll_id: int, label: str = "", worker: Worker | None = None) -> LoadResult:
+def _load(ctx, server: WebServer, path: str, poll_id: int, label: str = "", worker: Worker | None = None,
+          headers: tuple[str, ...] = ()) -> LoadResult:
     return http_load(
-        port=server.port, paths=[path], bodies=vote_bodies(poll_id), connections=ctx.connections,
+        port=server.port, paths=[path], bodies=vote_bodies(poll_id), headers=headers, connections=ctx.connections,
         duration=ctx.duration, warmup=ctx.warmup, procs=ctx.load_procs, work_dir=ctx.work_dir, server=server,
         label=label, others=_cpu_readers(ctx, worker),
         profile_also=[(worker.name, worker.pid)] if worker is not None else [],

@@ -179,15 +179,16 @@ def _build_requests(args) -> list[bytes]:
     for index in range(count):
         path = paths[index % len(paths)]
         host = f"127.0.0.1:{ports[0]}"
+        extra = "".join(f"{header}\r\n" for header in args.header)
         if bodies:
             body = bodies[index % len(bodies)]
             head = (
-                f"{args.method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"{args.method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n"
             ).encode()
             requests.append(head + body)
         else:
-            requests.append(f"{args.method} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            requests.append(f"{args.method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
     return requests
 
 
@@ -487,6 +488,7 @@ def main(argv: list[str] | None = None) -> None:
     http.add_argument("--path", action="append", required=True, help="repeat to cycle through paths")
     http.add_argument("--method", default="POST")
     http.add_argument("--body", action="append", help="JSON body; repeat to cycle through bodies")
+    http.add_argument("--header", action="append", default=[], help='"Name: value" sent with every request; repeatable')
     http.add_argument("--connections", type=int, default=64)
     http.add_argument("--start-at", type=float, default=0.0, help="wall-clock time (time.time()) to begin")
     http.add_argument("--warmup", type=float, default=2.0)

@@ -7,6 +7,10 @@
 
 Sections (--only takes a comma-separated list of these names):
 
+    direct       0. the product's vote intake divided by the direct design's (bench/direct.py:
+                    FastAPI + uvicorn with 2 workers + asyncpg, one UPDATE per vote), both on
+                    the same PostgreSQL and cores, rounds alternated, with and without the
+                    voter cookie; web CPU per vote
     intake       1. POST /polls/{id}/vote at 64 clients on one hot poll, beside the framework
                     floor (bench/floor: DRF validating the same body, no I/O) and the naive
                     design (in-process apply against PostgreSQL, no Kafka)
@@ -50,12 +54,12 @@ from pathlib import Path
 # product's leaderboard app in anything imported from here.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench import apply_rate, intake, leaderboard, memory  # noqa: E402
+from bench import apply_rate, direct, intake, leaderboard, memory  # noqa: E402
 from bench.common import (  # noqa: E402
     Profiler, Row, Services, add_experiment_args, experiment_env, log, print_table, summarize_profile,
 )
 
-SECTIONS = ["intake", "apply", "viewers", "leaderboard", "memory", "ws"]
+SECTIONS = ["direct", "intake", "apply", "viewers", "leaderboard", "memory", "ws"]
 
 
 @dataclass
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     began = time.monotonic()
     load_before = os.getloadavg()
-    needs_kafka = bool({"intake", "apply", "viewers", "ws"} & set(args.sections))
+    needs_kafka = bool({"direct", "intake", "apply", "viewers", "ws"} & set(args.sections))
     work_dir = Path(tempfile.mkdtemp(prefix="polling-bench-logs-"))
     if args.profile:
         Profiler.directory = Path(args.profile).resolve()
@@ -194,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"section {name} done in {time.monotonic() - started:.0f} s")
 
     try:
+        section("direct", direct.run_direct)
         section("intake", intake.run_intake)
         section("apply", apply_rate.run_apply)
         if "viewers" in args.sections and not intake.realtime_available():

@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP goes to Django, WebSockets to the realtime app's consumers."""
+"""ASGI entry point: votes go to their lean path, other HTTP to Django, WebSockets to the
+realtime app's consumers."""
 
 import os
 
@@ -26,12 +27,14 @@ django_asgi_app = BodySizeLimit(SyncChainASGIHandler(RequestThreads(keep=128)))
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
+from polls.vote_intake import VoteIntake  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from realtime.security import allowed_hosts_origin_validator  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # POST /polls/<id>/vote is answered on the event loop (polls.vote_intake).
+        "http": VoteIntake(django_asgi_app),
         # Cookies and a lazy session: the voter cookie and the signed-in user decide who
         # may see counts that a poll shows only to those who voted (realtime.voters).
         "websocket": allowed_hosts_origin_validator(SessionMiddlewareStack(URLRouter(websocket_urlpatterns))),

@@ -225,12 +225,24 @@ def vote_rejection_reason(exc: BaseException) -> str | None:
     if isinstance(exc, VoteBusUnavailable):
         return None
     if isinstance(exc, PollError):
-        return _snake(type(exc).__name__)
+        return exc.reason or _snake(type(exc).__name__)
     if isinstance(exc, Http404):
         return "not_found"
     if isinstance(exc, APIException) and 400 <= exc.status_code < 500:
         return str(exc.default_code)
     return None
+
+
+def vote_refused(exc: BaseException) -> None:
+    """Count a vote answered with an error: 503 (the vote bus), or a rejection by reason."""
+    from polls.exceptions import VoteBusUnavailable
+
+    if isinstance(exc, VoteBusUnavailable):
+        vote_unavailable()
+    else:
+        reason = vote_rejection_reason(exc)
+        if reason is not None:
+            vote_rejected(reason)
 
 
 class VoteIntakeMetricsMixin:
@@ -242,14 +254,7 @@ class VoteIntakeMetricsMixin:
     """
 
     def handle_exception(self, exc):
-        from polls.exceptions import VoteBusUnavailable
-
-        if isinstance(exc, VoteBusUnavailable):
-            vote_unavailable()
-        else:
-            reason = vote_rejection_reason(exc)
-            if reason is not None:
-                vote_rejected(reason)
+        vote_refused(exc)
         return super().handle_exception(exc)
 
     def finalize_response(self, request, response, *args, **kwargs):
@@ -297,18 +302,22 @@ class RequestMetricsMiddleware:
     def __call__(self, request):
         started = time.perf_counter()
         response = self.get_response(request)
-        seconds = time.perf_counter() - started
-        view = view_label(request)
-        method = request.method if request.method in _METHODS else "other"
-        HTTP_REQUESTS.labels(view, method, str(response.status_code)).inc()
-        HTTP_REQUEST_DURATION.labels(view, method, str(response.status_code)).observe(seconds)
-        if settings.ACCESS_LOG:
-            access_logger.info(
-                '"%s %s" %d %.1f ms', request.method, request.path, response.status_code, seconds * 1000,
-                extra={"http": {"method": request.method, "path": request.path, "status": response.status_code,
-                                "view": view, "duration_ms": round(seconds * 1000, 2)}},
-            )
+        request_observed(view=view_label(request), method=request.method, path=request.path,
+                         status=response.status_code, seconds=time.perf_counter() - started)
         return response
+
+
+def request_observed(*, view: str, method: str, path: str, status: int, seconds: float) -> None:
+    """Count and time one answered HTTP request, and write its access-log line."""
+    label = method if method in _METHODS else "other"
+    HTTP_REQUESTS.labels(view, label, str(status)).inc()
+    HTTP_REQUEST_DURATION.labels(view, label, str(status)).observe(seconds)
+    if settings.ACCESS_LOG:
+        access_logger.info(
+            '"%s %s" %d %.1f ms', method, path, status, seconds * 1000,
+            extra={"http": {"method": method, "path": path, "status": status,
+                            "view": view, "duration_ms": round(seconds * 1000, 2)}},
+        )
 
 
 @require_safe

@@ -90,6 +90,11 @@ def throttles_check(throttles, request) -> float | None:
     return max(waits) if waits else None
 
 
+def throttles_wait_for_cache() -> bool:
+    """Whether throttles_check waits for Redis (RATE_LIMIT_SYNC_MS=0): then not on an event loop."""
+    return settings.RATE_LIMIT_SYNC_MS <= 0 and hasattr(caches[settings.RATE_LIMIT_CACHE], "incr_many")
+
+
 def _count(cache, keys: list[tuple[str, int]]) -> list[int]:
     """Add one to each (key, expiry seconds) counter; return the counts to decide on."""
     if not hasattr(cache, "incr_many"):  # polling.cache.SharedClientRedisCache

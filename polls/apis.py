@@ -7,7 +7,7 @@ from django.core.validators import RegexValidator
 from django.http import HttpResponse
 from django.utils.http import parse_header_parameters
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.authentication import CSRFCheck
 from rest_framework.exceptions import UnsupportedMediaType
@@ -21,8 +21,8 @@ from polling.metrics import VoteIntakeMetricsMixin
 from polling.strict import StrictCharField, StrictIntegerField, query_data, validated_data
 from polling.throttles import VOTE_THROTTLES, VoterTokenIssueRateThrottle, PipelinedThrottlesMixin, PollCreateRateThrottle
 from polls import docs
+from polls.ballots import ballot_read, idempotency_key
 from polls.exports import results_csv
-from polls.exceptions import PollMismatch
 from polls.models import Poll
 from polls.selectors import poll_closed_by_staff, poll_get, poll_list, poll_results_visible, poll_totals, polls_results_visible
 from polls.services import poll_create, poll_set_status, vote_cast
@@ -177,66 +177,28 @@ def _poll_as_seen(request: Request, poll_id: int) -> dict:
 
 
 class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
+    """`POST /polls/{id}/vote` for requests that carry a signed-in user (and in-process
+    clients): servers route the others to the lean path, polls.vote_intake, which
+    reads the ballot and casts it with the same functions."""
+
     throttle_classes = list(VOTE_THROTTLES)
 
-    class InputSerializer(serializers.Serializer):
-        # Null is the same as left out (polls.docs.vote_request).
-        option = StrictIntegerField(required=False, allow_null=True)
-        options = serializers.ListField(child=StrictIntegerField(), required=False, allow_null=True, min_length=1, max_length=100)
-        poll_id = StrictIntegerField(required=False)
-        vote_id = serializers.UUIDField(required=False)
-
-        def validate(self, attrs):
-            attrs = {name: value for name, value in attrs.items() if value is not None}
-            if ("option" in attrs) == ("options" in attrs):
-                raise serializers.ValidationError({"option": ["Give option (one choice) or options (a list), not both." if "option" in attrs else "This field is required."]})
-            return attrs
-
-    @extend_schema(
-        operation_id="polls_vote",
-        request=InputSerializer,
-        parameters=[
-            OpenApiParameter("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 200}, OpenApiParameter.HEADER,
-                             description=docs.IDEMPOTENCY_KEY),
-            OpenApiParameter("X-Voter-Token", str, OpenApiParameter.HEADER, description="An anonymous voter token from POST /voters."),
-        ],
-        responses={
-            204: OpenApiResponse(description="The vote is durable and will be counted."),
-            400: docs.VALIDATION_ERROR,
-            401: docs.ErrorSerializer,
-            404: docs.ErrorSerializer,
-            409: docs.CONFLICT,
-            411: docs.ErrorSerializer,
-            413: docs.ErrorSerializer,
-            415: docs.ErrorSerializer,
-            429: docs.ErrorSerializer,
-            503: OpenApiResponse(
-                docs.ErrorSerializer,
-                description="Not recorded (the vote log, the database, or for a keyed vote the key's store, is "
-                "unavailable): retry after Retry-After with the same Idempotency-Key.",
-            ),
-        },
-        examples=[docs.VOTE_EXAMPLE, docs.MULTI_VOTE_EXAMPLE],
-    )
+    @extend_schema(**docs.VOTE_OPERATION)
     def post(self, request: Request, poll_id: int) -> Response:
-        data = validated_data(self.InputSerializer(data=request.data))
-        if data.get("poll_id") is not None and data["poll_id"] != poll_id:
-            raise PollMismatch(data["poll_id"], poll_id)
+        ballot = ballot_read(body=request.body, content_type=request.content_type, poll_id=poll_id)
         voter, new_token = voter_for_vote(voter_from_request(request))
-        key = request.headers.get("Idempotency-Key") or (str(data["vote_id"]) if "vote_id" in data else None)
-        if key is not None and not 1 <= len(key) <= 200:
-            raise serializers.ValidationError({"Idempotency-Key": ["Must be 1 to 200 characters."]})
-        ballot = vote_cast(
-            poll_id=poll_id,
-            options=data["options"] if "options" in data else [data["option"]],
-            voter=voter,
-            idempotency_key=key,
-        )
+        key = idempotency_key(header=request.headers.get("Idempotency-Key"), ballot=ballot)
+        event = vote_cast(poll_id=poll_id, options=ballot.options, voter=voter, idempotency_key=key)
         response = Response(status=status.HTTP_204_NO_CONTENT)
         if new_token is not None:
-            # A repeated ballot answers with the cookie of the voter it was cast as.
-            voter_cookie_set(response, voter_token_of(ballot.voter_key) or new_token)
+            voter_cookie_set(response, voter_cookie_token(event, new_token))
         return response
+
+
+def voter_cookie_token(event, new_token: str) -> str:
+    """The token a first vote's cookie carries: a repeated ballot answers with the cookie of
+    the voter it was cast as."""
+    return voter_token_of(event.voter_key) or new_token
 
 
 class PollStatusApi(APIView):

@@ -7,12 +7,15 @@ in process by the very same batch code, one vote per batch.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from typing import Protocol
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
@@ -28,6 +31,9 @@ class VoteBus(Protocol):
     def publish(self, event: VoteEvent) -> None:
         """Return once the vote is durable; raise VoteBusUnavailable otherwise."""
 
+    async def publish_async(self, event: VoteEvent) -> None:
+        """publish, awaited on the event loop without blocking it."""
+
 
 class KafkaVoteBus:
     # After a failed connection, votes are refused at once for this long instead of each
@@ -40,6 +46,9 @@ class KafkaVoteBus:
         self._lock = threading.Lock()
         self._unreachable: str | None = None
         self._unreachable_until = 0.0
+        # (producer, topic) pairs whose partitions the producer knows: its send() then
+        # returns at once instead of waiting for metadata.
+        self._ready: set[tuple[int, str]] = set()
 
     def _get_producer(self):
         # Built on first use, not at start: a web process must come up (and answer 503)
@@ -86,6 +95,38 @@ class KafkaVoteBus:
             raise
         vote_published(seconds=time.perf_counter() - started, ok=True)
 
+    async def publish_async(self, event: VoteEvent) -> None:
+        """publish without a thread per waiting vote: the acknowledgement completes an
+        asyncio future from the producer's I/O thread. Only a producer's first vote for a
+        topic (connecting, reading the topic's partitions) waits on an executor thread."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        topic = vote_topic()
+        producer = self._producer
+        try:
+            if producer is None or (id(producer), topic) not in self._ready:
+                producer = await loop.run_in_executor(None, self._get_ready_producer, topic)
+            acknowledged = loop.create_future()
+            future = producer.send(topic, key=event.key, value=event.to_bytes())
+            future.add_callback(_acknowledged, loop, acknowledged)
+            future.add_errback(_failed, loop, acknowledged)
+            await asyncio.wait_for(acknowledged, self._timeout)
+        except (KafkaError, TimeoutError) as exc:
+            vote_published(seconds=time.perf_counter() - started, ok=False)
+            logger.warning("vote %s not published: %s", event.vote_id, exc or type(exc).__name__)
+            self._discard(producer)
+            raise VoteBusUnavailable(str(exc) or type(exc).__name__) from exc
+        except VoteBusUnavailable:  # no producer: the broker was unreachable
+            vote_published(seconds=time.perf_counter() - started, ok=False)
+            raise
+        vote_published(seconds=time.perf_counter() - started, ok=True)
+
+    def _get_ready_producer(self, topic: str) -> KafkaProducer:
+        producer = self._get_producer()
+        producer.partitions_for(topic)  # waits for the topic's metadata (within max_block_ms)
+        self._ready.add((id(producer), topic))
+        return producer
+
     def _discard(self, producer: KafkaProducer | None) -> None:
         """Replace a producer that failed a vote with a fresh one at the next vote.
 
@@ -99,6 +140,7 @@ class KafkaVoteBus:
             if producer is None or self._producer is not producer:
                 return  # already replaced by a request that failed at the same time
             self._producer = None
+            self._ready = {ready for ready in self._ready if ready[0] != id(producer)}
         threading.Thread(target=producer.close, kwargs={"timeout": 0}, daemon=True, name="producer-close").start()
 
     def close(self) -> None:
@@ -118,6 +160,42 @@ class InProcessVoteBus:
         started = time.perf_counter()
         votes_apply(events=[event])
         vote_published(seconds=time.perf_counter() - started, ok=True)
+
+    async def publish_async(self, event: VoteEvent) -> None:
+        # The embedded default's SQLite has one writer: votes apply on one thread in turn.
+        await sync_to_async(self._publish_then_release, thread_sensitive=True)(event)
+
+    def _publish_then_release(self, event: VoteEvent) -> None:
+        try:
+            self.publish(event)
+        finally:
+            if not connection.in_atomic_block:
+                connection.close()
+
+
+# Called by the producer's I/O thread (or at once, if the send already completed).
+def _acknowledged(loop: asyncio.AbstractEventLoop, acknowledged: asyncio.Future, _metadata) -> None:
+    _settle_threadsafe(loop, acknowledged, None)
+
+
+def _failed(loop: asyncio.AbstractEventLoop, acknowledged: asyncio.Future, error: BaseException) -> None:
+    _settle_threadsafe(loop, acknowledged, error)
+
+
+def _settle_threadsafe(loop: asyncio.AbstractEventLoop, acknowledged: asyncio.Future, error: BaseException | None) -> None:
+    try:
+        loop.call_soon_threadsafe(_settle, acknowledged, error)
+    except RuntimeError:  # the loop has closed: nobody waits for this vote any more
+        pass
+
+
+def _settle(acknowledged: asyncio.Future, error: BaseException | None) -> None:
+    if acknowledged.done():  # the vote timed out meanwhile
+        return
+    if error is None:
+        acknowledged.set_result(None)
+    else:
+        acknowledged.set_exception(error)
 
 
 _bus: VoteBus | None = None

@@ -6,7 +6,7 @@ them, so the schema says what clients get.
 
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
 
 
@@ -218,7 +218,7 @@ def vote_request() -> dict:
 def strict_request_bodies(result, generator, request, public):
     """drf-spectacular post-processing hook: the request bodies above, required."""
     schemas = result.get("components", {}).get("schemas", {})
-    bodies = {"polls_create": ("CreateInputRequest", create_poll_request), "polls_vote": ("InputRequest", vote_request)}
+    bodies = {"polls_create": ("CreateInputRequest", create_poll_request), "polls_vote": ("VoteRequest", vote_request)}
     for path in result.get("paths", {}).values():
         for operation in path.values():
             if not isinstance(operation, dict) or "requestBody" not in operation:
@@ -230,3 +230,45 @@ def strict_request_bodies(result, generator, request, public):
                 # POST /voters too: a JSON body (any) is what tells it from a cross-site form.
                 operation["requestBody"]["required"] = True
     return result
+
+
+# The vote's body as the schema shows it; polls.ballots reads and checks it.
+class VoteSerializer(serializers.Serializer):
+    option = serializers.IntegerField(required=False)
+    options = serializers.ListField(child=serializers.IntegerField(), required=False, min_length=1, max_length=100)
+    poll_id = serializers.IntegerField(required=False)
+    vote_id = serializers.UUIDField(required=False)
+
+
+# The vote's operation (`POST /polls/{id}/vote`), as extend_schema's arguments.
+VOTE_OPERATION = dict(
+    operation_id="polls_vote",
+    description=(
+        "Casts a ballot: `option` (the seed's one choice) or `options` (a multiple-choice ballot). "
+        "Answered 204 once the vote is durable in the vote log; a client without a voter token "
+        "gets one in the `voter` cookie with its first vote."
+    ),
+    request=VoteSerializer,
+    parameters=[
+        OpenApiParameter("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 200}, OpenApiParameter.HEADER,
+                         description=IDEMPOTENCY_KEY),
+        OpenApiParameter("X-Voter-Token", str, OpenApiParameter.HEADER, description="An anonymous voter token from POST /voters."),
+    ],
+    responses={
+        204: OpenApiResponse(description="The vote is durable and will be counted."),
+        400: VALIDATION_ERROR,
+        401: ErrorSerializer,
+        404: ErrorSerializer,
+        409: CONFLICT,
+        411: ErrorSerializer,
+        413: ErrorSerializer,
+        415: ErrorSerializer,
+        429: ErrorSerializer,
+        503: OpenApiResponse(
+            ErrorSerializer,
+            description="Not recorded (the vote log, the database, or for a keyed vote the key's store, is "
+            "unavailable): retry after Retry-After with the same Idempotency-Key.",
+        ),
+    },
+    examples=[VOTE_EXAMPLE, MULTI_VOTE_EXAMPLE],
+)

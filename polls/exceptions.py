@@ -11,6 +11,9 @@ class PollError(Exception):
 
     status = 400
 
+    # The reason label of polling_votes_rejected; None: named after the class.
+    reason: str | None = None
+
 
 class PollNotFound(PollError):
     status = 404
@@ -69,6 +72,30 @@ class SignInRequired(PollError):
 
     def __init__(self, what: str) -> None:
         super().__init__(f"Sign in to {what}.")
+
+
+class BallotInvalid(PollError):
+    """A vote's body (or Idempotency-Key) that is not a ballot: `errors` names each wrong field."""
+
+    reason = "invalid"
+
+    def __init__(self, errors: dict) -> None:
+        self.errors = errors
+        super().__init__(str(errors))
+
+
+class BodyUnreadable(PollError):
+    """A body that is not JSON in the charset it names."""
+
+    reason = "parse_error"
+
+
+class MediaTypeUnsupported(PollError):
+    status = 415
+    reason = "unsupported_media_type"
+
+    def __init__(self, media_type: str) -> None:
+        super().__init__(f'Unsupported media type "{media_type}" in request.')
 
 
 class IdempotencyKeyReused(PollError):

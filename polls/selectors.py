@@ -89,6 +89,14 @@ def poll_vote_target(*, poll_id: int) -> VoteTarget:
     return target
 
 
+def poll_vote_target_cached(*, poll_id: int) -> VoteTarget | None:
+    """The poll's vote target if this process holds a fresh copy, else None: never the database."""
+    kept = _vote_targets.get(poll_id)
+    if kept is not None and time.monotonic() < kept[0] and settings.VOTE_TARGET_CACHE_SECONDS > 0:
+        return kept[1]
+    return None
+
+
 def vote_target_forget(poll_id: int | None = None) -> None:
     """Forget the cached vote target of a poll (of every poll: None), now and when the transaction commits.
 

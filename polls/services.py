@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, connection, models, transaction
@@ -28,7 +29,7 @@ from polls.exceptions import (
 )
 from polls.idempotency import idempotency_claim
 from polls.models import AuditEntry, Option, Poll, Vote, poll_total_reset
-from polls.selectors import poll_is_open, poll_vote_target, vote_target_forget
+from polls.selectors import VoteTarget, poll_is_open, poll_vote_target, poll_vote_target_cached, vote_target_forget
 from polls.sql import column, columns, placeholders, table
 from polls.texts import text_is_invisible, text_normalize, text_skeleton
 from polls.voters import Voter
@@ -191,9 +192,41 @@ def vote_cast(
     return event
 
 
-def _vote_check(vote_id: uuid.UUID, poll_id: int, options: Sequence[int], voter: Voter) -> VoteEvent:
-    """The ballot, checked against the poll; raises the vote's domain errors."""
-    target = poll_vote_target(poll_id=poll_id)
+async def vote_cast_async(
+    *,
+    poll_id: int,
+    options: Sequence[int],
+    voter: Voter,
+    idempotency_key: str | None = None,
+) -> VoteEvent:
+    """vote_cast for an event loop: the same checks, the bus's acknowledgement awaited on the loop.
+
+    A ballot for a poll this process has cached, with no one-vote-per rule, is checked
+    on the loop; one that needs the database (the poll not cached, a one-vote-per rule)
+    on a thread of the loop's executor, whose connection goes back to the pool before
+    the vote is published. A keyed vote (its claim, record and check in the shared
+    cache and the database) is vote_cast on such a thread, its publishing included.
+    """
+    if idempotency_key is not None:
+        return await sync_to_async(_then_release(vote_cast), thread_sensitive=False)(
+            poll_id=poll_id, options=options, voter=voter, idempotency_key=idempotency_key
+        )
+    target = poll_vote_target_cached(poll_id=poll_id)
+    if target is None or target.one_vote_per != Poll.OneVotePer.NONE:
+        event = await sync_to_async(_then_release(_vote_check), thread_sensitive=False)(uuid.uuid4(), poll_id, options, voter)
+    else:
+        event = _vote_check(uuid.uuid4(), poll_id, options, voter, target=target)
+    await get_vote_bus().publish_async(event)
+    return event
+
+
+def _vote_check(
+    vote_id: uuid.UUID, poll_id: int, options: Sequence[int], voter: Voter, *, target: VoteTarget | None = None
+) -> VoteEvent:
+    """The ballot, checked against the poll (`target`, or read: cached, else one SELECT);
+    raises the vote's domain errors."""
+    if target is None:
+        target = poll_vote_target(poll_id=poll_id)
     if not target.is_open:
         raise PollClosed(poll_id)
     if len(set(options)) != len(options):
@@ -225,6 +258,16 @@ def _vote_publish(event: VoteEvent) -> VoteEvent:
     _release_connection()
     get_vote_bus().publish(event)
     return event
+
+
+def _then_release(function):
+    """`function`, then this thread's database connection back to the pool, whatever happened."""
+    def call(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _release_connection()
+    return call
 
 
 def _release_connection() -> None:
