@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -192,6 +194,19 @@ def vote_cast(
     return event
 
 
+@functools.cache
+def _vote_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=settings.VOTE_THREADS, thread_name_prefix="vote")
+
+
+def in_vote_thread(func):
+    """`func` as a coroutine run on the process's vote threads (VOTE_THREADS of them), not
+    the loop's default executor: that has a handful, and votes waiting on a database
+    that is down (DB_POOL_TIMEOUT each) held every one, so later votes queued for longer
+    than the outage instead of hearing 503."""
+    return sync_to_async(func, thread_sensitive=False, executor=_vote_threads())
+
+
 async def vote_cast_async(
     *,
     poll_id: int,
@@ -203,17 +218,17 @@ async def vote_cast_async(
 
     A ballot for a poll this process has cached, with no one-vote-per rule, is checked
     on the loop; one that needs the database (the poll not cached, a one-vote-per rule)
-    on a thread of the loop's executor, whose connection goes back to the pool before
+    on a vote thread (in_vote_thread), whose connection goes back to the pool before
     the vote is published. A keyed vote (its claim, record and check in the shared
     cache and the database) is vote_cast on such a thread, its publishing included.
     """
     if idempotency_key is not None:
-        return await sync_to_async(_then_release(vote_cast), thread_sensitive=False)(
+        return await in_vote_thread(_then_release(vote_cast))(
             poll_id=poll_id, options=options, voter=voter, idempotency_key=idempotency_key
         )
     target = poll_vote_target_cached(poll_id=poll_id)
     if target is None or target.one_vote_per != Poll.OneVotePer.NONE:
-        event = await sync_to_async(_then_release(_vote_check), thread_sensitive=False)(uuid.uuid4(), poll_id, options, voter)
+        event = await in_vote_thread(_then_release(_vote_check))(uuid.uuid4(), poll_id, options, voter)
     else:
         event = _vote_check(uuid.uuid4(), poll_id, options, voter, target=target)
     await get_vote_bus().publish_async(event)

@@ -22,7 +22,6 @@ import logging
 import re
 import time
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.core.signals import setting_changed
@@ -39,7 +38,7 @@ from polling.strict import TOO_DEEP, json_too_deep
 from polling.throttles import throttles_wait_for_cache, vote_throttles_check
 from polls.apis import voter_cookie_token
 from polls.ballots import ballot_read, idempotency_key
-from polls.services import vote_cast_async
+from polls.services import in_vote_thread, vote_cast_async
 from polls.voters import COOKIE_NAME, voter_cookie_set, voter_for_vote, voter_from_request
 
 logger = logging.getLogger(__name__)
@@ -159,7 +158,7 @@ async def _answer(request: VoteRequest, poll_id: int, receive) -> tuple[int, byt
     new_token = None
     try:
         if throttles_wait_for_cache():
-            wait = await sync_to_async(vote_throttles_check, thread_sensitive=False)(request)
+            wait = await in_vote_thread(vote_throttles_check)(request)
         else:
             wait = vote_throttles_check(request)
         if wait is not None:
