@@ -343,8 +343,12 @@ class Service(ABC):
             return
         if not self._wait_exit(pid, 10):
             raise ServiceError(f"{self.name} (pid {pid}) survived SIGKILL for 10 s")
-        deadline = time.monotonic() + 10
-        while group_alive(pid) and time.monotonic() < deadline:
+        # A process stuck in uninterruptible I/O dies late on a loaded machine; until it has,
+        # a new postmaster refuses its data directory ("shared memory block still in use").
+        deadline = time.monotonic() + 30
+        while group_alive(pid):
+            if time.monotonic() > deadline:
+                raise ServiceError(f"processes of {self.name}'s group (pid {pid}) survived SIGKILL for 30 s")
             time.sleep(0.05)
 
     def _forget(self) -> None:
