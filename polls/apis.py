@@ -26,7 +26,7 @@ from polls.exports import results_csv
 from polls.models import Poll
 from polls.selectors import poll_closed_by_staff, poll_get, poll_list, poll_results_visible, poll_totals, polls_results_visible
 from polls.services import poll_create, poll_set_status, vote_cast
-from polls.voters import voter_cookie_set, voter_for_vote, voter_from_request, voter_token_issue, voter_token_of
+from polls.voters import voter_cookie_set, voter_cookie_token, voter_for_vote, voter_from_request, voter_token_issue
 
 
 class CanCreatePolls(BasePermission):
@@ -193,12 +193,6 @@ class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
         if new_token is not None:
             voter_cookie_set(response, voter_cookie_token(event, new_token))
         return response
-
-
-def voter_cookie_token(event, new_token: str) -> str:
-    """The token a first vote's cookie carries: a repeated ballot answers with the cookie of
-    the voter it was cast as."""
-    return voter_token_of(event.voter_key) or new_token
 
 
 class PollStatusApi(APIView):

@@ -36,10 +36,9 @@ from polling.metrics import request_observed, vote_accepted, vote_refused
 from polling.middleware import SecurityHeadersMiddleware
 from polling.strict import TOO_DEEP, json_too_deep
 from polling.throttles import throttles_wait_for_cache, vote_throttles_check
-from polls.apis import voter_cookie_token
 from polls.ballots import ballot_read, idempotency_key
 from polls.services import in_vote_thread, vote_cast_async
-from polls.voters import COOKIE_NAME, voter_cookie_set, voter_for_vote, voter_from_request
+from polls.voters import COOKIE_NAME, voter_cookie_set, voter_cookie_token, voter_for_vote, voter_from_request
 
 logger = logging.getLogger(__name__)
 

@@ -78,6 +78,12 @@ def voter_token_of(voter_key: str) -> str | None:
     return voter_token_sign(token_id) if token_id != voter_key else None
 
 
+def voter_cookie_token(event, new_token: str) -> str:
+    """The token a first vote's cookie carries: a repeated ballot answers with the cookie of
+    the voter it was cast as."""
+    return voter_token_of(event.voter_key) or new_token
+
+
 def voter_token_read(signed: str) -> str | None:
     """The token id inside a signed voter token, or None if this server did not sign it."""
     return _token_read(signed, settings.SECRET_KEY)
