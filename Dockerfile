@@ -1,6 +1,5 @@
 # One image for the web process and the vote worker; the command picks the role:
-#   web (default)  python -m daphne -v 0 -b 0.0.0.0 -p 8000 polling.asgi:application
-#   rest           python -m gunicorn -c python:polling.gunicorn_conf -b 0.0.0.0:8001
+#   web (default)  python -m polling.serve --port 8000
 #   worker         python manage.py consume_votes
 #   migrations     python manage.py migrate --no-input
 FROM python:3.11-slim
@@ -37,8 +36,7 @@ RUN groupadd --system --gid 10001 polling \
     && mkdir /data && chown polling:polling /data
 USER 10001:10001
 
-# 8000: HTTP and WebSockets (web); 8001: HTTP (rest); 9102: the worker's Prometheus metrics (WORKER_METRICS_PORT).
-EXPOSE 8000 8001 9102
-# -v 0 turns off daphne's plain-text access log: the application writes its own, as JSON
-# in production, like every other log line (logger "polling.access").
-CMD ["python", "-m", "daphne", "-v", "0", "-b", "0.0.0.0", "-p", "8000", "polling.asgi:application"]
+# 8000: HTTP and WebSockets (web); 9102: the worker's Prometheus metrics (WORKER_METRICS_PORT).
+EXPOSE 8000 9102
+# uvicorn with the project's options (polling.serve); WEB_CONCURRENCY processes.
+CMD ["python", "-m", "polling.serve", "--port", "8000"]

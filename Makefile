@@ -8,11 +8,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
-REST_PORT ?= 8001
 # Environment of the real services started by `make services` (read by web and worker).
 SERVICES_ENV := .services/env
 
-.PHONY: install run test services services-stop services-status web rest worker migrate check clean bench audit
+.PHONY: install run test services services-stop services-status web worker migrate check clean bench audit
 
 install: $(VENV)/.installed
 
@@ -26,7 +25,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 run: install
 	env -u DATABASE_URL -u KAFKA_BROKERS -u REDIS_URL DEBUG=1 $(BIN)/python manage.py migrate --no-input
 	env -u DATABASE_URL -u KAFKA_BROKERS -u REDIS_URL DEBUG=1 \
-		$(BIN)/python -m daphne -v 0 -b $(HOST) -p $(PORT) polling.asgi:application
+		$(BIN)/python -m polling.serve --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/python -m devservices install
@@ -56,11 +55,7 @@ migrate: install
 	$(with_services_env) $(BIN)/python manage.py migrate --no-input
 
 web: migrate
-	$(with_services_env) exec $(BIN)/python -m daphne -v 0 -b $(HOST) -p $(PORT) polling.asgi:application
-
-# The REST API alone on gunicorn (polling.wsgi), beside `make web` for the WebSockets.
-rest: migrate
-	$(with_services_env) exec $(BIN)/python -m gunicorn -c python:polling.gunicorn_conf -b $(HOST):$(REST_PORT)
+	$(with_services_env) exec $(BIN)/python -m polling.serve --host $(HOST) --port $(PORT)
 
 worker: migrate
 	$(with_services_env) exec $(BIN)/python manage.py consume_votes

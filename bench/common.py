@@ -349,16 +349,16 @@ def _cpu_list(cpus: set[int]) -> str:
 
 
 class WebServer:
-    """The application served as production serves it: `python -m daphne` (or uvicorn), or
-    the REST process's `python -m gunicorn` (server="gunicorn": polling.wsgi, no WebSockets).
+    """The application served as production serves it: `python -m polling.serve` (uvicorn
+    with the project's options; another app under uvicorn's own command with the same
+    options), or server="daphne": `python -m daphne`, the development server.
 
     procs > 1 runs that many server processes on one listening socket (bound here and
     passed with --fd, as a process supervisor would), the kernel spreading connections.
-    A gunicorn process is its arbiter and one worker: CPU and memory count both.
     """
 
     def __init__(self, *, name: str, env: dict[str, str], log_dir: Path, procs: int = 1,
-                 server: str = "daphne", app: str = "polling.asgi:application", repo: Path = REPO,
+                 server: str = "uvicorn", app: str = "polling.asgi:application", repo: Path = REPO,
                  server_args: Sequence[str] = ()) -> None:
         self.name = name
         self.repo = repo
@@ -382,12 +382,11 @@ class WebServer:
         # writes one JSON line per request).
         if self.server == "daphne":
             return [python, "-m", "daphne", "-v", "0", "--fd", str(fd), *self.server_args, self.app]
+        if self.server == "uvicorn" and self.app == "polling.asgi:application":
+            return [python, "-m", "polling.serve", "--fd", str(fd), *self.server_args]
         if self.server == "uvicorn":
-            return [python, "-m", "uvicorn", "--no-access-log", "--lifespan", "off", "--fd", str(fd), *self.server_args, self.app]
-        if self.server == "gunicorn":
-            # The image's rest command; the WSGI application is the config's (polling.wsgi).
-            return [python, "-m", "gunicorn", "-c", "python:polling.gunicorn_conf", "--bind", f"fd://{fd}",
-                    *self.server_args]
+            return [python, "-m", "uvicorn", "--no-access-log", "--lifespan", "off", "--ws", "websockets-sansio",
+                    "--ws-per-message-deflate", "false", "--fd", str(fd), *self.server_args, self.app]
         raise ValueError(f"unknown server {self.server}")
 
     def start(self, timeout: float = 60) -> WebServer:
@@ -432,9 +431,7 @@ class WebServer:
         return [p.pid for p in self.processes]
 
     def serving_pids(self) -> list[int]:
-        """The processes that run the application: gunicorn's workers, not its arbiter."""
-        if self.server == "gunicorn":
-            return [child for pid in self.pids() for child in child_pids(pid)]
+        """The processes that run the application."""
         return self.pids()
 
     def memory(self) -> dict[str, float]:

@@ -15,7 +15,6 @@ design (which ignores the cookie). Every vote answered 204 must be counted once.
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 
 from bench.common import REPO, LoadResult, Row, WebServer, log, median, paired_ratio, sql

@@ -2,8 +2,8 @@
 
 1. intake: POST /polls/{id}/vote at N concurrent clients (default 64) against
 
-   - the product: daphne + the Kafka vote bus, with one vote worker applying meanwhile;
-   - (a) the framework floor: the same daphne/Django/DRF stack serving
+   - the product: the web server + the Kafka vote bus, with one vote worker applying meanwhile;
+   - (a) the framework floor: the same server/Django/DRF stack serving
      /bench/floor/polls/{id}/vote (bench.floor: validates the same body, no I/O);
    - (b) the naive design: the embedded in-process mode (no KAFKA_BROKERS) against
      PostgreSQL, i.e. one synchronous vote transaction inside every request.
@@ -69,15 +69,13 @@ class Stack:
     floor: WebServer | None = None
     naive: WebServer | None = None
     naive_poll_id: int = 0
-    # The viewers' daphne when the product's HTTP is gunicorn's (which has no WebSockets).
-    ws: WebServer | None = None
 
     @property
     def viewers_port(self) -> int:
-        return (self.ws or self.product).port
+        return self.product.port
 
     def stop(self) -> None:
-        for process in (self.product, self.floor, self.naive, self.ws, self.worker):
+        for process in (self.product, self.floor, self.naive, self.worker):
             if process is not None:
                 process.stop()
 
@@ -110,9 +108,6 @@ def start_stack(ctx, *, name: str, floor: bool, naive: bool, viewers: bool = Fal
             floor_env = dict(env, DJANGO_SETTINGS_MODULE="bench.floor.settings")
             servers["floor"] = WebServer(name=f"{name}-floor", env=floor_env, log_dir=ctx.work_dir,
                                          procs=ctx.web_procs, server=ctx.server)
-        if viewers and ctx.server == "gunicorn":
-            # As the deployment splits them: REST on gunicorn, WebSockets on daphne.
-            servers["ws"] = WebServer(name=f"{name}-ws", env=env, log_dir=ctx.work_dir, procs=ctx.web_procs)
         if naive_env is not None:
             servers["naive"] = WebServer(name=f"{name}-naive", env=naive_env, log_dir=ctx.work_dir,
                                          procs=ctx.web_procs, server=ctx.server)
@@ -122,7 +117,7 @@ def start_stack(ctx, *, name: str, floor: bool, naive: bool, viewers: bool = Fal
                 future.result()
         stack = Stack(product=servers["product"], worker=worker, database_url=database_url,
                       poll_id=create_poll(servers["product"].url), floor=servers.get("floor"),
-                      naive=servers.get("naive"), ws=servers.get("ws"))
+                      naive=servers.get("naive"))
         if stack.naive is not None:
             stack.naive_poll_id = create_poll(stack.naive.url)
     except BaseException:
@@ -335,8 +330,6 @@ def run_viewers(ctx) -> list[Row]:
                     f"{per_viewer:.1f} updates/s per viewer")
                 time.sleep(1.0)
         ctx.memory[f"web (intake + {ctx.viewers} viewers)"] = stack.product.memory()
-        if stack.ws is not None:
-            ctx.memory[f"web, WebSockets (daphne, {ctx.viewers} viewers)"] = stack.ws.memory()
         ctx.memory["worker (intake + viewers, broadcasting)"] = stack.worker.memory()
     finally:
         stack.stop()

@@ -27,8 +27,8 @@ Sections (--only takes a comma-separated list of these names):
                     topic by a load process (the worker onwards, at the target rate)
 
 It starts its own PostgreSQL, Redis and Kafka (devservices, a fresh temporary directory,
-free ports), runs the web processes as production does (the REST process on gunicorn for
-the HTTP, daphne beside it for the WebSockets; `--server daphne` for one daphne), and drives
+free ports), runs the web processes as production does (`python -m polling.serve`: uvicorn for
+HTTP and WebSockets; `--server daphne` for the development server), and drives
 load from separate generator processes on 127.0.0.1. Section 1 runs the web server on a
 core of its own and everything else on the other (`--cores split`; `--cores shared` leaves
 them all to the scheduler), as production gives the web process cores of its own. Each
@@ -89,8 +89,8 @@ class Context:
 
     @property
     def ws_server(self) -> str:
-        """The server of the WebSocket sections: gunicorn has none, daphne serves them beside it."""
-        return "daphne" if self.server == "gunicorn" else self.server
+        """The server of the WebSocket sections: the same as the HTTP's."""
+        return self.server
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,10 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64, help="concurrent HTTP clients (default 64)")
     parser.add_argument("--load-procs", type=int, default=1, help="load generator processes (default 1)")
     parser.add_argument("--web-procs", type=int, default=1, help="web server processes on one socket (default 1)")
-    parser.add_argument("--server", choices=["daphne", "uvicorn", "gunicorn"], default="gunicorn",
-                        help="HTTP server (default gunicorn, as production splits them: the REST process takes "
-                             "the votes and reads of sections 1, 3, 4 and 6, a daphne beside it the WebSockets of "
-                             "3, 4 and 5); daphne or uvicorn: one server for all")
+    parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn",
+                        help="the server of every section: uvicorn as production runs it (python -m polling.serve), "
+                             "or daphne, the development server")
     parser.add_argument("--cores", choices=["split", "shared"], default="split",
                         help="section 1: split (default) runs the web servers on cores of their own "
                              "(--web-procs of them) and the services, the worker and the load generators "

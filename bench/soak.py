@@ -4,7 +4,7 @@
     .venv/bin/python bench/soak.py --minutes 30 --faults worker,broker,postgres --fault-every 30
 
 It starts its own PostgreSQL, Redis and Kafka (devservices, free ports, a temporary
-directory), a daphne web process and vote workers, streams votes at a steady rate with
+directory), a web server process and vote workers, streams votes at a steady rate with
 a ledger of every request (tests/faults/load.py), and every --fault-every seconds
 injects the next fault of a shuffled cycle:
 

@@ -4,7 +4,7 @@
     .venv/bin/python bench/ws_fanout.py --viewers 2000 --rounds 3
 
 Starts its own PostgreSQL, Redis and Kafka (devservices, temporary directory, free ports),
-one daphne process and one vote worker, as production runs them. Viewer processes
+the web server processes and one vote worker, as production runs them. Viewer processes
 (--procs, default 2) open the connections to ws/polls/<id> with a minimal asyncio
 WebSocket client; then each round casts one vote over HTTP and measures, from its 204:
 
@@ -12,7 +12,7 @@ WebSocket client; then each round casts one vote over HTTP and measures, from it
   carries the vote (found by its version);
 - how many viewers got it.
 
-Memory per connection is the daphne process's resident memory with all viewers connected,
+Memory per connection is the web processes' resident memory with all viewers connected,
 less before the first one, divided by the viewers. Client and server share the machine's
 two cores. Not a test: it prints figures.
 """
@@ -53,16 +53,13 @@ class WsStack:
     poll_id: int
     own_services: bool
     env: dict | None = None  # the product processes' environment (for load processes that publish)
-    rest: object | None = None  # the REST process (gunicorn), when the votes go there
 
     @property
     def vote_port(self) -> int:
-        """Where HTTP votes go: the REST process when there is one, else the web."""
-        return (self.rest or self.web).port
+        """Where HTTP votes go: the web server, which serves the WebSockets too."""
+        return self.web.port
 
     def stop(self) -> None:
-        if self.rest is not None:
-            self.rest.stop()
         self.web.stop()
         self.worker.stop()
         if self.own_services:
@@ -70,10 +67,9 @@ class WsStack:
 
 
 def start_ws_stack(*, name: str, work_dir: Path, services=None, extra_env: dict[str, str] | None = None,
-                   web_procs: int = 1, server: str = "daphne", worker_args: list[str] | None = None) -> WsStack:
+                   web_procs: int = 1, server: str = "uvicorn", worker_args: list[str] | None = None) -> WsStack:
     """Web (`web_procs` processes on one socket) + worker on a fresh database and topic;
-    services started here unless given. server="gunicorn": the web is daphne (WebSockets)
-    and a REST process on gunicorn takes the HTTP votes, as the deployment splits them."""
+    services started here unless given."""
     from bench.common import Services, WebServer, Worker, django_env, log, manage
 
     own = services is None
@@ -91,15 +87,10 @@ def start_ws_stack(*, name: str, work_dir: Path, services=None, extra_env: dict[
         manage(env, "migrate", "--no-input")
         worker = Worker(name=f"{name}-worker", env=dict(env, LOG_LEVEL="INFO"), log_dir=work_dir, group=f"bench-{topic}",
                         extra=worker_args or []).start()
-        rest = None
-        if server == "gunicorn":
-            server = "daphne"
-            rest = WebServer(name=f"{name}-rest", env=env, log_dir=work_dir, procs=web_procs, server="gunicorn").start()
         web = WebServer(name=f"{name}-web", env=env, log_dir=work_dir, procs=web_procs, server=server).start()
         poll_id = _create_poll(web.url)
-        log(f"{name}: web on {web.url}, poll {poll_id}" + (f", REST on {rest.url}" if rest else ""))
-        return WsStack(services=services, web=web, worker=worker, poll_id=poll_id, own_services=own, env=env,
-                       rest=rest)
+        log(f"{name}: web on {web.url}, poll {poll_id}")
+        return WsStack(services=services, web=web, worker=worker, poll_id=poll_id, own_services=own, env=env)
     except BaseException:
         if own:
             services.stop()
@@ -328,7 +319,7 @@ def main() -> None:
     parser.add_argument("--viewers", type=int, default=10000)
     parser.add_argument("--procs", type=int, default=2, help="viewer client processes")
     parser.add_argument("--web-procs", type=int, default=2, help="server processes on one socket")
-    parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
+    parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
     parser.add_argument("--connect-concurrency", type=int, default=100, help="handshakes in flight, all viewer processes")
     parser.add_argument("--profile", type=Path, help="py-spy stacks of the servers and viewer processes during the rounds")
     parser.add_argument("--rounds", type=int, default=5, help="votes cast, one every --settle seconds")

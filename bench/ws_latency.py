@@ -5,7 +5,7 @@
     .venv/bin/python bench/ws_latency.py --source http --rates 50 --web-procs 2
     .venv/bin/python bench/ws_latency.py --source http --rates 1000 --audience 0 1000   # alone, then among 1,000
 
-Starts its own PostgreSQL, Redis and Kafka, --web-procs daphne processes (default 1) and
+Starts its own PostgreSQL, Redis and Kafka, --web-procs web server processes (default 1) and
 one vote worker (as in bench/ws_fanout.py). A viewer connected to ws/polls/<id> records
 every poll.updated with its arrival time, while votes arrive at a steady rate (open
 loop: vote i is due at start + i / rate) from one of two sources:
@@ -18,7 +18,7 @@ loop: vote i is due at start + i / rate) from one of two sources:
   KAFKA_LINGER_MS) and the web's event format (polls.events.VoteEvent); a vote counts
   from the broker's acknowledgement (the moment the web would answer 204). Covers the
   path after the web: the worker's fetch, the batch transaction, the broadcast
-  coalescing, Redis and daphne, at rates the web cannot produce here.
+  coalescing, Redis and the web server, at rates the web cannot produce here.
 
 Either way the k-th accepted vote (in time order: one poll is one partition, so the
 acknowledgements come in log order) is on screen with the first message whose total
@@ -228,8 +228,8 @@ def latency(stack: WsStack, *, rates: list[float], duration: float, warmup: floa
 
 
 SOURCES = {
-    "http": "HTTP 204 -> screen (web intake, Kafka, worker, broadcast, Redis, daphne)",
-    "kafka": "Kafka ack -> screen (worker fetch, batch, broadcast, Redis, daphne; offered at the topic)",
+    "http": "HTTP 204 -> screen (web intake, Kafka, worker, broadcast, Redis, web server)",
+    "kafka": "Kafka ack -> screen (worker fetch, batch, broadcast, Redis, web server; offered at the topic)",
 }
 
 
@@ -238,7 +238,7 @@ def print_latency(results: list[dict], web_procs: int = 1) -> None:
         rows = [r for r in results if r["source"] == source]
         if not rows:
             continue
-        print(f"\nvote-to-screen latency, {label}, {web_procs} daphne, one worker:")
+        print(f"\nvote-to-screen latency, {label}, {web_procs} web process(es), one worker:")
         answers = source == "http"
         print(f"{'votes/s':>8} {'viewers':>8} {'achieved':>9} {'votes':>6} {'msgs/s':>7} {'p50 (ms)':>9} {'p90 (ms)':>9} "
               f"{'p99 (ms)':>9} {'max (ms)':>9}" + (f" {'204 p50':>8} {'204 p99':>8}" if answers else ""))

@@ -10,18 +10,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "polling.settings")
 # Django must be set up before anything imports models (the consumers do).
 django.setup(set_prefix=False)
 
-from polling.asgi_limits import BodySizeLimit, daphne_refuse_large_bodies  # noqa: E402
-from polling.handlers import RequestThreads, SyncChainASGIHandler, daphne_without_form_parsing  # noqa: E402
-
-# daphne's requests hand the raw body on without parsing forms (see the function), and
-# count a body past its limit instead of keeping it (polling.asgi_limits).
-daphne_without_form_parsing()
-daphne_refuse_large_bodies()
+from polling.asgi_limits import BodySizeLimit  # noqa: E402
+from polling.handlers import RequestThreads, SyncChainASGIHandler  # noqa: E402
 
 # HTTP: Django's handler with the chain and the view in one call on a kept thread (see
 # polling.handlers). Up to 128 idle request threads are kept: more than the 64 clients
 # of the intake benchmark, few enough to cost little memory. BodySizeLimit refuses a
-# body past its limit before the handler reads it, under any ASGI server.
+# body past its limit as it arrives, before the handler reads it.
 django_asgi_app = BodySizeLimit(SyncChainASGIHandler(RequestThreads(keep=128)))
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

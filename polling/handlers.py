@@ -1,6 +1,6 @@
 """The ASGI handler of HTTP requests: Django's, with a request's sync work in one thread call.
 
-Under daphne, Django's ASGIHandler costs a sync view several thread hops and a new
+Under an ASGI server, Django's ASGIHandler costs a sync view several thread hops and a new
 thread per request, which every endpoint pays (the framework floor too):
 
 - It builds the middleware chain in async mode. Django's own middlewares (security,
@@ -144,32 +144,3 @@ def release_request_cycles(request, response) -> None:
             drf_request.__dict__.pop("parser_context", None)
     request.__dict__.pop("_messages", None)
     request.__dict__.pop("auser", None)
-
-
-def daphne_without_form_parsing() -> bool:
-    """Stop daphne's Twisted requests from parsing POST bodies as forms, which nothing reads.
-
-    Twisted's Request parses the Content-Type of every POST with a body through the email
-    package (and a multipart body as a MIME message) to fill `request.args`; daphne hands
-    the raw body to the ASGI application and never reads `args`, and Django parses forms
-    itself. That parse was a tenth of the web process's GIL samples under the vote
-    intake (see README, Performance). Twisted's own switch for it is the request's
-    `parsePOSTFormSubmission` argument, which daphne does not expose: its WebRequest
-    passes keyword arguments on to Twisted's, so the default is set there. Returns
-    whether daphne is installed (the setting then holds for this process).
-    """
-    try:
-        from daphne.http_protocol import WebRequest
-    except ImportError:
-        return False
-    init = WebRequest.__init__
-    if getattr(init, "skips_form_parsing", False):
-        return True
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("parsePOSTFormSubmission", False)
-        init(self, *args, **kwargs)
-
-    __init__.skips_form_parsing = True
-    WebRequest.__init__ = __init__
-    return True

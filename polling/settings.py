@@ -133,8 +133,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "polling" / "static"]
-# The web and REST processes serve the static files themselves (WhiteNoise): neither
-# daphne nor gunicorn serves them, and without them the admin had no styles or scripts
+# The web process serves the static files itself (WhiteNoise): the ASGI server does not, and without them the admin had no styles or scripts
 # and /api/docs no Swagger UI. They are found where the apps keep them, so no
 # collectstatic is needed (the image runs it anyway); read once at the start.
 WHITENOISE_USE_FINDERS = True
@@ -299,9 +298,9 @@ BROADCAST_MAX_PER_SECOND = env_float("BROADCAST_MAX_PER_SECOND", 10.0, minimum=0
 # How long one round of group sends may take before it counts as failed (Redis down or
 # stalled); the polls it carried are sent again a second later, their totals read afresh.
 BROADCAST_SEND_TIMEOUT = env_float("BROADCAST_SEND_TIMEOUT", 2.0, minimum=0.1)
-# Write broadcast frames straight to daphne's sockets (realtime.fanout.socket_writer).
-# It relies on Twisted's transport internals (pinned in requirements.txt); off, every
-# viewer sends through its ordinary ASGI send, slower but independent of them.
+# Write broadcast frames straight to uvicorn's sockets (realtime.fanout.socket_writer).
+# It relies on uvicorn's websockets-sansio protocol (pinned in requirements.txt); off,
+# every viewer sends through its ordinary ASGI send, slower but independent of it.
 WS_DIRECT_WRITE = env_bool("WS_DIRECT_WRITE", True)
 # The share of a server process's loop thread that writing one watched group may take:
 # after a write that cost C seconds of the thread's CPU, the group rests until C / share

@@ -29,7 +29,7 @@ from polls.exceptions import (
     SignInRequired,
     TooManyChoices,
 )
-from polls.idempotency import idempotency_claim
+from polls.idempotency import KeyClaim, idempotency_claim
 from polls.models import AuditEntry, Option, Poll, Vote, poll_total_reset
 from polls.selectors import VoteTarget, poll_is_open, poll_vote_target, poll_vote_target_cached, vote_target_forget
 from polls.sql import column, columns, placeholders, table
@@ -175,16 +175,9 @@ def vote_cast(
     """
     if idempotency_key is None:
         return _vote_publish(_vote_check(uuid.uuid4(), poll_id, options, voter))
-    claim = idempotency_claim(poll_id=poll_id, voter=voter, idempotency_key=idempotency_key, options=options)
-    if claim.replay_voter_key is not None:
-        # Answered as the first time, even once the poll has closed (the client may
-        # have missed the first answer).
-        return _ballot(claim.vote_id, poll_id, options, claim.replay_voter_key, None)
-    try:
-        event = _vote_check(claim.vote_id, poll_id, options, voter)
-    except BaseException:
-        claim.release()  # nothing published: the key is free
-        raise
+    claim, event = _keyed_check(poll_id, options, voter, idempotency_key)
+    if claim is None:
+        return event
     try:
         _vote_publish(event)
     except BaseException:
@@ -192,6 +185,23 @@ def vote_cast(
         raise
     claim.settle(voter_key=event.voter_key)
     return event
+
+
+def _keyed_check(
+    poll_id: int, options: Sequence[int], voter: Voter, idempotency_key: str
+) -> tuple[KeyClaim | None, VoteEvent]:
+    """The key claimed and the ballot checked: (the claim, the event to publish), or
+    (None, the ballot first accepted) for a retry, which publishes nothing."""
+    claim = idempotency_claim(poll_id=poll_id, voter=voter, idempotency_key=idempotency_key, options=options)
+    if claim.replay_voter_key is not None:
+        # Answered as the first time, even once the poll has closed (the client may
+        # have missed the first answer).
+        return None, _ballot(claim.vote_id, poll_id, options, claim.replay_voter_key, None)
+    try:
+        return claim, _vote_check(claim.vote_id, poll_id, options, voter)
+    except BaseException:
+        claim.release()  # nothing published: the key is free
+        raise
 
 
 @functools.cache
@@ -219,13 +229,21 @@ async def vote_cast_async(
     A ballot for a poll this process has cached, with no one-vote-per rule, is checked
     on the loop; one that needs the database (the poll not cached, a one-vote-per rule)
     on a vote thread (in_vote_thread), whose connection goes back to the pool before
-    the vote is published. A keyed vote (its claim, record and check in the shared
-    cache and the database) is vote_cast on such a thread, its publishing included.
+    the vote is published. A keyed vote's claim and check, and then its record, are
+    made on such a thread (the shared cache and the database); its publishing awaited
+    on the loop like any other.
     """
     if idempotency_key is not None:
-        return await in_vote_thread(_then_release(vote_cast))(
-            poll_id=poll_id, options=options, voter=voter, idempotency_key=idempotency_key
-        )
+        claim, event = await in_vote_thread(_then_release(_keyed_check))(poll_id, options, voter, idempotency_key)
+        if claim is None:
+            return event
+        try:
+            await get_vote_bus().publish_async(event)
+        except BaseException:
+            await in_vote_thread(claim.fail)()  # perhaps published all the same
+            raise
+        await in_vote_thread(claim.settle)(voter_key=event.voter_key)
+        return event
     target = poll_vote_target_cached(poll_id=poll_id)
     if target is None or target.one_vote_per != Poll.OneVotePer.NONE:
         event = await in_vote_thread(_then_release(_vote_check))(uuid.uuid4(), poll_id, options, voter)

@@ -3,19 +3,17 @@
 Channels' own way gives every WebSocket consumer its channel and group membership: with
 the pub/sub layer each viewer is a Redis SUBSCRIBE on connect, and each broadcast is
 put into every viewer's queue, wakes every viewer's task, is decoded (msgpack) once per
-viewer and goes through the session middleware, daphne, autobahn and Twisted's write
-buffer, which registers the socket with epoll and sends on the next loop turn. Profiled
-with 2,000 viewers of one poll on one daphne process, that was nearly all of the
-server's time.
+viewer and goes through the session middleware and the server's WebSocket protocol,
+framed again for every viewer. With thousands of viewers of one poll, that was nearly
+all of a server process's time.
 
 Here a process holds one channel of the layer per group its viewers watch (so one Redis
 subscription per poll per process, whatever the audience), and a task per group that
 receives each message once and hands it to every local viewer in a plain loop
 (`Audience`). A broadcast's client JSON is encoded once by the broadcaster; its
-WebSocket frame is built once here (`text_frame`), and on daphne written straight to
-each socket (`socket_writer`) when nothing is queued before it there: one send() each.
-Anywhere else (another ASGI server, the test communicator) a viewer sends through its
-ordinary ASGI `send`.
+WebSocket frame is built once here (`text_frame`), and on uvicorn written straight to
+each socket's transport (`socket_writer`). Anywhere else (daphne's runserver, the test
+communicator) a viewer sends through its ordinary ASGI `send`.
 
 Messages that arrive while a group is being written, or resting, wait folded (`_fold`):
 a poll's update carries its full totals, so only the newest counts. A group rests after
@@ -27,7 +25,6 @@ with the ordinary `send`, only the hand-over to each viewer's task is counted.
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import logging
 import struct
@@ -275,13 +272,14 @@ def text_frame(text: str) -> bytes:
 def socket_writer(send: Callable) -> Callable[[bytes], bool] | None:
     """A function writing a ready frame to this connection's socket, or None.
 
-    Only for daphne (Twisted) connections, recognised by the ASGI `send` daphne hands
-    out (possibly wrapped by channels' session middleware): a partial of its server's
-    handle_reply bound to the autobahn protocol of the connection. The writer sends at
-    once with one send() call when Twisted has nothing queued for the socket (else it
-    queues behind that, so frames keep their order), and returns False, writing
-    nothing, once the WebSocket is no longer open. TLS connections are left to the
-    ordinary path.
+    For uvicorn's websockets-sansio connections, as polling.serve runs it, recognised by
+    the ASGI `send` (a method of the connection's protocol), possibly wrapped by channels'
+    session middleware. The writer hands the frame to the connection's asyncio
+    transport, which sends at once when nothing is queued before it (else queues behind,
+    so frames keep their order), and returns False, writing nothing, once the WebSocket
+    is no longer open. A frame written beside the protocol's own sans-I/O connection is
+    valid: a server's frames are unmasked and independent, and permessage-deflate allows
+    uncompressed messages.
     """
     for _ in range(4):
         owner = getattr(send, "__self__", None)
@@ -289,29 +287,17 @@ def socket_writer(send: Callable) -> Callable[[bytes], bool] | None:
             send = owner.real_send
             continue
         break
-    if not (isinstance(send, functools.partial) and send.args and getattr(send.func, "__qualname__", "") == "Server.handle_reply"):
+    protocol = getattr(send, "__self__", None)
+    if protocol is None or type(protocol).__qualname__ != "WebSocketsSansIOProtocol":
         return None
-    protocol = send.args[0]
     transport = getattr(protocol, "transport", None)
-    if transport is None or getattr(transport, "TLS", True) or not hasattr(transport, "writeSomeData"):
+    if transport is None or not all(hasattr(protocol, name) for name in ("close_sent", "disconnected", "handshake_complete")):
         return None
-    if not all(hasattr(transport, name) for name in ("dataBuffer", "offset", "_tempDataLen", "connected")):
-        return None
-    state_open = protocol.STATE_OPEN
 
     def write(frame: bytes) -> bool:
-        if protocol.state != state_open or not transport.connected or transport.TLS:
+        if protocol.close_sent or protocol.disconnected or not protocol.handshake_complete or transport.is_closing():
             return False
-        if transport._tempDataLen or len(transport.dataBuffer) > transport.offset:
-            transport.write(frame)  # behind what Twisted still holds for this socket
-            return True
-        written = transport.writeSomeData(frame)
-        if isinstance(written, int):
-            if written < len(frame):
-                transport.write(frame[written:])
-        else:
-            # Connection lost: Twisted finds out on its own and closes the protocol.
-            transport.write(frame)
+        transport.write(frame)
         return True
 
     return write

@@ -6,12 +6,13 @@ import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from email.message import Message
 
 
 @dataclass
 class Answer:
     status: int
-    headers: dict[str, str]
+    headers: Message  # names matched whatever their case, as HTTP has them
     body: bytes
 
     def json(self):
@@ -28,6 +29,6 @@ def request(
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
-            return Answer(response.status, dict(response.headers), response.read())
+            return Answer(response.status, response.headers, response.read())
     except urllib.error.HTTPError as error:
-        return Answer(error.code, dict(error.headers), error.read())
+        return Answer(error.code, error.headers, error.read())

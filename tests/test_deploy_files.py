@@ -30,11 +30,11 @@ from django.core.management import call_command, get_commands, load_command_clas
 from django.urls import resolve
 
 from devservices import free_port
-from testsupport.processes import RestServer, WebServer, WorkerProcess
+from testsupport.processes import WebServer, WorkerProcess, child_pids
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.zookeeper.yml")
-APP_SERVICES = ("migrate", "web", "rest", "worker")
+APP_SERVICES = ("migrate", "web", "worker")
 # The project's own Python packages (what the image must contain, and what is not a
 # third-party import).
 PROJECT_PACKAGES = ("polling", "polls", "leaderboard", "realtime")
@@ -191,13 +191,12 @@ def test_compose_has_the_whole_system_with_dependencies_that_exist(compose):
             if not source.startswith((".", "/")):
                 assert source in declared_volumes, f"{service_name} uses undeclared volume {source}"
     assert services["postgres"]["volumes"] and services["kafka"]["volumes"]
-    for app in ("web", "rest", "worker"):
+    for app in ("web", "worker"):
         assert services[app]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
         assert services[app]["depends_on"]["kafka"] == {"condition": "service_healthy"}
         assert services[app].get("init") is True
     assert services["migrate"]["restart"] == "no"
-    assert all("healthcheck" in services[app] for app in ("web", "rest", "worker"))
-    assert services["rest"]["depends_on"] == services["web"]["depends_on"]
+    assert all("healthcheck" in services[app] for app in ("web", "worker"))
 
 
 def test_compose_images_are_pinned(compose):
@@ -309,28 +308,15 @@ def test_settings_load_in_production_mode_with_exactly_the_compose_environment(c
 def check_command(argv: list[str]) -> dict:
     """Parse a container command the way its program will; return what it names."""
     assert argv[0] == "python", argv
-    if argv[1:3] == ["-m", "daphne"]:
-        from daphne.cli import CommandLineInterface
+    if argv[1:3] == ["-m", "polling.serve"]:
+        from polling.serve import APPLICATION, command_line, server_options
 
-        args = CommandLineInterface().parser.parse_args(argv[3:])
-        module_name, attribute = args.application.split(":")
-        module = importlib.import_module(module_name)
-        assert callable(getattr(module, attribute)), args.application
+        args = command_line().parse_args(argv[3:])
+        module_name, attribute = APPLICATION.split(":")
+        assert callable(getattr(importlib.import_module(module_name), attribute)), APPLICATION
         assert args.host == "0.0.0.0", "in a container the server must listen on every interface"
-        return {"role": "web", "port": args.port, "verbosity": args.verbosity}
-    if argv[1:3] == ["-m", "gunicorn"]:
-        from gunicorn.config import Config
-
-        args = Config().parser().parse_args(argv[3:])
-        assert args.config == "python:polling.gunicorn_conf", "the REST process's settings are the project's"
-        conf = importlib.import_module(args.config.removeprefix("python:"))
-        module_name, attribute = conf.wsgi_app.split(":")
-        assert callable(getattr(importlib.import_module(module_name), attribute)), conf.wsgi_app
-        assert conf.accesslog is None, "gunicorn's plain-text access log would break the JSON log stream"
-        (bind,) = args.bind
-        host, port = bind.rsplit(":", 1)
-        assert host == "0.0.0.0", "in a container the server must listen on every interface"
-        return {"role": "rest", "port": int(port)}
+        assert server_options()["access_log"] is False, "uvicorn's plain-text access log would break the JSON log stream"
+        return {"role": "web", "port": args.port}
     assert argv[1] == "manage.py" and (REPO / "manage.py").exists()
     name = argv[2]
     commands = get_commands()
@@ -343,18 +329,15 @@ def test_the_image_runs_the_asgi_application_and_compose_runs_real_commands(comp
     _, spec = compose
     default = check_command(dockerfile_cmd())
     assert default["role"] == "web"
-    assert default["verbosity"] == 0, "daphne's plain-text access log would break the JSON log stream"
     services = spec["services"]
     assert services["web"]["command"] == dockerfile_cmd()
     assert check_command(services["migrate"]["command"])["role"] == "migrate"
     assert check_command(services["worker"]["command"])["role"] == "consume_votes"
-    for app, role in (("web", "web"), ("rest", "rest")):
-        command = check_command(services[app]["command"])
-        assert command["role"] == role
-        assert f"{command['port']}:{command['port']}" in services[app]["ports"]
-        assert str(command["port"]) in dockerfile("EXPOSE")[0].split()
-    # The Dockerfile's list of roles names the rest command as compose runs it.
-    assert shlex.join(services["rest"]["command"]) in (REPO / "Dockerfile").read_text()
+    command = check_command(services["web"]["command"])
+    assert f"{command['port']}:{command['port']}" in services["web"]["ports"]
+    assert str(command["port"]) in dockerfile("EXPOSE")[0].split()
+    # The Dockerfile's list of roles names the web command as compose runs it.
+    assert shlex.join(services["web"]["command"]) in (REPO / "Dockerfile").read_text()
 
 
 def healthcheck_url(service: dict) -> str:
@@ -371,11 +354,10 @@ def test_health_checks_probe_endpoints_the_urlconf_serves(compose):
     # Answered before the Host check, so the probe works whatever ALLOWED_HOSTS says.
     from polling.health import PROBE_PATHS
 
-    for app in ("web", "rest"):
-        url = urlsplit(healthcheck_url(services[app]))
-        assert url.port == check_command(services[app]["command"])["port"]
-        assert resolve(url.path).url_name in ("healthz", "readyz")
-        assert url.path in PROBE_PATHS
+    url = urlsplit(healthcheck_url(services["web"]))
+    assert url.port == check_command(services["web"]["command"])["port"]
+    assert resolve(url.path).url_name in ("healthz", "readyz")
+    assert url.path in PROBE_PATHS
 
     worker_url = urlsplit(healthcheck_url(services["worker"]))
     worker_env = service_env(services["worker"], {"SECRET_KEY": "any"})
@@ -511,34 +493,32 @@ def test_every_test_import_is_installed_by_requirements_dev_txt():
 def test_the_makefile_serves_the_same_application_as_the_image():
     makefile = (REPO / "Makefile").read_text()
     commands = [shlex.split(line.split("$(BIN)/python", 1)[1]) for line in makefile.splitlines()
-                if "-m daphne" in line and "$(BIN)/python" in line]
-    assert commands
+                if "-m polling.serve" in line and "$(BIN)/python" in line]
+    assert len(commands) == 2  # make run and make web
     for argv in commands:
-        assert argv[-1] == dockerfile_cmd()[-1]
-    rest = load_compose("docker-compose.yml")["services"]["rest"]["command"]
-    (make_rest,) = [shlex.split(line.split("$(BIN)/python", 1)[1]) for line in makefile.splitlines()
-                    if "-m gunicorn" in line and "$(BIN)/python" in line]
-    assert make_rest[:-2] == rest[1:-2] and make_rest[-2] == "-b"
+        assert argv[:2] == dockerfile_cmd()[1:3]
 
 
 # --- The image's commands, run for real ---------------------------------------------------------
 
 
 def image_web_server(env: dict[str, str], log_dir: Path) -> WebServer:
-    """daphne started with the Dockerfile's CMD, on a free port of 127.0.0.1."""
+    """The server started with the Dockerfile's CMD, on a free port of 127.0.0.1."""
     port = free_port()
     server = WebServer(env=env, log_dir=log_dir, port=port)
-    replace = {"python": sys.executable, "0.0.0.0": "127.0.0.1", "8000": str(port)}
-    server.args = [replace.get(arg, arg) for arg in dockerfile_cmd()]
+    replace = {"python": sys.executable, "8000": str(port)}
+    server.args = [replace.get(arg, arg) for arg in dockerfile_cmd()] + ["--host", "127.0.0.1"]
     return server
 
 
-def compose_rest_server(env: dict[str, str], log_dir: Path) -> RestServer:
-    """gunicorn started with the compose file's rest command, on a free port of 127.0.0.1."""
-    server = RestServer(env=env, log_dir=log_dir)
-    command = load_compose("docker-compose.yml")["services"]["rest"]["command"]
-    replace = {"python": sys.executable, "0.0.0.0:8001": f"127.0.0.1:{server.port}"}
-    server.args = [replace.get(arg, arg) for arg in command]
+def compose_web_server(env: dict[str, str], log_dir: Path) -> WebServer:
+    """The server started with the compose file's web command and environment (its
+    processes), on a free port of 127.0.0.1."""
+    port = free_port()
+    web = load_compose("docker-compose.yml")["services"]["web"]
+    server = WebServer(env={**env, "WEB_CONCURRENCY": web["environment"]["WEB_CONCURRENCY"]}, log_dir=log_dir, port=port)
+    replace = {"python": sys.executable, "8000": str(port)}
+    server.args = [replace.get(arg, arg) for arg in web["command"]] + ["--host", "127.0.0.1"]
     return server
 
 
@@ -547,7 +527,7 @@ def test_the_image_and_compose_commands_run_and_pass_the_compose_health_checks(p
     services = load_compose("docker-compose.yml")["services"]
     # Readiness here is about the command and the path; slack for a loaded machine.
     web = image_web_server({**process_env, "READYZ_TIMEOUT": "3"}, tmp_path)
-    rest = compose_rest_server({**process_env, "READYZ_TIMEOUT": "3"}, tmp_path)
+    compose_web = compose_web_server({**process_env, "READYZ_TIMEOUT": "3"}, tmp_path)
     metrics_port = free_port()
     worker = WorkerProcess(env={**process_env, "WORKER_METRICS_PORT": str(metrics_port)}, log_dir=tmp_path,
                            group=process_env["KAFKA_CONSUMER_GROUP"])
@@ -555,19 +535,21 @@ def test_the_image_and_compose_commands_run_and_pass_the_compose_health_checks(p
     worker.args = [sys.executable if arg == "python" else arg for arg in services["worker"]["command"]]
     worker_url = healthcheck_url(services["worker"])
     web.start()
-    rest.start()
+    compose_web.start()
     worker.start()
     try:
-        web_probe = services["web"]["healthcheck"]["test"][3].replace(":8000/", f":{web.port}/")
-        rest_probe = services["rest"]["healthcheck"]["test"][3].replace(":8001/", f":{rest.port}/")
+        probe = services["web"]["healthcheck"]["test"][3]
+        web_probes = [probe.replace(":8000/", f":{server.port}/") for server in (web, compose_web)]
         worker_probe = services["worker"]["healthcheck"]["test"][3].replace(
             f":{urlsplit(worker_url).port}/", f":{metrics_port}/")
-        for probe in (web_probe, rest_probe, worker_probe):
+        for probe in (*web_probes, worker_probe):
             result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
             assert result.returncode == 0, result.stderr
+        # The compose command runs WEB_CONCURRENCY server processes under uvicorn's supervisor.
+        assert len(child_pids(compose_web.process.pid)) >= 2, compose_web.log()[-3000:]
     finally:
         web.kill()
-        rest.kill()
+        compose_web.kill()
         worker.kill()
 
 

@@ -1,4 +1,4 @@
-"""The whole vote path with real processes: daphne or gunicorn, the worker, Kafka and PostgreSQL."""
+"""The whole vote path with real processes: the web server (one process or two), the worker, Kafka and PostgreSQL."""
 
 import http.client
 import json
@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from polls.services import counters_verify
-from testsupport.processes import REPO, RestServer, WebServer, WorkerProcess, wait_until
+from testsupport.processes import REPO, WebServer, WorkerProcess, wait_until
 from tests.http import request
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -24,13 +24,13 @@ SEED_POLL = {"question": "What is your favorite color?", "option1": "Red", "opti
              "option3": "Green", "option4": "Yellow"}
 
 
-# The two HTTP servers of the image: daphne (web: REST and WebSockets), gunicorn (rest).
-SERVERS = pytest.mark.parametrize("server_class", [WebServer, RestServer], ids=["daphne", "gunicorn"])
+# The web server as `make web` runs it (one process) and as compose does (two on one port).
+SERVERS = pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-processes"])
 
 
 @pytest.fixture
-def http_server(server_class, process_env, tmp_path):
-    server = server_class(env=process_env, log_dir=tmp_path)
+def http_server(processes, process_env, tmp_path):
+    server = WebServer(env=process_env, log_dir=tmp_path, workers=processes)
     server.start()
     yield server
     server.kill()
@@ -72,9 +72,9 @@ def test_the_worker_process_runs_with_its_thread_switch_interval(vote_worker):
 
 
 @SERVERS
-def test_with_the_broker_down_a_vote_gets_503_and_is_never_counted(server_class, services, process_env, tmp_path):
+def test_with_the_broker_down_a_vote_gets_503_and_is_never_counted(processes, services, process_env, tmp_path):
     env = {**process_env, "VOTE_PUBLISH_TIMEOUT": "2"}
-    web = server_class(env=env, log_dir=tmp_path)
+    web = WebServer(env=env, log_dir=tmp_path, workers=processes)
     worker = WorkerProcess(env=env, log_dir=tmp_path, group=env["KAFKA_CONSUMER_GROUP"])
     web.start()
     worker.start()
@@ -137,11 +137,9 @@ def test_the_embedded_default_needs_no_services(tmp_path):
         web.kill()
 
 
-def test_daphne_hands_post_bodies_to_the_api_without_parsing_them_as_forms(web_server):
-    """Twisted parses every POST body with a form Content-Type to fill request.args, which
-    daphne never reads (polling.handlers.daphne_without_form_parsing turns that off). A
-    multipart body Twisted cannot parse then reaches the API and gets its JSON answer,
-    instead of Twisted's bare 400 page and a dropped connection."""
+def test_form_bodies_reach_the_api_and_get_its_json_415(web_server):
+    """A vote sent as a form, even a multipart body no parser could read, gets the API's
+    JSON answer naming the media type, not a server's bare error page."""
     created = request("POST", f"{web_server.url}/polls", SEED_POLL)
     poll_id = created.json()["id"]
     for content_type, body in [

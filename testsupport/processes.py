@@ -95,13 +95,15 @@ def kill_leftovers() -> None:
 
 
 class WebServer(ManagedProcess):
-    """daphne serving polling.asgi:application, as production runs it (the image's flags)."""
+    """The production server (`python -m polling.serve`: uvicorn, HTTP and WebSockets)."""
 
-    def __init__(self, *, env: dict[str, str], log_dir: Path, port: int | None = None) -> None:
+    def __init__(self, *, env: dict[str, str], log_dir: Path, port: int | None = None, workers: int = 1) -> None:
         self.port = port or free_port()
+        self.workers = workers
         super().__init__(
             name=f"web-{self.port}",
-            args=[sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(self.port), "polling.asgi:application"],
+            args=[sys.executable, "-m", "polling.serve", "--host", "127.0.0.1", "--port", str(self.port),
+                  "--workers", str(workers)],
             env=env,
             log_dir=log_dir,
         )
@@ -123,16 +125,6 @@ class WebServer(ManagedProcess):
                 return False
 
         wait_until(answers, timeout=timeout, what=f"{self.name} to answer")
-
-
-class RestServer(WebServer):
-    """gunicorn serving polling.wsgi (REST only), as the image's `rest` role runs it."""
-
-    def __init__(self, *, env: dict[str, str], log_dir: Path, port: int | None = None) -> None:
-        super().__init__(env=env, log_dir=log_dir, port=port)
-        self.name = f"rest-{self.port}"
-        self.log_path = log_dir / f"{self.name}.log"
-        self.args = [sys.executable, "-m", "gunicorn", "-c", "python:polling.gunicorn_conf", "-b", f"127.0.0.1:{self.port}"]
 
 
 class WorkerProcess(ManagedProcess):

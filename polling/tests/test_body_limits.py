@@ -1,8 +1,8 @@
 """Request bodies past API_MAX_BODY_BYTES: 413, without the server buffering them whole.
 
-Against real server processes (daphne as production runs it, and uvicorn, which hands
-the body on as it arrives), sending 200 MB with and without a Content-Length, and
-watching the server's resident memory (VmRSS) while it does.
+Against the production server process (polling.serve: uvicorn, which hands the body on
+as it arrives), sending 200 MB with and without a Content-Length, and watching the
+server's resident memory (VmRSS) while it does.
 """
 
 from __future__ import annotations
@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
-from devservices import free_port
 from polling.asgi import django_asgi_app
 from testsupport.processes import WebServer
 
@@ -71,22 +69,10 @@ def expect_refused(status: int, body: dict, *, declared: bool) -> None:
     assert (status, body) == (413, {"detail": f"Request body too large: {size}, at most {limit} accepted."})
 
 
-class UvicornServer(WebServer):
-    """polling.asgi:application under uvicorn, which hands the body on as it arrives."""
-
-    def __init__(self, *, env, log_dir) -> None:
-        super().__init__(env=env, log_dir=log_dir, port=free_port())
-        self.name = f"uvicorn-{self.port}"
-        self.log_path = log_dir / f"{self.name}.log"
-        self.args = [sys.executable, "-m", "uvicorn", "--no-access-log", "--lifespan", "off",
-                     "--host", "127.0.0.1", "--port", str(self.port), "polling.asgi:application"]
-
-
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-@pytest.mark.parametrize("server_class", [WebServer, UvicornServer], ids=["daphne", "uvicorn"])
-def test_200_mb_get_413_and_the_server_does_not_keep_them(process_env, tmp_path, server_class, chunked):
-    server = server_class(env=process_env, log_dir=tmp_path)
+def test_200_mb_get_413_and_the_server_does_not_keep_them(process_env, tmp_path, chunked):
+    server = WebServer(env=process_env, log_dir=tmp_path)
     server.start()
     try:
         before = rss_peak(server.process.pid)

@@ -1,7 +1,7 @@
 """Operations: /healthz, /readyz, /metrics, JSON logs and the commands' --help.
 
 Everything runs against the real PostgreSQL, Redis and Kafka of the test run; the
-worker and web tests start real daphne and `consume_votes` processes.
+worker and web tests start real server (polling.serve) and `consume_votes` processes.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -29,9 +28,9 @@ from polling.logging import JsonFormatter
 from polling.metrics import VoteIntakeMetricsMixin
 from polls.apis import PollVoteApi
 from polls.topics import ensure_topics, vote_topic
-from testsupport.processes import REPO, WebServer, WorkerProcess, child_pids, wait_until
+from testsupport.processes import REPO, WebServer, WorkerProcess, wait_until
 from tests.http import request
-from tests.test_deploy_files import compose_rest_server, image_web_server
+from tests.test_deploy_files import compose_web_server, image_web_server
 
 SEED_POLL = {"question": "What is your favorite color?", "option1": "Red", "option2": "Blue",
              "option3": "Green", "option4": "Yellow"}
@@ -298,21 +297,22 @@ def test_votes_publish_latency_and_intake_and_worker_metrics_from_real_processes
 
 
 def test_production_logs_are_one_json_object_per_line(process_env, tmp_path):
-    """The image's web, rest and worker commands with DEBUG off: every line they write is JSON."""
+    """The image's web command, compose's (two processes) and the worker's with DEBUG off:
+    every line they write is JSON."""
     web = image_web_server(process_env, tmp_path)
-    rest = compose_rest_server(process_env, tmp_path)
+    compose_web = compose_web_server(process_env, tmp_path)
     worker = WorkerProcess(env=process_env, log_dir=tmp_path, group=process_env["KAFKA_CONSUMER_GROUP"])
     web.start()
-    rest.start()
+    compose_web.start()
     worker.start()
     try:
-        for server in (web, rest):
+        for server in (web, compose_web):
             request("GET", f"{server.url}/polls/999999999")  # a 404: Django logs a warning for it
     finally:
         web.terminate()
-        rest.terminate()
+        compose_web.terminate()
         worker.terminate()
-    for process in (web, rest, worker):
+    for process in (web, compose_web, worker):
         lines = process.log().splitlines()
         assert lines, f"{process.name} logged nothing"
         for line in lines:
@@ -321,12 +321,12 @@ def test_production_logs_are_one_json_object_per_line(process_env, tmp_path):
     worker_messages = [json.loads(line)["message"] for line in worker.log().splitlines()]
     assert any(message.startswith("consuming ") for message in worker_messages)
     assert "vote worker stopped" in worker_messages
-    # gunicorn's own lines (its start, its stop on SIGTERM) go through the same formatter.
-    rest_entries = [json.loads(line) for line in rest.log().splitlines()]
-    gunicorn_messages = [e["message"] for e in rest_entries if e["logger"] == "gunicorn.error"]
-    assert any(m.startswith("Booting worker") for m in gunicorn_messages), gunicorn_messages
-    assert "Shutting down: Master" in gunicorn_messages
-    for entries in ([json.loads(line) for line in web.log().splitlines()], rest_entries):
+    for server in (web, compose_web):
+        entries = [json.loads(line) for line in server.log().splitlines()]
+        # uvicorn's own lines (its start, its stop on SIGTERM) go through the same formatter.
+        uvicorn_messages = [e["message"] for e in entries if e["logger"] == "uvicorn.error"]
+        assert any(m.startswith("Started server process") for m in uvicorn_messages), uvicorn_messages
+        assert any(m.startswith("Finished server process") for m in uvicorn_messages), uvicorn_messages
         assert any(e["logger"] == "django.request" and e["status_code"] == 404 for e in entries)
         # The access log, in place of the server's plain-text one; no client address in it.
         (access,) = [e for e in entries if e["logger"] == "polling.access" and e["http"]["path"] == "/polls/999999999"]
@@ -334,90 +334,6 @@ def test_production_logs_are_one_json_object_per_line(process_env, tmp_path):
                                   "duration_ms": access["http"]["duration_ms"]}
         assert "127.0.0.1" not in json.dumps(access)
 
-
-def test_gunicorn_builds_no_access_log_line_of_its_own():
-    """The REST process's gunicorn, configured by polling/gunicorn_conf.py, takes its logging
-    from a dict config, which gunicorn counts as an access log: without the project's
-    logger class it built every request's fields and record for a logger with no handler.
-    Here its access() is handed objects it cannot read: it must not look at them."""
-    script = (
-        "import datetime, logging\n"
-        "from gunicorn.config import Config\n"
-        "import polling.gunicorn_conf as conf\n"
-        "cfg = Config()\n"
-        "for name in cfg.settings:\n"
-        "    if hasattr(conf, name):\n"
-        "        cfg.set(name, getattr(conf, name))\n"
-        "log = cfg.logger_class(cfg)\n"
-        "log.access(object(), object(), {}, datetime.timedelta(0))\n"
-        "log.error('an error line of gunicorn')\n"
-        "print('ok', type(log).__name__)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "LOG_FORMAT": "json"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["ok", "ErrorOnlyLogger"]
-    (line,) = result.stderr.splitlines()
-    assert json.loads(line)["logger"] == "gunicorn.error"
-
-
-# --- The REST process's CPUs ----------------------------------------------------------------
-
-
-def _thread_cpus(pid: int) -> list[set[int]]:
-    """The CPUs each thread of a process may run on."""
-    return [os.sched_getaffinity(int(thread)) for thread in os.listdir(f"/proc/{pid}/task")]
-
-
-def test_worker_cpu_is_the_least_taken_of_the_allowed_ones():
-    from polling.gunicorn_conf import worker_cpu
-
-    assert worker_cpu({0, 1}, []) == 0
-    assert worker_cpu({0, 1}, [0]) == 1
-    assert worker_cpu({0, 1}, [0, 1, 1]) == 0
-    assert worker_cpu({2, 3}, [None, 2]) == 3  # a worker spawned before pinning counts for none
-    assert worker_cpu({5}, [5, 5]) == 5
-
-
-def test_rest_workers_run_each_on_one_cpu_when_pinned(process_env, tmp_path):
-    """REST_PIN_WORKERS=on: one worker per CPU this process may use, every thread of each on
-    its own CPU; a worker that dies is replaced on the CPU it had. Off (the default), the
-    scheduler may put any thread anywhere."""
-    allowed = os.sched_getaffinity(0)
-    assert len(allowed) >= 2, f"this test needs two CPUs to tell the workers apart; it has {sorted(allowed)}"
-    pinned = compose_rest_server({**process_env, "REST_PIN_WORKERS": "on", "WEB_CONCURRENCY": str(len(allowed))}, tmp_path)
-    pinned.start()
-    try:
-        for _ in range(8):  # the workers' request threads start with their first requests
-            request("GET", f"{pinned.url}/leaderboard")
-        workers = child_pids(pinned.process.pid)
-        assert len(workers) == len(allowed)
-        cpus = {}
-        for pid in workers:
-            (cpu_set,) = {frozenset(cpus_of_thread) for cpus_of_thread in _thread_cpus(pid)}
-            (cpus[pid],) = cpu_set
-        assert set(cpus.values()) == allowed
-        assert os.sched_getaffinity(pinned.process.pid) == allowed, "the arbiter itself is not pinned"
-
-        dead = workers[0]
-        os.kill(dead, signal.SIGKILL)
-        wait_until(lambda: len(set(child_pids(pinned.process.pid)) - set(workers)) == 1, timeout=30,
-                   what="gunicorn to replace the killed worker")
-        (new,) = set(child_pids(pinned.process.pid)) - set(workers)
-        assert _thread_cpus(new) == [{cpus[dead]}]
-        assert f"worker {new} runs on CPU {cpus[dead]}" in pinned.log()
-    finally:
-        pinned.terminate()
-
-    default = compose_rest_server(process_env, tmp_path)
-    default.start()
-    try:
-        request("GET", f"{default.url}/leaderboard")
-        (worker,) = child_pids(default.process.pid)
-        assert all(cpus_of_thread == allowed for cpus_of_thread in _thread_cpus(worker))
-        assert "runs on CPU" not in default.log()
-    finally:
-        default.terminate()
 
 
 def test_plain_logs_in_debug_mode_or_when_asked(tmp_path):

@@ -69,7 +69,7 @@ def test_ballots_that_need_the_database_are_checked_off_the_loop(in_process_bus,
         cast(once.pk, 2)
     first = cast(poll.pk, 1, idempotency_key="retry-1")
     assert cast(poll.pk, 1, idempotency_key="retry-1").vote_id == first.vote_id
-    assert off_loop_checks == ["_vote_check", "_vote_check", "vote_cast", "vote_cast"]
+    assert off_loop_checks == ["_vote_check", "_vote_check", "_keyed_check", "_keyed_check"]
 
 
 def test_without_an_acknowledgement_the_vote_is_refused_within_the_budget(settings):

@@ -4,6 +4,7 @@ server process for every status, and byte for byte beside Django's handler in pr
 from __future__ import annotations
 
 import asyncio
+import re
 import http.client
 import json
 
@@ -58,7 +59,8 @@ def serve(app, path: str, body: bytes = b"", headers: list[tuple[str, str]] = JS
     for name, value in sent[0]["headers"]:
         value = value.decode()
         if name.lower() == b"set-cookie":
-            value = "voter=<token>;" + value.split(";", 1)[1]
+            # The token is new each time; the expiry a year from now, to the second.
+            value = re.sub(r"expires=[^;]+", "expires=<a year on>", "voter=<token>;" + value.split(";", 1)[1])
         answer.setdefault(name.decode().lower(), []).append(value)
     answer.pop("content-length", None)  # the lean path always sends one; not every Django answer does
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:]), {k: sorted(v) for k, v in answer.items()}
@@ -152,7 +154,7 @@ def _raw_post(server: WebServer, path: str, body: bytes, headers: dict[str, str]
         if body:
             connection.send(body)
         answer = connection.getresponse()
-        return answer.status, dict(answer.getheaders()), answer.read()
+        return answer.status, answer.msg, answer.read()  # header names in any case
     finally:
         connection.close()
 

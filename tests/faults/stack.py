@@ -23,12 +23,12 @@ class Stack:
 
 @contextmanager
 def web_and_worker(process_env: Mapping[str, str], log_dir: Path, *, label: str, polls: int = 3,
-                   server_class: type[WebServer] = WebServer, **overrides: str) -> Iterator[Stack]:
-    """Start a server (daphne, or `server_class`) and a worker (production rate limits,
+                   workers: int = 1, **overrides: str) -> Iterator[Stack]:
+    """Start a web server (`workers` processes) and a worker (production rate limits,
     `overrides` on top), create `polls` polls; kill both at the end."""
     env = production_env(process_env, **overrides)
     worker = WorkerProcess(env=env, log_dir=log_dir, group=env["KAFKA_CONSUMER_GROUP"])
-    stack = Stack(env=env, web=server_class(env=env, log_dir=log_dir), worker=worker, polls={}, log_dir=log_dir)
+    stack = Stack(env=env, web=WebServer(env=env, log_dir=log_dir, workers=workers), worker=worker, polls={}, log_dir=log_dir)
     try:
         stack.web.start()
         worker.start()
@@ -50,7 +50,7 @@ def restart_mid_stream(stack: Stack, stream: VoteStream, *, times: int, stop: Ca
         stopping = time.monotonic()
         stop(stack.web)
         gone = time.monotonic()
-        stack.web = type(stack.web)(env=stack.env, log_dir=stack.log_dir, port=stack.web.port)
+        stack.web = WebServer(env=stack.env, log_dir=stack.log_dir, port=stack.web.port, workers=stack.web.workers)
         stack.web.start()
         ready = time.monotonic()
         windows.append((stopping, gone, ready))
