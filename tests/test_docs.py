@@ -67,7 +67,8 @@ def module_statements(body: list[ast.stmt]):
     for node in body:
         yield node
         if isinstance(node, (ast.If, ast.Try)):
-            for block in (node.body, node.orelse, getattr(node, "finalbody", []), *(h.body for h in getattr(node, "handlers", []))):
+            handlers = [handler.body for handler in getattr(node, "handlers", [])]
+            for block in (node.body, node.orelse, getattr(node, "finalbody", []), *handlers):
                 yield from module_statements(block)
 
 
@@ -79,8 +80,9 @@ def defines(body: list[ast.stmt], name: str) -> ast.stmt | None:
             return node
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
             return node
-        if isinstance(node, (ast.Import, ast.ImportFrom)) and any((a.asname or a.name.split(".")[0]) == name for a in node.names):
-            return node
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any((alias.asname or alias.name.split(".")[0]) == name for alias in node.names):
+                return node
     return None
 
 
