@@ -46,14 +46,9 @@ _JVM_FLAGS = [
     "-XX:+UseG1GC",
     "-XX:MaxGCPauseMillis=20",
     "-XX:InitiatingHeapOccupancyPercent=35",
-    # C1 only, no C2 (also for ZooKeeper and the format tool). Sampled per thread on
-    # the 2-core bench machine, the broker's JIT compiler threads were its biggest CPU
-    # consumer: 6-7.4 CPU-s in a --quick intake run and 9.9 in a 2.5-minute one, more
-    # than all its request handling (~2 and ~5 CPU-s). C1 alone compiles in ~0.8-1 s
-    # and serves the same load for no more CPU, so in alternated runs the broker's CPU
-    # per accepted vote fell from 1.95-2.86 ms (median 2.17, 6 runs) to 1.00-2.00 ms
-    # (median 1.51, 9 runs), and while only the worker's idle fetches reach it, from
-    # 0.39-0.68 to 0.21-0.38 ms per floor request: CPU the web process gets back.
+    # C1 only, no C2 (also for ZooKeeper and the format tool): on two cores the JIT
+    # compiler threads were the broker's largest CPU user, and C1 alone serves the same
+    # load for less (docs/decisions/0009-broker-and-postgres-settings.md).
     "-XX:TieredStopAtLevel=1",
     "-Djava.awt.headless=true",
 ]

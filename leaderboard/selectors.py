@@ -18,7 +18,7 @@ def leaderboard_top(*, limit: int, poll_id: int | None = None) -> list[dict[str,
     matches the option_rank_idx index, so the database reads the top rows off the index
     instead of sorting every option. One hand-written statement, read fresh every time:
     the ORM spent more CPU compiling the same query per request than PostgreSQL spent
-    running it (bench/run.py --only leaderboard).
+    running it (docs/decisions/0005-vote-checks-off-the-hot-path.md).
     """
     sql, params = _top_sql(by_poll=poll_id is not None), [Poll.Visibility.ALWAYS, False]
     if poll_id is not None:

@@ -6,8 +6,8 @@ opened a new TCP connection to Redis for its rate-limit counters. The client is
 thread-safe, so one per process and location serves every request.
 
 Django's client also builds a new redis.Redis object for every command (get_client),
-and redis-py fills a case-insensitive table of about 170 response callbacks in each:
-measured in process, that was most of the rate limits' CPU per vote. The client here
+and redis-py fills a case-insensitive table of response callbacks in each: most of the
+rate limits' CPU per vote (docs/decisions/0004-django-request-path.md). The client here
 keeps one redis.Redis per connection pool; redis-py's Redis objects are thread-safe
 (each command or pipeline takes a connection from the pool).
 """

@@ -2,10 +2,9 @@
 
 A web process starts with about 140,000 objects from its imports (Django, DRF,
 Channels, Twisted, kafka-python, the project's views) that live as long as it does, and
-Python's full (generation 2) collection walks every one of them. Under 100 votes/s on
-one daphne process a full collection came every 5 to 7 s and held the GIL for 87 to
-167 ms; the votes answered across it were the answers' p99 (README, Performance: "Full
-garbage collections skip what the start built"). `gc.freeze()` moves every object alive
+Python's full (generation 2) collection walks every one of them, holding the GIL long
+enough to set the answers' p99 (docs/decisions/0004-django-request-path.md).
+`gc.freeze()` moves every object alive
 at that moment to a permanent generation that collections skip. Reference counting
 still frees them as usual; only a reference cycle among them would outlive its last
 use, which is why the cyclic garbage of the start is collected first.

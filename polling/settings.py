@@ -2,8 +2,8 @@
 
 With no DATABASE_URL, KAFKA_BROKERS or REDIS_URL the service runs its embedded default:
 SQLite, votes applied in process by the worker's own batch code, and an in-memory
-channel layer. With them set it uses the real services. See .env.example for every
-variable.
+channel layer. With them set it uses the real services. docs/settings.md describes every
+variable, and .env.example lists them.
 """
 
 import warnings
@@ -93,8 +93,8 @@ DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     # A pool, not persistent connections: under ASGI each request may run on a new
     # thread, and a kept-open connection per thread leaks until PostgreSQL runs out of
-    # slots, while a new connection per request (a login and a new backend process) was
-    # a third of the web process's time per vote (bench/run.py --profile).
+    # slots, while a new connection per request costs a login and a new backend process
+    # (docs/decisions/0004-django-request-path.md).
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)}
     if env_bool("DB_POOL", True):
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -201,7 +201,7 @@ VOTE_THREADS = env_int("VOTE_THREADS", 64, minimum=1)
 # How long a web process keeps what a vote is checked against (the poll's status, deadline,
 # voting rule and number of options) before reading it again; 0 reads it on every vote.
 # A change made in this process counts at once; one made in another process (a moderator's
-# close, say) is seen up to this late. See README, Performance.
+# close, say) is seen up to this late (docs/decisions/0005-vote-checks-off-the-hot-path.md).
 VOTE_TARGET_CACHE_SECONDS = env_float("VOTE_TARGET_CACHE_SECONDS", 1.0, minimum=0)
 # Seconds a client is told to wait after a 503.
 VOTE_RETRY_AFTER = env_int("VOTE_RETRY_AFTER", 2, minimum=1)
@@ -216,25 +216,21 @@ VOTE_BATCH_WAIT_MS = env_int("VOTE_BATCH_WAIT_MS", 200, minimum=0)
 # partitions no other one has at the time (one on SQLite, which has one writer).
 VOTE_APPLY_THREADS = env_int("VOTE_APPLY_THREADS", 2, minimum=1)
 # How long the broker may hold the worker's fetch request when it has no new votes for it.
-# kafka-python keeps one fetch in flight per broker; with its default of 500 ms, votes of a
-# busy partition sometimes waited that long behind a fetch held for the idle ones (vote-to-
-# screen p99 of 0.6 s at 1,000 votes/s, see README, Performance). This bounds that wait.
+# kafka-python keeps one fetch in flight per broker, so a busy partition's votes can wait
+# this long behind a fetch held for idle ones (docs/decisions/0008-worker-throughput.md).
 VOTE_FETCH_MAX_WAIT_MS = env_int("VOTE_FETCH_MAX_WAIT_MS", 50, minimum=1)
 # How many bytes of new votes the broker gathers for a fetch before answering it (within
-# VOTE_FETCH_MAX_WAIT_MS). At a few hundred votes/s, answering at once (1) woke the worker
-# for every vote or two: a transaction, an offset commit and broker work each. 64 KB makes
-# it a batch per fetch wait there (worker CPU per vote -30%), and a backlog still fills
-# the fetch at once; vote-to-screen p50 +20 ms, p99 unchanged (see README, Performance).
+# VOTE_FETCH_MAX_WAIT_MS): at low rates a batch per wait, not a transaction and an offset
+# commit for every vote or two; a backlog still fills the fetch at once.
 VOTE_FETCH_MIN_BYTES = env_int("VOTE_FETCH_MIN_BYTES", 65536, minimum=1)
 # Python's thread switch interval in the worker (sys.setswitchinterval), in ms. Its polling
-# thread parses fetched records while the applying threads wait on the database; with
-# Python's 5 ms, an applying thread whose statement had returned could wait that long for
-# the GIL, about ten times a batch. 1 ms: 1.22x votes/s, 0.25 ms 1.10x, 2 ms 1.15x (see
-# README, Performance). The web process keeps Python's default: 1 ms measured no better.
+# thread parses fetched records while the applying threads wait on the database; a short
+# interval gives an applying thread whose statement has returned the GIL back sooner.
+# The web process keeps Python's default (docs/decisions/0008-worker-throughput.md).
 WORKER_SWITCH_INTERVAL_MS = env_float("WORKER_SWITCH_INTERVAL_MS", 1.0, minimum=0.05)
-# The worker reads its fetched records with polls.records (2.3x to 2.6x faster than
-# kafka-python's reader, 1.13x to 1.28x votes/s). It takes the place of a kafka-python
-# internal (pinned in requirements.txt); off, kafka-python reads them, slower.
+# The worker reads its fetched records with polls.records, faster than kafka-python's
+# reader. It takes the place of a kafka-python internal (pinned in requirements.txt);
+# off, kafka-python reads them.
 WORKER_LEAN_RECORDS = env_bool("WORKER_LEAN_RECORDS", True)
 
 LEADERBOARD_DEFAULT_LIMIT = env_int("LEADERBOARD_DEFAULT_LIMIT", 10, minimum=1)
@@ -264,7 +260,7 @@ RATE_LIMIT_POLLS_PER_ADDRESS = env_rate("RATE_LIMIT_POLLS_PER_ADDRESS", RATE_LIM
 RATE_LIMIT_CACHE = "default"
 # With Redis, a request is decided in process and its count reaches Redis in the
 # background, at most this often; a process learns the others' counts at these syncs.
-# 0 counts in Redis during each request instead. See README, Rate limits.
+# 0 counts in Redis during each request instead (docs/api.md, Rate limits).
 RATE_LIMIT_SYNC_MS = env_int("RATE_LIMIT_SYNC_MS", 20, minimum=0)
 
 # --- Real time -----------------------------------------------------------------------
@@ -272,9 +268,8 @@ RATE_LIMIT_SYNC_MS = env_int("RATE_LIMIT_SYNC_MS", 20, minimum=0)
 REDIS_URL = env_str("REDIS_URL")
 # Which channels_redis layer carries broadcasts when REDIS_URL is set. "pubsub" publishes
 # one message per group send and each web process fans it out to its own viewers;
-# "core" writes one message per viewer into Redis. Measured on this project's 2-core
-# machine (bench/ws_layer.py), a group send to 10,000 viewers costs the sender 0.8 ms
-# with pubsub against 59 ms with core, and reaches all of them in 311 ms against 479 ms.
+# "core" writes one message per viewer into Redis, a cost that grows with the audience
+# (docs/decisions/0010-channel-layer-pubsub.md).
 REDIS_CHANNEL_LAYER = env_str("REDIS_CHANNEL_LAYER", "pubsub")
 if REDIS_CHANNEL_LAYER not in ("pubsub", "core"):
     raise ImproperlyConfigured(f"REDIS_CHANNEL_LAYER={REDIS_CHANNEL_LAYER!r} must be 'pubsub' or 'core'.")

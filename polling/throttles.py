@@ -7,8 +7,8 @@ strict (the defaults and the rates they allow: settings.RATE_LIMIT_DEFAULTS,
 docs/audience.md).
 
 With Redis, a request is decided in process and its count reaches Redis in the
-background (SharedWindowCounts): the round trip the request used to wait for was most
-of the vote's web CPU over the framework floor's (see README, Performance).
+background (SharedWindowCounts), so no request waits for a round trip
+(docs/decisions/0005-vote-checks-off-the-hot-path.md; what it allows: docs/api.md).
 RATE_LIMIT_SYNC_MS=0 counts in Redis during the request instead.
 """
 

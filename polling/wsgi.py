@@ -3,8 +3,8 @@
     python -m gunicorn -c python:polling.gunicorn_conf -b 0.0.0.0:8001
 
 gunicorn's threaded worker serves the REST API with one thread per request and no
-event loop between the socket and Django: 1.3x to 1.5x daphne's votes a second on the
-same core (README, "Choices made by measurement"). WebSockets stay with daphne
+event loop between the socket and Django, which takes more votes a second than daphne
+for the same CPU (docs/decisions/0003-http-servers.md). WebSockets stay with daphne
 (polling.asgi), which serves the REST API too.
 """
 

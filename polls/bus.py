@@ -132,7 +132,7 @@ class KafkaVoteBus:
 
         After a broker is killed with votes in flight, kafka-python's idempotent producer
         never delivers on those partitions again (its sequence state is not reset): every
-        later vote timed out, 80 s after the broker was back (measured). A new producer
+        later vote timed out, long after the broker was back. A new producer
         gets a new producer id and works at once. The old one is force-closed, which also
         drops records that were answered 503.
         """

@@ -29,8 +29,8 @@ _MAX_CHOICES = 100
 
 class VoteEvent(msgspec.Struct, frozen=True, gc=False):
     """One ballot, immutable. A msgspec Struct, not a frozen dataclass: the worker builds
-    one per vote, and a frozen dataclass's __init__ (a guarded setattr per field) cost
-    1.8 us of the 3.8 it took to decode a message, against 0.1 for the Struct. Not
+    one per vote, and a frozen dataclass's __init__ (a guarded setattr per field) was
+    half the cost of decoding a message (docs/decisions/0008-worker-throughput.md). Not
     tracked by the garbage collector: its fields (a UUID, numbers, strings, a time)
     cannot form a cycle, and a batch of 5,000 would otherwise start collections."""
 
@@ -158,9 +158,8 @@ _wire_decoder = msgspec.json.Decoder(_Wire)
 def _decode_fast(raw: bytes | None) -> VoteEvent | None:
     """The event of a valid message, or None: the caller then checks it field by field.
 
-    Decoding into a typed struct does the JSON parse and most checks in C: 3.5 to 5.7
-    against 10 us a message with the checks in Python, and the vote worker decodes every
-    vote; 1.0 us since VoteEvent is a Struct too (3.8 before, in the same measurement).
+    Decoding into a typed struct does the JSON parse and most checks in C, several times
+    faster than the checks in Python, and the vote worker decodes every vote.
     Where msgspec is stricter than the checked path (a present but invalid `option`
     beside a valid `options`), the message only takes the slow path.
     """

@@ -65,8 +65,8 @@ class Poll(models.Model):
     state_version = models.BigIntegerField(default=0, editable=False)
     # The sum of its options' counters, kept with them in the batch's transaction (and
     # set again when an option goes): the leaderboard of polls and the list ordered by
-    # total read it instead of adding up every option of every poll, which took 370 ms a
-    # request at 100,000 polls.
+    # total read it instead of adding up every option of every poll on each request
+    # (docs/decisions/0005-vote-checks-off-the-hot-path.md).
     total = models.BigIntegerField(default=0, editable=False)
 
     objects = PollQuerySet.as_manager()

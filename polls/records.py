@@ -1,9 +1,9 @@
-"""Reading fetched Kafka records in the worker, in less than half of kafka-python's time.
+"""Reading fetched Kafka records in the worker, faster than kafka-python does.
 
 kafka-python turns each fetched record into a `ConsumerRecord` through a chain of Python
 calls per field (a varint function per number, a property per header field of the
-batch, a record object, then the tuple): 5.5 to 6 us a vote on this machine, about half
-of the worker's own Python, which is what bounded its apply rate (README, Performance).
+batch, a record object, then the tuple): about half of the worker's own Python, which
+bounds its apply rate (docs/decisions/0008-worker-throughput.md).
 `LeanPartitionRecords` reads the common batch, message format v2 uncompressed, in one
 loop with the short varints read by hand, and yields the same `ConsumerRecord`s.
 

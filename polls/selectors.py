@@ -62,10 +62,9 @@ def poll_vote_target(*, poll_id: int) -> VoteTarget:
     option: the admin, the ORM); another process sees the change when its copy expires.
     `is_open` compares closes_at with the clock on every vote. Not cached: a poll that is
     not found or hidden (a new poll is votable at once), and what is read inside a
-    transaction (it may be uncommitted, or rolled back). Measured on the benchmark's hot
-    poll: the SELECT, with the pooled connection's take, health check and give-back, cost
-    the web process 1.5 to 1.9 ms of CPU per vote under load (README, Performance;
-    bench/RESULTS.md).
+    transaction (it may be uncommitted, or rolled back). Why a copy: the SELECT and the
+    pooled connection it takes cost more than the rest of the vote's checks
+    (docs/decisions/0005-vote-checks-off-the-hot-path.md).
     """
     if not -(2**63) <= poll_id < 2**63:  # out of the id column's range: no such poll (as the ORM says)
         raise PollNotFound(poll_id)
@@ -126,8 +125,8 @@ _VOTE_TARGETS_MAX = 10_000
 
 
 def _vote_target_read(poll_id: int) -> VoteTarget:
-    """One hand-written statement: the same read through the ORM (an annotated queryset,
-    compiled per call) cost 1.45 ms of CPU, this 0.23 ms (measured in process)."""
+    """One hand-written statement: the ORM compiled its annotated queryset on every call,
+    for more CPU than the query (docs/decisions/0005-vote-checks-off-the-hot-path.md)."""
     with connection.cursor() as cursor:
         cursor.execute(_vote_target_sql(), [poll_id, False])
         row = cursor.fetchone()

@@ -1,7 +1,7 @@
 """Quoted table and column names, from the models, for the few hand-written statements.
 
 The vote path, the worker's batch and the leaderboard read use raw SQL where the ORM
-cost more CPU than the query (see the README's Performance section); their names still
+cost more CPU than the query (docs/decisions/0005-*, 0007-*); their names still
 follow the models.
 """
 

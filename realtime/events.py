@@ -12,7 +12,7 @@ Every message a client receives is one JSON object with a namespaced ``type``:
 
 Poll messages carry the seed's shape (id, question, option1..N) plus options, total,
 status and version; the version only grows, so a client keeps the highest it has seen.
-The README section of the realtime app shows an example of each.
+docs/websockets.md shows an example of each.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from django.core.management import call_command, get_commands, load_command_clas
 from django.urls import resolve
 
 from devservices import free_port
+from polling.settings_doc import Variable, listed_in_env_example, variables_read
 from testsupport.processes import WebServer, WorkerProcess, child_pids
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +39,6 @@ APP_SERVICES = ("migrate", "web", "worker")
 # The project's own Python packages (what the image must contain, and what is not a
 # third-party import).
 PROJECT_PACKAGES = ("polling", "polls", "leaderboard", "realtime")
-ENV_READERS = {"env_str", "env_rate", "env_bool", "env_int", "env_float", "env_list", "env_networks"}
 
 
 # --- Parsing ------------------------------------------------------------------------------
@@ -102,46 +102,12 @@ def dockerfile_cmd() -> list[str]:
     return json.loads(cmd)
 
 
-def env_names_read_by(path: Path) -> dict[str, dict]:
-    """Environment variables a module reads: name -> {"default": bool, "required": bool}."""
-    found: dict[str, dict] = {}
-    for node in ast.walk(ast.parse(path.read_text())):
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
-        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
-        first = node.args[0] if node.args else None
-        if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
-            continue
-        if name in ENV_READERS:
-            keywords = {keyword.arg: keyword.value for keyword in node.keywords}
-            required = keywords.get("required")
-            found[first.value] = {
-                "default": len(node.args) > 1 or "default" in keywords,
-                "required": required is not None and not (isinstance(required, ast.Constant) and not required.value),
-            }
-        elif name in ("getenv", "get") and _is_os_environ(func):
-            found[first.value] = {"default": len(node.args) > 1, "required": False}
-    return found
-
-
-def _is_os_environ(func) -> bool:
-    source = ast.unparse(func)
-    return source in ("os.getenv", "os.environ.get")
-
-
-def project_env_names() -> dict[str, dict]:
-    names: dict[str, dict] = {}
-    for package in PROJECT_PACKAGES:
-        for path in sorted((REPO / package).rglob("*.py")):
-            if "tests" not in path.parts and path.name != "env.py":
-                names.update(env_names_read_by(path))
-    return names
+def project_env_names() -> dict[str, Variable]:
+    return variables_read(REPO)
 
 
 def env_example_names() -> set[str]:
-    text = (REPO / ".env.example").read_text()
-    return set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", text, flags=re.MULTILINE))
+    return set(listed_in_env_example(REPO / ".env.example"))
 
 
 # --- Settings and .env.example --------------------------------------------------------------

@@ -1,8 +1,8 @@
 """One foreign key check per vote row instead of two (PostgreSQL).
 
 Every inserted vote row paid two deferred foreign key checks at commit, one per key
-(poll, option): about 6 us each, a third of the database's time per row in the
-worker's batches. One composite key, (poll_id, option_id) referencing the option's
+(poll, option): a third of the database's time per row in the worker's batches
+(docs/decisions/0007-worker-batch-statements.md). One composite key, (poll_id, option_id) referencing the option's
 (poll_id, id), checks both at once and says more: the row's poll is its option's
 poll (the option's own key to its poll makes sure that poll exists). The options
 table gets the unique (poll, id) the reference needs: options are written only when a

@@ -1,7 +1,7 @@
 """No foreign key check per vote row (PostgreSQL): the worker's locks make sure instead.
 
 The composite key of migration 0003 cost each inserted row a deferred check at
-commit, about 8 us of the database's 25 a row in the worker's batches (a third).
+commit, a third of the database's time a row in the worker's batches.
 What it made sure of, the worker already does for every batch, once: it reads the
 options of the batch's polls and locks them until its commit (polls.services
 _options_lock), and a row is inserted only with an option id that lookup returned for

@@ -1,10 +1,10 @@
 """Each poll keeps its total, the sum of its options' counters, with an index to rank by it.
 
 The leaderboard of polls and the list ordered by total added up every option of every
-visible poll on each request: 370 and 484 ms at 100,000 polls, on endpoints anyone may
-call. The worker now adds a batch's new choices to the poll's total in the statement
+visible poll on each request, on endpoints anyone may call
+(docs/decisions/0005-vote-checks-off-the-hot-path.md). The worker now adds a batch's new choices to the poll's total in the statement
 that grows its version; existing polls get theirs from their options here. The list's
-default order, newest first, gets its index too (46 ms of sorting every poll a page).
+default order, newest first, gets its index too (no sort of every poll a page).
 """
 
 from django.db import migrations, models
