@@ -105,6 +105,8 @@ class KafkaCluster:
         self.start_nodes(self.nodes, timeout=timeout)
 
     def start_nodes(self, nodes: Sequence[KafkaServer], timeout: float | None = None) -> None:
+        if not nodes:
+            return
         # Side by side: a node that lost the quorum's majority waits for the others.
         with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
             errors = [error for error in pool.map(lambda node: _start(node, timeout), nodes) if error is not None]
