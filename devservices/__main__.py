@@ -114,8 +114,9 @@ def status() -> int:
 
 
 def install() -> int:
-    # Everything the test suite needs, Chromium for the live page's tests included.
-    ensure_installed(kafka_versions=(KAFKA_VERSION, KAFKA_ZK_VERSION), browser=True)
+    # Everything the test suite needs, Chromium for the live page's tests and nginx for
+    # the scale-out test's front door included.
+    ensure_installed(kafka_versions=(KAFKA_VERSION, KAFKA_ZK_VERSION), browser=True, proxy=True)
     return 0
 
 
