@@ -103,7 +103,7 @@ def down() -> int:
 
 
 def status() -> int:
-    postgres, redis, kafka = _services()
+    postgres, redis, _ = _services()
     kafka = _running_kafka()
     services: tuple[Service, ...] = (postgres, redis, *getattr(kafka, "nodes", [kafka]))
     for service in services:
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         "(default: $KAFKA_BROKERS_COUNT, else 1)",
     )
     arguments = parser.parse_args(argv)
+    if arguments.kafka_brokers not in (1, 3):  # a default from the environment skips `choices`
+        parser.error(f"KAFKA_BROKERS_COUNT must be 1 or 3, not {arguments.kafka_brokers}")
     command = arguments.command
     try:
         if command == "up":
