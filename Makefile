@@ -10,6 +10,8 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 # Environment of the real services started by `make services` (read by web and worker).
 SERVICES_ENV := .services/env
+# Kafka nodes `make services` starts: 1, or 3 for a replicated cluster (docs/scaling.md).
+KAFKA_BROKERS_COUNT ?= 1
 
 .PHONY: install run test services services-stop services-status web worker migrate check clean bench audit
 
@@ -34,7 +36,7 @@ test: install
 # Real PostgreSQL, Redis and Kafka on their usual ports; idempotent.
 services: install
 	@mkdir -p .services
-	$(BIN)/python -m devservices up > $(SERVICES_ENV).tmp && mv $(SERVICES_ENV).tmp $(SERVICES_ENV)
+	$(BIN)/python -m devservices up --kafka-brokers $(KAFKA_BROKERS_COUNT) > $(SERVICES_ENV).tmp && mv $(SERVICES_ENV).tmp $(SERVICES_ENV)
 	@echo "# environment for the real services (also saved in $(SERVICES_ENV)):"
 	@cat $(SERVICES_ENV)
 

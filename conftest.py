@@ -15,6 +15,7 @@ from polls.bus import reset_vote_bus
 from polls.topics import dead_letter_producer_config, ensure_topics, vote_consumer
 from polls.worker import VoteWorker
 from testsupport.browser import chromium
+from testsupport.cluster import session_cluster, stop_session_cluster
 from testsupport.plugin import service_stack
 from testsupport.processes import WebServer, WorkerProcess, kill_leftovers, wait_until
 
@@ -30,6 +31,23 @@ def _no_process_outlives_its_test():
 def services():
     """The PostgreSQL, Redis and Kafka processes of this test run."""
     return service_stack()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster():
+    """A three-broker Kafka cluster beside the single broker, shared by the tests that use it."""
+    yield session_cluster()
+    stop_session_cluster()
+
+
+@pytest.fixture
+def cluster_env(process_env, kafka_cluster, settings):
+    """process_env with the vote topics on the cluster, whose three brokers it names."""
+    settings.KAFKA_BROKERS = kafka_cluster.bootstrap_servers
+    reset_vote_bus()
+    ensure_topics()
+    yield {**process_env, "KAFKA_BROKERS": kafka_cluster.bootstrap}
+    reset_vote_bus()
 
 
 @pytest.fixture

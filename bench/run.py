@@ -20,6 +20,9 @@ Sections (--only takes a comma-separated list of these names):
     leaderboard  6. GET /leaderboard at a million votes and 100,000 polls, beside the floor GET
     memory       7. peak RSS (VmHWM from /proc) of the web processes and the worker under the
                     loads above (collected from whichever sections ran)
+    cluster      8. (opt-in: only when named) section 1's intake with the vote topic on a
+                    three-broker cluster (replication 3, min.insync.replicas 2) beside one
+                    broker, rounds alternated, cores shared (bench/cluster.py)
     ws           4./5. the WebSocket latency and fan-out benchmarks (bench/ws_*.py), when present;
                     4 measures vote-to-screen twice: from the 204 of votes POSTed at 100 and
                     1,000 votes/s asked (the whole path, at what the intake sustains), and from
@@ -54,12 +57,14 @@ from pathlib import Path
 # product's leaderboard app in anything imported from here.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench import apply_rate, direct, intake, leaderboard, memory  # noqa: E402
+from bench import apply_rate, cluster, direct, intake, leaderboard, memory  # noqa: E402
 from bench.common import (  # noqa: E402
     Profiler, Row, Services, add_experiment_args, experiment_env, log, print_table, summarize_profile,
 )
 
-SECTIONS = ["direct", "intake", "apply", "viewers", "leaderboard", "memory", "ws"]
+SECTIONS = ["direct", "intake", "apply", "viewers", "leaderboard", "memory", "ws", "cluster"]
+# Three more brokers are too much for the small machine beside everything else: run it by name.
+OPT_IN_SECTIONS = {"cluster"}
 
 
 @dataclass
@@ -132,7 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (printed path)")
     args = parser.parse_args(argv)
-    args.sections = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
+    args.sections = [s.strip() for s in args.only.split(",") if s.strip()] or [
+        s for s in SECTIONS if s not in OPT_IN_SECTIONS]
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
@@ -170,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     began = time.monotonic()
     load_before = os.getloadavg()
-    needs_kafka = bool({"direct", "intake", "apply", "viewers", "ws"} & set(args.sections))
+    needs_kafka = bool({"direct", "intake", "apply", "viewers", "ws", "cluster"} & set(args.sections))
     work_dir = Path(tempfile.mkdtemp(prefix="polling-bench-logs-"))
     if args.profile:
         Profiler.directory = Path(args.profile).resolve()
@@ -206,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             section("viewers", intake.run_viewers)
         section("leaderboard", leaderboard.run_leaderboard)
         section("ws", memory.run_ws_sections)
+        section("cluster", cluster.run_cluster)
         if "memory" in args.sections:
             rows.extend(memory.memory_rows(ctx))
     finally:

@@ -6,6 +6,7 @@ their own on free ports in temporary directories with the classes exported here.
 
 from ._base import ServiceError, free_port
 from .install import KAFKA_VERSION, KAFKA_ZK_VERSION, ensure_installed
+from .kafka_cluster import KafkaCluster
 from .kafka_server import KafkaServer, KafkaZooKeeperServer, ZooKeeperServer
 from .postgres import PostgresServer
 from .redis_server import RedisServer
@@ -13,6 +14,7 @@ from .redis_server import RedisServer
 __all__ = [
     "KAFKA_VERSION",
     "KAFKA_ZK_VERSION",
+    "KafkaCluster",
     "KafkaServer",
     "KafkaZooKeeperServer",
     "PostgresServer",

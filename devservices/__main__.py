@@ -8,6 +8,7 @@ sourced or appended to an env file.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -15,18 +16,40 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ._base import Service, ServiceError, port_open, services_dir
 from .install import KAFKA_VERSION, KAFKA_ZK_VERSION, ensure_installed
+from .kafka_cluster import KafkaCluster
 from .kafka_server import KafkaServer
 from .postgres import PostgresServer
 from .redis_server import RedisServer
 
 
-def _services() -> tuple[PostgresServer, RedisServer, KafkaServer]:
+def _services(kafka_brokers: int = 1) -> tuple[PostgresServer, RedisServer, KafkaServer | KafkaCluster]:
     root = services_dir()
     return (
         PostgresServer(port=5432, data_dir=root / "postgres"),
         RedisServer(port=6379, data_dir=root / "redis"),
-        KafkaServer(port=9092, controller_port=9093, data_dir=root / "kafka"),
+        _kafka(kafka_brokers),
     )
+
+
+def _kafka(brokers: int) -> KafkaServer | KafkaCluster:
+    """One node on 9092 (controller 9093), or a cluster on 9092, 9094, ... (controllers 9093, 9095, ...)."""
+    if brokers == 1:
+        return KafkaServer(port=9092, controller_port=9093, data_dir=services_dir() / "kafka")
+    return KafkaCluster(
+        size=brokers,
+        ports=[9092 + 2 * n for n in range(brokers)],
+        controller_ports=[9093 + 2 * n for n in range(brokers)],
+        data_dir=services_dir() / f"kafka-cluster-{brokers}",
+    )
+
+
+def _running_kafka() -> KafkaServer | KafkaCluster:
+    """Whichever Kafka shape `up` left running (one node if none runs)."""
+    for brokers in (3, 1):
+        kafka = _kafka(brokers)
+        if any(node.is_running() for node in getattr(kafka, "nodes", [kafka])):
+            return kafka
+    return _kafka(1)
 
 
 def _stop_debian_cluster(port: int) -> None:
@@ -47,9 +70,9 @@ def _stop_debian_cluster(port: int) -> None:
             subprocess.run(["pg_ctlcluster", version, cluster, "stop"], check=False)
 
 
-def up() -> int:
+def up(kafka_brokers: int = 1) -> int:
     ensure_installed()
-    postgres, redis, kafka = services = _services()
+    postgres, redis, kafka = services = _services(kafka_brokers)
     if not postgres.is_running() and port_open(postgres.port):
         _stop_debian_cluster(postgres.port)
     # Started side by side: Kafka alone takes several seconds to come up.
@@ -70,7 +93,8 @@ def up() -> int:
 
 
 def down() -> int:
-    for service in reversed(_services()):
+    postgres, redis, _ = _services()
+    for service in (_running_kafka(), redis, postgres):
         was_running = service.is_running()
         service.stop()
         if was_running:
@@ -79,7 +103,9 @@ def down() -> int:
 
 
 def status() -> int:
-    services: tuple[Service, ...] = _services()
+    postgres, redis, _ = _services()
+    kafka = _running_kafka()
+    services: tuple[Service, ...] = (postgres, redis, *getattr(kafka, "nodes", [kafka]))
     for service in services:
         pid = service.pid
         state = f"running (pid {pid})" if pid is not None else "stopped"
@@ -88,8 +114,9 @@ def status() -> int:
 
 
 def install() -> int:
-    # Everything the test suite needs, Chromium for the live page's tests included.
-    ensure_installed(kafka_versions=(KAFKA_VERSION, KAFKA_ZK_VERSION), browser=True)
+    # Everything the test suite needs, Chromium for the live page's tests and nginx for
+    # the scale-out test's front door included.
+    ensure_installed(kafka_versions=(KAFKA_VERSION, KAFKA_ZK_VERSION), browser=True, proxy=True)
     return 0
 
 
@@ -103,9 +130,22 @@ def main(argv: list[str] | None = None) -> int:
         help="up: install if needed, start and print env lines; down: stop; "
         "status: show (exit 3 unless all run); install: only install",
     )
-    command = parser.parse_args(argv).command
+    parser.add_argument(
+        "--kafka-brokers",
+        type=int,
+        choices=[1, 3],
+        default=int(os.environ.get("KAFKA_BROKERS_COUNT") or 1),
+        help="up: one Kafka node (the default) or a replicated cluster of three "
+        "(default: $KAFKA_BROKERS_COUNT, else 1)",
+    )
+    arguments = parser.parse_args(argv)
+    if arguments.kafka_brokers not in (1, 3):  # a default from the environment skips `choices`
+        parser.error(f"KAFKA_BROKERS_COUNT must be 1 or 3, not {arguments.kafka_brokers}")
+    command = arguments.command
     try:
-        return {"up": up, "down": down, "status": status, "install": install}[command]()
+        if command == "up":
+            return up(arguments.kafka_brokers)
+        return {"down": down, "status": status, "install": install}[command]()
     except ServiceError as error:
         print(f"devservices: {error}", file=sys.stderr)
         return 1

@@ -38,17 +38,25 @@ def redis_server_path() -> Path | None:
     return Path(found) if found else None
 
 
+def nginx_path() -> Path | None:
+    """Debian's nginx (in /usr/sbin, which a non-root PATH may lack)."""
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    return Path(found) if found else None
+
+
 def ensure_installed(
     postgres: bool = True,
     redis: bool = True,
     kafka: bool = True,
     kafka_versions: Iterable[str] = (KAFKA_VERSION,),
     browser: bool = False,
+    proxy: bool = False,
 ) -> None:
     """Install whatever is missing; fast (no network) when everything is there.
 
     `browser` adds Debian's Chromium, which the browser tests drive (test tools may
     not download browsers of their own here), and axe-core, which they inject.
+    `proxy` adds Debian's nginx, the front door of the scale-out test (deploy/nginx).
     """
     packages: list[str] = []
     if postgres and postgres_bin_dir() is None:
@@ -63,6 +71,8 @@ def ensure_installed(
         packages.append("chromium")
     if browser and shutil.which("npm") is None:
         packages.append("npm")
+    if proxy and nginx_path() is None:
+        packages.append("nginx")
     if packages:
         _apt_install(packages)
     if browser:

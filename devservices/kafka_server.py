@@ -233,9 +233,17 @@ class KafkaServer(_KafkaBroker):
         controller_port: int | None = None,
         version: str = KAFKA_VERSION,
         properties: Mapping[str, str] | None = None,
+        node_id: int = 1,
+        quorum_voters: str | None = None,
+        cluster_id: str | None = None,
     ) -> None:
         super().__init__(port=port, data_dir=data_dir, version=version, properties=properties)
         self.controller_port = free_port() if controller_port is None else controller_port
+        # A member of a KafkaCluster names every voter and shares the cluster's id; a
+        # lone node is its own quorum with an id of its own.
+        self.node_id = node_id
+        self.quorum_voters = quorum_voters or f"{node_id}@127.0.0.1:{self.controller_port}"
+        self.cluster_id = cluster_id
 
     def _ports(self) -> Sequence[int]:
         return (self.port, self.controller_port)
@@ -244,11 +252,11 @@ class KafkaServer(_KafkaBroker):
         listeners = f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
         return {
             "process.roles": "broker,controller",
-            "node.id": "1",
+            "node.id": str(self.node_id),
             # A static voter set rather than a bootstrapped dynamic quorum (format
             # --standalone): the latter records the controller's address in the log
             # at format time, which would pin a data dir to its first controller port.
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "controller.quorum.voters": self.quorum_voters,
             "controller.listener.names": "CONTROLLER",
             "listeners": listeners,
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
@@ -262,7 +270,7 @@ class KafkaServer(_KafkaBroker):
             return
         format_command = self._java_command(
             ["-Xmx256m"], "kafka.tools.StorageTool",
-            "format", "--cluster-id", _new_cluster_id(), "--config", str(self.properties_file),
+            "format", "--cluster-id", self.cluster_id or _new_cluster_id(), "--config", str(self.properties_file),
         )
         result = subprocess.run(
             format_command, stdin=subprocess.DEVNULL, capture_output=True, text=True

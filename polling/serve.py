@@ -24,6 +24,7 @@ def server_options() -> dict[str, Any]:
     from polling.env import env_bool, env_float, env_str
     from polling.logging import log_format, logging_config
 
+    trusted_proxies = env_str("FORWARDED_ALLOW_IPS", "")
     return {
         "loop": "uvloop",
         "http": "httptools",
@@ -35,8 +36,11 @@ def server_options() -> dict[str, Any]:
         # The application writes one JSON line per request (logger "polling.access").
         "access_log": False,
         "server_header": False,
-        # Django decides what to trust from a proxy (SECURE_PROXY_SSL_HEADER, ALLOWED_HOSTS).
-        "proxy_headers": False,
+        # The client's address (rate limits, anonymous ballots) from X-Forwarded-For, only
+        # when the connection comes from a proxy listed here (a front door); the scheme is
+        # Django's to trust (SECURE_PROXY_SSL_HEADER).
+        "proxy_headers": bool(trusted_proxies),
+        "forwarded_allow_ips": trusted_proxies or None,
         # Longer than the 60 s idle timeout of common load balancers, so the balancer, not
         # the server, closes a connection it may be reusing.
         "timeout_keep_alive": 75,

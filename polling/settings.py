@@ -191,7 +191,9 @@ API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 16 * 1024, minimum=256)
 KAFKA_BROKERS = env_list("KAFKA_BROKERS", [])
 KAFKA_TOPIC = env_str("KAFKA_TOPIC", "polls")
 KAFKA_TOPIC_PARTITIONS = env_int("KAFKA_TOPIC_PARTITIONS", 6, minimum=1)
-KAFKA_REPLICATION_FACTOR = env_int("KAFKA_REPLICATION_FACTOR", 1, minimum=1)
+# Replicas of the topics the worker creates; 0: min(3, the brokers in the cluster), with
+# min.insync.replicas 2 from three replicas on (polls.topics).
+KAFKA_REPLICATION_FACTOR = env_int("KAFKA_REPLICATION_FACTOR", 0, minimum=0)
 KAFKA_CONSUMER_GROUP = env_str("KAFKA_CONSUMER_GROUP", "vote-workers")
 # How long a vote request waits for the broker's acknowledgement before answering 503.
 VOTE_PUBLISH_TIMEOUT = env_float("VOTE_PUBLISH_TIMEOUT", 5.0, minimum=0.1)

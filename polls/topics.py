@@ -105,19 +105,32 @@ def vote_consumer(*, group_id: str, max_records: int) -> KafkaConsumer:
     return consumer
 
 
+def replication_factor(*, brokers: int) -> int:
+    """KAFKA_REPLICATION_FACTOR, or when it is 0 (the default) min(3, brokers running now)."""
+    return settings.KAFKA_REPLICATION_FACTOR or min(3, max(1, brokers))
+
+
+def min_insync_replicas(factor: int) -> int:
+    """2 from three replicas on: an acknowledged vote is on two brokers, and one broker
+    may die without stopping the votes; below three, one (each replica is needed)."""
+    return 2 if factor >= 3 else 1
+
+
 def ensure_topics() -> None:
     """Create the vote topic and its dead-letter topic when missing (idempotent)."""
     admin = KafkaAdminClient(bootstrap_servers=settings.KAFKA_BROKERS, client_id="polling-admin")
     try:
         existing = set(admin.list_topics())
+        missing = [name for name in (vote_topic(), dead_letter_topic()) if name not in existing]
+        factor = replication_factor(brokers=len(admin.describe_cluster()["brokers"])) if missing else 0
         wanted = [
             NewTopic(
                 name=name,
                 num_partitions=settings.KAFKA_TOPIC_PARTITIONS,
-                replication_factor=settings.KAFKA_REPLICATION_FACTOR,
+                replication_factor=factor,
+                topic_configs={"min.insync.replicas": str(min_insync_replicas(factor))},
             )
-            for name in (vote_topic(), dead_letter_topic())
-            if name not in existing
+            for name in missing
         ]
         if wanted:
             try:

@@ -531,3 +531,116 @@ def test_the_migrations_cover_every_model_change():
         call_command("makemigrations", "--check", "--dry-run", stdout=out)
     except SystemExit:
         pytest.fail(f"models changed without a migration:\n{out.getvalue()}")
+
+
+# --- The cluster override: three brokers, scaled processes, one front door ------------------
+
+CLUSTER_OVERRIDE = "docker-compose.cluster.yml"
+BROKERS = ("kafka", "kafka-2", "kafka-3")
+
+
+def merge_compose(base, override):
+    """What `docker compose -f base -f override` runs: mappings merged key by key, lists
+    of volumes, ports and exposed ports joined, anything else replaced by the override."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            if key in merged and key in ("volumes", "ports", "expose") and isinstance(value, list):
+                merged[key] = [*merged[key], *(item for item in value if item not in merged[key])]
+            else:
+                merged[key] = merge_compose(merged[key], value) if key in merged else value
+        return merged
+    return override
+
+
+@pytest.fixture
+def cluster_compose():
+    return merge_compose(load_compose("docker-compose.yml"), load_compose(CLUSTER_OVERRIDE))
+
+
+def running_services(spec: dict) -> dict[str, dict]:
+    """The services `up` starts without a --profile."""
+    return {name: service for name, service in spec["services"].items() if not service.get("profiles")}
+
+
+def test_the_cluster_override_runs_three_kraft_brokers_with_replicated_topics(cluster_compose):
+    services = cluster_compose["services"]
+    envs = [service_env(services[name]) for name in BROKERS]
+    assert {services[name]["image"] for name in BROKERS} == {services["kafka"]["image"]}
+    assert services["kafka"]["image"].startswith("apache/kafka:4.")
+    assert sorted(int(env["KAFKA_NODE_ID"]) for env in envs) == [1, 2, 3]
+    controller_port = urlsplit(
+        next(l for l in envs[0]["KAFKA_LISTENERS"].split(",") if l.startswith("CONTROLLER"))).port
+    voters = {f"{env['KAFKA_NODE_ID']}@{name}:{controller_port}" for name, env in zip(BROKERS, envs)}
+    for name, env in zip(BROKERS, envs):
+        assert set(env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")) == voters, name
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092"
+        assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+        assert env["CLUSTER_ID"] == envs[0]["CLUSTER_ID"]
+        for setting in ("DEFAULT_REPLICATION_FACTOR", "OFFSETS_TOPIC_REPLICATION_FACTOR",
+                        "TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR"):
+            assert env[f"KAFKA_{setting}"] == "3", (name, setting)
+        for setting in ("MIN_INSYNC_REPLICAS", "TRANSACTION_STATE_LOG_MIN_ISR", "SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR"):
+            assert env[f"KAFKA_{setting}"] == "2", (name, setting)
+        assert "healthcheck" in services[name]
+    # Each broker keeps its log in a volume of its own.
+    data = [next(v.split(":")[0] for v in services[name]["volumes"] if v.endswith(":/var/lib/kafka/data"))
+            for name in BROKERS]
+    assert len(set(data)) == 3 and set(data) <= set(cluster_compose["volumes"])
+
+
+def test_the_cluster_override_app_services_load_and_bootstrap_from_every_broker(cluster_compose):
+    services = running_services(cluster_compose)
+    read = set(project_env_names())
+    shell = {"SECRET_KEY": "a-real-secret-for-this-check-only-0123456789abcdef"}
+    advertised = {urlsplit(service_env(services[name])["KAFKA_ADVERTISED_LISTENERS"]).netloc for name in BROKERS}
+    for app in ("migrate", "http", "ws", "worker"):
+        assert set(services[app].get("environment") or {}) <= read, app
+        loaded = load_settings(service_env(services[app], shell))
+        assert loaded["DEBUG"] is False
+        assert set(loaded["KAFKA_BROKERS"]) == advertised, app
+        assert urlsplit(loaded["REDIS_URL"]).hostname in services
+        assert loaded["DB_HOST"] in services
+    # The processes that publish or consume wait for every broker.
+    for app in ("http", "ws", "worker"):
+        assert {name: {"condition": "service_healthy"} for name in BROKERS}.items() <= services[app]["depends_on"].items()
+
+
+def test_the_cluster_override_scales_the_processes_behind_one_front_door(cluster_compose):
+    from testsupport.frontdoor import TEMPLATE
+
+    spec = cluster_compose
+    services = running_services(spec)
+    assert "web" not in services, "the single-box server starts only with --profile single"
+    for service_name, service in services.items():
+        for dependency in service.get("depends_on") or {}:
+            assert dependency in services, f"{service_name} depends on {dependency}, which does not start"
+        if "build" not in service and service_name not in APP_SERVICES + ("http", "ws"):
+            assert ":" in service["image"] and not service["image"].endswith(":latest"), service_name
+    assert services["http"]["deploy"]["replicas"] >= 2 and services["ws"]["deploy"]["replicas"] >= 2
+    partitions = int(service_env(services["worker"], {"SECRET_KEY": "any"})["KAFKA_TOPIC_PARTITIONS"])
+    assert 3 <= services["worker"]["deploy"]["replicas"] <= partitions
+    assert check_command(services["worker"]["command"])["role"] == "consume_votes"
+    ports = {}
+    for app in ("http", "ws"):
+        command = services[app]["command"]
+        ports[app] = check_command(command)["port"]
+        assert service_env(services[app], {"SECRET_KEY": "any"}).get("FORWARDED_ALLOW_IPS"), \
+            f"{app} must take the client's address from the front door"
+        assert not services[app].get("ports"), f"{app} is reached through the front door only"
+        assert urlsplit(healthcheck_url(services[app])).port == ports[app]
+
+    front = services["frontdoor"]
+    assert front["image"].startswith("nginx:")
+    # The front door renders the very template the scale-out test runs nginx with.
+    (mount,) = front["volumes"]
+    source, target = mount.split(":")[:2]
+    assert (REPO / source).resolve() == TEMPLATE
+    assert target == f"/etc/nginx/templates/{TEMPLATE.name}"
+    env = service_env(front)
+    assert set(env) == interpolation_names(TEMPLATE.read_text())
+    assert re.fullmatch(r"(server http:\d+;\s*)+", env["POLLING_HTTP_SERVERS"])
+    assert env["POLLING_HTTP_SERVERS"] == f"server http:{ports['http']};"
+    assert env["POLLING_WS_SERVERS"] == f"server ws:{ports['ws']};"
+    (published,) = front["ports"]
+    assert published.split(":")[1] == env["POLLING_FRONT_DOOR_PORT"]
