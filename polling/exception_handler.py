@@ -11,7 +11,7 @@ from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from polls.exceptions import (
+from polls.domain.exceptions import (
     BallotInvalid,
     IdempotencyKeyInUse,
     IdempotencyUnavailable,
@@ -24,7 +24,7 @@ from polls.exceptions import (
     TooManyChoices,
     VoteBusUnavailable,
 )
-from polls.voters import InvalidVoterToken
+from polls.domain.voters import InvalidVoterToken
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def error_answer(exc: BaseException) -> tuple[int, dict, dict[str, str]] | None:
     """(status, JSON body, headers) of the answer to a domain or DRF error; None: not one.
 
     The one mapping of errors to answers: the DRF views' exception handler and the
-    vote's lean path (polls.vote_intake) both use it.
+    vote's lean path (polls.api.vote_intake) both use it.
     """
     if isinstance(exc, PollError):
         if isinstance(exc, BallotInvalid):

@@ -30,7 +30,7 @@ from kafka import KafkaAdminClient
 from kafka import errors as kafka_errors
 from kafka.errors import UnknownTopicOrPartitionError
 
-from polls.topics import vote_topic
+from polls.kafka.topics import vote_topic
 
 logger = logging.getLogger(__name__)
 

@@ -213,14 +213,14 @@ def _snake(name: str) -> str:
 def vote_rejection_reason(exc: BaseException) -> str | None:
     """The reason label for an exception that made the vote endpoint answer 4xx.
 
-    Domain errors (polls.exceptions.PollError) are named after their class
+    Domain errors (polls.domain.exceptions.PollError) are named after their class
     (PollClosed -> "poll_closed"); DRF's errors by their default code ("invalid",
     "parse_error", "unsupported_media_type", "throttled", ...). None for anything
     that is not a rejection: the vote bus being down (a 503) or a server error.
     """
     from rest_framework.exceptions import APIException
 
-    from polls.exceptions import PollError, VoteBusUnavailable
+    from polls.domain.exceptions import PollError, VoteBusUnavailable
 
     if isinstance(exc, VoteBusUnavailable):
         return None
@@ -235,7 +235,7 @@ def vote_rejection_reason(exc: BaseException) -> str | None:
 
 def vote_refused(exc: BaseException) -> None:
     """Count a vote answered with an error: 503 (the vote bus), or a rejection by reason."""
-    from polls.exceptions import VoteBusUnavailable
+    from polls.domain.exceptions import VoteBusUnavailable
 
     if isinstance(exc, VoteBusUnavailable):
         vote_unavailable()

@@ -167,8 +167,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    # The request bodies' cross-field rules, which serializers cannot describe (polls.docs).
-    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "polls.docs.strict_request_bodies"],
+    # The request bodies' cross-field rules, which serializers cannot describe (polls.api.docs).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "polls.api.docs.strict_request_bodies"],
 }
 
 # The shared cache: rate-limit counters must hold across web processes.
@@ -206,7 +206,7 @@ VOTE_THREADS = env_int("VOTE_THREADS", 64, minimum=1)
 VOTE_TARGET_CACHE_SECONDS = env_float("VOTE_TARGET_CACHE_SECONDS", 1.0, minimum=0)
 # Seconds a client is told to wait after a 503.
 VOTE_RETRY_AFTER = env_int("VOTE_RETRY_AFTER", 2, minimum=1)
-# Seconds an Idempotency-Key's first request is remembered in the cache (polls.idempotency);
+# Seconds an Idempotency-Key's first request is remembered in the cache (polls.domain.idempotency);
 # later, the ballot's vote rows still make a retry count once.
 IDEMPOTENCY_KEY_TTL = env_int("IDEMPOTENCY_KEY_TTL", 24 * 3600, minimum=60)
 # Producer batching: how long a send waits for others to share its request.
@@ -233,7 +233,7 @@ VOTE_FETCH_MIN_BYTES = env_int("VOTE_FETCH_MIN_BYTES", 65536, minimum=1)
 # the GIL, about ten times a batch. 1 ms: 1.22x votes/s, 0.25 ms 1.10x, 2 ms 1.15x (see
 # README, Performance). The web process keeps Python's default: 1 ms measured no better.
 WORKER_SWITCH_INTERVAL_MS = env_float("WORKER_SWITCH_INTERVAL_MS", 1.0, minimum=0.05)
-# The worker reads its fetched records with polls.records (2.3x to 2.6x faster than
+# The worker reads its fetched records with polling.patches.kafka_records (2.3x to 2.6x faster than
 # kafka-python's reader, 1.13x to 1.28x votes/s). It takes the place of a kafka-python
 # internal (pinned in requirements.txt); off, kafka-python reads them, slower.
 WORKER_LEAN_RECORDS = env_bool("WORKER_LEAN_RECORDS", True)

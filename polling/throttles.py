@@ -27,7 +27,7 @@ from rest_framework.throttling import BaseThrottle
 
 from polling.env import parse_rate
 from polling.metrics import rate_limits_synced
-from polls.voters import COOKIE_NAME, HEADER, client_address_key, voter_token_read
+from polls.domain.voters import COOKIE_NAME, HEADER, client_address_key, voter_token_read
 
 logger = logging.getLogger(__name__)
 

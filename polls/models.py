@@ -124,7 +124,7 @@ def options_lock_for_delete(using: str | None = None, **poll_filter) -> None:
     """Lock the options of the polls `poll_filter` selects for the deleting transaction, in id order.
 
     The vote rows have no foreign key (migration 0004); the worker's batch locks the
-    options of its polls in id order instead (polls.services._options_lock) and inserts
+    options of its polls in id order instead (polls.domain.services._options_lock) and inserts
     rows only for options it found. Django's cascade deletes the vote rows before the
     options, so without this lock a batch holding the options could commit rows after
     the cascade had read the table, for options deleted a moment later. With it the

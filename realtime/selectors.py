@@ -20,9 +20,9 @@ from django.db import connection
 
 from leaderboard.selectors import leaderboard_top
 from polls.models import Option, Poll
-from polls.selectors import poll_results_visible, poll_totals, voter_has_voted
-from polls.sql import column, datetime_from_db, placeholders, table
-from polls.voters import Voter
+from polls.domain.selectors import poll_results_visible, poll_totals, voter_has_voted
+from polls.domain.sql import column, datetime_from_db, placeholders, table
+from polls.domain.voters import Voter
 
 
 @dataclass(frozen=True)

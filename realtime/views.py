@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from polls.exceptions import PollError
-from polls.voters import Voter, voter_from_request
+from polls.domain.exceptions import PollError
+from polls.domain.voters import Voter, voter_from_request
 from realtime.selectors import poll_totals_for_viewer
 
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from polls.services import counters_verify
+from polls.domain.services import counters_verify
 from testsupport.processes import REPO, RestServer, WebServer, WorkerProcess, wait_until
 from tests.http import request
 

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from polling.env import env_networks
 from polling.metrics import METRICS_REFUSED
 from polls.models import Poll
-from polls.services import poll_create
+from polls.domain.services import poll_create
 from testsupport.processes import REPO, WebServer
 from tests.http import request
 

@@ -27,8 +27,8 @@ from devservices import free_port
 from polling import health
 from polling.logging import JsonFormatter
 from polling.metrics import VoteIntakeMetricsMixin
-from polls.apis import PollVoteApi
-from polls.topics import ensure_topics, vote_topic
+from polls.api.apis import PollVoteApi
+from polls.kafka.topics import ensure_topics, vote_topic
 from testsupport.processes import REPO, WebServer, WorkerProcess, child_pids, wait_until
 from tests.http import request
 from tests.test_deploy_files import compose_rest_server, image_web_server
@@ -222,9 +222,9 @@ def test_metrics_speak_openmetrics_when_asked(client):
 
 
 def test_the_vote_view_counts_its_intake():
-    """polls.apis.PollVoteApi must carry the mixin that counts accepted, rejected and 503 votes."""
+    """polls.api.apis.PollVoteApi must carry the mixin that counts accepted, rejected and 503 votes."""
     assert issubclass(PollVoteApi, VoteIntakeMetricsMixin), (
-        "add polling.metrics.VoteIntakeMetricsMixin as the first base of polls.apis.PollVoteApi"
+        "add polling.metrics.VoteIntakeMetricsMixin as the first base of polls.api.apis.PollVoteApi"
     )
 
 

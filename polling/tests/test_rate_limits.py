@@ -14,7 +14,7 @@ from polling import throttles
 from polling.metrics import WEB_REGISTRY
 from polling.throttles import SharedWindowCounts, throttles_forget
 from polls.tests.factories import make_poll
-from polls.voters import voter_token_issue
+from polls.domain.voters import voter_token_issue
 from testsupport.processes import WebServer, wait_until
 from tests.http import request
 

@@ -5,13 +5,13 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from polls.bus import reset_vote_bus
-from polls.exceptions import IdempotencyKeyReused, InvalidChoices, OptionOutOfRange, PollClosed, PollNotFound
-from polls.idempotency import choice_fingerprint, idempotency_scope
+from polls.kafka.bus import reset_vote_bus
+from polls.domain.exceptions import IdempotencyKeyReused, InvalidChoices, OptionOutOfRange, PollClosed, PollNotFound
+from polls.domain.idempotency import choice_fingerprint, idempotency_scope
 from polls.models import AuditEntry, Option, Poll, Vote
-from polls.services import counters_verify, poll_create, poll_set_status, vote_cast, votes_apply
+from polls.domain.services import counters_verify, poll_create, poll_set_status, vote_cast, votes_apply
 from polls.tests.factories import counts, make_poll, vote_event
-from polls.voters import Voter
+from polls.domain.voters import Voter
 
 pytestmark = pytest.mark.django_db
 

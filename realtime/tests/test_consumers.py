@@ -9,9 +9,9 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
 from polls.models import Poll
-from polls.services import poll_create, poll_set_status, votes_apply
+from polls.domain.services import poll_create, poll_set_status, votes_apply
 from polls.tests.factories import make_poll, vote_event
-from polls.voters import Voter, client_address_key, voter_token_issue
+from polls.domain.voters import Voter, client_address_key, voter_token_issue
 from realtime.broadcast import get_broadcaster
 from realtime.consumers import CLOSE_BAD_MESSAGES, CLOSE_NOT_FOUND, CLOSE_TRY_AGAIN_LATER, connection_slots
 from realtime.events import poll_group, poll_updated_layer_message

@@ -12,8 +12,8 @@ from kafka.errors import KafkaError
 
 from polling.heap import freeze_startup_heap
 from polling.metrics import worker_metrics_serve
-from polls.topics import dead_letter_producer_config, ensure_topics, vote_consumer, vote_topic
-from polls.worker import VoteWorker
+from polls.kafka.topics import dead_letter_producer_config, ensure_topics, vote_consumer, vote_topic
+from polls.worker.loop import VoteWorker
 from realtime.broadcast import get_broadcaster
 
 # Through logging, not self.stdout: in production every line the worker writes is JSON.

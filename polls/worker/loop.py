@@ -27,11 +27,11 @@ from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 
 from polling import metrics
-from polls.events import VoteEvent
-from polls.exceptions import MalformedVoteEvent
-from polls.lag import Activity, LagMonitor
-from polls.services import AppliedBatch, votes_apply
-from polls.topics import dead_letter_topic
+from polls.kafka.events import VoteEvent
+from polls.domain.exceptions import MalformedVoteEvent
+from polls.worker.lag import Activity, LagMonitor
+from polls.domain.services import AppliedBatch, votes_apply
+from polls.kafka.topics import dead_letter_topic
 
 logger = logging.getLogger(__name__)
 

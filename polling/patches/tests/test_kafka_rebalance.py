@@ -1,4 +1,4 @@
-"""The fixes in polls.kafka_patches, each against a real broker.
+"""The fixes in polling.patches.kafka_rebalance, each against a real broker.
 
 A rebalance that the topic's partitions start, polled with a timeout shorter than the
 join's round trips, must still end with the consumer fetching its new partitions. Without
@@ -15,8 +15,8 @@ from django.conf import settings
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewPartitions
 
-from polls import kafka_patches
-from polls.topics import consumer_config, vote_consumer
+from polling.patches import kafka_rebalance
+from polls.kafka.topics import consumer_config, vote_consumer
 from testsupport.processes import wait_until
 
 
@@ -71,14 +71,14 @@ def test_kafka_python_still_needs_the_fix(kafka_topic):
         assert coordinator.rejoining is False and callable(coordinator.need_rejoin)
         # The first join can hang the same way (the group may form before the new topic's
         # metadata arrives): made with the fix, which is then taken off again.
-        kafka_patches.finish_started_rebalances(consumer)
+        kafka_rebalance.finish_started_rebalances(consumer)
         join(consumer, kafka_topic)
         del coordinator.need_rejoin
         # Metadata refreshes every 5 s; the unpatched consumer never takes the partition.
         assert not record_reaches_a_consumer_polled_briefly(consumer, kafka_topic, within=15)
         assert coordinator.rebalance_in_progress() and not coordinator.need_rejoin()
         # The fix, applied now, lets the next poll finish the rebalance that was left hanging.
-        kafka_patches.finish_started_rebalances(consumer)
+        kafka_rebalance.finish_started_rebalances(consumer)
         assert coordinator.need_rejoin()
 
         def fetched_again() -> bool:

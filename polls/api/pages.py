@@ -22,12 +22,12 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
 from polling.throttles import PollCreateRateThrottle, throttles_check, vote_throttles_check
-from polls.apis import PollsApi
-from polls.exceptions import AlreadyVoted, InvalidPoll, PollError, VoteBusUnavailable
+from polls.api.apis import PollsApi
+from polls.domain.exceptions import AlreadyVoted, InvalidPoll, PollError, VoteBusUnavailable
 from polls.models import Poll
-from polls.selectors import poll_list, voter_has_voted
-from polls.services import poll_create, vote_cast
-from polls.voters import Voter, voter_cookie_set, voter_for_vote, voter_from_request
+from polls.domain.selectors import poll_list, voter_has_voted
+from polls.domain.services import poll_create, vote_cast
+from polls.domain.voters import Voter, voter_cookie_set, voter_for_vote, voter_from_request
 from realtime.selectors import poll_totals_for_viewer
 from realtime.views import viewer_of
 
@@ -60,7 +60,7 @@ def home(request: HttpRequest) -> HttpResponse:
                 user = request.user if request.user.is_authenticated else None
                 try:
                     poll = poll_create(**serializer.validated_data, created_by=user)
-                except InvalidPoll as exc:  # the text and count rules (polls.services.poll_options_clean)
+                except InvalidPoll as exc:  # the text and count rules (polls.domain.services.poll_options_clean)
                     errors, status = {exc.field: [str(exc)]}, exc.status
                 else:
                     return redirect("poll-share", poll_id=poll.pk)
@@ -127,7 +127,7 @@ def _vote(request: HttpRequest, totals: dict[str, Any]) -> HttpResponse:
         response = _refused(request, totals, "Your vote was not recorded: the service is busy. Try again in a moment.", 503)
         response["Retry-After"] = str(settings.VOTE_RETRY_AFTER)
         return response
-    except PollError as exc:  # answered with the API's status (polls.exceptions)
+    except PollError as exc:  # answered with the API's status (polls.domain.exceptions)
         return _refused(request, totals, str(exc), exc.status, already_voted=isinstance(exc, AlreadyVoted))
     messages.success(request, "Your vote is in.", extra_tags="voted")
     response = redirect("poll-vote-page", poll_id=totals["id"])

@@ -15,7 +15,7 @@ batch is handed out (kafka-python hands out those before the malformed one first
 one other difference is a record's attributes byte, under `plain_records`).
 Everything else, a compressed or pre-v2 batch, a consumer with deserializers or reading
 only committed transactions, goes through kafka-python's own code. kafka-python is
-pinned (requirements.txt); the tests in `polls/tests/test_records.py` compare both
+pinned (requirements.txt); the tests in `polling/patches/tests/test_kafka_records.py` compare both
 readers record by record and fail if an upgrade moves what `install` relies on.
 """
 
@@ -205,7 +205,7 @@ def install(consumer) -> bool:
     if isinstance(fetcher, Fetcher) and getattr(fetcher, "PartitionRecords", None) is LeanPartitionRecords:
         return True
     if not isinstance(fetcher, Fetcher) or getattr(fetcher, "PartitionRecords", None) is not Fetcher.PartitionRecords:
-        logger.warning("kafka-python's fetcher is not the one polls.records knows; records are read by kafka-python")
+        logger.warning("kafka-python's fetcher is not the one polling.patches.kafka_records knows; records are read by kafka-python")
         return False
     fetcher.PartitionRecords = LeanPartitionRecords
     return True

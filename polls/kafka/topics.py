@@ -15,7 +15,7 @@ from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 
-from polls import kafka_patches, records
+from polling.patches import kafka_rebalance, kafka_records
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def dead_letter_producer_config() -> dict[str, Any]:
         "client_id": "polling-worker-dlq",
         "acks": "all",
         # Not idempotent: kafka-python 3.0.12 never recovers an idempotent producer whose
-        # batches expired while the broker was down (see polls.bus), and this one is not
+        # batches expired while the broker was down (see polls.kafka.bus), and this one is not
         # replaced, so the worker's flush would hang. A dead letter written twice is
         # harmless: replaying it counts the vote once (its vote_id).
         "enable_idempotence": False,
@@ -96,12 +96,12 @@ def consumer_config(*, group_id: str, max_records: int) -> dict[str, Any]:
 
 
 def vote_consumer(*, group_id: str, max_records: int) -> KafkaConsumer:
-    """The vote worker's consumer, with polls.kafka_patches applied, reading its fetched
-    records with polls.records unless WORKER_LEAN_RECORDS is off."""
+    """The vote worker's consumer, with polling.patches.kafka_rebalance applied, reading its fetched
+    records with polling.patches.kafka_records unless WORKER_LEAN_RECORDS is off."""
     consumer = KafkaConsumer(**consumer_config(group_id=group_id, max_records=max_records))
-    kafka_patches.finish_started_rebalances(consumer)
+    kafka_rebalance.finish_started_rebalances(consumer)
     if settings.WORKER_LEAN_RECORDS:
-        records.install(consumer)
+        kafka_records.install(consumer)
     return consumer
 
 

@@ -20,9 +20,9 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from polling.metrics import vote_published
-from polls.events import VoteEvent
-from polls.exceptions import VoteBusUnavailable
-from polls.topics import producer_config, vote_topic
+from polls.kafka.events import VoteEvent
+from polls.domain.exceptions import VoteBusUnavailable
+from polls.kafka.topics import producer_config, vote_topic
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +154,8 @@ class InProcessVoteBus:
     """Applies each vote at once with the worker's batch code: for trying the project."""
 
     def publish(self, event: VoteEvent) -> None:
-        # Imported here: polls.services imports this module to publish.
-        from polls.services import votes_apply
+        # Imported here: polls.domain.services imports this module to publish.
+        from polls.domain.services import votes_apply
 
         started = time.perf_counter()
         votes_apply(events=[event])

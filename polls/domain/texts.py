@@ -1,6 +1,6 @@
 """Unicode rules for the text people write into polls: what is stored, what counts as the same.
 
-Pure functions on strings; polls.services applies them to questions and options.
+Pure functions on strings; polls.domain.services applies them to questions and options.
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ from django.db.models import Case, F, Q, QuerySet, When
 from django.db.models.expressions import OrderBy
 from django.utils import timezone
 
-from polls.exceptions import PollNotFound
+from polls.domain.exceptions import PollNotFound
 from polls.models import AuditEntry, Option, Poll, Vote
-from polls.sql import column, datetime_from_db, table
-from polls.voters import Voter
+from polls.domain.sql import column, datetime_from_db, table
+from polls.domain.voters import Voter
 
 
 def poll_is_open(*, status: str, closes_at: datetime | None, now: datetime | None = None) -> bool:

@@ -1,11 +1,11 @@
 """The lean path of `POST /polls/{id}/vote`: an ASGI application routed ahead of Django.
 
 The vote is the one request that carries the load. Here it is answered on the event
-loop with the functions every other way of voting uses (polls.ballots reads the body,
-polls.services casts the ballot, polling.throttles decides the rate limits in process,
+loop with the functions every other way of voting uses (polls.domain.ballots reads the body,
+polls.domain.services casts the ballot, polling.throttles decides the rate limits in process,
 polling.exception_handler.error_answer maps errors to answers), without Django's
 request handling, middleware chain, DRF view or a thread per request. Its answers are
-those of the DRF view (polls.apis.PollVoteApi) with the project's middleware: the same
+those of the DRF view (polls.api.apis.PollVoteApi) with the project's middleware: the same
 statuses, bodies and headers.
 
 A vote that needs what only the full stack has goes there instead, before its body is
@@ -36,9 +36,9 @@ from polling.metrics import request_observed, vote_accepted, vote_refused
 from polling.middleware import SecurityHeadersMiddleware
 from polling.strict import TOO_DEEP, json_too_deep
 from polling.throttles import throttles_wait_for_cache, vote_throttles_check
-from polls.ballots import ballot_read, idempotency_key
-from polls.services import in_vote_thread, vote_cast_async
-from polls.voters import COOKIE_NAME, voter_cookie_set, voter_cookie_token, voter_for_vote, voter_from_request
+from polls.domain.ballots import ballot_read, idempotency_key
+from polls.domain.services import in_vote_thread, vote_cast_async
+from polls.domain.voters import COOKIE_NAME, voter_cookie_set, voter_cookie_token, voter_for_vote, voter_from_request
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 
-from polls.topics import dead_letter_topic, vote_topic
+from polls.kafka.topics import dead_letter_topic, vote_topic
 
 REPLAY_GROUP_SUFFIX = "-dlq-replay"
 
@@ -54,7 +54,7 @@ def dead_letters_replay(*, limit: int | None = None) -> int:
     safe: a vote already counted collides on its vote_id; one that fails again comes
     back to the dead-letter topic.
     """
-    # Not idempotent, for the reason given in polls.topics.dead_letter_producer_config.
+    # Not idempotent, for the reason given in polls.kafka.topics.dead_letter_producer_config.
     producer = KafkaProducer(bootstrap_servers=settings.KAFKA_BROKERS, acks="all", enable_idempotence=False)
     replayed = 0
     try:

@@ -1,6 +1,6 @@
 """Fixes to kafka-python's consumer, in one place, applied to each consumer the worker builds.
 
-kafka-python is pinned (requirements.txt); `polls/tests/test_kafka_patches.py` reproduces
+kafka-python is pinned (requirements.txt); `polling/patches/tests/test_kafka_rebalance.py` reproduces
 each defect against a real broker and checks what each fix relies on, so an upgrade that
 moves it fails there.
 """

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core import signing
 
-from polls.exceptions import PollError
+from polls.domain.exceptions import PollError
 
 COOKIE_NAME = "voter"
 HEADER = "HTTP_X_VOTER_TOKEN"
@@ -37,7 +37,7 @@ class Voter:
     # A keyed hash of the client's address: never the address itself.
     address_key: str
     # True when token_id was issued for this very request (the client sent no token):
-    # an Idempotency-Key's retry then cannot carry it yet (polls.idempotency).
+    # an Idempotency-Key's retry then cannot carry it yet (polls.domain.idempotency).
     token_is_new: bool = False
 
     @property

@@ -23,9 +23,9 @@ from kafka.record.default_records import DefaultRecordBatch
 from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
 from kafka.record.util import calc_crc32c
 
-from polls import records as lean
-from polls.events import VoteEvent
-from polls.topics import vote_consumer
+from polling.patches import kafka_records as lean
+from polls.kafka.events import VoteEvent
+from polls.kafka.topics import vote_consumer
 from testsupport.processes import wait_until
 
 TP = TopicPartition("votes", 3)
@@ -303,7 +303,7 @@ def test_install_sets_the_reader_of_that_consumer_only_and_may_run_twice(caplog)
             self._fetcher = object.__new__(Fetcher)  # the fetcher's type is what install checks
 
     consumer, other = Consumer(), Consumer()
-    with caplog.at_level(logging.WARNING, logger="polls.records"):
+    with caplog.at_level(logging.WARNING, logger="polling.patches.kafka_records"):
         assert lean.install(consumer) is True
         assert lean.install(consumer) is True
     assert consumer._fetcher.PartitionRecords is lean.LeanPartitionRecords
@@ -315,7 +315,7 @@ def test_install_refuses_a_consumer_it_does_not_know(caplog):
     class NotAConsumer:
         _fetcher = object()
 
-    with caplog.at_level(logging.WARNING, logger="polls.records"):
+    with caplog.at_level(logging.WARNING, logger="polling.patches.kafka_records"):
         assert lean.install(NotAConsumer()) is False
     assert "read by kafka-python" in caplog.text
 

@@ -29,9 +29,9 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Subquery
 
-from polls.exceptions import IdempotencyKeyInUse, IdempotencyKeyReused, IdempotencyUnavailable
+from polls.domain.exceptions import IdempotencyKeyInUse, IdempotencyKeyReused, IdempotencyUnavailable
 from polls.models import Vote
-from polls.voters import Voter
+from polls.domain.voters import Voter
 
 logger = logging.getLogger(__name__)
 

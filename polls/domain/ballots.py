@@ -1,6 +1,6 @@
 """The vote's request read into a ballot: one implementation for every way a vote comes in.
 
-The lean path (polls.vote_intake) and the DRF view (polls.apis.PollVoteApi) both call
+The lean path (polls.api.vote_intake) and the DRF view (polls.api.apis.PollVoteApi) both call
 `ballot_read` with the raw body, so both accept and refuse the same bodies with the same
 answers. The messages are those the DRF serializer of the vote gave, field by field, so
 clients written against it see no change.
@@ -19,7 +19,7 @@ import msgspec
 from django.utils.http import parse_header_parameters
 from rest_framework.utils.mediatypes import media_type_matches
 
-from polls.exceptions import BallotInvalid, BodyUnreadable, MediaTypeUnsupported, PollMismatch
+from polls.domain.exceptions import BallotInvalid, BodyUnreadable, MediaTypeUnsupported, PollMismatch
 
 MAX_CHOICES = 100
 MAX_IDEMPOTENCY_KEY = 200

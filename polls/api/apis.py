@@ -20,13 +20,13 @@ from rest_framework.views import APIView
 from polling.metrics import VoteIntakeMetricsMixin
 from polling.strict import StrictCharField, StrictIntegerField, query_data, validated_data
 from polling.throttles import VOTE_THROTTLES, VoterTokenIssueRateThrottle, PipelinedThrottlesMixin, PollCreateRateThrottle
-from polls import docs
-from polls.ballots import ballot_read, idempotency_key
-from polls.exports import results_csv
+from polls.api import docs
+from polls.domain.ballots import ballot_read, idempotency_key
+from polls.api.exports import results_csv
 from polls.models import Poll
-from polls.selectors import poll_closed_by_staff, poll_get, poll_list, poll_results_visible, poll_totals, polls_results_visible
-from polls.services import poll_create, poll_set_status, vote_cast
-from polls.voters import voter_cookie_set, voter_cookie_token, voter_for_vote, voter_from_request, voter_token_issue
+from polls.domain.selectors import poll_closed_by_staff, poll_get, poll_list, poll_results_visible, poll_totals, polls_results_visible
+from polls.domain.services import poll_create, poll_set_status, vote_cast
+from polls.domain.voters import voter_cookie_set, voter_cookie_token, voter_for_vote, voter_from_request, voter_token_issue
 
 
 class CanCreatePolls(BasePermission):
@@ -105,7 +105,7 @@ class PollsApi(APIView):
                 options = numbered
             else:
                 options = listed
-            # Their number and text: polls.services.poll_options_clean. More choices than
+            # Their number and text: polls.domain.services.poll_options_clean. More choices than
             # options means any number of them; a deadline already past makes a closed poll.
             return {**attrs, "options": options, "max_choices": min(attrs["max_choices"], max(len(options), 1))}
 
@@ -178,7 +178,7 @@ def _poll_as_seen(request: Request, poll_id: int) -> dict:
 
 class PollVoteApi(VoteIntakeMetricsMixin, PipelinedThrottlesMixin, APIView):
     """`POST /polls/{id}/vote` for requests that carry a signed-in user (and in-process
-    clients): servers route the others to the lean path, polls.vote_intake, which
+    clients): servers route the others to the lean path, polls.api.vote_intake, which
     reads the ballot and casts it with the same functions."""
 
     throttle_classes = list(VOTE_THROTTLES)

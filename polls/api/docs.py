@@ -232,7 +232,7 @@ def strict_request_bodies(result, generator, request, public):
     return result
 
 
-# The vote's body as the schema shows it; polls.ballots reads and checks it.
+# The vote's body as the schema shows it; polls.domain.ballots reads and checks it.
 class VoteSerializer(serializers.Serializer):
     option = serializers.IntegerField(required=False)
     options = serializers.ListField(child=serializers.IntegerField(), required=False, min_length=1, max_length=100)

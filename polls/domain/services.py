@@ -18,9 +18,9 @@ from django.db.models import Count, F, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from polls.bus import get_vote_bus
-from polls.events import VoteEvent
-from polls.exceptions import (
+from polls.kafka.bus import get_vote_bus
+from polls.kafka.events import VoteEvent
+from polls.domain.exceptions import (
     AlreadyVoted,
     InvalidChoices,
     InvalidPoll,
@@ -29,12 +29,12 @@ from polls.exceptions import (
     SignInRequired,
     TooManyChoices,
 )
-from polls.idempotency import idempotency_claim
+from polls.domain.idempotency import idempotency_claim
 from polls.models import AuditEntry, Option, Poll, Vote, poll_total_reset
-from polls.selectors import VoteTarget, poll_is_open, poll_vote_target, poll_vote_target_cached, vote_target_forget
-from polls.sql import column, columns, placeholders, table
-from polls.texts import text_is_invisible, text_normalize, text_skeleton
-from polls.voters import Voter
+from polls.domain.selectors import VoteTarget, poll_is_open, poll_vote_target, poll_vote_target_cached, vote_target_forget
+from polls.domain.sql import column, columns, placeholders, table
+from polls.domain.texts import text_is_invisible, text_normalize, text_skeleton
+from polls.domain.voters import Voter
 from realtime.broadcast import broadcast_polls_on_commit
 
 
@@ -80,7 +80,7 @@ def _text_clean(text: str, *, field: str, what: str, max_length: int) -> str:
 
 
 def poll_question_clean(*, question: str) -> str:
-    """The question as stored (see polls.texts.text_normalize); raises InvalidPoll when
+    """The question as stored (see polls.domain.texts.text_normalize); raises InvalidPoll when
     it shows nothing (whitespace, zero-width or bidi controls only) or is too long."""
     return _text_clean(
         question, field="question", what="The question", max_length=Poll._meta.get_field("question").max_length
@@ -90,7 +90,7 @@ def poll_question_clean(*, question: str) -> str:
 def poll_options_clean(*, options: Sequence[str], max_choices: int) -> list[str]:
     """The options as stored, in order; raises InvalidPoll for fewer than 2 or more than
     POLL_MAX_OPTIONS of them, one that shows nothing, two that look alike (the same
-    polls.texts.text_skeleton: `Red`, `red`, `Ｒｅｄ`, `Red` with a zero-width space), or a
+    polls.domain.texts.text_skeleton: `Red`, `red`, `Ｒｅｄ`, `Red` with a zero-width space), or a
     max_choices outside 1..their number.
 
     The one place these rules live: the API and the admin both call it.
@@ -168,7 +168,7 @@ def vote_cast(
     Returns only once the bus has accepted the vote (for Kafka: acknowledged by all
     in-sync replicas); raises PollNotFound, PollClosed, OptionOutOfRange,
     InvalidChoices, TooManyChoices, SignInRequired, AlreadyVoted or VoteBusUnavailable
-    otherwise, and then nothing was published. With an idempotency key (polls.idempotency),
+    otherwise, and then nothing was published. With an idempotency key (polls.domain.idempotency),
     a retry of an accepted ballot returns that ballot (its voter_key the one it was cast
     as) and publishes nothing; the key may also raise IdempotencyKeyReused,
     IdempotencyKeyInUse or IdempotencyUnavailable.
