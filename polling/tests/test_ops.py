@@ -26,8 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from devservices import free_port
 from polling import health
 from polling.logging import JsonFormatter
-from polling.metrics import VoteIntakeMetricsMixin
+from polls.api.metrics import VoteIntakeMetricsMixin
 from polls.api.apis import PollVoteApi
+from polls.kafka import health as kafka_health
 from polls.kafka.topics import ensure_topics, vote_topic
 from testsupport.processes import REPO, WebServer, WorkerProcess, child_pids, wait_until
 from tests.http import request
@@ -60,7 +61,7 @@ def scrape(url: str) -> dict:
 def _close_probe_clients():
     """The readiness probe keeps a Kafka admin client; close it before the broker stops."""
     yield
-    health._kafka_probe.reset()
+    kafka_health._kafka_probe.reset()
 
 
 def wait_readiness_settled() -> None:
@@ -224,7 +225,7 @@ def test_metrics_speak_openmetrics_when_asked(client):
 def test_the_vote_view_counts_its_intake():
     """polls.api.apis.PollVoteApi must carry the mixin that counts accepted, rejected and 503 votes."""
     assert issubclass(PollVoteApi, VoteIntakeMetricsMixin), (
-        "add polling.metrics.VoteIntakeMetricsMixin as the first base of polls.api.apis.PollVoteApi"
+        "add polls.api.metrics.VoteIntakeMetricsMixin as the first base of polls.api.apis.PollVoteApi"
     )
 
 

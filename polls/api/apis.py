@@ -17,10 +17,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from polling.metrics import VoteIntakeMetricsMixin
 from polling.strict import StrictCharField, StrictIntegerField, query_data, validated_data
-from polling.throttles import VOTE_THROTTLES, VoterTokenIssueRateThrottle, PipelinedThrottlesMixin, PollCreateRateThrottle
+from polling.throttles import PipelinedThrottlesMixin
 from polls.api import docs
+from polls.api.metrics import VoteIntakeMetricsMixin
+from polls.api.throttles import VOTE_THROTTLES, PollCreateRateThrottle, VoterTokenIssueRateThrottle
 from polls.domain.ballots import ballot_read, idempotency_key
 from polls.api.exports import results_csv
 from polls.models import Poll

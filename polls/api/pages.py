@@ -21,15 +21,16 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
-from polling.throttles import PollCreateRateThrottle, throttles_check, vote_throttles_check
+from polling.throttles import throttles_check
 from polls.api.apis import PollsApi
-from polls.domain.exceptions import AlreadyVoted, InvalidPoll, PollError, VoteBusUnavailable
+from polls.api.throttles import PollCreateRateThrottle, vote_throttles_check
+from polls.domain.exceptions import AlreadyVoted, InvalidPoll, PollError
+from polls.kafka.errors import VoteBusUnavailable
 from polls.models import Poll
 from polls.domain.selectors import poll_list, voter_has_voted
 from polls.domain.services import poll_create, vote_cast
-from polls.domain.voters import Voter, voter_cookie_set, voter_for_vote, voter_from_request
-from realtime.selectors import poll_totals_for_viewer
-from realtime.views import viewer_of
+from polls.domain.live import poll_totals_for_viewer
+from polls.domain.voters import Voter, viewer_of, voter_cookie_set, voter_for_vote, voter_from_request
 
 # Open polls listed on the home page, newest first.
 HOME_POLLS = 20

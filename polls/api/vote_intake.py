@@ -2,7 +2,7 @@
 
 The vote is the one request that carries the load. Here it is answered on the event
 loop with the functions every other way of voting uses (polls.domain.ballots reads the body,
-polls.domain.services casts the ballot, polling.throttles decides the rate limits in process,
+polls.domain.services casts the ballot, polls.api.throttles decides the rate limits in process,
 polling.exception_handler.error_answer maps errors to answers), without Django's
 request handling, middleware chain, DRF view or a thread per request. Its answers are
 those of the DRF view (polls.api.apis.PollVoteApi) with the project's middleware: the same
@@ -32,10 +32,12 @@ from rest_framework.utils.mediatypes import media_type_matches
 
 from polling.asgi_limits import BodySizeLimit
 from polling.exception_handler import error_answer
-from polling.metrics import request_observed, vote_accepted, vote_refused
+from polling.metrics import request_observed, vote_accepted
 from polling.middleware import SecurityHeadersMiddleware
 from polling.strict import TOO_DEEP, json_too_deep
-from polling.throttles import throttles_wait_for_cache, vote_throttles_check
+from polling.throttles import throttles_wait_for_cache
+from polls.api.metrics import vote_refused
+from polls.api.throttles import vote_throttles_check
 from polls.domain.ballots import ballot_read, idempotency_key
 from polls.domain.services import in_vote_thread, vote_cast_async
 from polls.domain.voters import COOKIE_NAME, voter_cookie_set, voter_cookie_token, voter_for_vote, voter_from_request

@@ -1,7 +1,13 @@
-"""Domain errors raised by the services; polling.exception_handler maps them to HTTP."""
+"""Domain errors raised by the services; polling.exception_handler maps them to HTTP.
+
+They subclass polling.errors' bases and say there, as class attributes, how they are
+answered, so the handler knows no app.
+"""
+
+from polling.errors import ApplicationError, ServiceUnavailable
 
 
-class PollError(Exception):
+class PollError(ApplicationError):
     """Base of the errors a client can cause and be told about.
 
     `status` is the HTTP status the API and the pages answer it with: 400 for a request
@@ -10,9 +16,6 @@ class PollError(Exception):
     """
 
     status = 400
-
-    # The reason label of polling_votes_rejected; None: named after the class.
-    reason: str | None = None
 
 
 class PollNotFound(PollError):
@@ -31,6 +34,7 @@ class PollClosed(PollError):
 
 class OptionOutOfRange(PollError):
     status = 409
+    field = "option"
 
     def __init__(self, option: int, count: int) -> None:
         self.option = option
@@ -53,6 +57,8 @@ class InvalidPoll(PollError):
 class InvalidChoices(PollError):
     """A ballot with the same option twice."""
 
+    field = "options"
+
 
 class TooManyChoices(InvalidChoices):
     """A ballot with more choices than the poll's max_choices."""
@@ -69,6 +75,7 @@ class AlreadyVoted(PollError):
 
 class SignInRequired(PollError):
     status = 401
+    www_authenticate = "Token"
 
     def __init__(self, what: str) -> None:
         super().__init__(f"Sign in to {what}.")
@@ -110,27 +117,25 @@ class IdempotencyKeyReused(PollError):
 
 class IdempotencyKeyInUse(PollError):
     status = 409
+    retry_after = True
 
     def __init__(self) -> None:
         super().__init__("A request with this Idempotency-Key is still being processed: retry later.")
 
 
-class IdempotencyUnavailable(Exception):
+class IdempotencyUnavailable(ServiceUnavailable):
     """The Idempotency-Key could not be checked (the cache is down); nothing was published."""
+
+    detail = "The vote was not recorded: its Idempotency-Key cannot be checked now. Retry later."
+    # Not skipped: without the check, a retry could be counted twice.
+    log_message = "Idempotency-Key not checked, the cache is unavailable: %s"
 
 
 class PollMismatch(PollError):
     """A vote whose body names another poll than its path."""
 
     status = 409
+    field = "poll_id"
 
     def __init__(self, body_poll_id: int, path_poll_id: int) -> None:
         super().__init__(f"Does not match the poll in the path: {body_poll_id} != {path_poll_id}.")
-
-
-class VoteBusUnavailable(Exception):
-    """The vote could not be made durable in time; nothing was accepted."""
-
-
-class MalformedVoteEvent(ValueError):
-    """A message in the vote topic that cannot be applied; it goes to the dead-letter topic."""

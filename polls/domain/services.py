@@ -18,7 +18,7 @@ from django.db.models import Count, F, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from polls.kafka.bus import get_vote_bus
+from polls.kafka.bus import VoteBus, vote_bus
 from polls.kafka.events import VoteEvent
 from polls.domain.exceptions import (
     AlreadyVoted,
@@ -35,7 +35,7 @@ from polls.domain.selectors import VoteTarget, poll_is_open, poll_vote_target, p
 from polls.domain.sql import column, columns, placeholders, table
 from polls.domain.texts import text_is_invisible, text_normalize, text_skeleton
 from polls.domain.voters import Voter
-from realtime.broadcast import broadcast_polls_on_commit
+from polls.domain.watchers import polls_changed_on_commit
 
 
 def poll_create(
@@ -131,7 +131,7 @@ def poll_set_status(*, poll: Poll, status: str, actor: AbstractBaseUser | None =
             poll.closes_at = None
         _save_and_bump_version(poll, ["status", "closes_at"])
         AuditEntry.objects.create(poll=poll, action=action, actor=actor)
-        broadcast_polls_on_commit(poll_ids=[poll.pk])
+        polls_changed_on_commit(poll_ids=[poll.pk])
     return poll
 
 
@@ -143,7 +143,7 @@ def poll_set_hidden(*, poll: Poll, hidden: bool, actor: AbstractBaseUser | None 
         AuditEntry.objects.create(
             poll=poll, action=AuditEntry.Action.HIDE if hidden else AuditEntry.Action.UNHIDE, actor=actor
         )
-        broadcast_polls_on_commit(poll_ids=[poll.pk])
+        polls_changed_on_commit(poll_ids=[poll.pk])
     return poll
 
 
@@ -267,6 +267,11 @@ def _vote_check(
         raise AlreadyVoted(poll_id)
 
     return _ballot(vote_id, poll_id, options, voter.key, dedupe_key)
+
+
+def get_vote_bus() -> VoteBus:
+    """The process's vote bus: Kafka, or in the embedded mode votes_apply at once."""
+    return vote_bus(apply_in_process=votes_apply)
 
 
 def _vote_publish(event: VoteEvent) -> VoteEvent:
@@ -397,7 +402,7 @@ def votes_apply(*, events: Iterable[VoteEvent]) -> AppliedBatch:
             # rows are locked already (_options_lock), so no other batch touches them.
             _counters_add(counts=inserted)
             _add_by_id(Poll, "total", added, plus_one="version")
-            broadcast_polls_on_commit(poll_ids=result.poll_ids)
+            polls_changed_on_commit(poll_ids=result.poll_ids)
     return result
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.core import signing
+from django.http import HttpRequest
 
 from polls.domain.exceptions import PollError
 
@@ -24,6 +25,7 @@ _SALT = "polls.voter-token"
 
 class InvalidVoterToken(PollError):
     status = 401  # a credential that is not ours, as a wrong API token
+    www_authenticate = "Voter-Token"
 
     def __init__(self) -> None:
         super().__init__("X-Voter-Token is not a voter token issued by this server: get one from POST /voters.")
@@ -135,3 +137,11 @@ def voter_from_request(request) -> Voter:
         token_id=token_id,
         address_key=client_address_key(request.META.get("REMOTE_ADDR") or "unknown"),
     )
+
+
+def viewer_of(request: HttpRequest) -> Voter | None:
+    """The voter behind a page request; a forged voter token sees what the public sees."""
+    try:
+        return voter_from_request(request)
+    except PollError:
+        return None

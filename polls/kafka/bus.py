@@ -11,6 +11,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from asgiref.sync import sync_to_async
@@ -21,7 +22,7 @@ from kafka.errors import KafkaError
 
 from polling.metrics import vote_published
 from polls.kafka.events import VoteEvent
-from polls.domain.exceptions import VoteBusUnavailable
+from polls.kafka.errors import VoteBusUnavailable
 from polls.kafka.topics import producer_config, vote_topic
 
 logger = logging.getLogger(__name__)
@@ -151,14 +152,14 @@ class KafkaVoteBus:
 
 
 class InProcessVoteBus:
-    """Applies each vote at once with the worker's batch code: for trying the project."""
+    """Applies each vote at once with the worker's batch code (`apply`): for trying the project."""
+
+    def __init__(self, *, apply: Callable[..., object]) -> None:
+        self._apply = apply
 
     def publish(self, event: VoteEvent) -> None:
-        # Imported here: polls.domain.services imports this module to publish.
-        from polls.domain.services import votes_apply
-
         started = time.perf_counter()
-        votes_apply(events=[event])
+        self._apply(events=[event])
         vote_published(seconds=time.perf_counter() - started, ok=True)
 
     async def publish_async(self, event: VoteEvent) -> None:
@@ -202,14 +203,16 @@ _bus: VoteBus | None = None
 _bus_lock = threading.Lock()
 
 
-def get_vote_bus() -> VoteBus:
+def vote_bus(*, apply_in_process: Callable[..., object]) -> VoteBus:
+    """The process's bus, built on first use: Kafka when KAFKA_BROKERS is set, else one that
+    applies each vote at once with `apply_in_process` (the domain's batch code)."""
     global _bus
     with _bus_lock:
         if _bus is None:
             if settings.KAFKA_BROKERS:
                 _bus = KafkaVoteBus(timeout=settings.VOTE_PUBLISH_TIMEOUT)
             else:
-                _bus = InProcessVoteBus()
+                _bus = InProcessVoteBus(apply=apply_in_process)
         return _bus
 
 

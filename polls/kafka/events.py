@@ -20,7 +20,7 @@ from typing import Annotated
 
 import msgspec
 
-from polls.domain.exceptions import MalformedVoteEvent
+from polls.kafka.errors import MalformedVoteEvent
 
 _REQUIRED = {"vote_id", "poll_id", "voter_key", "cast_at"}
 _MAX_KEY = 128

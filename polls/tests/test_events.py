@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from polls.kafka.events import VoteEvent, _decode_fast
-from polls.domain.exceptions import MalformedVoteEvent
+from polls.kafka.errors import MalformedVoteEvent
 
 
 def make_event(**overrides) -> VoteEvent:

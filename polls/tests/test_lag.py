@@ -12,7 +12,7 @@ from kafka.errors import KafkaError
 
 from conftest import make_vote_worker
 from polling.metrics import WORKER_REGISTRY
-from polls.kafka.bus import get_vote_bus
+from polls.domain.services import get_vote_bus
 from polls.worker.lag import group_lags
 from polls.tests.factories import counts, make_poll, vote_event
 from testsupport.processes import wait_until

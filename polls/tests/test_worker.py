@@ -14,7 +14,7 @@ from kafka.consumer.fetcher import Fetcher
 
 from conftest import make_vote_worker, read_topic
 from polling.metrics import WORKER_REGISTRY
-from polls.kafka.bus import get_vote_bus
+from polls.domain.services import get_vote_bus
 from polls.models import Option, Poll, Vote
 from polling.patches.kafka_records import LeanPartitionRecords
 from polls.domain.services import counters_verify

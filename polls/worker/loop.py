@@ -27,8 +27,8 @@ from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 
 from polling import metrics
+from polls.kafka.errors import MalformedVoteEvent
 from polls.kafka.events import VoteEvent
-from polls.domain.exceptions import MalformedVoteEvent
 from polls.worker.lag import Activity, LagMonitor
 from polls.domain.services import AppliedBatch, votes_apply
 from polls.kafka.topics import dead_letter_topic

@@ -15,7 +15,7 @@ from polls.domain.voters import Voter, client_address_key, voter_token_issue
 from realtime.broadcast import get_broadcaster
 from realtime.consumers import CLOSE_BAD_MESSAGES, CLOSE_NOT_FOUND, CLOSE_TRY_AGAIN_LATER, connection_slots
 from realtime.events import poll_group, poll_updated_layer_message
-from realtime.selectors import poll_live_totals
+from polls.domain.live import poll_live_totals
 from realtime.tests.helpers import apply_votes, communicator, drain, receive, receive_until, run
 
 SEED_KEYS = {"id", "question", "option1", "option2", "option3", "option4", "options", "total", "status", "version"}
