@@ -20,7 +20,7 @@ from polling.patches.kafka_records import LeanPartitionRecords
 from polls.domain.services import counters_verify
 from polls.tests.factories import counts, make_poll, vote_event
 from polls.kafka.topics import dead_letter_topic, vote_consumer
-from polls.worker.loop import WorkerStopped
+from polls.worker.batches import WorkerStopped
 from testsupport.processes import WorkerProcess, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

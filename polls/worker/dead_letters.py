@@ -1,16 +1,90 @@
-"""Reading and replaying the dead-letter topic."""
+"""The dead-letter topic: written by the worker, read and replayed by `manage.py dead_letters`."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from django.conf import settings
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError
+from kafka.producer.future import FutureRecordMetadata
 
+from polling import metrics
 from polls.kafka.topics import dead_letter_topic, vote_topic
+from polls.worker.batches import RetryWait, WorkerStopped
+
+logger = logging.getLogger(__name__)
 
 REPLAY_GROUP_SUFFIX = "-dlq-replay"
+
+
+class DeadLetterWriter:
+    """Writes the messages a batch cannot apply to the dead-letter topic, durably."""
+
+    def __init__(self, *, producer: KafkaProducer, retry: RetryWait) -> None:
+        self.producer = producer
+        self.retry = retry
+
+    def write_all(self, poison: list[tuple[ConsumerRecord, str]]) -> None:
+        """Write the dead letters and wait until the broker has every one, retrying the rest.
+
+        They must be durable before the offsets that skip them are committed, or the
+        message would be in neither the database nor the dead-letter topic. The producer's
+        flush() only logs a failed write, so each send's own result is read; a write the
+        broker refused (its partition's leader down past the delivery timeout, a message
+        over the topic's size limit) is sent again, the wait doubling up to
+        the retry's max_seconds, until it is taken or the worker is asked to stop
+        (WorkerStopped: the batch's offsets stay uncommitted and it is redelivered; its
+        votes are skipped as duplicates then).
+        """
+        for record, reason in poison:
+            logger.error(
+                "dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+            )
+        delay = 0.1
+        while True:
+            sent = []
+            for record, reason in poison:
+                try:
+                    sent.append((record, reason, self._send(record, reason)))
+                except KafkaError as exc:  # refused before it was queued (no metadata in time, too large)
+                    sent.append((record, reason, exc))
+            self.producer.flush()
+            failed = [
+                (record, reason, result if isinstance(result, Exception) else result.exception)
+                for record, reason, result in sent
+                if isinstance(result, Exception) or result.failed()
+            ]
+            if not failed:
+                return
+            metrics.WORKER_DEAD_LETTER_RETRIES.inc()
+            record, _, error = failed[0]
+            logger.error(
+                "%d of %d dead letter(s) not written (%s[%d]@%d: %r); retrying in %.1f s, offsets held",
+                len(failed), len(poison), record.topic, record.partition, record.offset, error, delay,
+            )
+            if self.retry.stop.wait(delay):
+                raise WorkerStopped("stopped while dead letters could not be written")
+            delay = min(delay * 2, self.retry.max_seconds)
+            poison = [(record, reason) for record, reason, _ in failed]
+
+    def _send(self, record: ConsumerRecord, reason: str) -> FutureRecordMetadata:
+        return self.producer.send(
+            dead_letter_topic(),
+            key=record.key,
+            value=record.value if record.value is not None else b"",
+            headers=[
+                ("dlq.reason", reason.encode()),
+                ("dlq.topic", record.topic.encode()),
+                ("dlq.partition", str(record.partition).encode()),
+                ("dlq.offset", str(record.offset).encode()),
+                ("dlq.at", str(time.time()).encode()),
+            ],
+        )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The vote worker: reads vote events from Kafka and applies them in batches.
+"""The vote worker's loop: polls Kafka and hands batches to applying threads.
 
 At-least-once delivery plus idempotent application gives exactly-once counting:
 
@@ -9,6 +9,11 @@ The next batch is polled and decoded while the previous one is in the database.
 
 Offsets are committed only after the database committed, so a crash anywhere before
 the offset commit means redelivery, and redelivered votes collide on their vote_id.
+
+The loop is this module; each step is a small piece of its own: decoding
+(polls.worker.batches), the transaction and its retries (polls.worker.apply), the dead
+letters (polls.worker.dead_letters), the offsets (polls.worker.offsets), the progress
+lines (polls.worker.progress) and the lag and stall watchdog (polls.worker.lag).
 """
 
 from __future__ import annotations
@@ -18,20 +23,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, InterfaceError, OperationalError, connection, connections
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from django.db import DEFAULT_DB_ALIAS, connection, connections
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError
-from kafka.producer.future import FutureRecordMetadata
 
-from polling import metrics
-from polls.kafka.errors import MalformedVoteEvent
-from polls.kafka.events import VoteEvent
+from polls.worker.apply import BatchApplier
+from polls.worker.batches import BatchOutcome, DecodedBatch, RetryWait, WorkerStopped, batch_decode
+from polls.worker.dead_letters import DeadLetterWriter
 from polls.worker.lag import Activity, LagMonitor
-from polls.domain.services import AppliedBatch, votes_apply
-from polls.kafka.topics import dead_letter_topic
+from polls.worker.offsets import OffsetCommits
+from polls.worker.pending import Pending, pending_add, pending_take
+from polls.worker.progress import ProgressReport
 
 logger = logging.getLogger(__name__)
 
@@ -41,85 +45,12 @@ def _close_connection() -> None:
     connection.close()
 
 
-class WorkerStopped(Exception):
-    """Raised inside a batch when a stop was requested while it waited; nothing was committed."""
-
-
-@dataclass
-class BatchOutcome:
-    messages: int
-    applied: int
-    duplicates: int
-    dead_lettered: int
-
-
-@dataclass
-class DecodedBatch:
-    """A batch's messages decoded, before it is applied."""
-
-    messages: int
-    events: list[VoteEvent] = field(default_factory=list)
-    # Messages that are not valid vote events, with why: they go to the dead-letter topic.
-    poison: list[tuple[ConsumerRecord, str]] = field(default_factory=list)
-    # The message of each event, in the same order as `events`.
-    records: list[ConsumerRecord] = field(default_factory=list)
-    seconds: float = 0.0
-
-
 @dataclass
 class _InFlight:
     """A batch handed to an applying thread, with the offset past its last record of each partition."""
 
     future: Future[BatchOutcome]
     next_offsets: dict[TopicPartition, int]
-
-
-@dataclass
-class Progress:
-    """What the worker did since it started (or since the last progress line)."""
-
-    batches: int = 0
-    messages: int = 0
-    applied: int = 0
-    duplicates: int = 0
-    dead_lettered: int = 0
-
-    def add(self, outcome: BatchOutcome) -> None:
-        self.batches += 1
-        self.messages += outcome.messages
-        self.applied += outcome.applied
-        self.duplicates += outcome.duplicates
-        self.dead_lettered += outcome.dead_lettered
-
-
-class _ForgetRevoked(ConsumerRebalanceListener):
-    """Forgets what the worker applied of the partitions a rebalance takes away.
-
-    Their new owner commits its own offsets past ours; were a partition given back to
-    this worker later, a commit of what it remembered (on the way out, say) would move
-    the group's offset back over everything the other worker applied: all of it
-    redelivered, and its dead letters written again. Called in the polling thread,
-    inside poll(), like every other use of the offsets it forgets.
-    """
-
-    def __init__(self, applied: dict[TopicPartition, int]) -> None:
-        self._applied = applied
-
-    def on_partitions_revoked(self, revoked) -> None:
-        for partition in revoked:
-            self._applied.pop(partition, None)
-
-    def on_partitions_assigned(self, assigned) -> None:
-        # Each rebalance's outcome, for operators; the end-to-end tests wait for it.
-        logger.info("partitions assigned: %s", describe_partitions(assigned))
-
-
-def describe_partitions(partitions) -> str:
-    """`polls[0,1,2], polls.dlq[0]`, or `none`."""
-    by_topic: dict[str, list[int]] = {}
-    for partition in partitions:
-        by_topic.setdefault(partition.topic, []).append(partition.partition)
-    return ", ".join(f"{topic}[{','.join(map(str, sorted(numbers)))}]" for topic, numbers in sorted(by_topic.items())) or "none"
 
 
 class VoteWorker:
@@ -143,15 +74,16 @@ class VoteWorker:
         self.dead_letter_producer = dead_letter_producer
         self.batch_size = batch_size
         self.batch_wait_ms = batch_wait_ms
-        self.db_retry_max_wait = db_retry_max_wait
-        self.progress_interval = progress_interval
         # SQLite has one writer at a time: a second transaction would only wait for it.
         sqlite = connections[DEFAULT_DB_ALIAS].vendor == "sqlite"
         self.apply_threads = 1 if sqlite else max(1, apply_threads)
         self._stop = stop_event or threading.Event()
-        self.total = Progress()
-        self._since_report = Progress()
-        self._last_report = time.monotonic()
+        self._retry = RetryWait(stop=self._stop, max_seconds=db_retry_max_wait)
+        self.applier = BatchApplier(
+            dead_letters=DeadLetterWriter(producer=dead_letter_producer, retry=self._retry), retry=self._retry
+        )
+        self.offsets = OffsetCommits(consumer)
+        self.rebalance_listener = self.offsets.rebalance_listener
         # Lag from the broker and the stall watchdog, in a thread of their own while run()
         # runs; a consumer that is no KafkaConsumer (a test's script) has no broker to ask.
         self.activity = Activity()
@@ -163,10 +95,17 @@ class VoteWorker:
             stall_timeout=stall_timeout,
             on_stall=on_stall,
         ) if isinstance(consumer, KafkaConsumer) else None
-        # Next offset per partition of what is in the database (the offsets to commit), for
-        # the partitions this worker holds: a rebalance that takes one away forgets it.
-        self._applied: dict[TopicPartition, int] = {}
-        self.rebalance_listener = _ForgetRevoked(self._applied)
+        self.progress = ProgressReport(interval=progress_interval, lag_monitor=self.lag_monitor)
+        self.total = self.progress.total
+
+    @property
+    def db_retry_max_wait(self) -> float:
+        """The longest wait between two tries of a batch (the database's, or its dead letters')."""
+        return self._retry.max_seconds
+
+    @db_retry_max_wait.setter
+    def db_retry_max_wait(self, seconds: float) -> None:
+        self._retry.max_seconds = seconds
 
     def subscribe(self, topics: Sequence[str]) -> None:
         """Subscribe the consumer to the vote topic, with the listener that forgets revoked partitions."""
@@ -198,7 +137,7 @@ class VoteWorker:
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"vote-apply-{n}") for n in range(self.apply_threads)
         ]
         # Records polled and not yet handed over, per partition, in order.
-        pending: dict[TopicPartition, list[ConsumerRecord]] = {}
+        pending: Pending = {}
         # The batch of each busy applying thread, and the thread each partition is busy in.
         in_flight: dict[int, _InFlight] = {}
         busy: dict[TopicPartition, int] = {}
@@ -215,12 +154,12 @@ class VoteWorker:
                     # While batches are in the database, come back soon to see them done.
                     timeout = min(self.batch_wait_ms, 10) if in_flight else self.batch_wait_ms
                     polled = self.consumer.poll(timeout_ms=timeout, max_records=self.batch_size)
-                    self._buffer(polled, pending)
+                    pending_add(pending, polled, assigned=self.consumer.assignment)
                     self._dispatch(appliers, pending, in_flight, busy)
                 else:
                     self._collect(in_flight, busy, block=True)
                 self.activity.in_flight = len(in_flight)
-                self._maybe_report_progress()
+                self.progress.maybe_report()
         finally:
             # Whatever ended the loop: a batch still waiting out a database outage gives up,
             # and each one that committed has its offsets committed.
@@ -239,32 +178,13 @@ class VoteWorker:
                 self.lag_monitor.stop()
             if failures:
                 raise failures[0]
-        self._commit_applied()
+        self.offsets.commit_applied()
         logger.info("vote worker stopped")
-
-    def _buffer(self, polled: dict[TopicPartition, list[ConsumerRecord]], pending: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        """Queue what a poll returned per partition, dropping what a rebalance made stale."""
-        if pending:
-            assigned = self.consumer.assignment() or set()
-            for partition in [p for p in pending if p not in assigned]:
-                # Revoked: its new owner reads it again from the last committed offset.
-                del pending[partition]
-        for partition, records in polled.items():
-            if not records:
-                continue
-            queue = pending.get(partition)
-            if queue and records[0].offset > queue[-1].offset:
-                queue.extend(records)
-            else:
-                # Nothing queued, or the partition was given back to us and its position
-                # reset to the last committed offset (a rebalance): what is queued comes
-                # again in this poll, so it is replaced.
-                pending[partition] = list(records)
 
     def _dispatch(
         self,
         appliers: list[ThreadPoolExecutor],
-        pending: dict[TopicPartition, list[ConsumerRecord]],
+        pending: Pending,
         in_flight: dict[int, _InFlight],
         busy: dict[TopicPartition, int],
     ) -> None:
@@ -277,35 +197,12 @@ class VoteWorker:
                 return
             if lane in in_flight:
                 continue
-            records, next_offsets = self._take(pending, busy)
+            records, next_offsets = pending_take(pending, busy, batch_size=self.batch_size)
             if not records:
                 return
             for partition in next_offsets:
                 busy[partition] = lane
             in_flight[lane] = _InFlight(applier.submit(self.consume_batch, records), next_offsets)
-
-    def _take(
-        self, pending: dict[TopicPartition, list[ConsumerRecord]], busy: dict[TopicPartition, int]
-    ) -> tuple[list[ConsumerRecord], dict[TopicPartition, int]]:
-        """Up to a batch of queued records, each partition's in order, of partitions not busy,
-        and the offset past the last record taken of each of those partitions."""
-        records: list[ConsumerRecord] = []
-        next_offsets: dict[TopicPartition, int] = {}
-        for partition in list(pending):  # the longest-waiting partitions first
-            if partition in busy:
-                continue
-            queue = pending[partition]
-            room = self.batch_size - len(records)
-            taken = queue[:room]
-            records += taken
-            next_offsets[partition] = taken[-1].offset + 1
-            if len(queue) > room:
-                pending[partition] = queue[room:]
-            else:
-                del pending[partition]
-            if len(records) >= self.batch_size:
-                break
-        return records, next_offsets
 
     def _collect(self, in_flight: dict[int, _InFlight], busy: dict[TopicPartition, int], *, block: bool) -> None:
         """Account for the batches whose transaction ended (waiting for one if `block`)."""
@@ -334,50 +231,12 @@ class VoteWorker:
 
     def _batch_done(self, next_offsets: dict[TopicPartition, int], outcome: BatchOutcome) -> None:
         """After the batch's transaction committed: commit its offsets and count it."""
-        # Not waited for: a synchronous commit held up the decoding of the next batch
-        # (a tenth of this thread's samples). A lost one means only redelivery, and
-        # run() waits for a last commit of everything applied before it returns.
-        self.commit_offsets(next_offsets, wait=False)
-        self.total.add(outcome)
-        self._since_report.add(outcome)
+        # Not waited for: a synchronous commit held up the decoding of the next batch. A
+        # lost one means only redelivery, and run() waits for a last commit of everything
+        # applied before it returns.
+        self.offsets.commit(next_offsets, wait=False)
         self.activity.last_batch_done = time.monotonic()
-        logger.info(
-            "batch of %d: %d applied, %d duplicates, %d dead-lettered",
-            outcome.messages,
-            outcome.applied,
-            outcome.duplicates,
-            outcome.dead_lettered,
-        )
-
-    def _maybe_report_progress(self) -> None:
-        if self.progress_interval <= 0:
-            return
-        now = time.monotonic()
-        elapsed = now - self._last_report
-        if elapsed < self.progress_interval:
-            return
-        done = self._since_report
-        lags = self.lag_monitor.lags if self.lag_monitor is not None else {}
-        lag = sum(lags.values())
-        logger.info(
-            "progress: %d votes applied, %d duplicates, %d dead-lettered in %d batches over the last %.0f s "
-            "(%.1f votes/s); %d applied since start; lag %d on %d partitions",
-            done.applied, done.duplicates, done.dead_lettered, done.batches, elapsed,
-            done.applied / elapsed, self.total.applied, lag, len(lags),
-            extra={"progress": {
-                "interval_s": round(elapsed, 1),
-                "batches": done.batches,
-                "votes_applied": done.applied,
-                "duplicates": done.duplicates,
-                "dead_lettered": done.dead_lettered,
-                "votes_applied_total": self.total.applied,
-                "batches_total": self.total.batches,
-                "lag": lag,
-                "lag_by_partition": {f"{topic}[{partition}]": n for (topic, partition), n in sorted(lags.items())},
-            }},
-        )
-        self._since_report = Progress()
-        self._last_report = now
+        self.progress.batch_done(outcome)
 
     def consume_batch(self, messages: Sequence[ConsumerRecord]) -> BatchOutcome:
         """Apply one batch to the database and dead-letter what cannot be applied.
@@ -390,189 +249,12 @@ class VoteWorker:
 
     def decode(self, messages: Sequence[ConsumerRecord]) -> DecodedBatch:
         """Decode a batch's messages into vote events, setting aside the malformed ones."""
-        started = time.perf_counter()
-        batch = DecodedBatch(messages=len(messages))
-        for record in messages:
-            try:
-                event = VoteEvent.from_bytes(record.value)
-            except MalformedVoteEvent as exc:
-                batch.poison.append((record, str(exc)))
-                continue
-            batch.events.append(event)
-            batch.records.append(record)
-        batch.seconds = time.perf_counter() - started
-        return batch
+        return batch_decode(messages)
 
     def apply(self, batch: DecodedBatch) -> BatchOutcome:
         """consume_batch's second half: the database transaction, then the dead letters."""
-        started = time.perf_counter()
-        result = self._apply_with_retry(batch.events) if batch.events else AppliedBatch()
-        poison = batch.poison
-        if result.rejected:
-            # Built only now: a map per vote would cost every batch a hash of each vote id.
-            record_of = {id(event): record for event, record in zip(batch.events, batch.records)}
-            poison = poison + [(record_of[id(event)], reason) for event, reason in result.rejected]
-        if poison:
-            self._dead_letter_all(poison)
-        outcome = BatchOutcome(
-            messages=batch.messages,
-            applied=result.applied,
-            duplicates=result.duplicates,
-            dead_lettered=len(poison),
-        )
-        metrics.worker_batch_done(
-            messages=outcome.messages,
-            applied=outcome.applied,
-            duplicates=outcome.duplicates,
-            dead_lettered=outcome.dead_lettered,
-            seconds=batch.seconds + time.perf_counter() - started,
-        )
-        return outcome
+        return self.applier.apply(batch)
 
     def commit_offsets(self, next_offsets: dict[TopicPartition, int], *, wait: bool = True) -> None:
-        """Commit each partition's offset past its last record of a batch whose transaction committed.
-
-        The batches know those offsets from when they were taken, which spares a pass over
-        their records (at 22,000 votes/s that pass was 30 of the polling thread's 338 GIL
-        samples). With wait=False the commit is sent and not waited for (the loop in run()
-        goes on decoding meanwhile); a failure is logged when the reply arrives.
-        """
-        # Not for a partition a rebalance gave to another worker: it reads on from its own
-        # commits (ours could only move its offset back), and it is not remembered either,
-        # should the partition come back later.
-        assigned = self.consumer.assignment() or set()
-        next_offsets = {p: max(o, self._applied.get(p, 0)) for p, o in next_offsets.items() if p in assigned}
-        self._applied.update(next_offsets)
-        offsets = {p: OffsetAndMetadata(o, "", -1) for p, o in next_offsets.items()}
-        if not offsets:
-            return
-        if not wait:
-            self.consumer.commit_async(offsets, callback=self._async_commit_done)
-            return
-        try:
-            self.consumer.commit(offsets)
-        except KafkaError as exc:
-            self._commit_failed(exc)
-
-    def _commit_applied(self) -> None:
-        """On the way out: wait for a commit of everything applied, on the partitions still ours.
-
-        Covers async commits still in flight or lost; a partition revoked meanwhile is
-        left to its new owner (committing ours could only move its offset back).
-        """
-        assigned = self.consumer.assignment() or set()
-        offsets = {p: OffsetAndMetadata(o, "", -1) for p, o in self._applied.items() if p in assigned}
-        if not offsets:
-            return
-        try:
-            self.consumer.commit(offsets)
-        except KafkaError as exc:
-            self._commit_failed(exc)
-
-    def _async_commit_done(self, offsets: object, response: object) -> None:
-        if isinstance(response, Exception):
-            self._commit_failed(response)
-
-    @staticmethod
-    def _commit_failed(exc: Exception) -> None:
-        # The batch is in the database; after a rebalance or a broker bounce it will be
-        # redelivered and skipped as duplicates. Losing the commit costs only that.
-        metrics.WORKER_OFFSET_COMMIT_FAILURES.inc()
-        logger.warning("offset commit failed, the batch will be redelivered: %s", exc)
-
-    def _apply_with_retry(self, events: list[VoteEvent]) -> AppliedBatch:
-        try:
-            return self._retry_while_unreachable(events)
-        except DatabaseError as exc:
-            # Not an outage but an event the database refuses: find it by applying the
-            # batch one vote at a time, and dead-letter only the ones refused.
-            logger.warning("batch refused by the database (%s); applying it vote by vote", exc)
-            return self._apply_one_by_one(events)
-
-    def _apply_one_by_one(self, events: list[VoteEvent]) -> AppliedBatch:
-        total = AppliedBatch()
-        for event in events:
-            try:
-                single = self._retry_while_unreachable([event])
-            except DatabaseError as exc:
-                total.rejected.append((event, f"refused by the database: {exc}"))
-                continue
-            total.applied += single.applied
-            total.duplicates += single.duplicates
-            total.rejected.extend(single.rejected)
-            total.poll_ids |= single.poll_ids
-        return total
-
-    def _retry_while_unreachable(self, events: list[VoteEvent]) -> AppliedBatch:
-        """votes_apply, waiting out an unreachable database (never skipping the batch)."""
-        wait = 0.1
-        while True:
-            try:
-                return votes_apply(events=events)
-            except (OperationalError, InterfaceError) as exc:
-                if self._stop.is_set():
-                    raise WorkerStopped from exc
-                metrics.WORKER_DATABASE_RETRIES.inc()
-                logger.warning("database unavailable, retrying the batch in %.1f s: %s", wait, exc)
-                # The connection is unusable after a server restart; drop it so the next
-                # attempt opens a fresh one.
-                connection.close()
-                self._stop.wait(wait)
-                wait = min(wait * 2, self.db_retry_max_wait)
-
-    def _dead_letter_all(self, poison: list[tuple[ConsumerRecord, str]]) -> None:
-        """Write the dead letters and wait until the broker has every one, retrying the rest.
-
-        They must be durable before the offsets that skip them are committed, or the
-        message would be in neither the database nor the dead-letter topic. The producer's
-        flush() only logs a failed write, so each send's own result is read; a write the
-        broker refused (its partition's leader down past the delivery timeout, a message
-        over the topic's size limit) is sent again, the wait doubling up to
-        db_retry_max_wait, until it is taken or the worker is asked to stop (WorkerStopped:
-        the batch's offsets stay uncommitted and it is redelivered; its votes are skipped
-        as duplicates then).
-        """
-        for record, reason in poison:
-            logger.error(
-                "dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
-            )
-        delay = 0.1
-        while True:
-            sent = []
-            for record, reason in poison:
-                try:
-                    sent.append((record, reason, self._dead_letter(record, reason)))
-                except KafkaError as exc:  # refused before it was queued (no metadata in time, too large)
-                    sent.append((record, reason, exc))
-            self.dead_letter_producer.flush()
-            failed = [
-                (record, reason, result if isinstance(result, Exception) else result.exception)
-                for record, reason, result in sent
-                if isinstance(result, Exception) or result.failed()
-            ]
-            if not failed:
-                return
-            metrics.WORKER_DEAD_LETTER_RETRIES.inc()
-            record, _, error = failed[0]
-            logger.error(
-                "%d of %d dead letter(s) not written (%s[%d]@%d: %r); retrying in %.1f s, offsets held",
-                len(failed), len(poison), record.topic, record.partition, record.offset, error, delay,
-            )
-            if self._stop.wait(delay):
-                raise WorkerStopped("stopped while dead letters could not be written")
-            delay = min(delay * 2, self.db_retry_max_wait)
-            poison = [(record, reason) for record, reason, _ in failed]
-
-    def _dead_letter(self, record: ConsumerRecord, reason: str) -> FutureRecordMetadata:
-        return self.dead_letter_producer.send(
-            dead_letter_topic(),
-            key=record.key,
-            value=record.value if record.value is not None else b"",
-            headers=[
-                ("dlq.reason", reason.encode()),
-                ("dlq.topic", record.topic.encode()),
-                ("dlq.partition", str(record.partition).encode()),
-                ("dlq.offset", str(record.offset).encode()),
-                ("dlq.at", str(time.time()).encode()),
-            ],
-        )
+        """Commit each partition's offset past its last record of a batch whose transaction committed."""
+        self.offsets.commit(next_offsets, wait=wait)
