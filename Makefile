@@ -12,7 +12,7 @@ REST_PORT ?= 8001
 # Environment of the real services started by `make services` (read by web and worker).
 SERVICES_ENV := .services/env
 
-.PHONY: install run test services services-stop services-status web rest worker migrate check clean bench audit
+.PHONY: install run test lint services services-stop services-status web rest worker migrate check clean bench audit
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,13 @@ run: install
 test: install
 	$(BIN)/python -m devservices install
 	$(BIN)/python -m pytest
+
+# The lint rules, the import contracts and the format (pyproject.toml). The test command
+# runs the first two; the format check fails until the formatter has run over the tree.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/ruff format --check .
 
 # Real PostgreSQL, Redis and Kafka on their usual ports; idempotent.
 services: install

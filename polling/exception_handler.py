@@ -32,9 +32,8 @@ def error_answer(exc: BaseException) -> tuple[int, dict, dict[str, str]] | None:
     vote's lean path (polls.api.vote_intake) both use it.
     """
     if isinstance(exc, ApplicationError):
-        if exc.errors is not None:
-            body = exc.errors
-        else:
+        body = exc.errors
+        if body is None:
             # Shaped like a serializer error where it is one (the field named is wrong).
             body = {exc.field: [str(exc)]} if exc.field else {"detail": str(exc)}
         headers = {"WWW-Authenticate": exc.www_authenticate} if exc.www_authenticate else {}

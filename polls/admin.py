@@ -11,12 +11,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from polls.domain.exceptions import InvalidPoll
 from polls.api.exports import results_csv
-from polls.models import AuditEntry, Option, Poll, Vote
+from polls.domain.exceptions import InvalidPoll
 from polls.domain.selectors import poll_get, poll_results_visible, poll_totals
 from polls.domain.services import poll_options_clean, poll_question_clean, poll_set_hidden, poll_set_status
-
+from polls.models import AuditEntry, Option, Poll, Vote
 
 # The audit note of an export of counts that the poll still held back from the public.
 HELD_BACK_NOTE = "Results not yet public (held back until the viewer votes or the poll closes)."

@@ -159,7 +159,8 @@ class Vote(models.Model):
     voter_key = models.CharField(max_length=128, blank=True)
     # Set on the first row of a ballot when the poll allows one vote per voter or user;
     # the unique constraint, not a check-then-insert, makes a second ballot impossible.
-    dedupe_key = models.CharField(max_length=128, null=True, blank=True)
+    # NULL, not "": rows without a key never collide in that constraint.
+    dedupe_key = models.CharField(max_length=128, null=True, blank=True)  # noqa: DJ001
     cast_at = models.DateTimeField()
     applied_at = models.DateTimeField(auto_now_add=True)
 

@@ -1,8 +1,8 @@
 from django.urls import path, register_converter
 
 from polls.api.apis import PollDetailApi, PollExportApi, PollsApi, PollStatusApi, PollVoteApi, VoterTokenApi
-from polls.models import Poll
 from polls.api.pages import home, poll_present, poll_qr, poll_share, poll_vote_page
+from polls.models import Poll
 
 
 class IdConverter:

@@ -45,7 +45,6 @@ from django.utils import timezone
 
 from polls.domain.live import poll_ids_deadline_passed, polls_live_totals
 from polls.models import Poll
-from realtime.selectors import leaderboard_snapshot
 from realtime.events import (
     POLLS_GROUP,
     leaderboard_updated_layer_message,
@@ -54,6 +53,7 @@ from realtime.events import (
     poll_results_group,
     poll_updated_layer_message,
 )
+from realtime.selectors import leaderboard_snapshot
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import ast
 import importlib
-import io
 import importlib.metadata
+import io
 import json
 import re
 import shlex

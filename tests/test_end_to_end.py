@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from polls.domain.services import counters_verify
-from testsupport.processes import REPO, RestServer, WebServer, WorkerProcess, wait_until
 from tests.http import request
+from testsupport.processes import REPO, RestServer, WebServer, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

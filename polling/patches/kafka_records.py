@@ -22,7 +22,7 @@ readers record by record and fail if an upgrade moves what `install` relies on.
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 from kafka.consumer.fetcher import ConsumerRecord, Fetcher
 from kafka.errors import CorruptRecordError

@@ -26,13 +26,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from devservices import free_port
 from polling import health
 from polling.logging import JsonFormatter
-from polls.api.metrics import VoteIntakeMetricsMixin
 from polls.api.apis import PollVoteApi
+from polls.api.metrics import VoteIntakeMetricsMixin
 from polls.kafka import health as kafka_health
 from polls.kafka.topics import ensure_topics, vote_topic
-from testsupport.processes import REPO, WebServer, WorkerProcess, child_pids, wait_until
 from tests.http import request
 from tests.test_deploy_files import compose_rest_server, image_web_server
+from testsupport.processes import REPO, WebServer, WorkerProcess, child_pids, wait_until
 
 SEED_POLL = {"question": "What is your favorite color?", "option1": "Red", "option2": "Blue",
              "option3": "Green", "option4": "Yellow"}

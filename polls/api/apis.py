@@ -20,14 +20,27 @@ from rest_framework.views import APIView
 from polling.strict import StrictCharField, StrictIntegerField, query_data, validated_data
 from polling.throttles import PipelinedThrottlesMixin
 from polls.api import docs
+from polls.api.exports import results_csv
 from polls.api.metrics import VoteIntakeMetricsMixin
 from polls.api.throttles import VOTE_THROTTLES, PollCreateRateThrottle, VoterTokenIssueRateThrottle
 from polls.domain.ballots import ballot_read, idempotency_key
-from polls.api.exports import results_csv
-from polls.models import Poll
-from polls.domain.selectors import poll_closed_by_staff, poll_get, poll_list, poll_results_visible, poll_totals, polls_results_visible
+from polls.domain.selectors import (
+    poll_closed_by_staff,
+    poll_get,
+    poll_list,
+    poll_results_visible,
+    poll_totals,
+    polls_results_visible,
+)
 from polls.domain.services import poll_create, poll_set_status, vote_cast
-from polls.domain.voters import voter_cookie_set, voter_cookie_token, voter_for_vote, voter_from_request, voter_token_issue
+from polls.domain.voters import (
+    voter_cookie_set,
+    voter_cookie_token,
+    voter_for_vote,
+    voter_from_request,
+    voter_token_issue,
+)
+from polls.models import Poll
 
 
 class CanCreatePolls(BasePermission):

@@ -25,12 +25,12 @@ from polling.throttles import throttles_check
 from polls.api.apis import PollsApi
 from polls.api.throttles import PollCreateRateThrottle, vote_throttles_check
 from polls.domain.exceptions import AlreadyVoted, InvalidPoll, PollError
-from polls.kafka.errors import VoteBusUnavailable
-from polls.models import Poll
+from polls.domain.live import poll_totals_for_viewer
 from polls.domain.selectors import poll_list, voter_has_voted
 from polls.domain.services import poll_create, vote_cast
-from polls.domain.live import poll_totals_for_viewer
 from polls.domain.voters import Voter, viewer_of, voter_cookie_set, voter_for_vote, voter_from_request
+from polls.kafka.errors import VoteBusUnavailable
+from polls.models import Poll
 
 # Open polls listed on the home page, newest first.
 HOME_POLLS = 20

@@ -30,8 +30,8 @@ from django.core.cache import cache
 from django.db.models import Subquery
 
 from polls.domain.exceptions import IdempotencyKeyInUse, IdempotencyKeyReused, IdempotencyUnavailable
-from polls.models import Vote
 from polls.domain.voters import Voter
+from polls.models import Vote
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def idempotency_claim(*, poll_id: int, voter: Voter, idempotency_key: str, optio
         record = _claim_record(claim)
     except IdempotencyKeyInUse:
         raise
-    except Exception as exc:  # noqa: BLE001 - any failure of the cache backend
+    except Exception as exc:  # any failure of the cache backend
         raise IdempotencyUnavailable(repr(exc)) from exc
     if record is not None:
         state, fingerprint, voter_key, vote_id = record

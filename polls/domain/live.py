@@ -19,10 +19,10 @@ from typing import Any
 
 from django.db import connection
 
-from polls.models import Option, Poll
 from polls.domain.selectors import poll_results_visible, poll_totals, voter_has_voted
 from polls.domain.sql import column, datetime_from_db, placeholders, table
 from polls.domain.voters import Voter
+from polls.models import Option, Poll
 
 
 @dataclass(frozen=True)

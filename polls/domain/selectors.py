@@ -17,9 +17,9 @@ from django.db.models.expressions import OrderBy
 from django.utils import timezone
 
 from polls.domain.exceptions import PollNotFound
-from polls.models import AuditEntry, Option, Poll, Vote
 from polls.domain.sql import column, datetime_from_db, table
 from polls.domain.voters import Voter
+from polls.models import AuditEntry, Option, Poll, Vote
 
 
 def poll_is_open(*, status: str, closes_at: datetime | None, now: datetime | None = None) -> bool:

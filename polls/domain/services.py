@@ -18,8 +18,6 @@ from django.db.models import Count, F, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from polls.kafka.bus import VoteBus, vote_bus
-from polls.kafka.events import VoteEvent
 from polls.domain.exceptions import (
     AlreadyVoted,
     InvalidChoices,
@@ -30,12 +28,20 @@ from polls.domain.exceptions import (
     TooManyChoices,
 )
 from polls.domain.idempotency import idempotency_claim
-from polls.models import AuditEntry, Option, Poll, Vote, poll_total_reset
-from polls.domain.selectors import VoteTarget, poll_is_open, poll_vote_target, poll_vote_target_cached, vote_target_forget
+from polls.domain.selectors import (
+    VoteTarget,
+    poll_is_open,
+    poll_vote_target,
+    poll_vote_target_cached,
+    vote_target_forget,
+)
 from polls.domain.sql import column, columns, placeholders, table
 from polls.domain.texts import text_is_invisible, text_normalize, text_skeleton
 from polls.domain.voters import Voter
 from polls.domain.watchers import polls_changed_on_commit
+from polls.kafka.bus import VoteBus, vote_bus
+from polls.kafka.events import VoteEvent
+from polls.models import AuditEntry, Option, Poll, Vote, poll_total_reset
 
 
 def poll_create(
@@ -513,13 +519,17 @@ def _insert_copy(rows: list[_Row]) -> bool:
     now = timezone.now()
     sql = f"COPY {table(Vote)} ({columns(Vote, _VOTE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
     try:
-        with transaction.atomic(), connection.cursor() as cursor, connection.wrap_database_errors:
-            with cursor.copy(sql) as copy:
-                copy.set_types(_COPY_TYPES)
-                for row_id, event, option_id, dedupe_key in rows:
-                    copy.write_row(
-                        (row_id, event.vote_id, event.poll_id, option_id, event.voter_key, dedupe_key, event.cast_at, now)
-                    )
+        with (
+            transaction.atomic(),
+            connection.cursor() as cursor,
+            connection.wrap_database_errors,
+            cursor.copy(sql) as copy,
+        ):
+            copy.set_types(_COPY_TYPES)
+            for row_id, event, option_id, dedupe_key in rows:
+                copy.write_row(
+                    (row_id, event.vote_id, event.poll_id, option_id, event.voter_key, dedupe_key, event.cast_at, now)
+                )
     except IntegrityError:
         return False
     return True

@@ -21,8 +21,8 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from polling.metrics import vote_published
-from polls.kafka.events import VoteEvent
 from polls.kafka.errors import VoteBusUnavailable
+from polls.kafka.events import VoteEvent
 from polls.kafka.topics import producer_config, vote_topic
 
 logger = logging.getLogger(__name__)

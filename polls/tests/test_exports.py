@@ -8,8 +8,8 @@ import unicodedata
 import pytest
 from django.test import Client
 
-from polls.models import Option, Poll
 from polls.domain.services import poll_create
+from polls.models import Option, Poll
 
 pytestmark = pytest.mark.django_db
 

@@ -13,8 +13,8 @@ from kafka.errors import KafkaError
 from conftest import make_vote_worker
 from polling.metrics import WORKER_REGISTRY
 from polls.domain.services import get_vote_bus
-from polls.worker.lag import group_lags
 from polls.tests.factories import counts, make_poll, vote_event
+from polls.worker.lag import group_lags
 from testsupport.processes import wait_until
 
 

@@ -12,10 +12,10 @@ from django.test import Client
 from django.utils import timezone
 
 from polling.throttles import throttles_forget
-from polls.models import Poll
 from polls.domain.services import poll_create, poll_set_hidden, poll_set_status
-from polls.tests.factories import counts, make_poll
 from polls.domain.voters import COOKIE_NAME
+from polls.models import Poll
+from polls.tests.factories import counts, make_poll
 
 pytestmark = pytest.mark.django_db
 

@@ -9,14 +9,14 @@ import pytest
 
 from conftest import read_topic
 from polls.domain import services
-from polls.kafka.bus import KafkaVoteBus
-from polls.kafka.events import VoteEvent
 from polls.domain.exceptions import AlreadyVoted, OptionOutOfRange
-from polls.kafka.errors import VoteBusUnavailable
 from polls.domain.selectors import poll_vote_target
 from polls.domain.services import poll_create, vote_cast_async
-from polls.tests.factories import make_poll
 from polls.domain.voters import Voter
+from polls.kafka.bus import KafkaVoteBus
+from polls.kafka.errors import VoteBusUnavailable
+from polls.kafka.events import VoteEvent
+from polls.tests.factories import make_poll
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

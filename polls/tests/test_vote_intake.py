@@ -11,14 +11,14 @@ import pytest
 from django.conf import settings
 
 from polling.asgi import application, django_asgi_app
-from polls.domain.exceptions import IdempotencyKeyReused
-from polls.models import Poll
-from polls.domain.services import poll_create
-from polls.tests.factories import counts
 from polls.api.vote_intake import VoteIntake
+from polls.domain.exceptions import IdempotencyKeyReused
+from polls.domain.services import poll_create
 from polls.domain.voters import voter_token_issue
-from testsupport.processes import WebServer, wait_until
+from polls.models import Poll
+from polls.tests.factories import counts
 from tests.http import request
+from testsupport.processes import WebServer, wait_until
 
 JSON = [("content-type", "application/json")]
 

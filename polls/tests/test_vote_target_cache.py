@@ -15,11 +15,11 @@ from django.utils import timezone
 
 from polls.domain import selectors
 from polls.domain.exceptions import OptionOutOfRange, PollClosed, PollNotFound
-from polls.models import Option, Poll
 from polls.domain.selectors import poll_vote_target, vote_target_forget
 from polls.domain.services import poll_set_hidden, poll_set_status, vote_cast
-from polls.tests.factories import make_poll
 from polls.domain.voters import Voter
+from polls.models import Option, Poll
+from polls.tests.factories import make_poll
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -16,12 +16,12 @@ from rest_framework.authtoken.models import Token
 
 from conftest import read_topic
 from polls.domain import services
+from polls.domain.services import counters_verify, poll_create, poll_set_status, votes_apply
 from polls.kafka.bus import reset_vote_bus
 from polls.models import Poll, Vote
-from polls.domain.services import counters_verify, poll_create, poll_set_status, votes_apply
 from polls.tests.factories import counts, make_poll, vote_event
-from testsupport.processes import wait_until
 from tests.http import request
+from testsupport.processes import wait_until
 
 
 @pytest.fixture

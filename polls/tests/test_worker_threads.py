@@ -17,10 +17,10 @@ from django.db import OperationalError, connections
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from polls.worker import apply as worker_module
-from polls.models import Vote
 from polls.domain.services import counters_verify
+from polls.models import Vote
 from polls.tests.factories import counts, make_poll, vote_event
+from polls.worker import apply as worker_module
 from polls.worker.batches import DecodedBatch, WorkerStopped
 from polls.worker.loop import VoteWorker, _InFlight
 from testsupport.processes import wait_until

@@ -106,7 +106,7 @@ class LagMonitor:
         while not self._stop.wait(self._interval):
             try:
                 self.measure()
-            except Exception:  # noqa: BLE001 - the monitor must outlive any one failure
+            except Exception:  # the monitor must outlive any one failure
                 logger.exception("measuring the worker's lag failed")
             self.check_stall(time.monotonic())
 

@@ -34,7 +34,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 ACCEPTED = "accepted"  # 204: the API says the vote is durable; it must be counted exactly once
@@ -387,7 +387,7 @@ class DirectPublisher:
             value = json.dumps(
                 {
                     "vote_id": str(vote.vote_id), "poll_id": vote.poll_id, "option": vote.option,
-                    "voter_key": vote.voter_key, "cast_at": datetime.now(timezone.utc).isoformat(),
+                    "voter_key": vote.voter_key, "cast_at": datetime.now(UTC).isoformat(),
                 },
                 separators=(",", ":"),
             ).encode()
@@ -525,8 +525,8 @@ def reconcile(
     (Vote ids are unique in the table, so a vote counted twice shows as a counter above
     its rows and above the ledger.)
     """
-    from polls.models import Option, Vote
     from polls.domain.services import counters_verify
+    from polls.models import Option, Vote
 
     poll_ids = sorted(set(poll_ids))
     rows = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import struct
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from django.conf import settings
@@ -89,7 +89,7 @@ def assert_same(data: bytes, **kwargs):
 
 def vote_values(count: int) -> list[bytes]:
     return [VoteEvent(vote_id=uuid.uuid4(), poll_id=7, options=(2,), voter_key=f"ip:10.0.0.{i % 250}",
-                      cast_at=datetime(2026, 11, 26, 10, tzinfo=timezone.utc)).to_bytes() for i in range(count)]
+                      cast_at=datetime(2026, 11, 26, 10, tzinfo=UTC)).to_bytes() for i in range(count)]
 
 
 def test_vote_batches_read_alike():
