@@ -13,7 +13,7 @@ SERVICES_ENV := .services/env
 # Kafka nodes `make services` starts: 1, or 3 for a replicated cluster (docs/scaling.md).
 KAFKA_BROKERS_COUNT ?= 1
 
-.PHONY: install run test services services-stop services-status web worker migrate check clean bench audit
+.PHONY: install run test lint services services-stop services-status web worker migrate check clean bench audit
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,13 @@ run: install
 test: install
 	$(BIN)/python -m devservices install
 	$(BIN)/python -m pytest
+
+# The lint rules, the import contracts and the format (pyproject.toml). The test command
+# runs the first two; the format check fails until the formatter has run over the tree.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/ruff format --check .
 
 # Real PostgreSQL, Redis and Kafka on their usual ports; idempotent.
 services: install

@@ -11,9 +11,9 @@ from django.conf import settings as django_settings
 from django.db import connection
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from polls.bus import reset_vote_bus
-from polls.topics import dead_letter_producer_config, ensure_topics, vote_consumer
-from polls.worker import VoteWorker
+from polls.kafka.bus import reset_vote_bus
+from polls.kafka.topics import dead_letter_producer_config, ensure_topics, vote_consumer
+from polls.worker.loop import VoteWorker
 from testsupport.browser import chromium
 from testsupport.cluster import session_cluster, stop_session_cluster
 from testsupport.plugin import service_stack

@@ -225,7 +225,7 @@ def make_event(poll_id: int, option: int, serial: int):
 
     from django.utils import timezone
 
-    from polls.events import VoteEvent
+    from polls.kafka.events import VoteEvent
 
     known = {
         "vote_id": lambda: uuid.uuid4(),
@@ -253,8 +253,8 @@ def make_event(poll_id: int, option: int, serial: int):
 
 
 def _cmd_setup(args) -> dict:
-    from polls.services import poll_create
-    from polls.topics import ensure_topics
+    from polls.domain.services import poll_create
+    from polls.kafka.topics import ensure_topics
 
     ensure_topics()
     polls = [poll_create(question=f"Benchmark poll {n}?", options=["Red", "Blue", "Green", "Yellow"]) for n in range(args.polls)]
@@ -270,7 +270,7 @@ def _cmd_prefill(args) -> dict:
     from django.conf import settings
     from kafka import KafkaProducer
 
-    from polls.topics import vote_topic
+    from polls.kafka.topics import vote_topic
 
     poll_ids = [int(x) for x in args.poll_ids.split(",")]
     producer = KafkaProducer(bootstrap_servers=settings.KAFKA_BROKERS, acks="all", linger_ms=50,
@@ -289,7 +289,7 @@ def _cmd_prefill(args) -> dict:
 def _cmd_per_vote(args) -> dict:
     from django.db import connection
 
-    from polls.services import votes_apply
+    from polls.domain.services import votes_apply
 
     poll_ids = [int(x) for x in args.poll_ids.split(",")]
     events = [make_event(p, o, s) for p, o, s in _choices(poll_ids, args.count)]

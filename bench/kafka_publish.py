@@ -46,7 +46,7 @@ def main() -> None:
         import django
 
         django.setup()
-        from polls.topics import ensure_topics
+        from polls.kafka.topics import ensure_topics
 
         ensure_topics()
         for round_index in range(args.rounds):
@@ -59,7 +59,7 @@ def main() -> None:
 
 
 def _event():
-    from polls.events import VoteEvent
+    from polls.kafka.events import VoteEvent
 
     return VoteEvent(vote_id=uuid.uuid4(), poll_id=1, options=(1,), voter_key="bench", cast_at=datetime.now(UTC))
 
@@ -85,7 +85,7 @@ def _with_switch(interval: float, measure, seconds: float, publishers: int):
 
 
 def _threads(seconds: float, publishers: int) -> tuple[int, float]:
-    from polls.bus import KafkaVoteBus
+    from polls.kafka.bus import KafkaVoteBus
 
     bus = KafkaVoteBus(timeout=5)
     bus.publish(_event())
@@ -109,7 +109,7 @@ def _threads(seconds: float, publishers: int) -> tuple[int, float]:
 
 
 def _loop(seconds: float, publishers: int) -> tuple[int, float]:
-    from polls.bus import KafkaVoteBus
+    from polls.kafka.bus import KafkaVoteBus
 
     bus = KafkaVoteBus(timeout=5)
     try:

@@ -105,7 +105,7 @@ def main() -> int:
         from django.conf import settings
         from django.db import connection
 
-        from polls.topics import ensure_topics
+        from polls.kafka.topics import ensure_topics
         from tests.faults.load import (
             ACCEPTED,
             REFUSED,

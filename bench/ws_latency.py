@@ -14,8 +14,8 @@ loop: vote i is due at start + i / rate) from one of two sources:
   whole path, but the web intake of this 2-core machine saturates near 100 votes/s, so
   higher rates are asked and not achieved (the achieved rate is printed).
 - kafka: published straight to the vote topic by a separate load process, with the
-  web's own producer settings (polls.topics.producer_config: acks=all, idempotent,
-  KAFKA_LINGER_MS) and the web's event format (polls.events.VoteEvent); a vote counts
+  web's own producer settings (polls.kafka.topics.producer_config: acks=all, idempotent,
+  KAFKA_LINGER_MS) and the web's event format (polls.kafka.events.VoteEvent); a vote counts
   from the broker's acknowledgement (the moment the web would answer 204). Covers the
   path after the web: the worker's fetch, the batch transaction, the broadcast
   coalescing, Redis and the web server, at rates the web cannot produce here.
@@ -305,7 +305,7 @@ def _cmd_publish(args) -> None:
     from kafka import KafkaProducer
 
     from bench.apply_rate import make_event
-    from polls.topics import producer_config, vote_topic
+    from polls.kafka.topics import producer_config, vote_topic
 
     producer = KafkaProducer(**producer_config(timeout=settings.VOTE_PUBLISH_TIMEOUT))
     topic = vote_topic()

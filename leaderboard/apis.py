@@ -7,8 +7,8 @@ from rest_framework.views import APIView
 
 from leaderboard.selectors import leaderboard_polls, leaderboard_top
 from polling.strict import query_data, validated_data
-from polls import docs
-from polls.selectors import poll_get
+from polls.api import docs
+from polls.domain.selectors import poll_get
 
 
 class LeaderboardApi(APIView):

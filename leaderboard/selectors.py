@@ -7,8 +7,8 @@ from typing import Any
 
 from django.db import connection
 
+from polls.domain.sql import column, table
 from polls.models import Option, Poll
-from polls.sql import column, table
 
 
 def leaderboard_top(*, limit: int, poll_id: int | None = None) -> list[dict[str, Any]]:

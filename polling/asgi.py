@@ -22,13 +22,13 @@ django_asgi_app = BodySizeLimit(SyncChainASGIHandler(RequestThreads(keep=128)))
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
-from polls.vote_intake import VoteIntake  # noqa: E402
+from polls.api.vote_intake import VoteIntake  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from realtime.security import allowed_hosts_origin_validator  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # POST /polls/<id>/vote is answered on the event loop (polls.vote_intake).
+        # POST /polls/<id>/vote is answered on the event loop (polls.api.vote_intake).
         "http": VoteIntake(django_asgi_app),
         # Cookies and a lazy session: the voter cookie and the signed-in user decide who
         # may see counts that a poll shows only to those who voted (realtime.voters).

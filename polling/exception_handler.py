@@ -1,4 +1,4 @@
-"""One place that turns domain errors into HTTP answers in DRF's JSON shape."""
+"""One place that turns errors into HTTP answers in DRF's JSON shape, knowing no app (polling.errors)."""
 
 from __future__ import annotations
 
@@ -11,24 +11,9 @@ from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from polls.exceptions import (
-    BallotInvalid,
-    IdempotencyKeyInUse,
-    IdempotencyUnavailable,
-    InvalidChoices,
-    InvalidPoll,
-    OptionOutOfRange,
-    PollError,
-    PollMismatch,
-    SignInRequired,
-    TooManyChoices,
-    VoteBusUnavailable,
-)
-from polls.voters import InvalidVoterToken
+from polling.errors import ApplicationError, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
-
-_ERROR_FIELDS = {OptionOutOfRange: "option", InvalidChoices: "options", TooManyChoices: "options", PollMismatch: "poll_id"}
 
 
 def api_exception_handler(exc, context):
@@ -44,27 +29,22 @@ def error_answer(exc: BaseException) -> tuple[int, dict, dict[str, str]] | None:
     """(status, JSON body, headers) of the answer to a domain or DRF error; None: not one.
 
     The one mapping of errors to answers: the DRF views' exception handler and the
-    vote's lean path (polls.vote_intake) both use it.
+    vote's lean path (polls.api.vote_intake) both use it.
     """
-    if isinstance(exc, PollError):
-        if isinstance(exc, BallotInvalid):
-            body = exc.errors
-        else:
+    if isinstance(exc, ApplicationError):
+        body = exc.errors
+        if body is None:
             # Shaped like a serializer error where it is one (the field named is wrong).
-            field = exc.field if isinstance(exc, InvalidPoll) else _ERROR_FIELDS.get(type(exc))
-            body = {field: [str(exc)]} if field else {"detail": str(exc)}
-        # 401 names its scheme: an API token, or the X-Voter-Token header.
-        scheme = {SignInRequired: "Token", InvalidVoterToken: "Voter-Token"}.get(type(exc))
-        headers = {"WWW-Authenticate": scheme} if scheme else {}
-        if isinstance(exc, IdempotencyKeyInUse):
+            body = {exc.field: [str(exc)]} if exc.field else {"detail": str(exc)}
+        headers = {"WWW-Authenticate": exc.www_authenticate} if exc.www_authenticate else {}
+        if exc.retry_after:
             headers["Retry-After"] = str(settings.VOTE_RETRY_AFTER)
         return exc.status, body, headers
-    if isinstance(exc, VoteBusUnavailable):
-        return _unavailable("The vote was not recorded: the vote log is unavailable. Retry later.")
-    if isinstance(exc, IdempotencyUnavailable):
-        # Not skipped: without the check, a retry could be counted twice.
-        logger.warning("Idempotency-Key not checked, the cache is unavailable: %s", exc)
-        return _unavailable("The vote was not recorded: its Idempotency-Key cannot be checked now. Retry later.")
+    if isinstance(exc, ServiceUnavailable):
+        if exc.log_message:
+            # For operators: the client hears only that the service is unavailable.
+            logger.warning(exc.log_message, exc)
+        return _unavailable(exc.detail)
     if isinstance(exc, (OperationalError, InterfaceError)):
         # The database is unreachable (restarting, failing over): say so and when to retry,
         # rather than a bare 500. Nothing was published: validation needs the database.

@@ -2,13 +2,13 @@
 
 ``/healthz`` answers 200 while the process serves requests and touches nothing else.
 ``/readyz`` checks that each service this process is configured to use answers: the
-database always, Kafka (and that the vote topic exists) when KAFKA_BROKERS is set,
-Redis when REDIS_URL is set (in the embedded mode only the database). The checks run
-side by side, each bounded by READYZ_TIMEOUT seconds, so a hung dependency costs a
-probe that long and no more.
+database always, Redis when REDIS_URL is set, and those the apps add with
+readiness_check_add (polls: Kafka and its vote topic, when KAFKA_BROKERS is set). The
+checks run side by side, each bounded by READYZ_TIMEOUT seconds, so a hung dependency
+costs a probe that long and no more.
 
-Kafka and Redis are checked over connections kept between probes (one admin client,
-one Redis connection pool), so a probe costs one round trip, not a new handshake.
+Redis is checked over a connection pool kept between probes, so a probe costs one
+round trip, not a new handshake.
 """
 
 from __future__ import annotations
@@ -26,11 +26,8 @@ from django.db import connections
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
-from kafka import KafkaAdminClient
-from kafka import errors as kafka_errors
-from kafka.errors import UnknownTopicOrPartitionError
 
-from polls.topics import vote_topic
+from polling.metrics import metrics_view
 
 logger = logging.getLogger(__name__)
 
@@ -41,78 +38,10 @@ _executor = ThreadPoolExecutor(max_workers=3, thread_name_prefix="readyz")
 _inflight: dict[str, Future] = {}
 _inflight_lock = threading.Lock()
 
-
-class VoteTopicMissing(RuntimeError):
-    """The broker answers, but the vote topic is not there: no vote could be taken."""
-
-
-class _KafkaProbe:
-    """A KafkaAdminClient kept for readiness probes, created on first use."""
-
-    def __init__(self) -> None:
-        self._admin = None
-        self._brokers: tuple[str, ...] = ()
-        self._lock = threading.Lock()
-
-    def check(self, timeout: float) -> None:
-        with self._lock:
-            brokers = tuple(settings.KAFKA_BROKERS)
-            if self._admin is None or brokers != self._brokers:
-                self._close()
-                self._admin = _admin_client(brokers, timeout)
-                self._brokers = brokers
-            admin = self._admin
-        # One Metadata request on a kept connection: the cluster answers, and the vote
-        # topic exists (only the worker creates it: until it has run, every vote would
-        # wait VOTE_PUBLISH_TIMEOUT for the topic and be answered 503).
-        topic = vote_topic()
-        found = admin.describe_topics([topic])
-        error = found[0]["error_code"] if found else UnknownTopicOrPartitionError.errno
-        if error == UnknownTopicOrPartitionError.errno:
-            raise VoteTopicMissing(f"the vote topic {topic!r} does not exist yet: the worker creates it when it starts")
-        if error:
-            raise kafka_errors.for_code(error)(f"the vote topic {topic!r}")
-
-    def _close(self) -> None:
-        if self._admin is not None:
-            try:
-                self._admin.close()
-            except Exception:  # already broken; dropping it is all that is left
-                pass
-            self._admin = None
-
-    def reset(self) -> None:
-        with self._lock:
-            self._close()
-
-
-def _admin_client(brokers: tuple[str, ...], timeout: float) -> KafkaAdminClient:
-    timeout_ms = max(int(timeout * 1000), 100)
-    config = dict(
-        bootstrap_servers=list(brokers),
-        client_id="polling-readyz",
-        request_timeout_ms=timeout_ms,
-        bootstrap_timeout_ms=timeout_ms,
-        reconnect_backoff_max_ms=1000,
-    )
-    admin = KafkaAdminClient.__new__(KafkaAdminClient)
-    try:
-        admin.__init__(**config)
-    except BaseException:
-        # __init__ starts the client's IO thread before it bootstraps; a failed
-        # bootstrap would leave that thread running on every failed probe.
-        admin._closed = False
-        try:
-            admin.close()
-        except Exception:
-            pass
-        raise
-    return admin
-
-
-_kafka_probe = _KafkaProbe()
 _redis_client = None
 _redis_lock = threading.Lock()
+# The checks the apps added (readiness_check_add): name -> (check, whether it applies now).
+_app_checks: dict[str, tuple[Callable[[float], None], Callable[[], bool]]] = {}
 
 
 def check_database(timeout: float) -> None:
@@ -138,15 +67,19 @@ def check_redis(timeout: float) -> None:
     client.ping()
 
 
-def check_kafka(timeout: float) -> None:
-    _kafka_probe.check(timeout)
+def readiness_check_add(name: str, check: Callable[[float], None], *, configured: Callable[[], bool]) -> None:
+    """Add the check of a service an app uses (call it from the app's AppConfig.ready()).
+
+    `check(timeout)` raises when the service does not answer; `configured()` says whether
+    this process uses the service now (read at each probe, as the settings may change).
+    """
+    _app_checks[name] = (check, configured)
 
 
 def configured_checks() -> dict[str, Callable[[float], None]]:
     """The checks for the services this process is configured to use."""
     checks: dict[str, Callable[[float], None]] = {"database": check_database}
-    if settings.KAFKA_BROKERS:
-        checks["kafka"] = check_kafka
+    checks.update((name, check) for name, (check, configured) in _app_checks.items() if configured())
     if settings.REDIS_URL:
         checks["redis"] = check_redis
     return checks
@@ -180,7 +113,7 @@ def readiness(timeout: float | None = None) -> dict[str, dict]:
         except FutureTimeout:
             results[name] = {"ok": False, "error": f"no answer within {timeout:g} s"}
             logger.warning("readiness: %s did not answer within %g s", name, timeout)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a check's failure is reported, whatever it is
             # The client gets the kind of failure; the log gets the detail (addresses
             # and messages are for operators, not for whoever can reach /readyz).
             results[name] = {"ok": False, "error": type(exc).__name__}
@@ -225,10 +158,6 @@ class ProbeMiddleware:
 
     def __call__(self, request):
         if request.path_info in PROBE_PATHS and request.method in ("GET", "HEAD"):
-            view = PROBE_PATHS[request.path_info]
-            if view is None:
-                from polling.metrics import metrics_view
-
-                view = metrics_view
+            view = PROBE_PATHS[request.path_info] or metrics_view
             return view(request)
         return self.get_response(request)

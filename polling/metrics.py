@@ -15,11 +15,10 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
-import re
 import time
 
 from django.conf import settings
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import Resolver404, resolve
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.http import require_safe
@@ -204,64 +203,6 @@ def vote_published(*, seconds: float, ok: bool) -> None:
 
 def rate_limits_synced(*, ok: bool) -> None:
     RATE_LIMIT_SYNCS.labels("ok" if ok else "failed").inc()
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def vote_rejection_reason(exc: BaseException) -> str | None:
-    """The reason label for an exception that made the vote endpoint answer 4xx.
-
-    Domain errors (polls.exceptions.PollError) are named after their class
-    (PollClosed -> "poll_closed"); DRF's errors by their default code ("invalid",
-    "parse_error", "unsupported_media_type", "throttled", ...). None for anything
-    that is not a rejection: the vote bus being down (a 503) or a server error.
-    """
-    from rest_framework.exceptions import APIException
-
-    from polls.exceptions import PollError, VoteBusUnavailable
-
-    if isinstance(exc, VoteBusUnavailable):
-        return None
-    if isinstance(exc, PollError):
-        return exc.reason or _snake(type(exc).__name__)
-    if isinstance(exc, Http404):
-        return "not_found"
-    if isinstance(exc, APIException) and 400 <= exc.status_code < 500:
-        return str(exc.default_code)
-    return None
-
-
-def vote_refused(exc: BaseException) -> None:
-    """Count a vote answered with an error: 503 (the vote bus), or a rejection by reason."""
-    from polls.exceptions import VoteBusUnavailable
-
-    if isinstance(exc, VoteBusUnavailable):
-        vote_unavailable()
-    else:
-        reason = vote_rejection_reason(exc)
-        if reason is not None:
-            vote_rejected(reason)
-
-
-class VoteIntakeMetricsMixin:
-    """Counts what a DRF vote view answered: accepted (2xx), rejected (4xx by reason), 503.
-
-    Put it first among the view's bases. It uses APIView's own hooks:
-    ``handle_exception`` sees every error, throttling and parsing included, and
-    ``finalize_response`` every answer.
-    """
-
-    def handle_exception(self, exc):
-        vote_refused(exc)
-        return super().handle_exception(exc)
-
-    def finalize_response(self, request, response, *args, **kwargs):
-        response = super().finalize_response(request, response, *args, **kwargs)
-        if 200 <= response.status_code < 300:
-            vote_accepted()
-        return response
 
 
 # --- HTTP request metrics --------------------------------------------------------------------

@@ -3,7 +3,7 @@
     python -m polling.serve                          # 0.0.0.0:8000, WEB_CONCURRENCY processes
     python -m polling.serve --port 8080 --workers 2
 
-Votes take their lean path on uvicorn's event loop (polls.vote_intake), every other
+Votes take their lean path on uvicorn's event loop (polls.api.vote_intake), every other
 request goes to Django, and WebSockets to the realtime app, whose fan-out writes frames
 to uvicorn's sockets (realtime.fanout). The options are fixed here so that every place
 that runs the server (the image, compose, make, the tests, the bench) runs the same one.

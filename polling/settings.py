@@ -166,8 +166,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    # The request bodies' cross-field rules, which serializers cannot describe (polls.docs).
-    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "polls.docs.strict_request_bodies"],
+    # The request bodies' cross-field rules, which serializers cannot describe (polls.api.docs).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "polls.api.docs.strict_request_bodies"],
 }
 
 # The shared cache: rate-limit counters must hold across web processes.
@@ -192,7 +192,7 @@ KAFKA_BROKERS = env_list("KAFKA_BROKERS", [])
 KAFKA_TOPIC = env_str("KAFKA_TOPIC", "polls")
 KAFKA_TOPIC_PARTITIONS = env_int("KAFKA_TOPIC_PARTITIONS", 6, minimum=1)
 # Replicas of the topics the worker creates; 0: min(3, the brokers in the cluster), with
-# min.insync.replicas 2 from three replicas on (polls.topics).
+# min.insync.replicas 2 from three replicas on (polls.kafka.topics).
 KAFKA_REPLICATION_FACTOR = env_int("KAFKA_REPLICATION_FACTOR", 0, minimum=0)
 KAFKA_CONSUMER_GROUP = env_str("KAFKA_CONSUMER_GROUP", "vote-workers")
 # How long a vote request waits for the broker's acknowledgement before answering 503.
@@ -207,7 +207,7 @@ VOTE_THREADS = env_int("VOTE_THREADS", 64, minimum=1)
 VOTE_TARGET_CACHE_SECONDS = env_float("VOTE_TARGET_CACHE_SECONDS", 1.0, minimum=0)
 # Seconds a client is told to wait after a 503.
 VOTE_RETRY_AFTER = env_int("VOTE_RETRY_AFTER", 2, minimum=1)
-# Seconds an Idempotency-Key's first request is remembered in the cache (polls.idempotency);
+# Seconds an Idempotency-Key's first request is remembered in the cache (polls.domain.idempotency);
 # later, the ballot's vote rows still make a retry count once.
 IDEMPOTENCY_KEY_TTL = env_int("IDEMPOTENCY_KEY_TTL", 24 * 3600, minimum=60)
 # Producer batching: how long a send waits for others to share its request.
@@ -230,7 +230,7 @@ VOTE_FETCH_MIN_BYTES = env_int("VOTE_FETCH_MIN_BYTES", 65536, minimum=1)
 # interval gives an applying thread whose statement has returned the GIL back sooner.
 # The web process keeps Python's default (docs/decisions/0008-worker-throughput.md).
 WORKER_SWITCH_INTERVAL_MS = env_float("WORKER_SWITCH_INTERVAL_MS", 1.0, minimum=0.05)
-# The worker reads its fetched records with polls.records, faster than kafka-python's
+# The worker reads its fetched records with polling.patches.kafka_records, faster than kafka-python's
 # reader. It takes the place of a kafka-python internal (pinned in requirements.txt);
 # off, kafka-python reads them.
 WORKER_LEAN_RECORDS = env_bool("WORKER_LEAN_RECORDS", True)

@@ -11,12 +11,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from polls.exceptions import InvalidPoll
-from polls.exports import results_csv
+from polls.api.exports import results_csv
+from polls.domain.exceptions import InvalidPoll
+from polls.domain.selectors import poll_get, poll_results_visible, poll_totals
+from polls.domain.services import poll_options_clean, poll_question_clean, poll_set_hidden, poll_set_status
 from polls.models import AuditEntry, Option, Poll, Vote
-from polls.selectors import poll_get, poll_results_visible, poll_totals
-from polls.services import poll_options_clean, poll_question_clean, poll_set_hidden, poll_set_status
-
 
 # The audit note of an export of counts that the poll still held back from the public.
 HELD_BACK_NOTE = "Results not yet public (held back until the viewer votes or the poll closes)."
@@ -24,7 +23,7 @@ HELD_BACK_NOTE = "Results not yet public (held back until the viewer votes or th
 
 class OptionInlineFormSet(BaseInlineFormSet):
     """A poll's options as the API makes them: positions 1..N without a gap, and the
-    rules of polls.services.poll_options_clean (their number and text, max_choices).
+    rules of polls.domain.services.poll_options_clean (their number and text, max_choices).
 
     The vote path checks a ballot's option against the number of options only, so a gap
     (1, 2, 7) let a vote for option 3 be answered 204 and then refused by the worker.

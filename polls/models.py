@@ -124,7 +124,7 @@ def options_lock_for_delete(using: str | None = None, **poll_filter) -> None:
     """Lock the options of the polls `poll_filter` selects for the deleting transaction, in id order.
 
     The vote rows have no foreign key (migration 0004); the worker's batch locks the
-    options of its polls in id order instead (polls.services._options_lock) and inserts
+    options of its polls in id order instead (polls.domain.services._options_lock) and inserts
     rows only for options it found. Django's cascade deletes the vote rows before the
     options, so without this lock a batch holding the options could commit rows after
     the cascade had read the table, for options deleted a moment later. With it the
@@ -159,7 +159,8 @@ class Vote(models.Model):
     voter_key = models.CharField(max_length=128, blank=True)
     # Set on the first row of a ballot when the poll allows one vote per voter or user;
     # the unique constraint, not a check-then-insert, makes a second ballot impossible.
-    dedupe_key = models.CharField(max_length=128, null=True, blank=True)
+    # NULL, not "": rows without a key never collide in that constraint.
+    dedupe_key = models.CharField(max_length=128, null=True, blank=True)  # noqa: DJ001
     cast_at = models.DateTimeField()
     applied_at = models.DateTimeField(auto_now_add=True)
 

@@ -8,8 +8,8 @@ from django.db.models import QuerySet
 from django.db.models.signals import post_delete, post_save, pre_delete
 from django.dispatch import receiver
 
+from polls.domain.selectors import vote_target_forget
 from polls.models import Option, OptionQuerySet, Poll, PollQuerySet, options_lock_for_delete, poll_total_reset
-from polls.selectors import vote_target_forget
 
 
 @receiver(pre_delete, sender=Poll, dispatch_uid="polls.delete_lock.poll")

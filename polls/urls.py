@@ -1,8 +1,8 @@
 from django.urls import path, register_converter
 
-from polls.apis import PollDetailApi, PollExportApi, PollsApi, PollStatusApi, PollVoteApi, VoterTokenApi
+from polls.api.apis import PollDetailApi, PollExportApi, PollsApi, PollStatusApi, PollVoteApi, VoterTokenApi
+from polls.api.pages import home, poll_present, poll_qr, poll_share, poll_vote_page
 from polls.models import Poll
-from polls.pages import home, poll_present, poll_qr, poll_share, poll_vote_page
 
 
 class IdConverter:
@@ -28,7 +28,7 @@ urlpatterns = [
     path("polls/<id:poll_id>/export.csv", PollExportApi.as_view(export_format="csv"), name="poll-export-csv"),
     path("polls/<id:poll_id>/export.json", PollExportApi.as_view(export_format="json"), name="poll-export-json"),
     path("voters", VoterTokenApi.as_view(), name="voters"),
-    # The audience's pages (polls.pages): the short vote link is what the QR code holds.
+    # The audience's pages (polls.api.pages): the short vote link is what the QR code holds.
     path("", home, name="home"),
     path("p/<id:poll_id>", poll_vote_page, name="poll-vote-page"),
     path("p/<id:poll_id>/share", poll_share, name="poll-share"),

@@ -43,6 +43,8 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
 
+from polls.domain.live import poll_ids_deadline_passed, polls_live_totals
+from polls.models import Poll
 from realtime.events import (
     POLLS_GROUP,
     leaderboard_updated_layer_message,
@@ -51,6 +53,7 @@ from realtime.events import (
     poll_results_group,
     poll_updated_layer_message,
 )
+from realtime.selectors import leaderboard_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +84,11 @@ def broadcast_polls_on_commit(*, poll_ids: Iterable[int]) -> None:
 
 def _broadcast_polls(*, poll_ids: frozenset[int]) -> None:
     get_broadcaster().request(poll_ids=poll_ids)
+
+
+def deadlines_watch() -> None:
+    """Have this process's broadcaster send the polls whose deadline passes (the vote-applying process)."""
+    get_broadcaster().watch_deadlines()
 
 
 class Broadcaster:
@@ -233,8 +241,6 @@ class Broadcaster:
 
     def _request_passed_deadlines(self) -> None:
         """Request a broadcast of the open, visible polls whose deadline passed since the last look."""
-        from realtime.selectors import poll_ids_deadline_passed
-
         until = timezone.now()
         try:
             poll_ids = poll_ids_deadline_passed(after=self._deadlines_seen_until, until=until)
@@ -254,9 +260,6 @@ class Broadcaster:
             }
 
     def _send(self, keys: list[int | str], loop: asyncio.AbstractEventLoop) -> None:
-        from polls.models import Poll
-        from realtime.selectors import leaderboard_snapshot, polls_live_totals
-
         poll_ids = [key for key in keys if key != LEADERBOARD]
         try:
             totals = polls_live_totals(poll_ids=poll_ids) if poll_ids else {}

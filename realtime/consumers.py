@@ -25,6 +25,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from polling.strict import JSONTooDeep, json_loads
+from polls.domain.live import poll_live_totals, viewer_sees_results
 from realtime.broadcast import get_broadcaster
 from realtime.events import (
     LEADERBOARD_UPDATED,
@@ -40,7 +41,7 @@ from realtime.events import (
     poll_results_group,
 )
 from realtime.fanout import Audience, audience, socket_writer, text_frame
-from realtime.selectors import poll_live_totals, polls_snapshot, viewer_sees_results
+from realtime.selectors import polls_snapshot
 from realtime.voters import voter_from_scope
 
 logger = logging.getLogger(__name__)

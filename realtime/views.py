@@ -5,17 +5,8 @@ from __future__ import annotations
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from polls.exceptions import PollError
-from polls.voters import Voter, voter_from_request
-from realtime.selectors import poll_totals_for_viewer
-
-
-def viewer_of(request: HttpRequest) -> Voter | None:
-    """The voter behind a page request; a forged voter token sees what the public sees."""
-    try:
-        return voter_from_request(request)
-    except PollError:
-        return None
+from polls.domain.live import poll_totals_for_viewer
+from polls.domain.voters import viewer_of
 
 
 def poll_live(request: HttpRequest, poll_id: str) -> HttpResponse:

@@ -1,4 +1,4 @@
-"""Who is watching: the voter behind a WebSocket, as polls.voters finds it behind a request."""
+"""Who is watching: the voter behind a WebSocket, as polls.domain.voters finds it behind a request."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from django.contrib.auth import get_user
 
-from polls.voters import COOKIE_NAME, Voter, client_address_key, voter_token_read
+from polls.domain.voters import COOKIE_NAME, Voter, client_address_key, voter_token_read
 
 
 def voter_from_scope(scope: dict[str, Any]) -> Voter:

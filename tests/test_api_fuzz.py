@@ -12,7 +12,7 @@ Every check runs, positive_data_acceptance included: a request the schema allows
 never refused as malformed (400). The rules a schema cannot state, because they depend
 on the poll (an option it has, its max_choices) or relate the body to the path
 (poll_id), are answered 409; the request bodies' cross-field rules are written into the
-schema by polls.docs.strict_request_bodies.
+schema by polls.api.docs.strict_request_bodies.
 """
 
 import re

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import ast
 import importlib
-import io
 import importlib.metadata
+import io
 import json
 import re
 import shlex
@@ -570,7 +570,7 @@ def test_the_cluster_override_runs_three_kraft_brokers_with_replicated_topics(cl
     assert services["kafka"]["image"].startswith("apache/kafka:4.")
     assert sorted(int(env["KAFKA_NODE_ID"]) for env in envs) == [1, 2, 3]
     controller_port = urlsplit(
-        next(l for l in envs[0]["KAFKA_LISTENERS"].split(",") if l.startswith("CONTROLLER"))).port
+        next(item for item in envs[0]["KAFKA_LISTENERS"].split(",") if item.startswith("CONTROLLER"))).port
     voters = {f"{env['KAFKA_NODE_ID']}@{name}:{controller_port}" for name, env in zip(BROKERS, envs)}
     for name, env in zip(BROKERS, envs):
         assert set(env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")) == voters, name

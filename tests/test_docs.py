@@ -80,9 +80,10 @@ def defines(body: list[ast.stmt], name: str) -> ast.stmt | None:
             return node
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
             return node
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            if any((alias.asname or alias.name.split(".")[0]) == name for alias in node.names):
-                return node
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+            (alias.asname or alias.name.split(".")[0]) == name for alias in node.names
+        ):
+            return node
     return None
 
 
@@ -181,11 +182,11 @@ def test_every_step_of_a_diagram_names_a_real_file_and_function(page: Path):
 
 
 def test_the_name_checks_catch_what_is_not_there():
-    assert dotted_name_resolves("polls.worker.VoteWorker.commit_offsets")
-    assert dotted_name_resolves("polls.services")
-    assert not dotted_name_resolves("polls.worker.VoteWorker.no_such_method")
+    assert dotted_name_resolves("polls.worker.loop.VoteWorker.commit_offsets")
+    assert dotted_name_resolves("polls.domain.services")
+    assert not dotted_name_resolves("polls.worker.loop.VoteWorker.no_such_method")
     assert not dotted_name_resolves("polls.no_such_module.function")
-    assert not resolves_in(REPO / "polls" / "services.py", ["votes_apply", "inner"])
+    assert not resolves_in(REPO / "polls" / "domain" / "services.py", ["votes_apply", "inner"])
 
 
 # --- Settings from one source ---------------------------------------------------------------

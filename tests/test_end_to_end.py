@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from polls.services import counters_verify
-from testsupport.processes import REPO, WebServer, WorkerProcess, wait_until
+from polls.domain.services import counters_verify
 from tests.http import request
+from testsupport.processes import REPO, WebServer, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -20,7 +20,15 @@ import pytest
 from django.conf import settings
 from websockets.sync.client import connect
 
-from tests.faults.load import ACCEPTED, VoteStream, batches_in_log, polls_on_every_partition, production_env, settle, summarize
+from tests.faults.load import (
+    ACCEPTED,
+    VoteStream,
+    batches_in_log,
+    polls_on_every_partition,
+    production_env,
+    settle,
+    summarize,
+)
 from tests.http import request
 from testsupport.frontdoor import FrontDoor, ProxiedWebServer
 from testsupport.processes import WorkerProcess, wait_until

@@ -16,14 +16,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from polling.strict import validated_data
-from polls.apis import PollVoteApi
+from polls.api.apis import PollVoteApi
 
 try:  # the voter identity, where the product has one (it hashes and signs, no I/O)
-    from polls.voters import Voter, voter_from_request, voter_token_issue
+    from polls.domain.voters import Voter, voter_from_request, voter_token_issue
 except ImportError:  # pragma: no cover - older product code
     Voter = voter_from_request = voter_token_issue = None
 try:
-    from polls.voters import voter_cookie_set as _set_voter_cookie
+    from polls.domain.voters import voter_cookie_set as _set_voter_cookie
 except ImportError:  # pragma: no cover
     _set_voter_cookie = None
 

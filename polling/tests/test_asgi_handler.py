@@ -25,7 +25,7 @@ from django.db import close_old_connections
 
 from polling.handlers import RequestThreads, SyncChainASGIHandler
 from polling.tests.release_urls import held_view
-from polls.services import poll_create
+from polls.domain.services import poll_create
 
 
 def test_the_chain_is_built_sync_with_no_adapter(caplog):

@@ -67,7 +67,7 @@ def test_the_web_process_freezes_its_start_with_every_view_imported():
     """What daphne loads: polling.asgi, in a process of its own."""
     script = (
         "import gc, json, sys; import polling.asgi; "
-        "print(json.dumps({'frozen': gc.get_freeze_count(), 'views': 'polls.apis' in sys.modules, "
+        "print(json.dumps({'frozen': gc.get_freeze_count(), 'views': 'polls.api.apis' in sys.modules, "
         "'leaderboard': 'leaderboard.apis' in sys.modules}))"
     )
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="polling.settings", DEBUG="1")

@@ -12,8 +12,8 @@ from rest_framework.authtoken.models import Token
 
 from polling.strict import JSON_MAX_DEPTH, TOO_DEEP, JSONTooDeep, json_loads, json_too_deep
 from polls.tests.factories import make_poll
-from testsupport.processes import WebServer
 from tests.http import request
+from testsupport.processes import WebServer
 
 DEEP = 10_000
 TOO_DEEP_ANSWER = {"detail": TOO_DEEP}

@@ -13,10 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from polling.env import env_networks
 from polling.metrics import METRICS_REFUSED
+from polls.domain.services import poll_create
 from polls.models import Poll
-from polls.services import poll_create
-from testsupport.processes import REPO, WebServer
 from tests.http import request
+from testsupport.processes import REPO, WebServer
 
 OUTSIDER = "203.0.113.7"
 TOKEN = "a-metrics-token-of-32-characters"

@@ -25,12 +25,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from devservices import free_port
 from polling import health
 from polling.logging import JsonFormatter
-from polling.metrics import VoteIntakeMetricsMixin
-from polls.apis import PollVoteApi
-from polls.topics import ensure_topics, vote_topic
-from testsupport.processes import REPO, WebServer, WorkerProcess, wait_until
+from polls.api.apis import PollVoteApi
+from polls.api.metrics import VoteIntakeMetricsMixin
+from polls.kafka import health as kafka_health
+from polls.kafka.topics import ensure_topics, vote_topic
 from tests.http import request
 from tests.test_deploy_files import compose_web_server, image_web_server
+from testsupport.processes import REPO, WebServer, WorkerProcess, wait_until
 
 SEED_POLL = {"question": "What is your favorite color?", "option1": "Red", "option2": "Blue",
              "option3": "Green", "option4": "Yellow"}
@@ -59,7 +60,7 @@ def scrape(url: str) -> dict:
 def _close_probe_clients():
     """The readiness probe keeps a Kafka admin client; close it before the broker stops."""
     yield
-    health._kafka_probe.reset()
+    kafka_health._kafka_probe.reset()
 
 
 def wait_readiness_settled() -> None:
@@ -221,9 +222,9 @@ def test_metrics_speak_openmetrics_when_asked(client):
 
 
 def test_the_vote_view_counts_its_intake():
-    """polls.apis.PollVoteApi must carry the mixin that counts accepted, rejected and 503 votes."""
+    """polls.api.apis.PollVoteApi must carry the mixin that counts accepted, rejected and 503 votes."""
     assert issubclass(PollVoteApi, VoteIntakeMetricsMixin), (
-        "add polling.metrics.VoteIntakeMetricsMixin as the first base of polls.apis.PollVoteApi"
+        "add polls.api.metrics.VoteIntakeMetricsMixin as the first base of polls.api.apis.PollVoteApi"
     )
 
 

@@ -13,10 +13,10 @@ from polling import settings as settings_module
 from polling import throttles
 from polling.metrics import WEB_REGISTRY
 from polling.throttles import SharedWindowCounts, throttles_forget
+from polls.domain.voters import voter_token_issue
 from polls.tests.factories import make_poll
-from polls.voters import voter_token_issue
-from testsupport.processes import WebServer, wait_until
 from tests.http import request
+from testsupport.processes import WebServer, wait_until
 
 
 @pytest.fixture

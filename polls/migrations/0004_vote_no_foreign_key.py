@@ -3,7 +3,7 @@
 The composite key of migration 0003 cost each inserted row a deferred check at
 commit, a third of the database's time a row in the worker's batches.
 What it made sure of, the worker already does for every batch, once: it reads the
-options of the batch's polls and locks them until its commit (polls.services
+options of the batch's polls and locks them until its commit (polls.domain.services
 _options_lock), and a row is inserted only with an option id that lookup returned for
 the row's poll. A deletion of a poll or option locks the same rows first
 (polls.signals), so a deletion and a batch take turns: a batch that came first is

@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from polls.events import VoteEvent
+from polls.domain.services import poll_create
+from polls.kafka.events import VoteEvent
 from polls.models import Poll
-from polls.services import poll_create
 
 
 def make_poll(question: str = "Favourite colour?", options: tuple[str, ...] = ("Red", "Blue", "Green", "Yellow")) -> Poll:

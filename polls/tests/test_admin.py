@@ -7,8 +7,8 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from polls.domain.services import votes_apply
 from polls.models import AuditEntry, Poll, Vote
-from polls.services import votes_apply
 from polls.tests.factories import make_poll, vote_event
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 
 from conftest import read_topic
-from polls.events import VoteEvent
+from polls.kafka.events import VoteEvent
 from polls.models import Poll
 from polls.tests.factories import counts, make_poll
 from testsupport.processes import wait_until

@@ -1,11 +1,11 @@
-"""polls.ballots: a vote's body read into a ballot, with the answers the DRF serializer gave."""
+"""polls.domain.ballots: a vote's body read into a ballot, with the answers the DRF serializer gave."""
 
 import uuid
 
 import pytest
 
-from polls.ballots import Ballot, ballot_read, idempotency_key
-from polls.exceptions import BallotInvalid, BodyUnreadable, MediaTypeUnsupported, PollMismatch
+from polls.domain.ballots import Ballot, ballot_read, idempotency_key
+from polls.domain.exceptions import BallotInvalid, BodyUnreadable, MediaTypeUnsupported, PollMismatch
 
 VOTE_ID = "5f0e1c52-4b0e-4f5e-9d36-2a4f3f0c7a11"
 

@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from polls.events import VoteEvent, _decode_fast
-from polls.exceptions import MalformedVoteEvent
+from polls.kafka.errors import MalformedVoteEvent
+from polls.kafka.events import VoteEvent, _decode_fast
 
 
 def make_event(**overrides) -> VoteEvent:

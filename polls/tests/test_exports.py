@@ -8,8 +8,8 @@ import unicodedata
 import pytest
 from django.test import Client
 
+from polls.domain.services import poll_create
 from polls.models import Option, Poll
-from polls.services import poll_create
 
 pytestmark = pytest.mark.django_db
 
@@ -37,7 +37,7 @@ def exported_rows(client: Client, poll_id: int) -> list[list[str]]:
 def polls_with(texts: list[str]) -> list:
     """Polls whose question and options are the given texts, ten options a poll at most.
 
-    Written as stored, past the rules a new poll's text meets now (polls.texts): the
+    Written as stored, past the rules a new poll's text meets now (polls.domain.texts): the
     export must be safe for any text in the database, older polls' included.
     """
     polls = []

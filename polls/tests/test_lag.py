@@ -12,9 +12,9 @@ from kafka.errors import KafkaError
 
 from conftest import make_vote_worker
 from polling.metrics import WORKER_REGISTRY
-from polls.bus import get_vote_bus
-from polls.lag import group_lags
+from polls.domain.services import get_vote_bus
 from polls.tests.factories import counts, make_poll, vote_event
+from polls.worker.lag import group_lags
 from testsupport.processes import wait_until
 
 
@@ -86,7 +86,7 @@ def test_a_worker_that_applies_nothing_while_votes_wait_is_reported_once_and_rec
                    timeout=30, what="the worker's partitions")
         for option in (1, 2, 2):
             get_vote_bus().publish(vote_event(poll, option))
-        with caplog.at_level(logging.ERROR, logger="polls.lag"):
+        with caplog.at_level(logging.ERROR, logger="polls.worker.lag"):
             worker.lag_monitor.start()  # the monitor alone: the worker's loop does not run
             assert called.wait(30), "the watchdog never reported the stall"
             wait_until(lambda: lag_gauge() == 3, timeout=10, what="the lag gauge at 3")

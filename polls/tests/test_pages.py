@@ -12,10 +12,10 @@ from django.test import Client
 from django.utils import timezone
 
 from polling.throttles import throttles_forget
+from polls.domain.services import poll_create, poll_set_hidden, poll_set_status
+from polls.domain.voters import COOKIE_NAME
 from polls.models import Poll
-from polls.services import poll_create, poll_set_hidden, poll_set_status
 from polls.tests.factories import counts, make_poll
-from polls.voters import COOKIE_NAME
 
 pytestmark = pytest.mark.django_db
 

@@ -11,8 +11,8 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 
+from polls.domain.services import poll_create, poll_set_status, votes_apply
 from polls.models import AuditEntry, Poll
-from polls.services import poll_create, poll_set_status, votes_apply
 from polls.tests.factories import make_poll, vote_event
 
 pytestmark = pytest.mark.django_db

@@ -11,10 +11,10 @@ from django.test import Client
 from rest_framework.authtoken.models import Token
 
 from polls.admin import HELD_BACK_NOTE
+from polls.domain.services import poll_create, poll_set_status, votes_apply
+from polls.domain.voters import voter_token_read
 from polls.models import AuditEntry, Poll
-from polls.services import poll_create, poll_set_status, votes_apply
 from polls.tests.factories import vote_event
-from polls.voters import voter_token_read
 
 pytestmark = pytest.mark.django_db
 

@@ -5,13 +5,13 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from polls.bus import reset_vote_bus
-from polls.exceptions import IdempotencyKeyReused, InvalidChoices, OptionOutOfRange, PollClosed, PollNotFound
-from polls.idempotency import choice_fingerprint, idempotency_scope
+from polls.domain.exceptions import IdempotencyKeyReused, InvalidChoices, OptionOutOfRange, PollClosed, PollNotFound
+from polls.domain.idempotency import choice_fingerprint, idempotency_scope
+from polls.domain.services import counters_verify, poll_create, poll_set_status, vote_cast, votes_apply
+from polls.domain.voters import Voter
+from polls.kafka.bus import reset_vote_bus
 from polls.models import AuditEntry, Option, Poll, Vote
-from polls.services import counters_verify, poll_create, poll_set_status, vote_cast, votes_apply
 from polls.tests.factories import counts, make_poll, vote_event
-from polls.voters import Voter
 
 pytestmark = pytest.mark.django_db
 
@@ -163,7 +163,7 @@ def test_verify_counts_reports_and_repairs_a_wrong_counter(capsys):
     Option.objects.filter(poll=poll, position=1).update(votes=5)
     with pytest.raises(CommandError, match="1 counter"):
         call_command("verify_counts")
-    assert "poll %d option 1: counter 5, vote rows 2" % poll.pk in capsys.readouterr().out
+    assert f"poll {poll.pk} option 1: counter 5, vote rows 2" in capsys.readouterr().out
     call_command("verify_counts", "--repair")
     assert counts(poll) == [2, 0, 0, 0]
     assert counters_verify() == []
@@ -171,7 +171,7 @@ def test_verify_counts_reports_and_repairs_a_wrong_counter(capsys):
     Poll.objects.filter(pk=poll.pk).update(total=7)
     with pytest.raises(CommandError, match="1 counter"):
         call_command("verify_counts")
-    assert "poll %d total: 7, vote rows 2" % poll.pk in capsys.readouterr().out
+    assert f"poll {poll.pk} total: 7, vote rows 2" in capsys.readouterr().out
     call_command("verify_counts", "--repair")
     assert Poll.objects.get(pk=poll.pk).total == 2
     assert counters_verify() == []

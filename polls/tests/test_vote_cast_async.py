@@ -8,14 +8,15 @@ import time
 import pytest
 
 from conftest import read_topic
-from polls import services
-from polls.bus import KafkaVoteBus
-from polls.events import VoteEvent
-from polls.exceptions import AlreadyVoted, OptionOutOfRange, VoteBusUnavailable
-from polls.selectors import poll_vote_target
-from polls.services import poll_create, vote_cast_async
+from polls.domain import services
+from polls.domain.exceptions import AlreadyVoted, OptionOutOfRange
+from polls.domain.selectors import poll_vote_target
+from polls.domain.services import poll_create, vote_cast_async
+from polls.domain.voters import Voter
+from polls.kafka.bus import KafkaVoteBus
+from polls.kafka.errors import VoteBusUnavailable
+from polls.kafka.events import VoteEvent
 from polls.tests.factories import make_poll
-from polls.voters import Voter
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

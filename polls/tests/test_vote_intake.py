@@ -1,25 +1,25 @@
-"""The vote's lean path (polls.vote_intake): the answers of the Django view, from a real
+"""The vote's lean path (polls.api.vote_intake): the answers of the Django view, from a real
 server process for every status, and byte for byte beside Django's handler in process."""
 
 from __future__ import annotations
 
 import asyncio
-import re
 import http.client
 import json
+import re
 
 import pytest
 from django.conf import settings
 
 from polling.asgi import application, django_asgi_app
-from polls.exceptions import IdempotencyKeyReused
+from polls.api.vote_intake import VoteIntake
+from polls.domain.exceptions import IdempotencyKeyReused
+from polls.domain.services import poll_create
+from polls.domain.voters import voter_token_issue
 from polls.models import Poll
-from polls.services import poll_create
 from polls.tests.factories import counts
-from polls.vote_intake import VoteIntake
-from polls.voters import voter_token_issue
-from testsupport.processes import WebServer, wait_until
 from tests.http import request
+from testsupport.processes import WebServer, wait_until
 
 JSON = [("content-type", "application/json")]
 

@@ -13,13 +13,13 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from polls import selectors
-from polls.exceptions import OptionOutOfRange, PollClosed, PollNotFound
+from polls.domain import selectors
+from polls.domain.exceptions import OptionOutOfRange, PollClosed, PollNotFound
+from polls.domain.selectors import poll_vote_target, vote_target_forget
+from polls.domain.services import poll_set_hidden, poll_set_status, vote_cast
+from polls.domain.voters import Voter
 from polls.models import Option, Poll
-from polls.selectors import poll_vote_target, vote_target_forget
-from polls.services import poll_set_hidden, poll_set_status, vote_cast
 from polls.tests.factories import make_poll
-from polls.voters import Voter
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -4,7 +4,7 @@ import pytest
 from django.middleware.csrf import _get_new_csrf_string
 from django.test import Client
 
-from polls.voters import COOKIE_NAME, voter_token_read
+from polls.domain.voters import COOKIE_NAME, voter_token_read
 
 pytestmark = pytest.mark.django_db
 

@@ -8,9 +8,9 @@ from django.db import connection
 from django.db.models.signals import pre_delete
 from django.test.utils import CaptureQueriesContext
 
-from polls import services
+from polls.domain import services
+from polls.domain.services import counters_verify, poll_create, votes_apply
 from polls.models import Option, Poll, Vote
-from polls.services import counters_verify, poll_create, votes_apply
 from polls.tests.factories import counts, make_poll, vote_event
 
 pytestmark = pytest.mark.django_db

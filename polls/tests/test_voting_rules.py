@@ -15,13 +15,13 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from conftest import read_topic
-from polls import services
-from polls.bus import reset_vote_bus
+from polls.domain import services
+from polls.domain.services import counters_verify, poll_create, poll_set_status, votes_apply
+from polls.kafka.bus import reset_vote_bus
 from polls.models import Poll, Vote
-from polls.services import counters_verify, poll_create, poll_set_status, votes_apply
 from polls.tests.factories import counts, make_poll, vote_event
-from testsupport.processes import wait_until
 from tests.http import request
+from testsupport.processes import wait_until
 
 
 @pytest.fixture

@@ -14,13 +14,12 @@ from kafka.consumer.fetcher import Fetcher
 
 from conftest import make_vote_worker, read_topic
 from polling.metrics import WORKER_REGISTRY
-from polls.bus import get_vote_bus
+from polling.patches.kafka_records import LeanPartitionRecords
+from polls.domain.services import counters_verify, get_vote_bus
+from polls.kafka.topics import dead_letter_topic, vote_consumer
 from polls.models import Option, Poll, Vote
-from polls.records import LeanPartitionRecords
-from polls.services import counters_verify
 from polls.tests.factories import counts, make_poll, vote_event
-from polls.topics import dead_letter_topic, vote_consumer
-from polls.worker import WorkerStopped
+from polls.worker.batches import WorkerStopped
 from testsupport.processes import WorkerProcess, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -17,11 +17,12 @@ from django.db import OperationalError, connections
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from polls import worker as worker_module
+from polls.domain.services import counters_verify
 from polls.models import Vote
-from polls.services import counters_verify
 from polls.tests.factories import counts, make_poll, vote_event
-from polls.worker import DecodedBatch, VoteWorker, WorkerStopped, _InFlight
+from polls.worker import apply as worker_module
+from polls.worker.batches import DecodedBatch, WorkerStopped
+from polls.worker.loop import VoteWorker, _InFlight
 from testsupport.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -8,7 +8,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 
 from realtime.broadcast import reset_broadcaster
 from realtime.consumers import connection_slots
-from testsupport.browser import chromium
+from testsupport.browser import chromium  # noqa: F401 - the fixture, for the live page tests
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from polling.asgi import application
-from polls.services import votes_apply
+from polls.domain.services import votes_apply
 from polls.tests.factories import vote_event
 
 

@@ -15,8 +15,8 @@ from channels.layers import channel_layers
 from django.db import transaction
 from django.utils import timezone
 
+from polls.domain.services import poll_create, votes_apply
 from polls.models import Poll
-from polls.services import poll_create, votes_apply
 from polls.tests.factories import counts, make_poll, vote_event
 from realtime.broadcast import broadcast_polls_on_commit, get_broadcaster
 from realtime.tests.helpers import apply_votes, communicator, drain, receive, receive_until, run

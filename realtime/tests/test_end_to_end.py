@@ -16,8 +16,8 @@ import pytest
 import websockets
 
 from realtime.consumers import CLOSE_BAD_MESSAGES
-from testsupport.processes import WebServer
 from tests.http import request
+from testsupport.processes import WebServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,7 +14,6 @@ from django.conf import settings
 
 from devservices import free_port
 from polling.serve import server_options
-
 from polls.tests.factories import make_poll
 from realtime.events import poll_group
 from realtime.fanout import Audience, _fold, audience, socket_writer, text_frame

@@ -117,7 +117,7 @@ def test_the_live_page_of_an_unknown_poll_is_a_404(web_server):
 def unbalanced_poll(transactional_db):
     """A poll whose first option opens a right-to-left override it never closes.
 
-    Written past the service, which would close it (polls.texts.text_normalize): the
+    Written past the service, which would close it (polls.domain.texts.text_normalize): the
     page must isolate the text it is given whatever its origin (rows from before that
     rule, the admin's raw SQL), so this is the worst case it can meet.
     """

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from channels.db import database_sync_to_async
 
+from polls.domain.services import poll_create, poll_set_status, votes_apply
 from polls.models import Poll
-from polls.services import poll_create, poll_set_status, votes_apply
 from polls.tests.factories import vote_event
 from realtime.tests.helpers import communicator, receive, receive_until, run
 

@@ -8,7 +8,7 @@
 
 Every request carries its own Idempotency-Key (a fresh uuid), so every vote row and every
 Kafka event names the one request it came from (the ballot id is derived from the poll
-and the key: polls.services.vote_cast): the books are kept per vote, not only per
+and the key: polls.domain.services.vote_cast): the books are kept per vote, not only per
 option. A request whose answer never came (the web process died with it in flight, or
 the client gave up) is "unknown" and may rightly have been counted or not; the
 reconciliation tells which, instead of allowing a margin. A ballot is one key: the
@@ -34,7 +34,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 ACCEPTED = "accepted"  # 204: the API says the vote is durable; it must be counted exactly once
@@ -65,9 +65,9 @@ def source_address(seq: int) -> str:
 
 def expected_vote_id(outcome: Outcome) -> uuid.UUID:
     """The ballot id the API gives this vote: from its Idempotency-Key, scoped to the
-    address it came from, as the client sends no voter token (polls.idempotency)."""
-    from polls.idempotency import ballot_id
-    from polls.voters import client_address_key
+    address it came from, as the client sends no voter token (polls.domain.idempotency)."""
+    from polls.domain.idempotency import ballot_id
+    from polls.domain.voters import client_address_key
 
     scope = f"ip:{client_address_key(outcome.address)}"
     return ballot_id(poll_id=outcome.poll_id, scope=scope, idempotency_key=outcome.key)
@@ -387,7 +387,7 @@ class DirectPublisher:
             value = json.dumps(
                 {
                     "vote_id": str(vote.vote_id), "poll_id": vote.poll_id, "option": vote.option,
-                    "voter_key": vote.voter_key, "cast_at": datetime.now(timezone.utc).isoformat(),
+                    "voter_key": vote.voter_key, "cast_at": datetime.now(UTC).isoformat(),
                 },
                 separators=(",", ":"),
             ).encode()
@@ -521,12 +521,12 @@ def reconcile(
     one never accepted (503, any other answer, never sent) must have none, nor be in the
     topic; one with an unanswered attempt may have one. Every option counter must equal the ledger's votes for it (204s, plus
     the unanswered ones that were counted, plus direct events), and
-    polls.services.counters_verify() must find no counter that differs from its rows.
+    polls.domain.services.counters_verify() must find no counter that differs from its rows.
     (Vote ids are unique in the table, so a vote counted twice shows as a counter above
     its rows and above the ledger.)
     """
+    from polls.domain.services import counters_verify
     from polls.models import Option, Vote
-    from polls.services import counters_verify
 
     poll_ids = sorted(set(poll_ids))
     rows = {

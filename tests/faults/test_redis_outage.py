@@ -9,7 +9,7 @@ Once it is back, a WebSocket viewer gets live updates again.
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from django.conf import settings
@@ -39,7 +39,7 @@ def test_redis_stopped_voting_keeps_working(services, process_env, tmp_path):
                 stream.wait_for(ACCEPTED, 150, timeout=60)
 
                 services.redis.stop()
-                down, down_wall = time.monotonic(), datetime.now(timezone.utc)
+                down, down_wall = time.monotonic(), datetime.now(UTC)
                 try:
                     stream.wait_for(REFUSED, 300, since=down, timeout=90)
                     for _ in range(150):
@@ -47,7 +47,7 @@ def test_redis_stopped_voting_keeps_working(services, process_env, tmp_path):
                     wait_until(lambda: Vote.objects.filter(poll_id=unkeyed_poll).count() == 150, timeout=60,
                                what="the votes without a key applied while Redis is down")
                 finally:
-                    restarting, up_wall = time.monotonic(), datetime.now(timezone.utc)
+                    restarting, up_wall = time.monotonic(), datetime.now(UTC)
                     services.redis.start()
                     up = time.monotonic()
                 stream.wait_for(ACCEPTED, 150, since=up, timeout=60)

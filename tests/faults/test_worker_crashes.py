@@ -6,7 +6,7 @@ answered 204 must end up counted exactly once, each in its own row.
 
 import random
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from django.conf import settings
@@ -122,7 +122,7 @@ def test_two_workers_in_one_group_rebalance_mid_stream(process_env, web_server, 
             # One of the pair dies mid-batch: after its session times out the other takes
             # its partitions back, from the last committed offsets.
             first.kill()
-            killed_at, killed_wall = time.monotonic(), datetime.now(timezone.utc)
+            killed_at, killed_wall = time.monotonic(), datetime.now(UTC)
             applied_b = _applied(second)
             stream.wait_for(ACCEPTED, 400, since=killed_at, timeout=90)
             _wait_applied(second, stream, applied_b + 400)

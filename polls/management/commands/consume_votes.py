@@ -12,9 +12,9 @@ from kafka.errors import KafkaError
 
 from polling.heap import freeze_startup_heap
 from polling.metrics import worker_metrics_serve
-from polls.topics import dead_letter_producer_config, ensure_topics, vote_consumer, vote_topic
-from polls.worker import VoteWorker
-from realtime.broadcast import get_broadcaster
+from polls.domain.watchers import poll_deadlines_watch
+from polls.kafka.topics import dead_letter_producer_config, ensure_topics, vote_consumer, vote_topic
+from polls.worker.loop import VoteWorker
 
 # Through logging, not self.stdout: in production every line the worker writes is JSON.
 logger = logging.getLogger("polls.worker")
@@ -112,8 +112,8 @@ class Command(BaseCommand):
                             progress_interval=progress_interval, apply_threads=apply_threads,
                             stall_timeout=stall_timeout, on_stall=stop_on_stall if exit_on_stall else None)
         worker.subscribe([vote_topic()])
-        # The worker tells viewers of the polls whose deadline passes (realtime.broadcast).
-        get_broadcaster().watch_deadlines()
+        # The worker tells viewers of the polls whose deadline passes (realtime's broadcaster).
+        poll_deadlines_watch()
         logger.info("consuming %s as group %s (thread switch interval %.2f ms); SIGTERM or Ctrl-C stops",
                     vote_topic(), group, sys.getswitchinterval() * 1000)
         # Full garbage collections skip the imports and the clients built above (see polling.heap).

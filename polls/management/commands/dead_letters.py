@@ -1,8 +1,8 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from polls.dead_letters import dead_letters_read, dead_letters_replay
-from polls.topics import dead_letter_topic
+from polls.kafka.topics import dead_letter_topic
+from polls.worker.dead_letters import dead_letters_read, dead_letters_replay
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from polls.services import counters_verify
+from polls.domain.services import counters_verify
 
 
 class Command(BaseCommand):
