@@ -285,69 +285,6 @@ def tree_cpu_seconds(pid: int) -> float:
     return own_and_reaped + sum(proc_cpu_seconds(child) for child in child_pids(pid))
 
 
-def pin_tree(pid: int, cpus: set[int]) -> None:
-    """Run every thread of a process and of its descendants on `cpus` only.
-
-    Threads and processes started later inherit the mask of the thread that starts them
-    (a JVM's new threads, PostgreSQL's backends forked by the postmaster).
-    """
-    for process in [pid, *child_pids(pid)]:
-        try:
-            threads = os.listdir(f"/proc/{process}/task")
-        except OSError:
-            continue  # exited meanwhile
-        for thread in threads:
-            try:
-                os.sched_setaffinity(int(thread), cpus)
-            except OSError:
-                pass  # exited meanwhile
-
-
-class CoreSplit:
-    """Section 1's web servers on cores of their own, everything else on the others.
-
-    In production the web process does not share its cores with the broker, the
-    database and the vote worker; on this benchmark's small machine the scheduler would
-    put them all on the same two cores, and move the web process's threads between
-    them. With the split the floor, the product and the naive design each get the same
-    cores, the same way, and the services, the worker and the load generators (started
-    by this process, which moves itself over too) run on the rest. Undone on leaving.
-    """
-
-    def __init__(self, *, web_pids: Sequence[int], other_pids: Sequence[int], web_procs: int) -> None:
-        self.web_pids = list(web_pids)
-        self.other_pids = list(other_pids)
-        self.all_cpus = os.sched_getaffinity(0)
-        cpus = sorted(self.all_cpus)
-        self.web_cpus = set(cpus[:web_procs])
-        self.other_cpus = set(cpus[web_procs:])
-
-    @property
-    def possible(self) -> bool:
-        return bool(self.web_cpus) and bool(self.other_cpus)
-
-    def describe(self) -> str:
-        return (f"web on CPU {_cpu_list(self.web_cpus)}; services, worker and load generator on CPU "
-                f"{_cpu_list(self.other_cpus)}")
-
-    def __enter__(self) -> CoreSplit:
-        os.sched_setaffinity(0, self.other_cpus)
-        for pid in self.other_pids:
-            pin_tree(pid, self.other_cpus)
-        for pid in self.web_pids:
-            pin_tree(pid, self.web_cpus)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        os.sched_setaffinity(0, self.all_cpus)
-        for pid in self.other_pids + self.web_pids:
-            pin_tree(pid, self.all_cpus)
-
-
-def _cpu_list(cpus: set[int]) -> str:
-    return ",".join(str(cpu) for cpu in sorted(cpus))
-
-
 class WebServer:
     """The application served as production serves it: `python -m polling.serve` (uvicorn
     with the project's options; another app under uvicorn's own command with the same

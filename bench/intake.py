@@ -23,12 +23,10 @@ import time
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import (
-    CoreSplit,
     LoadResult,
     Row,
     Viewers,
@@ -180,16 +178,12 @@ def run_intake(ctx) -> list[Row]:
     order = ["floor", "product", "naive"]
     placement = "cores shared"
     try:
-        with _core_split(ctx, stack) as split:
-            if split is not None:
-                placement = split.describe()
-            log(f"intake: {placement}")
-            for round_index in range(ctx.runs):
-                for name in order[round_index % 3:] + order[: round_index % 3]:
-                    server, path, poll_id = targets[name]
-                    result = _load(ctx, server, path, poll_id, worker=stack.worker)
-                    results[name].append(result)
-                    log(f"intake round {round_index + 1}/{ctx.runs} {name}: {_describe(result)}")
+        for round_index in range(ctx.runs):
+            for name in order[round_index % 3:] + order[: round_index % 3]:
+                server, path, poll_id = targets[name]
+                result = _load(ctx, server, path, poll_id, worker=stack.worker)
+                results[name].append(result)
+                log(f"intake round {round_index + 1}/{ctx.runs} {name}: {_describe(result)}")
         accepted = sum(_accepted(r) for r in results["product"])
         rows, waited = _wait_counted(stack.database_url, stack.poll_id, accepted, timeout=120)
         ctx.memory["web (intake, Kafka bus)"] = stack.product.memory()
@@ -259,24 +253,6 @@ def run_intake(ctx) -> list[Row]:
         log(f"intake {name}: CPU per answer {total:.2f} ms in all: {parts}")
         rows_out.append(Row("1 intake", f"{name}: CPU per answer, all processes", total, "ms", note=parts))
     return rows_out
-
-
-@contextmanager
-def _core_split(ctx, stack: Stack):
-    """The web servers on cores of their own for the rounds (--cores split), if it can be done:
-    this run started the services (so their processes are known) and has a core left for them."""
-    if ctx.cores != "split" or not ctx.services.servers:
-        yield None
-        return
-    web = [pid for server in (stack.product, stack.floor, stack.naive) if server is not None for pid in server.pids()]
-    others = [server.pid for server in ctx.services.servers if server.pid is not None] + [stack.worker.pid]
-    split = CoreSplit(web_pids=web, other_pids=others, web_procs=ctx.web_procs)
-    if not split.possible:
-        log(f"intake: cannot split {len(split.all_cpus)} CPU(s) for {ctx.web_procs} web process(es); cores shared")
-        yield None
-        return
-    with split:
-        yield split
 
 
 def _ms_per_answer(cpu_seconds: float, result: LoadResult) -> float:

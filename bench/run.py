@@ -32,9 +32,7 @@ Sections (--only takes a comma-separated list of these names):
 It starts its own PostgreSQL, Redis and Kafka (devservices, a fresh temporary directory,
 free ports), runs the web processes as production does (`python -m polling.serve`: uvicorn for
 HTTP and WebSockets; `--server daphne` for the development server), and drives
-load from separate generator processes on 127.0.0.1. Section 1 runs the web server on a
-core of its own and everything else on the other (`--cores split`; `--cores shared` leaves
-them all to the scheduler), as production gives the web process cores of its own. Each
+load from separate generator processes on 127.0.0.1, every process on the same cores. Each
 figure is the median of --runs rounds; references are measured in the same rounds,
 interleaved, and shown as ratios (absolute figures drift on a shared 2-core machine;
 ratios hold).
@@ -79,7 +77,6 @@ class Context:
     load_procs: int
     web_procs: int
     server: str
-    cores: str
     viewers: int
     apply_events: int
     apply_polls: int
@@ -111,11 +108,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn",
                         help="the server of every section: uvicorn as production runs it (python -m polling.serve), "
                              "or daphne, the development server")
-    parser.add_argument("--cores", choices=["split", "shared"], default="split",
-                        help="section 1: split (default) runs the web servers on cores of their own "
-                             "(--web-procs of them) and the services, the worker and the load generators "
-                             "on the others, as production gives the web process its own; shared lets the "
-                             "scheduler put every process anywhere")
     parser.add_argument("--viewers", type=int, help="WebSocket viewers in section 3 (default 1000)")
     parser.add_argument("--apply-events", type=int, help="events pre-filled for section 2 (default 200000, quick 20000)")
     parser.add_argument("--apply-polls", type=int, default=10, help="polls the pre-filled votes spread over (default 10)")
@@ -158,7 +150,6 @@ def build_context(args: argparse.Namespace, services: Services, work_dir: Path) 
         load_procs=args.load_procs,
         web_procs=args.web_procs,
         server=args.server,
-        cores=args.cores,
         viewers=args.viewers or 1000,
         apply_events=args.apply_events or (20_000 if quick else 200_000),
         apply_polls=args.apply_polls,
