@@ -382,7 +382,7 @@ MIDDLEWARE = [
 ACCESS_LOG = env_bool("ACCESS_LOG", True)
 # How long /readyz waits for each service (they are checked side by side).
 READYZ_TIMEOUT = env_float("READYZ_TIMEOUT", 1.0, minimum=0.1)
-# Who may read the web and REST processes' /metrics: a client whose own address (not a
+# Who may read the web processes' /metrics: a client whose own address (not a
 # forwarded one) is in these networks and whose request came through no proxy, or one
 # that sends "Authorization: Bearer <METRICS_TOKEN>". Loopback only by default; "none"
 # leaves the token alone. See docs/security.md.
