@@ -198,7 +198,7 @@ KAFKA_CONSUMER_GROUP = env_str("KAFKA_CONSUMER_GROUP", "vote-workers")
 # How long a vote request waits for the broker's acknowledgement before answering 503.
 VOTE_PUBLISH_TIMEOUT = env_float("VOTE_PUBLISH_TIMEOUT", 5.0, minimum=0.1)
 # Threads a web process gives the blocking part of votes on its lean path (a database
-# read, a keyed vote's claim and publish, a rate-limit sync); votes past this many wait.
+# read, a keyed vote's claim and record, a rate-limit sync); votes past this many wait.
 VOTE_THREADS = env_int("VOTE_THREADS", 64, minimum=1)
 # How long a web process keeps what a vote is checked against (the poll's status, deadline,
 # voting rule and number of options) before reading it again; 0 reads it on every vote.
