@@ -3,10 +3,9 @@
 The direct design is the seed's service written the plain way (bench/direct_service.py:
 FastAPI on uvicorn with 2 workers, asyncpg, one atomic UPDATE per vote on the poll's row,
 no Kafka). Both run on the same PostgreSQL server and the same cores (no pinning), the
-product as --server serves it (an ASGI server: the votes take the lean path; gunicorn:
-through DRF) with Kafka and one vote worker, and take the same load: N clients on one
-hot poll, the rate limits never refusing (the load comes from one address), only 2xx
-answers counted. Rounds alternate
+product as --server serves it (the votes on their lean path) with Kafka and one vote
+worker, and take the same load: N clients on one hot poll, the rate limits never
+refusing (the load comes from one address), only 2xx answers counted. Rounds alternate
 three phases, their order rotating: the product with clients that send no voter cookie
 (each vote issues a token), the product with a returning voter's cookie, the direct
 design (which ignores the cookie). Every vote answered 204 must be counted once.

@@ -311,7 +311,7 @@ class WsViewer(asyncio.Protocol):
                 self.on_text(bytes(buffer[start + header : end]), now)
                 if self.ready_on_first_text:
                     self._set_ready(True)
-            elif opcode == 0x9:  # daphne pings every 20 s and drops a client that does not answer
+            elif opcode == 0x9:  # the server pings every 20 s and drops a client that does not answer
                 self._pong(bytes(buffer[start + header : end]))
             elif opcode == 0x8:
                 self.on_close_frame()

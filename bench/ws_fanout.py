@@ -222,7 +222,7 @@ def fanout(stack: WsStack, *, viewers: int, procs: int, rounds: int, settle: flo
         for round_index in range(1, rounds + 1):
             voted_at[round_index] = cast_vote(stack.web.url, stack.poll_id, 1 + round_index % 4)
             time.sleep(settle)
-        # CPU seconds spent during the rounds (the broadcasts, daphne's pings and timers):
+        # CPU seconds spent during the rounds (the broadcasts, the server's pings and timers):
         # unlike the times above, they do not depend on what else the machine runs.
         web_cpu = sum(proc_cpu_seconds(pid) for pid in web_pids) - sum(cpu_before[0])
         client_cpu = sum(proc_cpu_seconds(pid) for pid in client_pids) - sum(cpu_before[1])

@@ -105,8 +105,8 @@ class SyncChainASGIHandler(ASGIHandler):
 
         Django's handle() only waits for this task and drops that exception. Raised, the
         exception's traceback holds handle()'s frame, which holds the task, which holds
-        the exception: a reference cycle every request (daphne sends http.disconnect once
-        the response is out), left for the garbage collector.
+        the exception: a reference cycle every request (the server sends http.disconnect
+        once the response is out), left for the garbage collector.
         """
         message = await receive()
         if message["type"] != "http.disconnect":
@@ -114,7 +114,7 @@ class SyncChainASGIHandler(ASGIHandler):
 
 
 class CycleFreeWSGIHandler(WSGIHandler):
-    """Django's WSGIHandler, for the REST process (gunicorn), without a request's cycles."""
+    """Django's WSGIHandler, for any WSGI server (polling.wsgi), without a request's cycles."""
 
     def get_response(self, request):
         response = super().get_response(request)

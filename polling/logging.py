@@ -1,7 +1,7 @@
 """Log formatting: one JSON object per line in production, plain text in development.
 
 settings.LOGGING picks the formatter from LOG_FORMAT (default: "json" unless DEBUG);
-the REST process's gunicorn (polling.gunicorn_conf) logs through the same configuration.
+the server's own lines (uvicorn's, as polling.serve configures it) go through the same formatter.
 """
 
 from __future__ import annotations

@@ -232,9 +232,9 @@ class RequestMetricsMiddleware:
     First in MIDDLEWARE after the security headers, so the time includes the other
     middleware and the answers they give themselves (413 for a large body, a probe's
     answer). The access log goes
-    through logging (JSON in production) in place of daphne's own plain-text one, which
-    the image turns off (``daphne -v 0``). It leaves out the client's address, as the
-    vote history does.
+    through logging (JSON in production) in place of the server's own, which
+    polling.serve turns off (uvicorn's access log). It leaves out the client's address,
+    as the vote history does.
     """
 
     def __init__(self, get_response):

@@ -11,7 +11,7 @@ from polling.strict import TOO_DEEP, json_too_deep
 class BodySizeLimitMiddleware:
     """Answer 413 to a request whose declared body exceeds API_MAX_BODY_BYTES, 411 to one
     sent chunked. Under ASGI, polling.asgi_limits refuses a body past its limit before
-    it is received whole; this check is what the WSGI (gunicorn) process has.
+    it is received whole; under a WSGI server (polling.wsgi) this check is the only one.
 
     DRF's parsers read the body as a stream and so bypass Django's
     DATA_UPLOAD_MAX_MEMORY_SIZE; this check runs before any of it is parsed. Django and

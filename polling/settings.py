@@ -198,7 +198,7 @@ KAFKA_CONSUMER_GROUP = env_str("KAFKA_CONSUMER_GROUP", "vote-workers")
 # How long a vote request waits for the broker's acknowledgement before answering 503.
 VOTE_PUBLISH_TIMEOUT = env_float("VOTE_PUBLISH_TIMEOUT", 5.0, minimum=0.1)
 # Threads a web process gives the blocking part of votes on its lean path (a database
-# read, a keyed vote's claim and publish, a rate-limit sync); votes past this many wait.
+# read, a keyed vote's claim and record, a rate-limit sync); votes past this many wait.
 VOTE_THREADS = env_int("VOTE_THREADS", 64, minimum=1)
 # How long a web process keeps what a vote is checked against (the poll's status, deadline,
 # voting rule and number of options) before reading it again; 0 reads it on every vote.
@@ -382,7 +382,7 @@ MIDDLEWARE = [
 ACCESS_LOG = env_bool("ACCESS_LOG", True)
 # How long /readyz waits for each service (they are checked side by side).
 READYZ_TIMEOUT = env_float("READYZ_TIMEOUT", 1.0, minimum=0.1)
-# Who may read the web and REST processes' /metrics: a client whose own address (not a
+# Who may read the web processes' /metrics: a client whose own address (not a
 # forwarded one) is in these networks and whose request came through no proxy, or one
 # that sends "Authorization: Bearer <METRICS_TOKEN>". Loopback only by default; "none"
 # leaves the token alone. See docs/security.md.

@@ -1,11 +1,8 @@
-"""WSGI entry point of the REST process: every HTTP endpoint, no WebSockets.
+"""WSGI entry point, for any WSGI server: every HTTP endpoint, no WebSockets, and the
+votes through DRF rather than their lean path.
 
-    python -m gunicorn -c python:polling.gunicorn_conf -b 0.0.0.0:8001
-
-gunicorn's threaded worker serves the REST API with one thread per request and no
-event loop between the socket and Django, which takes more votes a second than daphne
-for the same CPU (docs/decisions/0003-http-servers.md). WebSockets stay with daphne
-(polling.asgi), which serves the REST API too.
+Production serves the ASGI application (polling.asgi) through ``python -m
+polling.serve``: HTTP, the votes' lean path and the WebSockets on one port.
 """
 
 import os

@@ -58,7 +58,8 @@ _ONLY_PING = 'The only message a client may send is {"type": "ping"}.'
 # Poll ids fit a 64-bit column; a longer number is "no such poll", not a database error.
 _MAX_ID_DIGITS = 18
 # What a send on a connection that is closing raises: ASGI asks servers for an OSError;
-# daphne lets autobahn's "Attempt to send on a closed protocol" through instead.
+# daphne (manage.py runserver) lets autobahn's "Attempt to send on a closed protocol"
+# through instead.
 _CLOSED_SOCKET_ERRORS = (OSError, Disconnected)
 
 

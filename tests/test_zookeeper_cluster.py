@@ -2,7 +2,7 @@
 
 The rest of the suite runs on the Kafka 4 (KRaft) broker of the test run; here a Kafka
 3.9 broker and its ZooKeeper start on free ports (jars from Maven Central, see
-devservices), and a real daphne and a real `consume_votes` process talk to it while
+devservices), and a real web server and a real `consume_votes` process talk to it while
 sharing the test run's PostgreSQL.
 """
 

@@ -31,7 +31,7 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float
 
 
 def child_pids(pid: int) -> list[int]:
-    """Every descendant of a process (from /proc): gunicorn's workers, PostgreSQL's backends."""
+    """Every descendant of a process (from /proc): uvicorn's server processes, PostgreSQL's backends."""
     children = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():

@@ -53,15 +53,16 @@ def _scope(path: str, method: str = "GET", body: bytes = b"", headers: list | No
 
 async def _serve(app, path: str, *, method: str = "GET", body: bytes = b"", headers=None, cancel: str | None = None,
                  held=None, hang_up: bool = False) -> list[dict]:
-    """One request through the handler, as daphne calls it.
+    """One request through the handler, as an ASGI server calls it.
 
-    hang_up: the client closes its connection once the response is out (daphne then
+    hang_up: the client closes its connection once the response is out (the server then
     sends http.disconnect; otherwise Django cancels its wait for one).
 
     cancel: None; "client went away": the client disconnects mid-view and Django cancels
-    the request; "then the server gave up": besides, daphne cancels the whole application
-    call while the view still runs (it does when the application has not finished
-    application_close_timeout seconds after the client went away).
+    the request; "then the server gave up": besides, the server cancels the whole
+    application call while the view still runs (daphne does when the application has not
+    finished application_close_timeout seconds after the client went away, uvicorn when a
+    request outlasts its graceful shutdown).
     """
     gone = asyncio.Event()
     sent_body = False
@@ -205,7 +206,7 @@ def test_a_vote_leaves_no_reference_cycles_behind(kafka_topic):
     """Everything a vote builds goes with its last reference, none of it waits for a garbage
     collection (polling.handlers.release_request_cycles, polling.strict.validated_data).
 
-    As daphne serves it: http.disconnect comes once the response is out."""
+    As the server serves it: http.disconnect comes once the response is out."""
     poll = poll_create(question="Cycles?", options=["yes", "no"])
     app = SyncChainASGIHandler(RequestThreads(keep=4))
     body = json.dumps({"option": 1}).encode()
@@ -244,7 +245,7 @@ def test_a_vote_leaves_no_reference_cycles_behind(kafka_topic):
     assert not garbage, f"cyclic garbage after 5 votes: {garbage.most_common(15)}"
 
 
-# --- The REST process's WSGI handler (polling.wsgi, under gunicorn) -----------------------
+# --- The WSGI handler (polling.wsgi, for any WSGI server) --------------------------------
 
 
 def test_polling_wsgi_serves_http_with_the_cycle_free_handler():
@@ -257,7 +258,7 @@ def test_polling_wsgi_serves_http_with_the_cycle_free_handler():
 
 @pytest.mark.django_db(transaction=True)
 def test_a_vote_through_the_wsgi_handler_leaves_no_reference_cycles_behind(kafka_topic):
-    """The same as above, as gunicorn's threads call the REST process's handler."""
+    """The same as above, as a threaded WSGI server's threads call the WSGI handler."""
     import io
 
     from polling.handlers import CycleFreeWSGIHandler

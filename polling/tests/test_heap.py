@@ -64,7 +64,7 @@ def test_cyclic_garbage_of_the_start_is_collected_before_the_freeze(thawed):
 
 
 def test_the_web_process_freezes_its_start_with_every_view_imported():
-    """What daphne loads: polling.asgi, in a process of its own."""
+    """What the server loads: polling.asgi, in a process of its own."""
     script = (
         "import gc, json, sys; import polling.asgi; "
         "print(json.dumps({'frozen': gc.get_freeze_count(), 'views': 'polls.api.apis' in sys.modules, "

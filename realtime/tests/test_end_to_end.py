@@ -34,7 +34,7 @@ async def _next(ws, predicate, timeout: float = 30) -> dict:
 
 @pytest.fixture(params=["1", "0"], ids=["frames-to-sockets", "asgi-send"])
 def each_write_path_server(request, process_env, tmp_path):
-    """A web server for each way it writes broadcasts: straight to daphne's sockets, and
+    """A web server for each way it writes broadcasts: straight to uvicorn's transports, and
     through each viewer's ASGI send (WS_DIRECT_WRITE=0, the fallback)."""
     web_server = WebServer(env={**process_env, "WS_DIRECT_WRITE": request.param}, log_dir=tmp_path)
     web_server.start()

@@ -1,6 +1,6 @@
 """The vote worker SIGKILLed again and again, and a rebalance between two workers, mid-stream.
 
-Votes stream through a real daphne process into Kafka the whole time; every vote
+Votes stream through a real web server process into Kafka the whole time; every vote
 answered 204 must end up counted exactly once, each in its own row.
 """
 
