@@ -28,6 +28,6 @@ def test_ruff_finds_nothing():
 
 
 def test_the_import_contracts_are_kept():
-    """Dependencies point one way (docs/architecture-dependencies.md)."""
+    """Dependencies point one way (docs/architecture.md, "Which code may import which")."""
     result = _run(_tool("lint-imports"), "--no-cache", "--no-logo")
     assert result.returncode == 0, result.stdout + result.stderr
