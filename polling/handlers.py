@@ -13,9 +13,7 @@ thread per request, which every endpoint pays (the framework floor too):
 
 SyncChainASGIHandler builds the chain in sync mode, as under WSGI, and runs the whole
 request (middleware, view, rendering) in one call on the request's thread; that thread
-comes from a set kept between requests. Measured in process on the framework floor's
-endpoint (8 clients): 4.75 ms CPU per request with Django's handler, 3.66 with the sync
-chain, 2.38 with kept threads as well.
+comes from a set kept between requests (docs/decisions/0004-django-request-path.md).
 """
 
 from __future__ import annotations

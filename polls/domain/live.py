@@ -53,11 +53,9 @@ def _visible_polls_with_options(poll_ids: Iterable[int]) -> dict[int, tuple[Poll
 
     One statement sees one committed state (under PostgreSQL's READ COMMITTED each
     statement has its own snapshot), so a poll's version and its counts always belong
-    together: two messages never carry one version with different counts. This used to
-    be two queries in a REPEATABLE READ transaction, five round trips per broadcast,
-    the largest part of the broadcaster's time in the worker. It is hand-written: the
-    ORM's queryset (select_related, ordered) cost 1.2 ms of CPU to compile and build,
-    a fifth of the worker's time at a hundred votes a second.
+    together: two messages never carry one version with different counts. It is
+    hand-written: the ORM's queryset cost more to compile and build than the read
+    (docs/decisions/0007-worker-batch-statements.md).
     """
     ids = sorted(set(poll_ids))
     if not ids:
