@@ -295,7 +295,7 @@ BROADCAST_MAX_PER_SECOND = env_float("BROADCAST_MAX_PER_SECOND", 10.0, minimum=0
 # How long one round of group sends may take before it counts as failed (Redis down or
 # stalled); the polls it carried are sent again a second later, their totals read afresh.
 BROADCAST_SEND_TIMEOUT = env_float("BROADCAST_SEND_TIMEOUT", 2.0, minimum=0.1)
-# Write broadcast frames straight to uvicorn's sockets (realtime.fanout.socket_writer).
+# Write broadcast frames straight to uvicorn's sockets (polling.patches.uvicorn_websockets).
 # It relies on uvicorn's websockets-sansio protocol (pinned in requirements.txt); off,
 # every viewer sends through its ordinary ASGI send, slower but independent of it.
 WS_DIRECT_WRITE = env_bool("WS_DIRECT_WRITE", True)

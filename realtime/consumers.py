@@ -24,6 +24,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from polling.patches.uvicorn_websockets import socket_writer
 from polling.strict import JSONTooDeep, json_loads
 from polls.domain.live import poll_live_totals, viewer_sees_results
 from realtime.broadcast import get_broadcaster
@@ -40,7 +41,7 @@ from realtime.events import (
     poll_message,
     poll_results_group,
 )
-from realtime.fanout import Audience, audience, socket_writer, text_frame
+from realtime.fanout import Audience, audience, text_frame
 from realtime.selectors import polls_snapshot
 from realtime.voters import voter_from_scope
 

@@ -12,7 +12,7 @@ subscription per poll per process, whatever the audience), and a task per group 
 receives each message once and hands it to every local viewer in a plain loop
 (`Audience`). A broadcast's client JSON is encoded once by the broadcaster; its
 WebSocket frame is built once here (`text_frame`), and on uvicorn written straight to
-each socket's transport (`socket_writer`). Anywhere else (daphne's runserver, the test
+each socket's transport (polling.patches.uvicorn_websockets.socket_writer). Anywhere else (daphne's runserver, the test
 communicator) a viewer sends through its ordinary ASGI `send`.
 
 Messages that arrive while a group is being written, or resting, wait folded (`_fold`):
@@ -29,7 +29,6 @@ import itertools
 import logging
 import struct
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from realtime.events import LEADERBOARD_UPDATED, POLL_REMOVED, POLL_UPDATED
@@ -267,37 +266,3 @@ def text_frame(text: str) -> bytes:
     else:
         header = struct.pack("!BBQ", 0x81, 127, size)
     return header + payload
-
-
-def socket_writer(send: Callable) -> Callable[[bytes], bool] | None:
-    """A function writing a ready frame to this connection's socket, or None.
-
-    For uvicorn's websockets-sansio connections, as polling.serve runs it, recognised by
-    the ASGI `send` (a method of the connection's protocol), possibly wrapped by channels'
-    session middleware. The writer hands the frame to the connection's asyncio
-    transport, which sends at once when nothing is queued before it (else queues behind,
-    so frames keep their order), and returns False, writing nothing, once the WebSocket
-    is no longer open. A frame written beside the protocol's own sans-I/O connection is
-    valid: a server's frames are unmasked and independent, and permessage-deflate allows
-    uncompressed messages.
-    """
-    for _ in range(4):
-        owner = getattr(send, "__self__", None)
-        if owner is not None and hasattr(owner, "real_send"):  # channels' InstanceSessionWrapper
-            send = owner.real_send
-            continue
-        break
-    protocol = getattr(send, "__self__", None)
-    if protocol is None or type(protocol).__qualname__ != "WebSocketsSansIOProtocol":
-        return None
-    transport = getattr(protocol, "transport", None)
-    if transport is None or not all(hasattr(protocol, name) for name in ("close_sent", "disconnected", "handshake_complete")):
-        return None
-
-    def write(frame: bytes) -> bool:
-        if protocol.close_sent or protocol.disconnected or not protocol.handshake_complete or transport.is_closing():
-            return False
-        transport.write(frame)
-        return True
-
-    return write

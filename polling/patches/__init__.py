@@ -6,8 +6,6 @@ a measurement or a reproduced defect shows it pays.
 
 - `kafka_rebalance`: kafka-python's consumer finishes a rebalance it started.
 - `kafka_records`: the worker's consumer reads fetched record batches in one loop.
-
-Also belong here: the daphne request patches (polling/handlers.py), the ASGI body
-limits reaching into daphne (polling/asgi_limits.py), and the WebSocket writes through
-Twisted's transport (realtime/fanout.py).
+- `uvicorn_websockets`: a broadcast's frame, built once, written to each of uvicorn's
+  WebSocket connections (realtime.fanout).
 """

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import threading
 import time
 
 import redis.asyncio as aioredis
-import uvicorn
-import websockets.sync.client
 from django.conf import settings
 
-from devservices import free_port
-from polling.serve import server_options
 from polls.tests.factories import make_poll
 from realtime.events import poll_group
-from realtime.fanout import Audience, _fold, audience, socket_writer, text_frame
+from realtime.fanout import Audience, _fold, audience, text_frame
 from realtime.tests.helpers import apply_votes, communicator, receive, receive_until, run
 
 
@@ -38,44 +33,6 @@ def test_a_text_frame_carries_the_utf8_text_whatever_its_length():
         opcode, fin, payload = _read_frame(text_frame(text))
         assert (opcode, fin) == (0x1, True)
         assert payload.decode() == text
-
-
-def test_the_direct_writer_recognises_uvicorns_connections_and_writes_frames_they_deliver():
-    """Pins what realtime.fanout.socket_writer relies on in uvicorn as polling.serve runs
-    it: the websockets-sansio protocol behind the ASGI send, its state and its transport."""
-    found: dict[str, object] = {}
-
-    async def app(scope, receive, send):
-        assert scope["type"] == "websocket"
-        await receive()  # websocket.connect
-        await send({"type": "websocket.accept"})
-        write = socket_writer(send)
-        found["writer"] = write is not None
-        if write is not None:
-            found["written"] = write(text_frame("straight to the socket"))
-            await send({"type": "websocket.send", "text": "and then the ordinary way"})
-            await receive()  # the client's close
-            found["after_close"] = write(text_frame("too late"))
-
-    options = {**server_options(), "log_config": None}
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), **options))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
-        with websockets.sync.client.connect(f"ws://127.0.0.1:{server.config.port}/ws") as client:
-            assert client.recv(timeout=5) == "straight to the socket"
-            assert client.recv(timeout=5) == "and then the ordinary way"
-        deadline = time.monotonic() + 5
-        while "after_close" not in found and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert found == {"writer": True, "written": True, "after_close": False}
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 async def _subscribers(layer, group: str) -> int:
