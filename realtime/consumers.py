@@ -340,14 +340,17 @@ class PollConsumer(_LiveConsumer):
         await self.watch(group)
         live = await snapshots.get(("poll", poll_id), lambda: poll_live_totals(poll_id=poll_id))
         snapshot = None if live is None else live.public
-        if live is not None and live.full is not None:
-            if await database_sync_to_async(_viewer_sees_results)(live, self.scope):
-                await self.watch(poll_results_group(poll_id))
-                self.unwatch(group)
-                self.held = []  # what the public group sent meanwhile has no counts
-                # Read again after joining the results group, for the same reason as above.
-                live = await snapshots.get(("poll", poll_id), lambda: poll_live_totals(poll_id=poll_id))
-                snapshot = None if live is None else (live.full or live.public)
+        if (
+            live is not None
+            and live.full is not None
+            and await database_sync_to_async(_viewer_sees_results)(live, self.scope)
+        ):
+            await self.watch(poll_results_group(poll_id))
+            self.unwatch(group)
+            self.held = []  # what the public group sent meanwhile has no counts
+            # Read again after joining the results group, for the same reason as above.
+            live = await snapshots.get(("poll", poll_id), lambda: poll_live_totals(poll_id=poll_id))
+            snapshot = None if live is None else (live.full or live.public)
         if snapshot is None:
             for joined in list(self.watching):
                 self.unwatch(joined)

@@ -122,9 +122,10 @@ def _needs_django(request: VoteRequest) -> bool:
     if settings.SECURE_SSL_REDIRECT and not request.is_secure():
         return True
     accept = meta.get("HTTP_ACCEPT")
-    if accept and ("indent" in accept or not any(media_type_matches("application/json", item.strip()) for item in accept.split(","))):
-        return True
-    return False
+    return bool(accept) and (
+        "indent" in accept
+        or not any(media_type_matches("application/json", item.strip()) for item in accept.split(","))
+    )
 
 
 async def _vote(request: VoteRequest, poll_id: int, scope, receive, send) -> None:
