@@ -248,11 +248,21 @@ class RequestMetricsMiddleware:
         return response
 
 
+# Each (view, method, status)'s counter and histogram, found once: the labels() lookup
+# takes a lock and builds the key on every call.
+_request_series: dict[tuple[str, str, int], tuple] = {}
+
+
 def request_observed(*, view: str, method: str, path: str, status: int, seconds: float) -> None:
     """Count and time one answered HTTP request, and write its access-log line."""
     label = method if method in _METHODS else "other"
-    HTTP_REQUESTS.labels(view, label, str(status)).inc()
-    HTTP_REQUEST_DURATION.labels(view, label, str(status)).observe(seconds)
+    series = _request_series.get((view, label, status))
+    if series is None:
+        labels = (view, label, str(status))
+        series = _request_series[view, label, status] = (
+            HTTP_REQUESTS.labels(*labels), HTTP_REQUEST_DURATION.labels(*labels))
+    series[0].inc()
+    series[1].observe(seconds)
     if settings.ACCESS_LOG:
         access_logger.info(
             '"%s %s" %d %.1f ms', method, path, status, seconds * 1000,

@@ -18,6 +18,7 @@ from django.db.models import Count, F, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from polling.randomness import random_uuid
 from polls.domain.exceptions import (
     AlreadyVoted,
     InvalidChoices,
@@ -180,7 +181,7 @@ def vote_cast(
     IdempotencyKeyInUse or IdempotencyUnavailable.
     """
     if idempotency_key is None:
-        return _vote_publish(_vote_check(uuid.uuid4(), poll_id, options, voter))
+        return _vote_publish(_vote_check(random_uuid(), poll_id, options, voter))
     claim, event = _keyed_check(poll_id, options, voter, idempotency_key)
     if claim is None:
         return event
@@ -252,9 +253,9 @@ async def vote_cast_async(
         return event
     target = poll_vote_target_cached(poll_id=poll_id)
     if target is None or target.one_vote_per != Poll.OneVotePer.NONE:
-        event = await in_vote_thread(_then_release(_vote_check))(uuid.uuid4(), poll_id, options, voter)
+        event = await in_vote_thread(_then_release(_vote_check))(random_uuid(), poll_id, options, voter)
     else:
-        event = _vote_check(uuid.uuid4(), poll_id, options, voter, target=target)
+        event = _vote_check(random_uuid(), poll_id, options, voter, target=target)
     await get_vote_bus().publish_async(event)
     return event
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import secrets
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core import signing
 from django.http import HttpRequest
 
+from polling.randomness import random_token
 from polls.domain.exceptions import PollError
 
 COOKIE_NAME = "voter"
@@ -54,7 +54,7 @@ class Voter:
 
 def voter_token_issue() -> tuple[str, str]:
     """A new anonymous voter: (token id, signed token to hand to the client)."""
-    token_id = secrets.token_urlsafe(16)
+    token_id = random_token(16)
     return token_id, voter_token_sign(token_id)
 
 
