@@ -41,7 +41,7 @@ FAULTS = ("worker", "rebalance", "broker", "postgres", "redis", "web")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="how long votes stream (default 5)")
     parser.add_argument("--rate", type=float, default=100.0, help="votes per second asked for (default 100)")
     parser.add_argument("--threads", type=int, default=16, help="concurrent voters (default 16)")
