@@ -9,15 +9,14 @@ import uuid
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from polls.kafka.bus import reset_vote_bus
-from polls.kafka.topics import dead_letter_producer_config, ensure_topics, vote_consumer
-from polls.worker.loop import VoteWorker
+from polls.kafka.topics import ensure_topics
 from testsupport.browser import chromium
 from testsupport.cluster import session_cluster, stop_session_cluster
+from testsupport.kafka import make_vote_worker
 from testsupport.plugin import service_stack
-from testsupport.processes import WebServer, WorkerProcess, kill_leftovers, wait_until
+from testsupport.processes import WebServer, WorkerProcess, kill_leftovers
 
 
 @pytest.fixture(autouse=True)
@@ -71,28 +70,6 @@ def in_process_bus(settings):
     reset_vote_bus()
 
 
-def read_topic(topic: str, *, timeout_ms: int = 3000) -> list:
-    """Every message in a topic, read from the beginning by a throwaway consumer."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=django_settings.KAFKA_BROKERS,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=timeout_ms,
-    )
-    try:
-        # A topic made a moment ago may be missing from this client's first metadata.
-        wait_until(lambda: topic in consumer.topics(), timeout=15, what=f"topic {topic} in metadata")
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning()
-        end = consumer.end_offsets(partitions)
-        if not any(end.values()):
-            return []
-        return list(consumer)
-    finally:
-        consumer.close()
-
-
 @pytest.fixture
 def process_env(kafka_topic, transactional_db):
     """The environment of a web or worker process that shares this test's database and topic."""
@@ -122,16 +99,6 @@ def vote_worker(process_env, tmp_path):
     worker.wait_assigned(process_env["KAFKA_TOPIC"])
     yield worker
     worker.kill()
-
-
-def make_vote_worker(*, group: str, batch_size: int = 500, **options) -> VoteWorker:
-    """A VoteWorker in this process, on real Kafka clients, subscribed to the test topic."""
-    consumer = vote_consumer(group_id=group, max_records=batch_size)
-    producer = KafkaProducer(**dead_letter_producer_config())
-    worker = VoteWorker(consumer=consumer, dead_letter_producer=producer, batch_size=batch_size, batch_wait_ms=50,
-                        **options)
-    worker.subscribe([django_settings.KAFKA_TOPIC])
-    return worker
 
 
 @pytest.fixture

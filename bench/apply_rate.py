@@ -25,10 +25,8 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import (
-    PYTHON, REPO, Profiler, Row, Worker, django_env, log, manage, median, paired_ratio, proc_cpu_seconds, sql,
-    tree_cpu_seconds,
-)
+from bench.common import PYTHON, Profiler, Row, Worker, django_env, log, manage, median, paired_ratio, sql
+from testsupport.processes import REPO, proc_cpu_seconds, tree_cpu_seconds
 
 
 def _helper(env: dict[str, str], *args: str, timeout: float = 900) -> dict:

@@ -1,4 +1,6 @@
-"""What every benchmark section shares: services, server processes, load, memory, stats.
+"""What every benchmark section shares: process environments, load, profiles, stats.
+
+Services and processes come from testsupport (services.py, processes.py), as in the tests.
 
 Nothing here is a test: the sections print figures. Everything runs on 127.0.0.1 in
 temporary directories, on free ports, and stops what it started.
@@ -11,28 +13,23 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from devservices import KafkaServer, PostgresServer, RedisServer, ensure_installed, free_port  # noqa: E402
-from testsupport.processes import child_pids, wait_until  # noqa: E402
+from testsupport.processes import (
+    REPO,
+    ManagedProcess,
+    SocketWebServer,
+    WorkerProcess,
+    wait_until,
+)
 
 PYTHON = sys.executable
-LOADGEN = REPO / "bench" / "loadgen.py"
 SECRET_KEY = "bench-only-secret-key-not-for-production-0123456789abcdef"
 
 
@@ -51,90 +48,6 @@ def experiment_env(args) -> dict[str, str]:
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# --- services ----------------------------------------------------------------------------
-
-
-@dataclass
-class Services:
-    """Real PostgreSQL, Redis and Kafka of this benchmark run, in one temporary directory.
-
-    `Services.external()` uses already running ones instead (DATABASE_URL of a user who
-    may create databases, REDIS_URL, KAFKA_BROKERS): handy while iterating on a section.
-    """
-
-    root: Path | None
-    pg: dict | None = None  # host, port, user, password
-    redis_url: str | None = None
-    kafka_bootstrap: str | None = None
-    servers: list = field(default_factory=list)
-
-    @classmethod
-    def start(cls, *, postgres: bool = True, redis: bool = True, kafka: bool = True) -> Services:
-        ensure_installed(postgres=postgres, redis=redis, kafka=kafka)
-        root = Path(tempfile.mkdtemp(prefix="polling-bench-"))
-        services = cls(root=root)
-        if postgres:
-            pg = PostgresServer(port=free_port(), data_dir=root / "postgres")
-            services.servers.append(pg)
-            services.pg = {"host": "127.0.0.1", "port": pg.port, "user": pg.user, "password": pg.password}
-        if redis:
-            server = RedisServer(port=free_port(), data_dir=root / "redis")
-            services.servers.append(server)
-            services.redis_url = server.url
-        if kafka:
-            server = KafkaServer(port=free_port(), controller_port=free_port(), data_dir=root / "kafka")
-            services.servers.append(server)
-            services.kafka_bootstrap = server.bootstrap
-        began = time.monotonic()
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            errors = [f.exception() for f in [pool.submit(s.start) for s in services.servers]]
-        failed = [e for e in errors if e is not None]
-        if failed:
-            services.stop()
-            raise failed[0]
-        log(f"services up in {time.monotonic() - began:.1f} s under {root}: "
-            + ", ".join(f"{s.name}:{s.port}" for s in services.servers))
-        return services
-
-    @classmethod
-    def external(cls) -> Services:
-        from urllib.parse import urlparse
-
-        url = urlparse(os.environ["DATABASE_URL"])
-        return cls(
-            root=None,
-            pg={"host": url.hostname, "port": url.port or 5432, "user": url.username, "password": url.password},
-            redis_url=os.environ.get("REDIS_URL"),
-            kafka_bootstrap=os.environ.get("KAFKA_BROKERS"),
-        )
-
-    def stop(self) -> None:
-        for service in self.servers:
-            try:
-                service.stop()
-            except Exception as exc:  # noqa: BLE001 - keep stopping the others
-                log(f"could not stop {service!r}: {exc}")
-        if self.root is not None:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def postgres_pid(self) -> int | None:
-        """The postmaster's pid when this run started PostgreSQL itself (its CPU can be read)."""
-        return next((server.pid for server in self.servers if server.name == "postgres"), None)
-
-    def database_url(self, name: str) -> str:
-        """A fresh database `name` on the benchmark's PostgreSQL (dropped first if it exists)."""
-        import psycopg
-
-        pg = self.pg
-        conn = psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"], dbname="postgres")
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            cursor.execute(f'CREATE DATABASE "{name}" OWNER "{pg["user"]}"')
-        conn.close()
-        return f"postgresql://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{name}"
 
 
 def django_env(
@@ -199,205 +112,26 @@ def sql(database_url: str, statement: str, params: Sequence | None = None, *, fe
 # --- processes -----------------------------------------------------------------------------
 
 
-class Process:
-    """A child process in its own session, its output in a log file; stopped by its own pid."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path, pass_fds: Sequence[int] = (),
-                 repo: Path = REPO) -> None:
-        self.name = name
-        self.repo = repo
-        self.args = args
-        self.env = env
-        self.log_path = log_dir / f"{name}.log"
-        self.pass_fds = tuple(pass_fds)
-        self.popen: subprocess.Popen | None = None
-
-    def start(self) -> Process:
-        with open(self.log_path, "ab") as out:
-            self.popen = subprocess.Popen(
-                self.args, cwd=self.repo, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, pass_fds=self.pass_fds,
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 20) -> None:
-        if not self.alive():
-            return
-        os.killpg(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
-
-    def memory(self) -> dict[str, float]:
-        """Resident memory now and at its peak (VmRSS, VmHWM from /proc), MB, with children."""
-        return proc_memory([self.pid] + child_pids(self.pid))
-
-
-def proc_memory(pids: Sequence[int]) -> dict[str, float]:
-    rss = peak = 0.0
-    for pid in pids:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                rss += int(line.split()[1]) / 1024
-            elif line.startswith("VmHWM:"):
-                peak += int(line.split()[1]) / 1024
-    return {"rss_mb": rss, "peak_mb": peak}
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (from /proc/<pid>/stat)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and its descendants, the exited ones it reaped included.
-
-    For a server that forks a process per client (PostgreSQL's postmaster): the
-    difference of two readings is what the server spent between them.
-    """
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    own_and_reaped = sum(int(fields[i]) for i in (11, 12, 13, 14)) / ticks
-    return own_and_reaped + sum(proc_cpu_seconds(child) for child in child_pids(pid))
-
-
-class WebServer:
-    """The application served as production serves it: `python -m polling.serve` (uvicorn
-    with the project's options; another app under uvicorn's own command with the same
-    options), or server="daphne": `python -m daphne`, the development server.
-
-    procs > 1 runs that many server processes on one listening socket (bound here and
-    passed with --fd, as a process supervisor would), the kernel spreading connections.
-    """
-
-    def __init__(self, *, name: str, env: dict[str, str], log_dir: Path, procs: int = 1,
-                 server: str = "uvicorn", app: str = "polling.asgi:application", repo: Path = REPO,
-                 server_args: Sequence[str] = ()) -> None:
-        self.name = name
-        self.repo = repo
-        self.server_args = list(server_args)
-        self.env = env
-        self.log_dir = log_dir
-        self.procs_wanted = procs
-        self.server = server
-        self.app = app
-        self.port = 0
-        self.socket: socket.socket | None = None
-        self.processes: list[Process] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _args(self, fd: int) -> list[str]:
-        python = self.env.get("BENCH_PYTHON", PYTHON)
-        # As production runs them: without the server's own access log (the application
-        # writes one JSON line per request).
-        if self.server == "daphne":
-            return [python, "-m", "daphne", "-v", "0", "--fd", str(fd), *self.server_args, self.app]
-        if self.server == "uvicorn" and self.app == "polling.asgi:application":
-            return [python, "-m", "polling.serve", "--fd", str(fd), *self.server_args]
-        if self.server == "uvicorn":
-            return [python, "-m", "uvicorn", "--no-access-log", "--lifespan", "off", "--ws", "websockets-sansio",
-                    "--ws-per-message-deflate", "false", "--fd", str(fd), *self.server_args, self.app]
-        raise ValueError(f"unknown server {self.server}")
-
-    def start(self, timeout: float = 60) -> WebServer:
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind(("127.0.0.1", 0))
-        self.socket.listen(4096)
-        self.socket.set_inheritable(True)
-        self.port = self.socket.getsockname()[1]
-        fd = self.socket.fileno()
-        for index in range(self.procs_wanted):
-            process = Process(f"{self.name}-{index}", self._args(fd), self.env, self.log_dir, pass_fds=[fd], repo=self.repo)
-            self.processes.append(process.start())
-
-        def answers() -> bool:
-            for process in self.processes:
-                if not process.alive():
-                    raise RuntimeError(f"{process.name} exited:\n{process.log()[-3000:]}")
-            try:
-                urllib.request.urlopen(f"{self.url}/leaderboard", timeout=2).read()
-                return True
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                return False
-
-        try:
-            wait_until(answers, timeout=timeout, what=f"{self.name} to answer")
-        except BaseException:
-            self.stop()
-            raise
-        # Each process imports Django lazily on its first request: warm all of them.
-        for _ in range(4 * self.procs_wanted):
-            urllib.request.urlopen(f"{self.url}/leaderboard", timeout=5).read()
-        return self
-
-    def stop(self) -> None:
-        for process in self.processes:
-            process.stop()
-        if self.socket is not None:
-            self.socket.close()
-
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.processes]
-
-    def serving_pids(self) -> list[int]:
-        """The processes that run the application."""
-        return self.pids()
-
-    def memory(self) -> dict[str, float]:
-        """Per process: the largest current and peak RSS among the server processes."""
-        figures = [p.memory() for p in self.processes]
-        return {"rss_mb": max(f["rss_mb"] for f in figures), "peak_mb": max(f["peak_mb"] for f in figures)}
-
-    def cpu_seconds(self) -> float:
-        return sum(tree_cpu_seconds(pid) for pid in self.pids())
-
-
-class Worker(Process):
-    """`manage.py consume_votes`: one vote worker."""
+class Worker(WorkerProcess):
+    """`manage.py consume_votes` as the bench runs it: the product's own --batch-wait-ms,
+    BENCH_PYTHON's interpreter if set, from `repo` (another checkout for an A/B run)."""
 
     def __init__(self, *, name: str, env: dict[str, str], log_dir: Path, group: str, extra: Sequence[str] = (),
                  repo: Path = REPO) -> None:
-        python = env.get("BENCH_PYTHON", PYTHON)
-        super().__init__(name, [python, "manage.py", "consume_votes", "--group", group, *extra], env, log_dir, repo=repo)
+        super().__init__(env=env, log_dir=log_dir, group=group, name=name, extra=extra, batch_wait_ms=None,
+                         python=env.get("BENCH_PYTHON", PYTHON), cwd=repo)
 
     def start(self, timeout: float = 60, *, wait: bool = True) -> Worker:
         """Start and (with wait) wait for its "consuming" log line (at INFO), at most `timeout` s."""
-        super().start()
+        ManagedProcess.start(self)
         if wait:
             self.wait_consuming(timeout)
         return self
 
     def wait_consuming(self, timeout: float = 60) -> Worker:
         try:
-            wait_until(lambda: "consuming" in self.log() or not self.alive(), timeout=timeout, what=f"{self.name} to consume")
+            wait_until(lambda: "consuming" in self.log() or not self.alive(), timeout=timeout,
+                       what=f"{self.name} to consume")
         except AssertionError:  # wait_until's timeout
             log(f"{self.name} never logged 'consuming' (LOG_LEVEL above INFO?); going on")
         if not self.alive():
@@ -405,12 +139,11 @@ class Worker(Process):
         return self
 
 
-
 # --- profiling ---------------------------------------------------------------------------
 
 
 class Profiler:
-    """py-spy attached to running processes for a while (`bench/run.py --profile DIR`).
+    """py-spy attached to running processes for a while (`python -m bench --profile DIR`).
 
     Writes collapsed stacks (`<name>-<pid>.txt`, for flame graph tools or summarize())
     and nothing else; a process is not slowed by more than the sampling (--nonblocking).
@@ -514,7 +247,7 @@ def http_load(
     warmup: float = 2.0,
     procs: int = 1,
     work_dir: Path,
-    server: WebServer | None = None,
+    server: SocketWebServer | None = None,
     label: str = "",
     others: dict[str, Callable[[], float]] | None = None,
     profile_also: Sequence[tuple[str, int]] = (),
@@ -532,7 +265,7 @@ def http_load(
     per_proc = [connections // procs + (1 if i < connections % procs else 0) for i in range(procs)]
     for index, count in enumerate(per_proc):
         latency_file = work_dir / f"latencies-{os.getpid()}-{index}-{time.monotonic_ns()}.bin"
-        args = [PYTHON, str(LOADGEN), "http", "--port", str(port), "--method", method,
+        args = [PYTHON, "-m", "bench.loadgen", "http", "--port", str(port), "--method", method,
                 "--connections", str(count), "--start-at", f"{start_at:.6f}",
                 "--warmup", str(warmup), "--duration", str(duration), "--latencies", str(latency_file)]
         for path in paths:
@@ -597,7 +330,7 @@ class Viewers:
     """N WebSocket viewers in a separate process, kept connected until stop()."""
 
     def __init__(self, *, port: int, path: str, count: int, max_seconds: float, connect_concurrency: int = 100) -> None:
-        self.args = [PYTHON, str(LOADGEN), "viewers", "--port", str(port), "--path", path, "--count", str(count),
+        self.args = [PYTHON, "-m", "bench.loadgen", "viewers", "--port", str(port), "--path", path, "--count", str(count),
                      "--duration", str(max_seconds), "--connect-concurrency", str(connect_concurrency)]
         self.popen: subprocess.Popen | None = None
         self.connected = 0

@@ -16,18 +16,19 @@ from __future__ import annotations
 import json
 import urllib.request
 
-from bench.common import REPO, LoadResult, Row, WebServer, log, median, paired_ratio, sql
+from bench.common import LoadResult, Row, log, median, paired_ratio, sql
 from bench.direct_service import SCHEMA
 from bench.intake import _accepted, _describe, _load, _ms_per_answer, _wait_counted, create_poll, start_stack
+from testsupport.processes import REPO, SocketWebServer
 
 PHASES = ["product", "product+cookie", "direct"]
 
 
-def start_direct(ctx) -> tuple[WebServer, str]:
+def start_direct(ctx) -> tuple[SocketWebServer, str]:
     database_url = ctx.services.database_url("bench_direct_fastapi")
     sql(database_url, SCHEMA, fetch=False)
     env = {"DATABASE_URL": database_url, "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-    server = WebServer(name="direct", env=env, log_dir=ctx.work_dir, procs=2, server="uvicorn",
+    server = SocketWebServer(name="direct", env=env, log_dir=ctx.work_dir, procs=2, server="uvicorn",
                        app="bench.direct_service:app")
     return server.start(), database_url
 

@@ -26,21 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import (
-    LoadResult,
-    Row,
-    Viewers,
-    WebServer,
-    Worker,
-    django_env,
-    http_load,
-    log,
-    manage,
-    median,
-    paired_ratio,
-    sql,
-    tree_cpu_seconds,
-)
+from bench.common import LoadResult, Row, Viewers, Worker, django_env, http_load, log, manage, median, paired_ratio, sql
+from testsupport.processes import SocketWebServer, tree_cpu_seconds
 
 
 def create_poll(base_url: str, question: str = "Which colour wins the benchmark?") -> int:
@@ -60,12 +47,12 @@ def vote_bodies(poll_id: int) -> list[str]:
 class Stack:
     """The product's processes for intake: web, worker, and optionally floor and naive."""
 
-    product: WebServer
+    product: SocketWebServer
     worker: Worker
     database_url: str
     poll_id: int
-    floor: WebServer | None = None
-    naive: WebServer | None = None
+    floor: SocketWebServer | None = None
+    naive: SocketWebServer | None = None
     naive_poll_id: int = 0
 
     @property
@@ -100,14 +87,14 @@ def start_stack(ctx, *, name: str, floor: bool, naive: bool, viewers: bool = Fal
                         extra=ctx.worker_args)
         started.append(worker)
         worker.start()
-        servers = {"product": WebServer(name=f"{name}-web", env=env, log_dir=ctx.work_dir, procs=ctx.web_procs,
+        servers = {"product": SocketWebServer(name=f"{name}-web", env=env, log_dir=ctx.work_dir, procs=ctx.web_procs,
                                         server=server)}
         if floor:
             floor_env = dict(env, DJANGO_SETTINGS_MODULE="bench.floor.settings")
-            servers["floor"] = WebServer(name=f"{name}-floor", env=floor_env, log_dir=ctx.work_dir,
+            servers["floor"] = SocketWebServer(name=f"{name}-floor", env=floor_env, log_dir=ctx.work_dir,
                                          procs=ctx.web_procs, server=ctx.server)
         if naive_env is not None:
-            servers["naive"] = WebServer(name=f"{name}-naive", env=naive_env, log_dir=ctx.work_dir,
+            servers["naive"] = SocketWebServer(name=f"{name}-naive", env=naive_env, log_dir=ctx.work_dir,
                                          procs=ctx.web_procs, server=ctx.server)
         started.extend(servers.values())
         with ThreadPoolExecutor(max_workers=len(servers)) as pool:
@@ -125,7 +112,7 @@ def start_stack(ctx, *, name: str, floor: bool, naive: bool, viewers: bool = Fal
     return stack
 
 
-def _load(ctx, server: WebServer, path: str, poll_id: int, label: str = "", worker: Worker | None = None,
+def _load(ctx, server: SocketWebServer, path: str, poll_id: int, label: str = "", worker: Worker | None = None,
           headers: tuple[str, ...] = ()) -> LoadResult:
     return http_load(
         port=server.port, paths=[path], bodies=vote_bodies(poll_id), headers=headers, connections=ctx.connections,

@@ -1,6 +1,6 @@
 """Votes published to Kafka by one process from 64 concurrent publishers: which client, how.
 
-    .venv/bin/python bench/kafka_publish.py [--seconds 5] [--rounds 2] [--publishers 64]
+    .venv/bin/python -m bench.kafka_publish [--seconds 5] [--rounds 2] [--publishers 64]
 
 Starts its own Kafka (devservices, free port) and, in rounds, measures votes/s and the
 process's CPU per vote of:
@@ -24,17 +24,13 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench.common import Services, log  # noqa: E402
+from bench.common import log
+from testsupport.services import Services
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.kafka_publish", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--publishers", type=int, default=64)

@@ -19,7 +19,8 @@ import json
 import subprocess
 import time
 
-from bench.common import PYTHON, REPO, Row, WebServer, django_env, http_load, log, manage, median, paired_ratio
+from bench.common import PYTHON, Row, django_env, http_load, log, manage, median, paired_ratio
+from testsupport.processes import REPO, SocketWebServer
 
 
 def run_leaderboard(ctx) -> list[Row]:
@@ -36,8 +37,8 @@ def run_leaderboard(ctx) -> list[Row]:
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     log(f"leaderboard: {loaded['polls']:,} polls, {loaded['options']:,} options, {loaded['votes']:,} votes loaded "
         f"in {time.monotonic() - began:.0f} s; counters differing from rows: {loaded['mismatches']}")
-    product = WebServer(name="leaderboard-web", env=env, log_dir=ctx.work_dir, procs=ctx.web_procs, server=ctx.server).start()
-    floor = WebServer(name="leaderboard-floor", env=dict(env, DJANGO_SETTINGS_MODULE="bench.floor.settings"),
+    product = SocketWebServer(name="leaderboard-web", env=env, log_dir=ctx.work_dir, procs=ctx.web_procs, server=ctx.server).start()
+    floor = SocketWebServer(name="leaderboard-floor", env=dict(env, DJANGO_SETTINGS_MODULE="bench.floor.settings"),
                       log_dir=ctx.work_dir, procs=ctx.web_procs, server=ctx.server).start()
     results: dict[tuple[str, int], list] = {}
     try:

@@ -2,7 +2,7 @@
 
 Two modes, each bounded in time, each printing one JSON object on stdout:
 
-    python bench/loadgen.py http --port 8000 --path /polls/1/vote --body '{"option": 1}' \
+    python -m bench.loadgen http --port 8000 --path /polls/1/vote --body '{"option": 1}' \
         --connections 64 --start-at T --warmup 2 --duration 10 --latencies /tmp/lat.bin
 
         A closed loop of N keep-alive HTTP/1.1 connections (asyncio protocols over raw
@@ -11,7 +11,7 @@ Two modes, each bounded in time, each printing one JSON object on stdout:
         are counted, so several generator processes started with the same T measure the
         same window. Latencies (microseconds, float32) go to --latencies for merging.
 
-    python bench/loadgen.py viewers --port 8000 --path /ws/polls/1 --count 1000 --duration 60
+    python -m bench.loadgen viewers --port 8000 --path /ws/polls/1 --count 1000 --duration 60
 
         N WebSocket viewers that connect, then only count the frames they receive (and
         answer pings) until the duration is over or SIGTERM/SIGINT arrives. A hand-rolled
@@ -156,7 +156,7 @@ async def _http_client(host: str, port: int, requests: list[bytes], offset: int,
         done = loop.create_future()
         try:
             await loop.create_connection(
-                lambda: _HttpConnection(requests, offset, stats, stop_at, done), host, port
+                lambda offset=offset, done=done: _HttpConnection(requests, offset, stats, stop_at, done), host, port
             )
         except OSError:
             stats.errors += 1
@@ -420,7 +420,7 @@ async def connect_viewers(factory, *, ports: list[int], count: int, concurrency:
             try:
                 if await asyncio.wait_for(ready, timeout):
                     connected += 1
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     await asyncio.gather(*(one(index) for index in range(count)))
@@ -481,7 +481,7 @@ async def _viewers_main(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
     http = sub.add_parser("http")
     http.add_argument("--port", type=int, action="append", required=True, help="repeat to spread connections")

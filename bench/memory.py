@@ -51,7 +51,7 @@ def run_ws_sections(ctx) -> list[Row]:
         function = getattr(module, "bench_rows", None)
         if function is None:
             rows.append(Row("4/5 ws", f"bench/{name}.py", float("nan"), "",
-                            note=f"present but offers no bench_rows(ctx): run `python bench/{name}.py` on its own"))
+                            note=f"present but offers no bench_rows(ctx): run `python -m bench.{name}` on its own"))
             continue
         log(f"ws: running bench/{name}.py")
         rows.extend(function(ctx))

@@ -1,9 +1,9 @@
 """The benchmark suite: one command, real services, figures beside their references.
 
-    .venv/bin/python bench/run.py                 # everything: 20 minutes on the shared 2-core machine
-    .venv/bin/python bench/run.py --quick         # smoke check: 1 short round, 3-6 minutes
-    .venv/bin/python bench/run.py --profile /tmp/prof --only intake   # plus py-spy stacks
-    .venv/bin/python bench/run.py --only intake,apply
+    .venv/bin/python -m bench                 # everything: 20 minutes on the shared 2-core machine
+    .venv/bin/python -m bench --quick         # smoke check: 1 short round, 3-6 minutes
+    .venv/bin/python -m bench --profile /tmp/prof --only intake   # plus py-spy stacks
+    .venv/bin/python -m bench --only intake,apply
 
 Sections (--only takes a comma-separated list of these names):
 
@@ -51,14 +51,9 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# The repository, not bench/, first on the path: bench/leaderboard.py must not shadow the
-# product's leaderboard app in anything imported from here.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
-from bench import apply_rate, cluster, direct, intake, leaderboard, memory  # noqa: E402
-from bench.common import (  # noqa: E402
-    Profiler, Row, Services, add_experiment_args, experiment_env, log, print_table, summarize_profile,
-)
+from bench import apply_rate, cluster, direct, intake, leaderboard, memory
+from bench.common import Profiler, Row, add_experiment_args, experiment_env, log, print_table, summarize_profile
+from testsupport.services import Services
 
 SECTIONS = ["direct", "intake", "apply", "viewers", "leaderboard", "memory", "ws", "cluster"]
 # Three more brokers are too much for the small machine beside everything else: run it by name.
@@ -96,7 +91,7 @@ class Context:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one short round of everything (~3 minutes)")
     parser.add_argument("--only", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
     parser.add_argument("--runs", type=int, help="rounds per figure (default 3, quick 1)")

@@ -1,11 +1,11 @@
 """Soak: votes stream for N minutes through real processes while faults come one after another.
 
-    .venv/bin/python bench/soak.py --minutes 10
-    .venv/bin/python bench/soak.py --minutes 30 --faults worker,broker,postgres --fault-every 30
+    .venv/bin/python -m bench.soak --minutes 10
+    .venv/bin/python -m bench.soak --minutes 30 --faults worker,broker,postgres --fault-every 30
 
 It starts its own PostgreSQL, Redis and Kafka (devservices, free ports, a temporary
 directory), a web server process and vote workers, streams votes at a steady rate with
-a ledger of every request (tests/faults/load.py), and every --fault-every seconds
+a ledger of every request (testsupport/ledger.py), and every --fault-every seconds
 injects the next fault of a shuffled cycle:
 
     worker     SIGKILL one worker, start another at once
@@ -28,23 +28,20 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from testsupport.processes import REPO, WebServer, WorkerProcess
+from testsupport.services import ServiceStack
 
 FAULTS = ("worker", "rebalance", "broker", "postgres", "redis", "web")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="how long votes stream (default 5)")
     parser.add_argument("--rate", type=float, default=100.0, help="votes per second asked for (default 100)")
     parser.add_argument("--threads", type=int, default=16, help="concurrent voters (default 16)")
@@ -68,18 +65,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     rng = random.Random(seed)
 
-    from devservices import KafkaServer, PostgresServer, RedisServer, ensure_installed, free_port
-
-    ensure_installed(postgres=True, redis=True, kafka=True)
-    root = Path(tempfile.mkdtemp(prefix="polling-soak-"))
-    postgres = PostgresServer(port=free_port(), data_dir=root / "postgres")
-    redis = RedisServer(port=free_port(), data_dir=root / "redis")
-    kafka = KafkaServer(port=free_port(), controller_port=free_port(), data_dir=root / "kafka")
+    stack = ServiceStack.start_all(prefix="polling-soak-")
+    postgres, redis, kafka, root = stack.postgres, stack.redis, stack.kafka, stack.root
     processes = []
     started = time.monotonic()
     try:
-        for service in (postgres, redis, kafka):
-            service.start()
         topic = f"soak-{uuid.uuid4().hex[:8]}"
         env = {
             **os.environ,
@@ -106,7 +96,8 @@ def main() -> int:
         from django.db import connection
 
         from polls.kafka.topics import ensure_topics
-        from tests.faults.load import (
+        from testsupport.kafka import topic_events
+        from testsupport.ledger import (
             ACCEPTED,
             REFUSED,
             DirectPublisher,
@@ -117,9 +108,7 @@ def main() -> int:
             resend,
             settle,
             summarize,
-            topic_events,
         )
-        from testsupport.processes import WebServer, WorkerProcess
 
         ensure_topics()
         logs = root / "logs"
@@ -256,15 +245,9 @@ def main() -> int:
     finally:
         for process in processes:
             process.kill()
-        for service in (kafka, redis, postgres):
-            try:
-                service.stop()
-            except Exception as exc:  # keep stopping the others
-                print(f"could not stop {service!r}: {exc}", file=sys.stderr)
+        stack.stop_all(keep=args.keep)
         if args.keep:
             print(f"services and logs kept under {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Fan-out: N WebSocket viewers of one poll, one vote, how long until all of them have it.
 
-    .venv/bin/python bench/ws_fanout.py                       # 10,000 viewers, 5 votes
-    .venv/bin/python bench/ws_fanout.py --viewers 2000 --rounds 3
+    .venv/bin/python -m bench.ws_fanout                       # 10,000 viewers, 5 votes
+    .venv/bin/python -m bench.ws_fanout --viewers 2000 --rounds 3
 
 Starts its own PostgreSQL, Redis and Kafka (devservices, temporary directory, free ports),
 the web server processes and one vote worker, as production runs them. Viewer processes
@@ -33,11 +33,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench.loadgen import WsViewer, connect_viewers, read_raw, stop_on_signals  # noqa: E402
+from bench.loadgen import WsViewer, connect_viewers, read_raw, stop_on_signals
+from testsupport.processes import REPO
 
 VERSION = re.compile(rb'"version": (\d+)')
 
@@ -70,7 +67,9 @@ def start_ws_stack(*, name: str, work_dir: Path, services=None, extra_env: dict[
                    web_procs: int = 1, server: str = "uvicorn", worker_args: list[str] | None = None) -> WsStack:
     """Web (`web_procs` processes on one socket) + worker on a fresh database and topic;
     services started here unless given."""
-    from bench.common import Services, WebServer, Worker, django_env, log, manage
+    from bench.common import Worker, django_env, log, manage
+    from testsupport.processes import SocketWebServer
+    from testsupport.services import Services
 
     own = services is None
     if own:
@@ -87,7 +86,7 @@ def start_ws_stack(*, name: str, work_dir: Path, services=None, extra_env: dict[
         manage(env, "migrate", "--no-input")
         worker = Worker(name=f"{name}-worker", env=dict(env, LOG_LEVEL="INFO"), log_dir=work_dir, group=f"bench-{topic}",
                         extra=worker_args or []).start()
-        web = WebServer(name=f"{name}-web", env=env, log_dir=work_dir, procs=web_procs, server=server).start()
+        web = SocketWebServer(name=f"{name}-web", env=env, log_dir=work_dir, procs=web_procs, server=server).start()
         poll_id = _create_poll(web.url)
         log(f"{name}: web on {web.url}, poll {poll_id}")
         return WsStack(services=services, web=web, worker=worker, poll_id=poll_id, own_services=own, env=env)
@@ -187,16 +186,17 @@ def _connections_per_process(pids: list[int], port: int) -> list[int]:
 
 def fanout(stack: WsStack, *, viewers: int, procs: int, rounds: int, settle: float, connect_concurrency: int = 100,
            profile: Path | None = None) -> dict:
-    from bench.common import Profiler, log, proc_cpu_seconds
+    from bench.common import Profiler, log
+    from testsupport.processes import proc_cpu_seconds
 
     web_pids = stack.web.pids()
     rss_before = [_rss_mb(pid) for pid in web_pids]
     per_proc = [viewers // procs + (1 if i < viewers % procs else 0) for i in range(procs)]
     children = [
         subprocess.Popen(
-            [sys.executable, __file__, "_viewers", "--port", str(stack.web.port), "--path", f"/ws/polls/{stack.poll_id}",
+            [sys.executable, "-m", "bench.ws_fanout", "_viewers", "--port", str(stack.web.port), "--path", f"/ws/polls/{stack.poll_id}",
              "--count", str(count), "--connect-concurrency", str(max(1, connect_concurrency // procs))],
-            stdout=subprocess.PIPE, text=True,
+            cwd=REPO, stdout=subprocess.PIPE, text=True,
         )
         for count in per_proc
     ]
@@ -278,7 +278,7 @@ def print_fanout(result: dict) -> None:
 
 
 def bench_rows(ctx) -> list:
-    """Section 5 of bench/run.py."""
+    """Section 5 of `python -m bench` (bench/run.py)."""
     from bench.common import Row
 
     web_procs = max(2, ctx.web_procs)
@@ -315,7 +315,7 @@ def main() -> None:
         return
     import tempfile
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.ws_fanout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--viewers", type=int, default=10000)
     parser.add_argument("--procs", type=int, default=2, help="viewer client processes")
     parser.add_argument("--web-procs", type=int, default=2, help="server processes on one socket")

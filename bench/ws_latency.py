@@ -1,9 +1,9 @@
 """Vote-to-screen latency: from an accepted vote to the WebSocket message that shows it.
 
-    .venv/bin/python bench/ws_latency.py                      # both sources at 100 and 1,000 votes/s, 20 s each
-    .venv/bin/python bench/ws_latency.py --source kafka --rates 1000 --duration 30
-    .venv/bin/python bench/ws_latency.py --source http --rates 50 --web-procs 2
-    .venv/bin/python bench/ws_latency.py --source http --rates 1000 --audience 0 1000   # alone, then among 1,000
+    .venv/bin/python -m bench.ws_latency                      # both sources at 100 and 1,000 votes/s, 20 s each
+    .venv/bin/python -m bench.ws_latency --source kafka --rates 1000 --duration 30
+    .venv/bin/python -m bench.ws_latency --source http --rates 50 --web-procs 2
+    .venv/bin/python -m bench.ws_latency --source http --rates 1000 --audience 0 1000   # alone, then among 1,000
 
 Starts its own PostgreSQL, Redis and Kafka, --web-procs web server processes (default 1) and
 one vote worker (as in bench/ws_fanout.py). A viewer connected to ws/polls/<id> records
@@ -44,12 +44,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench.common import add_experiment_args, experiment_env, percentile  # noqa: E402
-from bench.ws_fanout import WsStack, start_ws_stack  # noqa: E402
+from bench.common import add_experiment_args, experiment_env, percentile
+from bench.ws_fanout import WsStack, start_ws_stack
+from testsupport.processes import REPO
 
 
 class _VoteSender:
@@ -350,7 +347,7 @@ def main() -> None:
             parser.add_argument(name, type=kind, required=True)
         _cmd_publish(parser.parse_args(sys.argv[2:]))
         return
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.ws_latency", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", type=float, nargs="+", default=[100.0, 1000.0], help="votes per second")
     parser.add_argument("--source", choices=list(SOURCES), nargs="+", default=list(SOURCES),
                         help="where the votes come from (default: both, http first)")

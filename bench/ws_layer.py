@@ -1,6 +1,6 @@
 """Channel layer benchmark: group_send to one large group, core vs pub/sub layer.
 
-    python bench/ws_layer.py --redis-url redis://127.0.0.1:6390/0 --group-size 10000
+    python -m bench.ws_layer --redis-url redis://127.0.0.1:6390/0 --group-size 10000
 
 For each layer it creates N channels in this process, adds them all to one group,
 then sends a poll.updated-sized message to the group R times and measures:
@@ -20,10 +20,7 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _message(version: int) -> dict:
@@ -92,7 +89,7 @@ def _layer(kind: str, redis_url: str):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.ws_layer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--group-size", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--rounds", type=int, default=5)

@@ -20,6 +20,7 @@ import re
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,7 +35,13 @@ from polling.settings_doc import Variable, listed_in_env_example, variables_read
 from testsupport.processes import WebServer, WorkerProcess, child_pids
 
 REPO = Path(__file__).resolve().parent.parent
-COMPOSE_FILES = ("docker-compose.yml", "docker-compose.zookeeper.yml")
+ZOOKEEPER_OVERRIDE = "docker-compose.zookeeper.yml"
+CLUSTER_OVERRIDE = "docker-compose.cluster.yml"
+# Each system a user runs, by the compose files given to `docker compose -f ... -f ...`.
+COMPOSE_SHAPES = {
+    "docker-compose.yml": ("docker-compose.yml",),
+    ZOOKEEPER_OVERRIDE: ("docker-compose.yml", ZOOKEEPER_OVERRIDE),
+}
 APP_SERVICES = ("migrate", "web", "worker")
 # The project's own Python packages (what the image must contain, and what is not a
 # third-party import).
@@ -44,8 +51,69 @@ PROJECT_PACKAGES = ("polling", "polls", "leaderboard", "realtime")
 # --- Parsing ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Tagged:
+    """A value under compose's `!override` (replaces the base's) or `!reset` (removes it)."""
+
+    tag: str
+    value: object
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_tagged(loader: yaml.SafeLoader, node: yaml.Node) -> _Tagged:
+    if isinstance(node, yaml.MappingNode):
+        value = loader.construct_mapping(node, deep=True)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_scalar(node)
+    return _Tagged(node.tag, value)
+
+
+for _tag in ("!override", "!reset"):
+    _ComposeLoader.add_constructor(_tag, _construct_tagged)
+
+
 def load_compose(name: str) -> dict:
-    return yaml.safe_load((REPO / name).read_text())
+    return yaml.load((REPO / name).read_text(), Loader=_ComposeLoader)  # a SafeLoader
+
+
+def merge_compose(base, override):
+    """What `docker compose -f base -f override` runs: mappings merged key by key, lists
+    of volumes, ports and exposed ports joined, anything else replaced by the override;
+    `!override` replaces a value whole and `!reset` removes it."""
+    if isinstance(override, _Tagged):
+        return _untagged(override.value)
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            if isinstance(value, _Tagged) and value.tag == "!reset":
+                merged.pop(key, None)
+            elif key in merged and key in ("volumes", "ports", "expose") and isinstance(value, list):
+                merged[key] = [*merged[key], *(item for item in value if item not in merged[key])]
+            else:
+                merged[key] = merge_compose(merged[key], value) if key in merged else _untagged(value)
+        return merged
+    return override
+
+
+def _untagged(value):
+    if isinstance(value, _Tagged):
+        return _untagged(value.value)
+    if isinstance(value, dict):
+        return {key: _untagged(item) for key, item in value.items()}
+    return value
+
+
+def merged_compose(*names: str) -> dict:
+    """The files merged in order, as compose merges its -f files."""
+    spec = load_compose(names[0])
+    for name in names[1:]:
+        spec = merge_compose(spec, load_compose(name))
+    return spec
 
 
 _INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
@@ -136,9 +204,9 @@ def test_env_example_itself_loads_in_production_mode():
 # --- Compose ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=COMPOSE_FILES)
+@pytest.fixture(params=COMPOSE_SHAPES)
 def compose(request):
-    return request.param, load_compose(request.param)
+    return request.param, merged_compose(*COMPOSE_SHAPES[request.param])
 
 
 def test_compose_has_the_whole_system_with_dependencies_that_exist(compose):
@@ -183,7 +251,7 @@ def test_the_kraft_file_runs_kafka_4_without_zookeeper():
 
 
 def test_the_zookeeper_file_runs_kafka_3_9_registered_in_zookeeper():
-    services = load_compose("docker-compose.zookeeper.yml")["services"]
+    services = merged_compose(*COMPOSE_SHAPES[ZOOKEEPER_OVERRIDE])["services"]
     kafka, zookeeper = services["kafka"], services["zookeeper"]
     # Confluent Platform 7.9.x is Apache Kafka 3.9.x.
     assert re.fullmatch(r"confluentinc/cp-kafka:7\.9\.\d+", kafka["image"])
@@ -196,11 +264,17 @@ def test_the_zookeeper_file_runs_kafka_3_9_registered_in_zookeeper():
     assert f"/dev/tcp/127.0.0.1/{zk_port}" in " ".join(zookeeper["healthcheck"]["test"])
 
 
-def test_both_files_define_everything_but_the_broker_identically():
-    kraft, zk = (load_compose(name) for name in COMPOSE_FILES)
+def test_the_zookeeper_override_holds_only_the_broker_and_leaves_nothing_of_kraft():
+    base, override = load_compose("docker-compose.yml"), load_compose(ZOOKEEPER_OVERRIDE)
+    merged = merged_compose(*COMPOSE_SHAPES[ZOOKEEPER_OVERRIDE])
+    assert set(override["services"]) == {"zookeeper", "kafka"}, "the override repeats services of the base"
     for service in ("postgres", "redis", *APP_SERVICES):
-        assert kraft["services"][service] == zk["services"][service], f"{service} differs between the files"
-    assert zk.get("name"), "the ZooKeeper variant needs a project name of its own (separate volumes)"
+        assert merged["services"][service] == base["services"][service], f"{service} differs from the base"
+    assert override.get("name"), "the ZooKeeper variant needs a project name of its own (separate volumes)"
+    kraft_only = {"KAFKA_NODE_ID", "KAFKA_PROCESS_ROLES", "KAFKA_CONTROLLER_LISTENER_NAMES",
+                  "KAFKA_CONTROLLER_QUORUM_VOTERS"}
+    assert not kraft_only & set(service_env(merged["services"]["kafka"])), "KRaft settings left on the 3.9 broker"
+    assert {"zookeeper-data", "zookeeper-log", *base["volumes"]} <= set(merged["volumes"])
 
 
 def test_compose_app_environment_names_only_settings_the_code_reads(compose):
@@ -535,27 +609,12 @@ def test_the_migrations_cover_every_model_change():
 
 # --- The cluster override: three brokers, scaled processes, one front door ------------------
 
-CLUSTER_OVERRIDE = "docker-compose.cluster.yml"
 BROKERS = ("kafka", "kafka-2", "kafka-3")
-
-
-def merge_compose(base, override):
-    """What `docker compose -f base -f override` runs: mappings merged key by key, lists
-    of volumes, ports and exposed ports joined, anything else replaced by the override."""
-    if isinstance(base, dict) and isinstance(override, dict):
-        merged = dict(base)
-        for key, value in override.items():
-            if key in merged and key in ("volumes", "ports", "expose") and isinstance(value, list):
-                merged[key] = [*merged[key], *(item for item in value if item not in merged[key])]
-            else:
-                merged[key] = merge_compose(merged[key], value) if key in merged else value
-        return merged
-    return override
 
 
 @pytest.fixture
 def cluster_compose():
-    return merge_compose(load_compose("docker-compose.yml"), load_compose(CLUSTER_OVERRIDE))
+    return merged_compose("docker-compose.yml", CLUSTER_OVERRIDE)
 
 
 def running_services(spec: dict) -> dict[str, dict]:

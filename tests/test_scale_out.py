@@ -20,7 +20,9 @@ import pytest
 from django.conf import settings
 from websockets.sync.client import connect
 
-from tests.faults.load import (
+from tests.http import request
+from testsupport.frontdoor import FrontDoor, ProxiedWebServer
+from testsupport.ledger import (
     ACCEPTED,
     VoteStream,
     batches_in_log,
@@ -29,8 +31,6 @@ from tests.faults.load import (
     settle,
     summarize,
 )
-from tests.http import request
-from testsupport.frontdoor import FrontDoor, ProxiedWebServer
 from testsupport.processes import WorkerProcess, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -13,12 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 
-from conftest import read_topic
 from devservices import KAFKA_ZK_VERSION, KafkaZooKeeperServer, ensure_installed, free_port
 from polls.domain.services import counters_verify
 from polls.kafka.bus import reset_vote_bus
 from polls.kafka.topics import dead_letter_topic, ensure_topics, vote_topic
 from tests.http import request
+from testsupport.kafka import read_topic
 from testsupport.processes import WebServer, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

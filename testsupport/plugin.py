@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from testsupport.stack import ServiceStack
+from testsupport.services import ServiceStack
 
 _stack: ServiceStack | None = None
 

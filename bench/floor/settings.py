@@ -6,6 +6,6 @@ Everything else (middleware, DRF settings, database, Kafka) is the product's own
 floor pays exactly the server, middleware and DRF costs the vote endpoint pays.
 """
 
-from polling.settings import *  # noqa: F401,F403
+from polling.settings import *  # noqa: F403
 
 ROOT_URLCONF = "bench.floor.urls"

@@ -5,10 +5,10 @@ import json
 import pytest
 from django.test import Client
 
-from conftest import read_topic
 from polls.kafka.events import VoteEvent
 from polls.models import Poll
 from polls.tests.factories import counts, make_poll
+from testsupport.kafka import read_topic
 from testsupport.processes import wait_until
 
 SEED_POLL = {

@@ -10,11 +10,11 @@ from django.db import connection
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.errors import KafkaError
 
-from conftest import make_vote_worker
 from polling.metrics import WORKER_REGISTRY
 from polls.domain.services import get_vote_bus
 from polls.tests.factories import counts, make_poll, vote_event
 from polls.worker.lag import group_lags
+from testsupport.kafka import make_vote_worker
 from testsupport.processes import wait_until
 
 

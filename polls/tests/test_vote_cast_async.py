@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from conftest import read_topic
 from polls.domain import services
 from polls.domain.exceptions import AlreadyVoted, OptionOutOfRange
 from polls.domain.selectors import poll_vote_target
@@ -17,6 +16,7 @@ from polls.kafka.bus import KafkaVoteBus
 from polls.kafka.errors import VoteBusUnavailable
 from polls.kafka.events import VoteEvent
 from polls.tests.factories import make_poll
+from testsupport.kafka import read_topic
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,13 +14,13 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from conftest import read_topic
 from polls.domain import services
 from polls.domain.services import counters_verify, poll_create, poll_set_status, votes_apply
 from polls.kafka.bus import reset_vote_bus
 from polls.models import Poll, Vote
 from polls.tests.factories import counts, make_poll, vote_event
 from tests.http import request
+from testsupport.kafka import read_topic
 from testsupport.processes import wait_until
 
 

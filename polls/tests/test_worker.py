@@ -12,7 +12,6 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions
 from kafka.consumer.fetcher import Fetcher
 
-from conftest import make_vote_worker, read_topic
 from polling.metrics import WORKER_REGISTRY
 from polling.patches.kafka_records import LeanPartitionRecords
 from polls.domain.services import counters_verify, get_vote_bus
@@ -20,6 +19,7 @@ from polls.kafka.topics import dead_letter_topic, vote_consumer
 from polls.models import Option, Poll, Vote
 from polls.tests.factories import counts, make_poll, vote_event
 from polls.worker.batches import WorkerStopped
+from testsupport.kafka import make_vote_worker, read_topic
 from testsupport.processes import WorkerProcess, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

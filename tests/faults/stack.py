@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.faults.load import ACCEPTED, VoteStream, create_poll, production_env
+from testsupport.ledger import ACCEPTED, VoteStream, create_poll, production_env
 from testsupport.processes import WebServer, WorkerProcess
 
 

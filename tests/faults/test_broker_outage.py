@@ -14,7 +14,9 @@ import time
 import pytest
 from django.conf import settings
 
-from tests.faults.load import (
+from tests.faults.stack import web_and_worker
+from testsupport.kafka import topic_events
+from testsupport.ledger import (
     ACCEPTED,
     REFUSED,
     VoteStream,
@@ -22,9 +24,7 @@ from tests.faults.load import (
     resend,
     settle,
     summarize,
-    topic_events,
 )
-from tests.faults.stack import web_and_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -17,7 +17,9 @@ from django.conf import settings
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from tests.faults.load import (
+from tests.faults.stack import web_and_worker
+from testsupport.kafka import topic_events
+from testsupport.ledger import (
     ACCEPTED,
     REFUSED,
     Outcome,
@@ -27,9 +29,7 @@ from tests.faults.load import (
     resend,
     settle,
     summarize,
-    topic_events,
 )
-from tests.faults.stack import web_and_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

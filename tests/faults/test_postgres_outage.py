@@ -17,16 +17,16 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from tests.faults.load import (
+from tests.faults.stack import web_and_worker
+from testsupport.kafka import group_lag
+from testsupport.ledger import (
     ACCEPTED,
     DirectPublisher,
     VoteStream,
     batches_in_log,
-    group_lag,
     settle,
     summarize,
 )
-from tests.faults.stack import web_and_worker
 from testsupport.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

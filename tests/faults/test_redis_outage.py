@@ -16,9 +16,9 @@ from django.conf import settings
 from websockets.sync.client import connect
 
 from polls.models import Vote
-from tests.faults.load import ACCEPTED, REFUSED, VoteStream, create_poll, resend, settle, summarize
 from tests.faults.stack import web_and_worker
 from tests.http import request
+from testsupport.ledger import ACCEPTED, REFUSED, VoteStream, create_poll, resend, settle, summarize
 from testsupport.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

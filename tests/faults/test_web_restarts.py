@@ -20,8 +20,8 @@ from collections.abc import Callable
 import pytest
 from django.conf import settings
 
-from tests.faults.load import ACCEPTED, UNKNOWN, UNSENT, VoteStream, settle, summarize
 from tests.faults.stack import Stack, restart_mid_stream, web_and_worker
+from testsupport.ledger import ACCEPTED, UNKNOWN, UNSENT, VoteStream, settle, summarize
 from testsupport.processes import WebServer
 
 pytestmark = pytest.mark.django_db(transaction=True)

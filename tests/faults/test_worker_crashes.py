@@ -12,7 +12,7 @@ import pytest
 from django.conf import settings
 
 from polls.models import Vote
-from tests.faults.load import (
+from testsupport.ledger import (
     ACCEPTED,
     VoteStream,
     batches_in_log,

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from testsupport.kafka import TopicEvent, topic_events
+
 ACCEPTED = "accepted"  # 204: the API says the vote is durable; it must be counted exactly once
 REFUSED = "refused"  # 503: "not recorded, retry": never counted, unless a retry with its key is accepted
 REJECTED = "rejected"  # any other HTTP answer: nothing may be counted either
@@ -399,80 +401,6 @@ class DirectPublisher:
 
     def close(self) -> None:
         self._producer.close(timeout=5)
-
-
-# --- Kafka: what is in the topic, how far the group got ------------------------------
-
-
-@dataclass(frozen=True)
-class TopicEvent:
-    partition: int
-    offset: int
-    vote_id: str | None
-    poll_id: int | None
-    option: int | None
-    voter_key: str | None
-
-
-def topic_events(*, brokers: Sequence[str] | str, topic: str, timeout: float = 60) -> list[TopicEvent]:
-    """Every message of the topic, read from the beginning to the end offsets of now."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False, group_id=None,
-                             client_id="fault-test-reader")
-    try:
-        deadline = time.monotonic() + timeout
-        while not consumer.partitions_for_topic(topic):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"topic {topic} not in the broker's metadata")
-            time.sleep(0.2)
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning()
-        end = consumer.end_offsets(partitions)
-        events: list[TopicEvent] = []
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"reading {topic} took over {timeout:.0f} s")
-            for records in consumer.poll(timeout_ms=500, max_records=5000).values():
-                for record in records:
-                    events.append(_decode(record))
-        return events
-    finally:
-        consumer.close()
-
-
-def _decode(record) -> TopicEvent:
-    try:
-        data = json.loads(record.value)
-        option = data.get("option")
-        if option is None and data.get("options"):
-            option = data["options"][0]
-        return TopicEvent(record.partition, record.offset, str(data["vote_id"]), int(data["poll_id"]),
-                          int(option), str(data["voter_key"]))
-    except (ValueError, TypeError, KeyError):
-        return TopicEvent(record.partition, record.offset, None, None, None, None)
-
-
-def group_lag(*, brokers: Sequence[str] | str, topic: str, group: str) -> tuple[int, int]:
-    """(sum of the group's committed offsets, sum of the topic's end offsets) right now.
-
-    Read by a consumer that names the group but never subscribes: it fetches the
-    committed offsets from the coordinator without joining (or disturbing) the group.
-    """
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=brokers, group_id=group, enable_auto_commit=False,
-                             client_id="fault-test-offsets")
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not partitions:
-            raise AssertionError(f"topic {topic} not in the broker's metadata")
-        end = consumer.end_offsets(partitions)
-        done = sum(consumer.committed(tp) or 0 for tp in partitions)
-        return done, sum(end.values())
-    finally:
-        consumer.close(autocommit=False)
 
 
 # --- the books -----------------------------------------------------------------------
