@@ -37,12 +37,8 @@ logger = logging.getLogger(__name__)
 
 # A broadcast is written to the viewers in slices of up to this long, the loop serving
 # what else is ready (HTTP requests, votes waiting to answer 204) between two. Each turn
-# given back costs more than it seems on a process saturated with votes: the loop's
-# thread then waits for the GIL among the request threads. Yielding every 32 viewers,
-# 1,000 viewers of such a process received about 1 update a second of the 10 sent
-# (the next ones queued behind the one being written); all 1,000 at once, about 5.5 a
-# second averaged over the whole watch, votes running for most of it (bench/run.py
-# --only viewers, two alternated pairs of quick runs).
+# given back costs more than it seems on a process saturated with votes, so slices are
+# long rather than frequent (docs/decisions/0011-websocket-fanout.md).
 _SLICE_SECONDS = 0.02
 # Viewers written between two looks at the clock.
 _CHUNK = 32
