@@ -124,7 +124,8 @@ def worker_thread(kafka_topic, transactional_db):
 # Reports every Content-Security-Policy violation of a page to the test (see `page`).
 _REPORT_CSP_VIOLATIONS = """
 document.addEventListener("securitypolicyviolation", (event) => {
-  window.reportCspViolation(`${event.effectiveDirective} blocked ${event.blockedURI || "inline"} in ${event.sourceFile}:${event.lineNumber}`);
+  const source = `${event.sourceFile}:${event.lineNumber}`;
+  window.reportCspViolation(`${event.effectiveDirective} blocked ${event.blockedURI || "inline"} in ${source}`);
 });
 """
 

@@ -30,8 +30,9 @@ from testsupport.processes import REPO, proc_cpu_seconds, tree_cpu_seconds
 
 
 def _helper(env: dict[str, str], *args: str, timeout: float = 900) -> dict:
-    result = subprocess.run([PYTHON, "-m", "bench.apply_rate", *args], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [PYTHON, "-m", "bench.apply_rate", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if result.returncode != 0:
         raise RuntimeError(f"bench.apply_rate {args[0]} failed:\n{result.stdout}\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -53,8 +54,10 @@ def _reset(database_url: str) -> None:
 
 def _cpu(workers: list[Worker], postgres_pid: int | None) -> tuple[float, float]:
     """CPU seconds so far of the worker processes together and of the whole PostgreSQL server."""
-    return (sum(proc_cpu_seconds(worker.pid) for worker in workers),
-            tree_cpu_seconds(postgres_pid) if postgres_pid else float("nan"))
+    return (
+        sum(proc_cpu_seconds(worker.pid) for worker in workers),
+        tree_cpu_seconds(postgres_pid) if postgres_pid else float("nan"),
+    )
 
 
 def _workers(ctx) -> str:
@@ -63,20 +66,38 @@ def _workers(ctx) -> str:
 
 def _cpu_note(ctx, cpu_us: dict[str, float]) -> str:
     workers = "worker" if ctx.apply_workers == 1 else f"{ctx.apply_workers} workers"
-    return (f"CPU per vote: {workers} {cpu_us['worker']:.1f} us, PostgreSQL {cpu_us['postgres']:.1f} us "
-            f"({cpu_us['cores']:.2f} cores)")
+    return (
+        f"CPU per vote: {workers} {cpu_us['worker']:.1f} us, PostgreSQL {cpu_us['postgres']:.1f} us "
+        f"({cpu_us['cores']:.2f} cores)"
+    )
 
 
-def _time_worker(ctx, env: dict[str, str], database_url: str, poll_ids: list[int], total: int, group: str, name: str,
-                 repo: Path = REPO):
+def _time_worker(
+    ctx,
+    env: dict[str, str],
+    database_url: str,
+    poll_ids: list[int],
+    total: int,
+    group: str,
+    name: str,
+    repo: Path = REPO,
+):
     """Votes/s from the first counted vote to the last, and the CPU spent meanwhile.
 
     With ctx.apply_workers > 1, that many workers share the group (and the topic's
     partitions); their CPU is added up and the memory is the largest one's.
     """
-    workers = [Worker(name=name if n == 0 else f"{name}-{n + 1}", env=env, log_dir=ctx.work_dir, group=group,
-                      extra=ctx.worker_args, repo=repo)
-               for n in range(ctx.apply_workers)]
+    workers = [
+        Worker(
+            name=name if n == 0 else f"{name}-{n + 1}",
+            env=env,
+            log_dir=ctx.work_dir,
+            group=group,
+            extra=ctx.worker_args,
+            repo=repo,
+        )
+        for n in range(ctx.apply_workers)
+    ]
     for worker in workers:  # all at once: the first would otherwise apply while the next starts
         worker.start(wait=False)
     for worker in workers:
@@ -121,11 +142,14 @@ def _time_worker(ctx, env: dict[str, str], database_url: str, poll_ids: list[int
     seconds = max(done_at - first_at, 1e-3)
     votes = total - first_count
     if votes == 0:
-        raise RuntimeError(f"all {total:,} votes were counted at the first look: too few to time, "
-                           "pre-fill more (--apply-events)")
+        raise RuntimeError(
+            f"all {total:,} votes were counted at the first look: too few to time, pre-fill more (--apply-events)"
+        )
     # Microseconds of CPU per vote: the worker process, PostgreSQL (every backend, the
     # counting queries of this loop and background work included).
-    cpu_us = {who: (done - first) / votes * 1e6 for who, done, first in zip(("worker", "postgres"), cpu_done, cpu_first)}
+    cpu_us = {
+        who: (done - first) / votes * 1e6 for who, done, first in zip(("worker", "postgres"), cpu_done, cpu_first)
+    }
     cpu_us["cores"] = sum(done - first for done, first in zip(cpu_done, cpu_first)) / seconds
     return votes / seconds, seconds, memory, cpu_us
 
@@ -134,14 +158,21 @@ def run_apply(ctx) -> list[Row]:
     services = ctx.services
     topic = f"bench-apply-{uuid.uuid4().hex[:8]}"
     database_url = services.database_url("bench_apply")
-    env = django_env(database_url=database_url, kafka=services.kafka_bootstrap, redis=services.redis_url,
-                     topic=topic, extra=ctx.product_env)
+    env = django_env(
+        database_url=database_url,
+        kafka=services.kafka_bootstrap,
+        redis=services.redis_url,
+        topic=topic,
+        extra=ctx.product_env,
+    )
     manage(env, "migrate", "--no-input")
     setup = _helper(env, "setup", "--polls", str(ctx.apply_polls))
     poll_ids = setup["poll_ids"]
     prefill = _helper(env, "prefill", "--count", str(ctx.apply_events), "--poll-ids", ",".join(map(str, poll_ids)))
-    log(f"apply: {ctx.apply_events:,} events pre-filled over {len(poll_ids)} polls in {prefill['seconds']:.1f} s "
-        f"({prefill['rate']:,.0f}/s)")
+    log(
+        f"apply: {ctx.apply_events:,} events pre-filled over {len(poll_ids)} polls in {prefill['seconds']:.1f} s "
+        f"({prefill['rate']:,.0f}/s)"
+    )
     if ctx.apply_against:
         return _run_against(ctx, env, database_url, poll_ids)
     batched: list[float] = []
@@ -149,31 +180,57 @@ def run_apply(ctx) -> list[Row]:
     consistent = True
     for round_index in range(ctx.runs):
         _reset(database_url)
-        rate, seconds, memory, cpu_us = _time_worker(ctx, env, database_url, poll_ids, ctx.apply_events,
-                                             group=f"bench-apply-{round_index}-{uuid.uuid4().hex[:6]}",
-                                             name=f"apply-worker-{round_index}")
+        rate, seconds, memory, cpu_us = _time_worker(
+            ctx,
+            env,
+            database_url,
+            poll_ids,
+            ctx.apply_events,
+            group=f"bench-apply-{round_index}-{uuid.uuid4().hex[:6]}",
+            name=f"apply-worker-{round_index}",
+        )
         rows = sql(database_url, "SELECT count(*) FROM polls_vote")[0][0]
         consistent &= rows == _counted(database_url, poll_ids)
         batched.append(rate)
         previous = ctx.memory.get("worker (apply, batched)", {"rss_mb": 0, "peak_mb": 0})
         ctx.memory["worker (apply, batched)"] = {k: max(previous[k], memory[k]) for k in memory}
-        log(f"apply round {round_index + 1}/{ctx.runs}: {_workers(ctx)} applied {rate:,.0f} votes/s "
-            f"({ctx.apply_events:,} in {seconds:.1f} s); {_cpu_note(ctx, cpu_us)}")
+        log(
+            f"apply round {round_index + 1}/{ctx.runs}: {_workers(ctx)} applied {rate:,.0f} votes/s "
+            f"({ctx.apply_events:,} in {seconds:.1f} s); {_cpu_note(ctx, cpu_us)}"
+        )
         _reset(database_url)
-        single = _helper(env, "per-vote", "--count", str(ctx.per_vote_events), "--poll-ids", ",".join(map(str, poll_ids)),
-                         "--seconds", str(ctx.duration))
+        single = _helper(
+            env,
+            "per-vote",
+            "--count",
+            str(ctx.per_vote_events),
+            "--poll-ids",
+            ",".join(map(str, poll_ids)),
+            "--seconds",
+            str(ctx.duration),
+        )
         per_vote.append(single["rate"])
         log(f"apply round {round_index + 1}/{ctx.runs}: one transaction per vote {single['rate']:,.0f} votes/s")
     rate, reference = median(batched), median(per_vote)
     ratio = paired_ratio(batched, per_vote)
     return [
-        Row("2 apply", f"votes/s applied by {_workers(ctx)} (Kafka -> PostgreSQL)", rate, "votes/s",
-            "one transaction per vote (votes_apply x1)", reference, ratio, ">= 10x, >= 50,000/s",
+        Row(
+            "2 apply",
+            f"votes/s applied by {_workers(ctx)} (Kafka -> PostgreSQL)",
+            rate,
+            "votes/s",
+            "one transaction per vote (votes_apply x1)",
+            reference,
+            ratio,
+            ">= 10x, >= 50,000/s",
             ratio >= 10 and rate >= 50_000,
-            note=(f"{ctx.apply_events:,} events over {len(poll_ids)} polls x 4 options, batch settings "
-                  f"{' '.join(ctx.worker_args) or 'default (VOTE_BATCH_SIZE, VOTE_BATCH_WAIT_MS)'}; "
-                  f"counters {'equal' if consistent else 'DIFFER FROM'} the vote rows after every round"),
-            runs=batched),
+            note=(
+                f"{ctx.apply_events:,} events over {len(poll_ids)} polls x 4 options, batch settings "
+                f"{' '.join(ctx.worker_args) or 'default (VOTE_BATCH_SIZE, VOTE_BATCH_WAIT_MS)'}; "
+                f"counters {'equal' if consistent else 'DIFFER FROM'} the vote rows after every round"
+            ),
+            runs=batched,
+        ),
     ]
 
 
@@ -191,20 +248,38 @@ def _run_against(ctx, env: dict[str, str], database_url: str, poll_ids: list[int
         order = [("this", REPO), ("other", other)]
         for label, repo in order if round_index % 2 == 0 else order[::-1]:
             _reset(database_url)
-            rate, seconds, _, cpu_us = _time_worker(ctx, env, database_url, poll_ids, ctx.apply_events,
-                                                    group=f"bench-apply-{label}-{round_index}-{uuid.uuid4().hex[:6]}",
-                                                    name=f"apply-worker-{label}-{round_index}", repo=repo)
+            rate, seconds, _, cpu_us = _time_worker(
+                ctx,
+                env,
+                database_url,
+                poll_ids,
+                ctx.apply_events,
+                group=f"bench-apply-{label}-{round_index}-{uuid.uuid4().hex[:6]}",
+                name=f"apply-worker-{label}-{round_index}",
+                repo=repo,
+            )
             consistent &= sql(database_url, "SELECT count(*) FROM polls_vote")[0][0] == _counted(database_url, poll_ids)
             rates[label].append(rate)
-            log(f"apply round {round_index + 1}/{ctx.runs}, {label} tree: {rate:,.0f} votes/s "
-                f"({ctx.apply_events:,} in {seconds:.1f} s); {_cpu_note(ctx, cpu_us)}; load {os.getloadavg()[0]:.1f}")
+            log(
+                f"apply round {round_index + 1}/{ctx.runs}, {label} tree: {rate:,.0f} votes/s "
+                f"({ctx.apply_events:,} in {seconds:.1f} s); {_cpu_note(ctx, cpu_us)}; load {os.getloadavg()[0]:.1f}"
+            )
     return [
-        Row("2 apply", f"votes/s applied by {_workers(ctx)}, this tree", median(rates["this"]), "votes/s",
-            f"the worker of {other}", median(rates["other"]), paired_ratio(rates["this"], rates["other"]),
-            note=(f"pairs alternated: this {', '.join(f'{r:,.0f}' for r in rates['this'])}; "
-                  f"other {', '.join(f'{r:,.0f}' for r in rates['other'])}; counters "
-                  f"{'equal' if consistent else 'DIFFER FROM'} the vote rows after every round"),
-            runs=rates["this"]),
+        Row(
+            "2 apply",
+            f"votes/s applied by {_workers(ctx)}, this tree",
+            median(rates["this"]),
+            "votes/s",
+            f"the worker of {other}",
+            median(rates["other"]),
+            paired_ratio(rates["this"], rates["other"]),
+            note=(
+                f"pairs alternated: this {', '.join(f'{r:,.0f}' for r in rates['this'])}; "
+                f"other {', '.join(f'{r:,.0f}' for r in rates['other'])}; counters "
+                f"{'equal' if consistent else 'DIFFER FROM'} the vote rows after every round"
+            ),
+            runs=rates["this"],
+        ),
     ]
 
 
@@ -235,8 +310,10 @@ def make_event(poll_id: int, option: int, serial: int):
         "dedupe_key": lambda: None,
     }
     if dataclasses.is_dataclass(VoteEvent):  # the shape of trees before 2026-11-26 (--apply-against)
-        fields = [(f.name, f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-                  for f in dataclasses.fields(VoteEvent)]
+        fields = [
+            (f.name, f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(VoteEvent)
+        ]
     else:
         import msgspec
 
@@ -255,7 +332,10 @@ def _cmd_setup(args) -> dict:
     from polls.kafka.topics import ensure_topics
 
     ensure_topics()
-    polls = [poll_create(question=f"Benchmark poll {n}?", options=["Red", "Blue", "Green", "Yellow"]) for n in range(args.polls)]
+    polls = [
+        poll_create(question=f"Benchmark poll {n}?", options=["Red", "Blue", "Green", "Yellow"])
+        for n in range(args.polls)
+    ]
     return {"poll_ids": [poll.pk for poll in polls]}
 
 
@@ -271,8 +351,14 @@ def _cmd_prefill(args) -> dict:
     from polls.kafka.topics import vote_topic
 
     poll_ids = [int(x) for x in args.poll_ids.split(",")]
-    producer = KafkaProducer(bootstrap_servers=settings.KAFKA_BROKERS, acks="all", linger_ms=50,
-                             batch_size=512 * 1024, max_request_size=8 * 1024 * 1024, compression_type=None)
+    producer = KafkaProducer(
+        bootstrap_servers=settings.KAFKA_BROKERS,
+        acks="all",
+        linger_ms=50,
+        batch_size=512 * 1024,
+        max_request_size=8 * 1024 * 1024,
+        compression_type=None,
+    )
     began = time.monotonic()
     topic = vote_topic()
     for poll_id, option, serial in _choices(poll_ids, args.count):

@@ -34,10 +34,11 @@ def run_cluster(ctx) -> list[Row]:
         results: dict[str, list[LoadResult]] = {name: [] for name in stacks}
         order = list(stacks)
         for round_index in range(ctx.runs):
-            for name in order[round_index % 2:] + order[: round_index % 2]:
+            for name in order[round_index % 2 :] + order[: round_index % 2]:
                 stack = stacks[name]
-                result = _load(contexts[name], stack.product, f"/polls/{stack.poll_id}/vote", stack.poll_id,
-                               worker=stack.worker)
+                result = _load(
+                    contexts[name], stack.product, f"/polls/{stack.poll_id}/vote", stack.poll_id, worker=stack.worker
+                )
                 results[name].append(result)
                 log(f"cluster round {round_index + 1}/{ctx.runs} {name}: {_describe(result)}")
         counted = {}
@@ -54,21 +55,41 @@ def run_cluster(ctx) -> list[Row]:
         return [getattr(r, attr) for r in results[name]]
 
     notes = "; ".join(
-        f"{name}: all {accepted:,} votes answered 204 counted" if rows == accepted
+        f"{name}: all {accepted:,} votes answered 204 counted"
+        if rows == accepted
         else f"{name}: MISMATCH, {accepted:,} answered 204, {rows:,} rows"
         for name, (accepted, rows) in counted.items()
     )
     errors = "".join(_error_note(results[name]) for name in results)
     c = ctx.connections
     return [
-        Row("8 cluster", f"votes/s, {c} clients, 3 brokers (RF 3, min ISR 2)", median(figure("3 brokers", "rps")),
-            "votes/s", "1 broker (RF 1)", median(figure("1 broker", "rps")),
+        Row(
+            "8 cluster",
+            f"votes/s, {c} clients, 3 brokers (RF 3, min ISR 2)",
+            median(figure("3 brokers", "rps")),
+            "votes/s",
+            "1 broker (RF 1)",
+            median(figure("1 broker", "rps")),
             paired_ratio(figure("3 brokers", "rps"), figure("1 broker", "rps")),
-            note=f"{notes}{errors}", runs=figure("3 brokers", "rps")),
-        Row("8 cluster", "latency p50, 3 brokers", median(figure("3 brokers", "p50_ms")), "ms",
-            "1 broker p50", median(figure("1 broker", "p50_ms")),
-            paired_ratio(figure("3 brokers", "p50_ms"), figure("1 broker", "p50_ms"))),
-        Row("8 cluster", "latency p99, 3 brokers", median(figure("3 brokers", "p99_ms")), "ms",
-            "1 broker p99", median(figure("1 broker", "p99_ms")),
-            paired_ratio(figure("3 brokers", "p99_ms"), figure("1 broker", "p99_ms"))),
+            note=f"{notes}{errors}",
+            runs=figure("3 brokers", "rps"),
+        ),
+        Row(
+            "8 cluster",
+            "latency p50, 3 brokers",
+            median(figure("3 brokers", "p50_ms")),
+            "ms",
+            "1 broker p50",
+            median(figure("1 broker", "p50_ms")),
+            paired_ratio(figure("3 brokers", "p50_ms"), figure("1 broker", "p50_ms")),
+        ),
+        Row(
+            "8 cluster",
+            "latency p99, 3 brokers",
+            median(figure("3 brokers", "p99_ms")),
+            "ms",
+            "1 broker p99",
+            median(figure("1 broker", "p99_ms")),
+            paired_ratio(figure("3 brokers", "p99_ms"), figure("1 broker", "p99_ms")),
+        ),
     ]

@@ -35,10 +35,19 @@ SECRET_KEY = "bench-only-secret-key-not-for-production-0123456789abcdef"
 
 def add_experiment_args(parser) -> None:
     """--env and --worker-arg: what an A/B run changes in the product's processes."""
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment for the product's web and worker processes (experiments)")
-    parser.add_argument("--worker-arg", action="append", default=[],
-                        help="extra consume_votes argument, e.g. --worker-arg=--batch-wait-ms=20")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the product's web and worker processes (experiments)",
+    )
+    parser.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        help="extra consume_votes argument, e.g. --worker-arg=--batch-wait-ms=20",
+    )
 
 
 def experiment_env(args) -> dict[str, str]:
@@ -60,7 +69,9 @@ def django_env(
     extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment of a production process (DEBUG off) of the given shape."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BROKERS", "REDIS_URL", "KAFKA_TOPIC")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BROKERS", "REDIS_URL", "KAFKA_TOPIC")
+    }
     env.update(
         SECRET_KEY=SECRET_KEY,
         ALLOWED_HOSTS="127.0.0.1,localhost",
@@ -116,10 +127,19 @@ class Worker(WorkerProcess):
     """`manage.py consume_votes` as the bench runs it: the product's own --batch-wait-ms,
     BENCH_PYTHON's interpreter if set, from `repo` (another checkout for an A/B run)."""
 
-    def __init__(self, *, name: str, env: dict[str, str], log_dir: Path, group: str, extra: Sequence[str] = (),
-                 repo: Path = REPO) -> None:
-        super().__init__(env=env, log_dir=log_dir, group=group, name=name, extra=extra, batch_wait_ms=None,
-                         python=env.get("BENCH_PYTHON", PYTHON), cwd=repo)
+    def __init__(
+        self, *, name: str, env: dict[str, str], log_dir: Path, group: str, extra: Sequence[str] = (), repo: Path = REPO
+    ) -> None:
+        super().__init__(
+            env=env,
+            log_dir=log_dir,
+            group=group,
+            name=name,
+            extra=extra,
+            batch_wait_ms=None,
+            python=env.get("BENCH_PYTHON", PYTHON),
+            cwd=repo,
+        )
 
     def start(self, timeout: float = 60, *, wait: bool = True) -> Worker:
         """Start and (with wait) wait for its "consuming" log line (at INFO), at most `timeout` s."""
@@ -130,8 +150,9 @@ class Worker(WorkerProcess):
 
     def wait_consuming(self, timeout: float = 60) -> Worker:
         try:
-            wait_until(lambda: "consuming" in self.log() or not self.alive(), timeout=timeout,
-                       what=f"{self.name} to consume")
+            wait_until(
+                lambda: "consuming" in self.log() or not self.alive(), timeout=timeout, what=f"{self.name} to consume"
+            )
         except AssertionError:  # wait_until's timeout
             log(f"{self.name} never logged 'consuming' (LOG_LEVEL above INFO?); going on")
         if not self.alive():
@@ -162,10 +183,28 @@ class Profiler:
         running = []
         for pid in pids:
             out = cls.directory / f"{name}-{pid}.txt"
-            running.append(subprocess.Popen(
-                [spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", str(cls.rate),
-                 "--nonblocking", "--format", "raw", "--output", str(out), *(["--gil"] if cls.gil_only else [])],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            running.append(
+                subprocess.Popen(
+                    [
+                        spy,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--duration",
+                        str(max(1, int(seconds))),
+                        "--rate",
+                        str(cls.rate),
+                        "--nonblocking",
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(out),
+                        *(["--gil"] if cls.gil_only else []),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         return running
 
     @staticmethod
@@ -265,16 +304,35 @@ def http_load(
     per_proc = [connections // procs + (1 if i < connections % procs else 0) for i in range(procs)]
     for index, count in enumerate(per_proc):
         latency_file = work_dir / f"latencies-{os.getpid()}-{index}-{time.monotonic_ns()}.bin"
-        args = [PYTHON, "-m", "bench.loadgen", "http", "--port", str(port), "--method", method,
-                "--connections", str(count), "--start-at", f"{start_at:.6f}",
-                "--warmup", str(warmup), "--duration", str(duration), "--latencies", str(latency_file)]
+        args = [
+            PYTHON,
+            "-m",
+            "bench.loadgen",
+            "http",
+            "--port",
+            str(port),
+            "--method",
+            method,
+            "--connections",
+            str(count),
+            "--start-at",
+            f"{start_at:.6f}",
+            "--warmup",
+            str(warmup),
+            "--duration",
+            str(duration),
+            "--latencies",
+            str(latency_file),
+        ]
         for path in paths:
             args += ["--path", path]
         for body in bodies:
             args += ["--body", body]
         for header in headers:
             args += ["--header", header]
-        generators.append((subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), latency_file))
+        generators.append(
+            (subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), latency_file)
+        )
     cpu_server_before = server_cpu_at_window = 0.0
     others_cpu: dict[str, float] = {}
     if server is not None:
@@ -282,10 +340,14 @@ def http_load(
         time.sleep(max(0.0, start_at + warmup - time.time()))
         cpu_server_before = server.cpu_seconds()
         others_before = {name: read() for name, read in (others or {}).items()}
-        target = paths[0].strip('/').replace('/', '_')
-        spies = Profiler.attach(f"{server.name}-{target}{'-' + label if label else ''}", server.serving_pids(), duration)
+        target = paths[0].strip("/").replace("/", "_")
+        spies = Profiler.attach(
+            f"{server.name}-{target}{'-' + label if label else ''}", server.serving_pids(), duration
+        )
         for name, pid in profile_also:
-            spies += Profiler.attach(f"{name}-during-{server.name}-{target}{'-' + label if label else ''}", [pid], duration)
+            spies += Profiler.attach(
+                f"{name}-during-{server.name}-{target}{'-' + label if label else ''}", [pid], duration
+            )
         time.sleep(max(0.0, start_at + warmup + duration - time.time()))
         server_cpu_at_window = server.cpu_seconds() - cpu_server_before
         others_cpu = {name: read() - others_before[name] for name, read in (others or {}).items()}
@@ -330,8 +392,22 @@ class Viewers:
     """N WebSocket viewers in a separate process, kept connected until stop()."""
 
     def __init__(self, *, port: int, path: str, count: int, max_seconds: float, connect_concurrency: int = 100) -> None:
-        self.args = [PYTHON, "-m", "bench.loadgen", "viewers", "--port", str(port), "--path", path, "--count", str(count),
-                     "--duration", str(max_seconds), "--connect-concurrency", str(connect_concurrency)]
+        self.args = [
+            PYTHON,
+            "-m",
+            "bench.loadgen",
+            "viewers",
+            "--port",
+            str(port),
+            "--path",
+            path,
+            "--count",
+            str(count),
+            "--duration",
+            str(max_seconds),
+            "--connect-concurrency",
+            str(connect_concurrency),
+        ]
         self.popen: subprocess.Popen | None = None
         self.connected = 0
         self.connect_s = 0.0
@@ -413,16 +489,18 @@ def print_table(rows: Sequence[Row], *, title: str, out=sys.stdout) -> None:
     header = ["section", "figure (median)", "value", "reference (same run)", "ref value", "ratio", "target", "ok"]
     lines = []
     for row in rows:
-        lines.append([
-            row.section,
-            row.metric,
-            fmt(row.value, row.unit),
-            row.reference or "-",
-            fmt(row.reference_value, row.unit) if row.reference_value is not None else "-",
-            f"{row.ratio:.2f}x" if row.ratio is not None and row.ratio == row.ratio else "-",
-            row.target or "-",
-            {True: "yes", False: "NO", None: "-"}[row.ok],
-        ])
+        lines.append(
+            [
+                row.section,
+                row.metric,
+                fmt(row.value, row.unit),
+                row.reference or "-",
+                fmt(row.reference_value, row.unit) if row.reference_value is not None else "-",
+                f"{row.ratio:.2f}x" if row.ratio is not None and row.ratio == row.ratio else "-",
+                row.target or "-",
+                {True: "yes", False: "NO", None: "-"}[row.ok],
+            ]
+        )
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
     rule = "+".join("-" * (w + 2) for w in widths)
     print(f"\n{title}", file=out)

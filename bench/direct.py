@@ -28,13 +28,16 @@ def start_direct(ctx) -> tuple[SocketWebServer, str]:
     database_url = ctx.services.database_url("bench_direct_fastapi")
     sql(database_url, SCHEMA, fetch=False)
     env = {"DATABASE_URL": database_url, "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-    server = SocketWebServer(name="direct", env=env, log_dir=ctx.work_dir, procs=2, server="uvicorn",
-                       app="bench.direct_service:app")
+    server = SocketWebServer(
+        name="direct", env=env, log_dir=ctx.work_dir, procs=2, server="uvicorn", app="bench.direct_service:app"
+    )
     return server.start(), database_url
 
 
 def voter_cookie(url: str) -> str:
-    request = urllib.request.Request(f"{url}/voters", data=b"", method="POST", headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/voters", data=b"", method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as answer:
         return f"Cookie: voter={json.load(answer)['voter_token']}"
 
@@ -56,15 +59,22 @@ def run_direct(ctx) -> list[Row]:
             shift = round_index % len(PHASES)
             for phase in PHASES[shift:] + PHASES[:shift]:
                 server, poll_id, headers = targets[phase]
-                result = _load(ctx, server, f"/polls/{poll_id}/vote", poll_id, headers=headers,
-                               worker=stack.worker if server is stack.product else None)
+                result = _load(
+                    ctx,
+                    server,
+                    f"/polls/{poll_id}/vote",
+                    poll_id,
+                    headers=headers,
+                    worker=stack.worker if server is stack.product else None,
+                )
                 results[phase].append(result)
                 log(f"direct round {round_index + 1}/{ctx.runs} {phase}: {_describe(result)}")
         accepted = sum(_accepted(r) for phase in ("product", "product+cookie") for r in results[phase])
         rows, waited = _wait_counted(stack.database_url, stack.poll_id, accepted, timeout=120)
         direct_accepted = sum(_accepted(r) for r in results["direct"])
-        direct_counted = sql(direct_db, "SELECT count1 + count2 + count3 + count4 FROM direct_poll WHERE id = %s",
-                             [direct_poll])[0][0]
+        direct_counted = sql(
+            direct_db, "SELECT count1 + count2 + count3 + count4 FROM direct_poll WHERE id = %s", [direct_poll]
+        )[0][0]
         ctx.memory["direct design (uvicorn, per worker)"] = direct.memory()
     finally:
         stack.stop()
@@ -79,21 +89,61 @@ def run_direct(ctx) -> list[Row]:
 
     counted = (
         f"all {accepted:,} votes the product answered 204 are in PostgreSQL once ({rows:,} rows)"
-        if rows == accepted else f"MISMATCH: the product answered {accepted:,} votes 204, {rows:,} rows after {waited:.0f} s"
+        if rows == accepted
+        else f"MISMATCH: the product answered {accepted:,} votes 204, {rows:,} rows after {waited:.0f} s"
     )
-    direct_note = (f"direct: {direct_accepted:,} answered 204, counters add up to {direct_counted:,}; "
-                   f"product {ctx.server} + Kafka + worker, direct 2 uvicorn workers, cores shared")
+    direct_note = (
+        f"direct: {direct_accepted:,} answered 204, counters add up to {direct_counted:,}; "
+        f"product {ctx.server} + Kafka + worker, direct 2 uvicorn workers, cores shared"
+    )
     c = ctx.connections
     out = []
-    for phase, what in (("product", "no voter cookie (a token issued per vote)"), ("product+cookie", "a returning voter's cookie")):
+    for phase, what in (
+        ("product", "no voter cookie (a token issued per vote)"),
+        ("product+cookie", "a returning voter's cookie"),
+    ):
         rps_ratio, p99_ratio = ratio(phase, "rps"), ratio(phase, "p99_ms")
-        out.append(Row("0 vs direct", f"votes/s, {c} clients, 1 hot poll, {what}", med(phase, "rps"), "votes/s",
-                       "direct design (FastAPI, asyncpg)", med("direct", "rps"), rps_ratio, ">= 1.50x", rps_ratio >= 1.5,
-                       note=counted if phase == "product" else direct_note, runs=[r.rps for r in results[phase]]))
-        out.append(Row("0 vs direct", f"latency p99, {what}", med(phase, "p99_ms"), "ms", "direct p99",
-                       med("direct", "p99_ms"), p99_ratio, "<= 1.00x", p99_ratio <= 1.0))
+        out.append(
+            Row(
+                "0 vs direct",
+                f"votes/s, {c} clients, 1 hot poll, {what}",
+                med(phase, "rps"),
+                "votes/s",
+                "direct design (FastAPI, asyncpg)",
+                med("direct", "rps"),
+                rps_ratio,
+                ">= 1.50x",
+                rps_ratio >= 1.5,
+                note=counted if phase == "product" else direct_note,
+                runs=[r.rps for r in results[phase]],
+            )
+        )
+        out.append(
+            Row(
+                "0 vs direct",
+                f"latency p99, {what}",
+                med(phase, "p99_ms"),
+                "ms",
+                "direct p99",
+                med("direct", "p99_ms"),
+                p99_ratio,
+                "<= 1.00x",
+                p99_ratio <= 1.0,
+            )
+        )
     cpu = {phase: median([_ms_per_answer(r.server_cpu_s, r) for r in rs]) for phase, rs in results.items()}
     for phase in ("product", "product+cookie"):
-        out.append(Row("0 vs direct", f"web CPU per vote, {phase}", cpu[phase], "ms", "direct: CPU per vote (2 workers)",
-                       cpu["direct"], cpu[phase] / cpu["direct"], "<= 0.35 ms", cpu[phase] <= 0.35))
+        out.append(
+            Row(
+                "0 vs direct",
+                f"web CPU per vote, {phase}",
+                cpu[phase],
+                "ms",
+                "direct: CPU per vote (2 workers)",
+                cpu["direct"],
+                cpu[phase] / cpu["direct"],
+                "<= 0.35 ms",
+                cpu[phase] <= 0.35,
+            )
+        )
     return out

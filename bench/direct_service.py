@@ -24,8 +24,10 @@ SCHEMA = (
     + ")"
 )
 _COUNTS = ", ".join(f"count{n}" for n in range(1, OPTIONS + 1))
-_VOTE = {n: f"UPDATE direct_poll SET count{n} = count{n} + 1 WHERE id = $1 RETURNING id, question, {_COUNTS}"
-         for n in range(1, OPTIONS + 1)}
+_VOTE = {
+    n: f"UPDATE direct_poll SET count{n} = count{n} + 1 WHERE id = $1 RETURNING id, question, {_COUNTS}"
+    for n in range(1, OPTIONS + 1)
+}
 
 app = FastAPI()
 _pool: asyncpg.Pool | None = None
@@ -40,7 +42,11 @@ async def pool() -> asyncpg.Pool:
 
 
 def totals(row) -> dict:
-    return {"id": row["id"], "question": row["question"], **{f"option{n}": row[f"count{n}"] for n in range(1, OPTIONS + 1)}}
+    return {
+        "id": row["id"],
+        "question": row["question"],
+        **{f"option{n}": row[f"count{n}"] for n in range(1, OPTIONS + 1)},
+    }
 
 
 class NewPoll(BaseModel):
@@ -60,7 +66,13 @@ class Vote(BaseModel):
 async def create(poll: NewPoll) -> dict:
     row = await (await pool()).fetchrow(
         "INSERT INTO direct_poll (question, option1, option2, option3, option4) VALUES ($1, $2, $3, $4, $5) "
-        f"RETURNING id, question, {_COUNTS}", poll.question, poll.option1, poll.option2, poll.option3, poll.option4)
+        f"RETURNING id, question, {_COUNTS}",
+        poll.question,
+        poll.option1,
+        poll.option2,
+        poll.option3,
+        poll.option4,
+    )
     return totals(row)
 
 
@@ -94,8 +106,11 @@ async def read(poll_id: int) -> dict:
 @app.get("/leaderboard")
 async def leaderboard() -> dict:
     rows = await (await pool()).fetch(
-        " UNION ALL ".join(f"SELECT option{n} AS option, count{n} AS count FROM direct_poll" for n in range(1, OPTIONS + 1))
-        + " ORDER BY count DESC LIMIT 10")
+        " UNION ALL ".join(
+            f"SELECT option{n} AS option, count{n} AS count FROM direct_poll" for n in range(1, OPTIONS + 1)
+        )
+        + " ORDER BY count DESC LIMIT 10"
+    )
     return {"leaderboard": [{"option": row["option"], "count": row["count"]} for row in rows]}
 
 

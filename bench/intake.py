@@ -70,8 +70,13 @@ def start_stack(ctx, *, name: str, floor: bool, naive: bool, viewers: bool = Fal
     server = server or ctx.server
     topic = f"bench-{name}-{uuid.uuid4().hex[:8]}"
     database_url = services.database_url(f"bench_{name}")
-    env = django_env(database_url=database_url, kafka=services.kafka_bootstrap, redis=services.redis_url,
-                     topic=topic, extra=ctx.product_env)
+    env = django_env(
+        database_url=database_url,
+        kafka=services.kafka_bootstrap,
+        redis=services.redis_url,
+        topic=topic,
+        extra=ctx.product_env,
+    )
     naive_env = None
     if naive:
         naive_db = services.database_url(f"bench_{name}_naive")
@@ -83,26 +88,37 @@ def start_stack(ctx, *, name: str, floor: bool, naive: bool, viewers: bool = Fal
     started: list = []
     try:
         # The worker first: it creates the topic, which the web process will not.
-        worker = Worker(name=f"{name}-worker", env=env, log_dir=ctx.work_dir, group=f"bench-{topic}",
-                        extra=ctx.worker_args)
+        worker = Worker(
+            name=f"{name}-worker", env=env, log_dir=ctx.work_dir, group=f"bench-{topic}", extra=ctx.worker_args
+        )
         started.append(worker)
         worker.start()
-        servers = {"product": SocketWebServer(name=f"{name}-web", env=env, log_dir=ctx.work_dir, procs=ctx.web_procs,
-                                        server=server)}
+        servers = {
+            "product": SocketWebServer(
+                name=f"{name}-web", env=env, log_dir=ctx.work_dir, procs=ctx.web_procs, server=server
+            )
+        }
         if floor:
             floor_env = dict(env, DJANGO_SETTINGS_MODULE="bench.floor.settings")
-            servers["floor"] = SocketWebServer(name=f"{name}-floor", env=floor_env, log_dir=ctx.work_dir,
-                                         procs=ctx.web_procs, server=ctx.server)
+            servers["floor"] = SocketWebServer(
+                name=f"{name}-floor", env=floor_env, log_dir=ctx.work_dir, procs=ctx.web_procs, server=ctx.server
+            )
         if naive_env is not None:
-            servers["naive"] = SocketWebServer(name=f"{name}-naive", env=naive_env, log_dir=ctx.work_dir,
-                                         procs=ctx.web_procs, server=ctx.server)
+            servers["naive"] = SocketWebServer(
+                name=f"{name}-naive", env=naive_env, log_dir=ctx.work_dir, procs=ctx.web_procs, server=ctx.server
+            )
         started.extend(servers.values())
         with ThreadPoolExecutor(max_workers=len(servers)) as pool:
             for future in [pool.submit(server.start) for server in servers.values()]:
                 future.result()
-        stack = Stack(product=servers["product"], worker=worker, database_url=database_url,
-                      poll_id=create_poll(servers["product"].url), floor=servers.get("floor"),
-                      naive=servers.get("naive"))
+        stack = Stack(
+            product=servers["product"],
+            worker=worker,
+            database_url=database_url,
+            poll_id=create_poll(servers["product"].url),
+            floor=servers.get("floor"),
+            naive=servers.get("naive"),
+        )
         if stack.naive is not None:
             stack.naive_poll_id = create_poll(stack.naive.url)
     except BaseException:
@@ -112,12 +128,28 @@ def start_stack(ctx, *, name: str, floor: bool, naive: bool, viewers: bool = Fal
     return stack
 
 
-def _load(ctx, server: SocketWebServer, path: str, poll_id: int, label: str = "", worker: Worker | None = None,
-          headers: tuple[str, ...] = ()) -> LoadResult:
+def _load(
+    ctx,
+    server: SocketWebServer,
+    path: str,
+    poll_id: int,
+    label: str = "",
+    worker: Worker | None = None,
+    headers: tuple[str, ...] = (),
+) -> LoadResult:
     return http_load(
-        port=server.port, paths=[path], bodies=vote_bodies(poll_id), headers=headers, connections=ctx.connections,
-        duration=ctx.duration, warmup=ctx.warmup, procs=ctx.load_procs, work_dir=ctx.work_dir, server=server,
-        label=label, others=_cpu_readers(ctx, worker),
+        port=server.port,
+        paths=[path],
+        bodies=vote_bodies(poll_id),
+        headers=headers,
+        connections=ctx.connections,
+        duration=ctx.duration,
+        warmup=ctx.warmup,
+        procs=ctx.load_procs,
+        work_dir=ctx.work_dir,
+        server=server,
+        label=label,
+        others=_cpu_readers(ctx, worker),
         profile_also=[(worker.name, worker.pid)] if worker is not None else [],
     )
 
@@ -166,7 +198,7 @@ def run_intake(ctx) -> list[Row]:
     placement = "cores shared"
     try:
         for round_index in range(ctx.runs):
-            for name in order[round_index % 3:] + order[: round_index % 3]:
+            for name in order[round_index % 3 :] + order[: round_index % 3]:
                 server, path, poll_id = targets[name]
                 result = _load(ctx, server, path, poll_id, worker=stack.worker)
                 results[name].append(result)
@@ -189,50 +221,120 @@ def run_intake(ctx) -> list[Row]:
     product_rps, floor_rps, naive_rps = med("product", "rps"), med("floor", "rps"), med("naive", "rps")
     product_p50, product_p99 = med("product", "p50_ms"), med("product", "p99_ms")
     counted_note = (
-        f"all {accepted:,} votes answered 204 are in PostgreSQL ({rows:,} rows, worker caught up {waited:.1f} s after the load)"
+        f"all {accepted:,} votes answered 204 are in PostgreSQL ({rows:,} rows, "
+        f"worker caught up {waited:.1f} s after the load)"
         if rows == accepted
         else f"MISMATCH: {accepted:,} votes answered 204, {rows:,} rows after {waited:.0f} s"
     )
     errors = {name: _error_note(rs) for name, rs in results.items()}
     c = ctx.connections
     rows_out = [
-        Row("1 intake", f"votes/s, {c} clients, 1 hot poll", product_rps, "votes/s",
-            "(a) framework floor (DRF, no I/O)", floor_rps, ratio("product", "floor", "rps"), ">= 0.70x",
-            ratio("product", "floor", "rps") >= 0.7, note=f"{counted_note}; {placement}{errors['product']}",
-            runs=[r.rps for r in results["product"]]),
-        Row("1 intake", f"votes/s, {c} clients, 1 hot poll", product_rps, "votes/s",
-            "(b) naive: in-process apply, PostgreSQL", naive_rps, ratio("product", "naive", "rps"), ">= 1.50x",
-            ratio("product", "naive", "rps") >= 1.5, note=errors["naive"].lstrip("; ")),
-        Row("1 intake", "latency p50", product_p50, "ms", "(a) floor p50", med("floor", "p50_ms"),
-            ratio("product", "floor", "p50_ms")),
-        Row("1 intake", "latency p99", product_p99, "ms", "(a) floor p99", med("floor", "p99_ms"),
-            ratio("product", "floor", "p99_ms"), "< 50 ms", product_p99 < 50, note=errors["floor"].lstrip("; ")),
-        Row("1 intake", "latency p50", product_p50, "ms", "(b) naive p50", med("naive", "p50_ms"),
-            ratio("product", "naive", "p50_ms")),
-        Row("1 intake", "latency p99", product_p99, "ms", "(b) naive p99", med("naive", "p99_ms"),
-            ratio("product", "naive", "p99_ms")),
+        Row(
+            "1 intake",
+            f"votes/s, {c} clients, 1 hot poll",
+            product_rps,
+            "votes/s",
+            "(a) framework floor (DRF, no I/O)",
+            floor_rps,
+            ratio("product", "floor", "rps"),
+            ">= 0.70x",
+            ratio("product", "floor", "rps") >= 0.7,
+            note=f"{counted_note}; {placement}{errors['product']}",
+            runs=[r.rps for r in results["product"]],
+        ),
+        Row(
+            "1 intake",
+            f"votes/s, {c} clients, 1 hot poll",
+            product_rps,
+            "votes/s",
+            "(b) naive: in-process apply, PostgreSQL",
+            naive_rps,
+            ratio("product", "naive", "rps"),
+            ">= 1.50x",
+            ratio("product", "naive", "rps") >= 1.5,
+            note=errors["naive"].lstrip("; "),
+        ),
+        Row(
+            "1 intake",
+            "latency p50",
+            product_p50,
+            "ms",
+            "(a) floor p50",
+            med("floor", "p50_ms"),
+            ratio("product", "floor", "p50_ms"),
+        ),
+        Row(
+            "1 intake",
+            "latency p99",
+            product_p99,
+            "ms",
+            "(a) floor p99",
+            med("floor", "p99_ms"),
+            ratio("product", "floor", "p99_ms"),
+            "< 50 ms",
+            product_p99 < 50,
+            note=errors["floor"].lstrip("; "),
+        ),
+        Row(
+            "1 intake",
+            "latency p50",
+            product_p50,
+            "ms",
+            "(b) naive p50",
+            med("naive", "p50_ms"),
+            ratio("product", "naive", "p50_ms"),
+        ),
+        Row(
+            "1 intake",
+            "latency p99",
+            product_p99,
+            "ms",
+            "(b) naive p99",
+            med("naive", "p99_ms"),
+            ratio("product", "naive", "p99_ms"),
+        ),
     ]
     # The generator's own ceiling: answers per CPU-second of the generator processes.
     all_results = [r for rs in results.values() for r in rs]
     ceiling = median([r.generator_ceiling_rps for r in all_results])
     fastest = max(r.rps for r in all_results)
     rows_out.append(
-        Row("1 intake", "load generator ceiling (answers per generator CPU-s)", ceiling, "req/s",
-            "fastest rate measured", fastest, ceiling / fastest, ">= 3x", ceiling / fastest >= 3,
-            note=f"{ctx.load_procs} generator process(es); the server side must be the bottleneck, not the generator")
+        Row(
+            "1 intake",
+            "load generator ceiling (answers per generator CPU-s)",
+            ceiling,
+            "req/s",
+            "fastest rate measured",
+            fastest,
+            ceiling / fastest,
+            ">= 3x",
+            ceiling / fastest >= 3,
+            note=f"{ctx.load_procs} generator process(es); the server side must be the bottleneck, not the generator",
+        )
     )
     server_cpu = {name: median([_ms_per_answer(r.server_cpu_s, r) for r in rs]) for name, rs in results.items()}
     rows_out.append(
-        Row("1 intake", "web CPU per vote", server_cpu["product"], "ms",
-            "(a) floor CPU per request", server_cpu["floor"], server_cpu["product"] / server_cpu["floor"],
-            note=f"naive: {server_cpu['naive']:.2f} ms web CPU per vote (PostgreSQL's own CPU not included)")
+        Row(
+            "1 intake",
+            "web CPU per vote",
+            server_cpu["product"],
+            "ms",
+            "(a) floor CPU per request",
+            server_cpu["floor"],
+            server_cpu["product"] / server_cpu["floor"],
+            note=f"naive: {server_cpu['naive']:.2f} ms web CPU per vote (PostgreSQL's own CPU not included)",
+        )
     )
     for name, rs in results.items():
         # Where the two cores went while each served its load: the web process, the
         # services and the worker beside it, the load generators (ms of CPU per answer).
         # The generators' CPU covers their warm-up as well.
-        spent = {"web": [_ms_per_answer(r.server_cpu_s, r) for r in rs],
-                 "load generator": [_ms_per_answer(r.generator_cpu_s * r.window_s / (r.window_s + ctx.warmup), r) for r in rs]}
+        spent = {
+            "web": [_ms_per_answer(r.server_cpu_s, r) for r in rs],
+            "load generator": [
+                _ms_per_answer(r.generator_cpu_s * r.window_s / (r.window_s + ctx.warmup), r) for r in rs
+            ],
+        }
         for process in rs[0].extra["cpu_s"]:
             spent[process] = [_ms_per_answer(r.extra["cpu_s"][process], r) for r in rs]
         total = sum(median(v) for v in spent.values())
@@ -275,8 +377,12 @@ def run_viewers(ctx) -> list[Row]:
                     alone.append(result)
                     log(f"viewers round {round_index + 1}/{ctx.runs} nobody watching: {_describe(result)}")
                     continue
-                viewers = Viewers(port=stack.viewers_port, path=f"/ws/polls/{stack.poll_id}", count=ctx.viewers,
-                                  max_seconds=ctx.warmup + ctx.duration + 120).start()
+                viewers = Viewers(
+                    port=stack.viewers_port,
+                    path=f"/ws/polls/{stack.poll_id}",
+                    count=ctx.viewers,
+                    max_seconds=ctx.warmup + ctx.duration + 120,
+                ).start()
                 try:
                     if viewers.connected < ctx.viewers:
                         log(f"only {viewers.connected} of {ctx.viewers} viewers connected")
@@ -288,9 +394,13 @@ def run_viewers(ctx) -> list[Row]:
                 report["connect_s"] = viewers.connect_s
                 viewer_reports.append(report)
                 watched.append(result)
-                per_viewer = report.get("messages", 0) / max(1, viewers.connected) / max(0.001, report.get("watched_s", 1))
-                log(f"viewers round {round_index + 1}/{ctx.runs} {viewers.connected} watching: {_describe(result)}; "
-                    f"{per_viewer:.1f} updates/s per viewer")
+                per_viewer = (
+                    report.get("messages", 0) / max(1, viewers.connected) / max(0.001, report.get("watched_s", 1))
+                )
+                log(
+                    f"viewers round {round_index + 1}/{ctx.runs} {viewers.connected} watching: {_describe(result)}; "
+                    f"{per_viewer:.1f} updates/s per viewer"
+                )
                 time.sleep(1.0)
         ctx.memory[f"web (intake + {ctx.viewers} viewers)"] = stack.product.memory()
         ctx.memory["worker (intake + viewers, broadcasting)"] = stack.worker.memory()
@@ -300,19 +410,38 @@ def run_viewers(ctx) -> list[Row]:
     alone_rps = median([r.rps for r in alone])
     rps_ratio = paired_ratio([r.rps for r in watched], [r.rps for r in alone])
     connected = min(r["connected"] for r in viewer_reports)
-    updates = median([r.get("messages", 0) / max(1, r["connected"]) / max(0.001, r.get("watched_s", 1)) for r in viewer_reports])
+    updates = median(
+        [r.get("messages", 0) / max(1, r["connected"]) / max(0.001, r.get("watched_s", 1)) for r in viewer_reports]
+    )
+    slowest = max(r["connect_s"] for r in viewer_reports)
+    client_cpu = median([r.get("cpu_s", 0) / max(0.001, r.get("watched_s", 1)) for r in viewer_reports])
     note = (
-        f"{connected} of {ctx.viewers} viewers connected (slowest connect {max(r['connect_s'] for r in viewer_reports):.1f} s); "
-        f"each received {updates:.1f} updates/s; viewers' client CPU "
-        f"{median([r.get('cpu_s', 0) / max(0.001, r.get('watched_s', 1)) for r in viewer_reports]) * 100:.0f}% of a core"
+        f"{connected} of {ctx.viewers} viewers connected (slowest connect {slowest:.1f} s); "
+        f"each received {updates:.1f} updates/s; viewers' client CPU {client_cpu * 100:.0f}% of a core"
     )
     return [
-        Row("3 viewers", f"votes/s with {ctx.viewers} viewers watching", watched_rps, "votes/s",
-            "same intake, nobody watching", alone_rps, rps_ratio, ">= 0.80x",
-            rps_ratio >= 0.8, note=note, runs=[r.rps for r in watched]),
-        Row("3 viewers", "latency p99 with viewers", median([r.p99_ms for r in watched]), "ms",
-            "p99 nobody watching", median([r.p99_ms for r in alone]),
-            paired_ratio([r.p99_ms for r in watched], [r.p99_ms for r in alone])),
+        Row(
+            "3 viewers",
+            f"votes/s with {ctx.viewers} viewers watching",
+            watched_rps,
+            "votes/s",
+            "same intake, nobody watching",
+            alone_rps,
+            rps_ratio,
+            ">= 0.80x",
+            rps_ratio >= 0.8,
+            note=note,
+            runs=[r.rps for r in watched],
+        ),
+        Row(
+            "3 viewers",
+            "latency p99 with viewers",
+            median([r.p99_ms for r in watched]),
+            "ms",
+            "p99 nobody watching",
+            median([r.p99_ms for r in alone]),
+            paired_ratio([r.p99_ms for r in watched], [r.p99_ms for r in alone]),
+        ),
     ]
 
 

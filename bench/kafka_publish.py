@@ -30,15 +30,22 @@ from testsupport.services import Services
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.kafka_publish", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.kafka_publish", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--publishers", type=int, default=64)
     args = parser.parse_args()
     services = Services.start(postgres=False, redis=False, kafka=True)
     try:
-        os.environ.update(DEBUG="1", KAFKA_BROKERS=services.kafka_bootstrap, KAFKA_TOPIC="bench-publish",
-                          DJANGO_SETTINGS_MODULE="polling.settings", LOG_LEVEL="WARNING")
+        os.environ.update(
+            DEBUG="1",
+            KAFKA_BROKERS=services.kafka_bootstrap,
+            KAFKA_TOPIC="bench-publish",
+            DJANGO_SETTINGS_MODULE="polling.settings",
+            LOG_LEVEL="WARNING",
+        )
         import django
 
         django.setup()
@@ -48,8 +55,10 @@ def main() -> None:
         for round_index in range(args.rounds):
             for name, measure in _measures(services.kafka_bootstrap):
                 votes, cpu = measure(args.seconds, args.publishers)
-                log(f"round {round_index + 1} {name}: {votes / args.seconds:,.0f} votes/s, "
-                    f"{cpu / max(votes, 1) * 1000:.3f} ms CPU per vote")
+                log(
+                    f"round {round_index + 1} {name}: {votes / args.seconds:,.0f} votes/s, "
+                    f"{cpu / max(votes, 1) * 1000:.3f} ms CPU per vote"
+                )
     finally:
         services.stop()
 
@@ -119,10 +128,12 @@ def _aiokafka(bootstrap: str, seconds: float, publishers: int) -> tuple[int, flo
     from django.conf import settings
 
     async def run() -> tuple[int, float]:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                    linger_ms=settings.KAFKA_LINGER_MS)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=settings.KAFKA_LINGER_MS
+        )
         await producer.start()
         try:
+
             async def publish(event) -> None:
                 await asyncio.wait_for(producer.send_and_wait(settings.KAFKA_TOPIC, event.to_bytes(), key=event.key), 5)
 

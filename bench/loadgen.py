@@ -398,7 +398,9 @@ def _write_all(fd: int, data: bytes) -> None:
         pass
 
 
-async def connect_viewers(factory, *, ports: list[int], count: int, concurrency: int, timeout: float = 60) -> tuple[list, int]:
+async def connect_viewers(
+    factory, *, ports: list[int], count: int, concurrency: int, timeout: float = 60
+) -> tuple[list, int]:
     """Open `count` viewers (factory(index, ready) builds each), `concurrency` handshakes at a
     time, spread over `ports`; the viewers and how many of them got in."""
     loop = asyncio.get_running_loop()
@@ -451,8 +453,13 @@ async def _viewers_main(args) -> dict:
     host = f"127.0.0.1:{args.port[0]}"
     began = time.time()
     viewers, connected = await connect_viewers(
-        lambda index, ready: _CountingViewer(totals=totals, host=host, path=args.path[index % len(args.path)], ready=ready),
-        ports=args.port, count=args.count, concurrency=args.connect_concurrency, timeout=30,
+        lambda index, ready: _CountingViewer(
+            totals=totals, host=host, path=args.path[index % len(args.path)], ready=ready
+        ),
+        ports=args.port,
+        count=args.count,
+        concurrency=args.connect_concurrency,
+        timeout=30,
     )
     connect_s = time.time() - began
     # Tell the parent that every viewer is in (it waits for this line on stderr).
@@ -481,7 +488,9 @@ async def _viewers_main(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.loadgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="mode", required=True)
     http = sub.add_parser("http")
     http.add_argument("--port", type=int, action="append", required=True, help="repeat to spread connections")

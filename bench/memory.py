@@ -29,13 +29,19 @@ def memory_rows(ctx) -> list[Row]:
         peak = figures["peak_mb"]
         is_web = label.startswith("web")
         reference = floor if is_web and label != "web (floor)" else None
-        rows.append(Row(
-            "7 memory", f"peak RSS, {label}", peak, "MB",
-            "web (floor) peak RSS" if reference else "",
-            reference["peak_mb"] if reference else None,
-            peak / reference["peak_mb"] if reference else None,
-            f"< {LIMIT_MB:.0f} MB", peak < LIMIT_MB,
-        ))
+        rows.append(
+            Row(
+                "7 memory",
+                f"peak RSS, {label}",
+                peak,
+                "MB",
+                "web (floor) peak RSS" if reference else "",
+                reference["peak_mb"] if reference else None,
+                peak / reference["peak_mb"] if reference else None,
+                f"< {LIMIT_MB:.0f} MB",
+                peak < LIMIT_MB,
+            )
+        )
     return rows
 
 
@@ -45,17 +51,33 @@ def run_ws_sections(ctx) -> list[Row]:
     bench_dir = Path(__file__).resolve().parent
     # Section 4 (ws_latency) before 5 (ws_fanout), then any other.
     order = {"ws_latency": 0, "ws_fanout": 1}
-    modules = sorted((p.stem for p in bench_dir.glob("ws_*.py") if p.stem != "ws_layer"), key=lambda m: (order.get(m, 9), m))
+    modules = sorted(
+        (p.stem for p in bench_dir.glob("ws_*.py") if p.stem != "ws_layer"), key=lambda m: (order.get(m, 9), m)
+    )
     for name in modules:
         module = importlib.import_module(f"bench.{name}")
         function = getattr(module, "bench_rows", None)
         if function is None:
-            rows.append(Row("4/5 ws", f"bench/{name}.py", float("nan"), "",
-                            note=f"present but offers no bench_rows(ctx): run `python -m bench.{name}` on its own"))
+            rows.append(
+                Row(
+                    "4/5 ws",
+                    f"bench/{name}.py",
+                    float("nan"),
+                    "",
+                    note=f"present but offers no bench_rows(ctx): run `python -m bench.{name}` on its own",
+                )
+            )
             continue
         log(f"ws: running bench/{name}.py")
         rows.extend(function(ctx))
     if not modules:
-        rows.append(Row("4/5 ws", "vote-to-screen latency, fan-out", float("nan"), "",
-                        note="pending: bench/ws_*.py (other than ws_layer.py) not there yet"))
+        rows.append(
+            Row(
+                "4/5 ws",
+                "vote-to-screen latency, fan-out",
+                float("nan"),
+                "",
+                note="pending: bench/ws_*.py (other than ws_layer.py) not there yet",
+            )
+        )
     return rows

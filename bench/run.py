@@ -91,7 +91,9 @@ class Context:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="one short round of everything (~3 minutes)")
     parser.add_argument("--only", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
     parser.add_argument("--runs", type=int, help="rounds per figure (default 3, quick 1)")
@@ -100,32 +102,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64, help="concurrent HTTP clients (default 64)")
     parser.add_argument("--load-procs", type=int, default=1, help="load generator processes (default 1)")
     parser.add_argument("--web-procs", type=int, default=1, help="web server processes on one socket (default 1)")
-    parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn",
-                        help="the server of every section: uvicorn as production runs it (python -m polling.serve), "
-                             "or daphne, the development server")
+    parser.add_argument(
+        "--server",
+        choices=["uvicorn", "daphne"],
+        default="uvicorn",
+        help="the server of every section: uvicorn as production runs it (python -m polling.serve), "
+        "or daphne, the development server",
+    )
     parser.add_argument("--viewers", type=int, help="WebSocket viewers in section 3 (default 1000)")
-    parser.add_argument("--apply-events", type=int, help="events pre-filled for section 2 (default 200000, quick 20000)")
-    parser.add_argument("--apply-polls", type=int, default=10, help="polls the pre-filled votes spread over (default 10)")
-    parser.add_argument("--apply-workers", type=int, default=1,
-                        help="workers in section 2's consumer group, sharing the topic's partitions (default 1)")
-    parser.add_argument("--apply-against", metavar="TREE",
-                        help="section 2 compares this tree's worker with the one in TREE (another checkout, "
-                             "e.g. a git worktree of main), rounds alternated, instead of the per-vote reference")
+    parser.add_argument(
+        "--apply-events", type=int, help="events pre-filled for section 2 (default 200000, quick 20000)"
+    )
+    parser.add_argument(
+        "--apply-polls", type=int, default=10, help="polls the pre-filled votes spread over (default 10)"
+    )
+    parser.add_argument(
+        "--apply-workers",
+        type=int,
+        default=1,
+        help="workers in section 2's consumer group, sharing the topic's partitions (default 1)",
+    )
+    parser.add_argument(
+        "--apply-against",
+        metavar="TREE",
+        help="section 2 compares this tree's worker with the one in TREE (another checkout, "
+        "e.g. a git worktree of main), rounds alternated, instead of the per-vote reference",
+    )
     parser.add_argument("--lb-polls", type=int, help="polls for section 6 (default 100000, quick 10000)")
     parser.add_argument("--lb-votes", type=int, help="votes for section 6 (default 1000000, quick 100000)")
     add_experiment_args(parser)
-    parser.add_argument("--external-services", action="store_true",
-                        help="use DATABASE_URL (a role that may create databases), REDIS_URL, KAFKA_BROKERS")
-    parser.add_argument("--profile", metavar="DIR",
-                        help="attach py-spy to the web processes and workers during each measured phase; "
-                             "collapsed stacks and a summary go to DIR")
-    parser.add_argument("--profile-gil", action="store_true",
-                        help="with --profile: sample only the thread holding the GIL (py-spy --gil)")
+    parser.add_argument(
+        "--external-services",
+        action="store_true",
+        help="use DATABASE_URL (a role that may create databases), REDIS_URL, KAFKA_BROKERS",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="attach py-spy to the web processes and workers during each measured phase; "
+        "collapsed stacks and a summary go to DIR",
+    )
+    parser.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: sample only the thread holding the GIL (py-spy --gil)",
+    )
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (printed path)")
     args = parser.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()] or [
-        s for s in SECTIONS if s not in OPT_IN_SECTIONS]
+        s for s in SECTIONS if s not in OPT_IN_SECTIONS
+    ]
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
@@ -169,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         Profiler.gil_only = args.profile_gil
         Profiler.directory.mkdir(parents=True, exist_ok=True)
     services = (
-        Services.external() if args.external_services
-        else Services.start(postgres=True, redis=True, kafka=needs_kafka)
+        Services.external() if args.external_services else Services.start(postgres=True, redis=True, kafka=needs_kafka)
     )
     ctx = build_context(args, services, work_dir)
     rows: list[Row] = []
@@ -193,7 +219,15 @@ def main(argv: list[str] | None = None) -> int:
         section("intake", intake.run_intake)
         section("apply", apply_rate.run_apply)
         if "viewers" in args.sections and not intake.realtime_available():
-            rows.append(Row("3 viewers", "intake with 1,000 viewers", float("nan"), "", note="pending: ws/polls/<id> is not routed yet"))
+            rows.append(
+                Row(
+                    "3 viewers",
+                    "intake with 1,000 viewers",
+                    float("nan"),
+                    "",
+                    note="pending: ws/polls/<id> is not routed yet",
+                )
+            )
         else:
             section("viewers", intake.run_viewers)
         section("leaderboard", leaderboard.run_leaderboard)
@@ -219,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps([row.__dict__ for row in rows], indent=2, default=str))
     if args.profile:
-        summaries = [summarize_profile(path) for path in sorted(Profiler.directory.glob("*.txt")) if path.name != "summary.txt"]
+        summaries = [
+            summarize_profile(path) for path in sorted(Profiler.directory.glob("*.txt")) if path.name != "summary.txt"
+        ]
         (Profiler.directory / "summary.txt").write_text("\n\n".join(summaries) + "\n")
         log(f"profiles (collapsed stacks) and summary.txt in {Profiler.directory}")
     for failure in failures:

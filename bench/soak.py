@@ -50,8 +50,11 @@ def main() -> int:
     parser.add_argument("--fault-every", type=float, default=20.0, help="seconds between faults (default 20)")
     parser.add_argument("--publish-timeout", type=float, default=2.0, help="VOTE_PUBLISH_TIMEOUT of the web")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--no-retry", action="store_true",
-                        help="do not send votes answered 503 again (with their Idempotency-Key) at the end")
+    parser.add_argument(
+        "--no-retry",
+        action="store_true",
+        help="do not send votes answered 503 again (with their Idempotency-Key) at the end",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the services' directory (logs) afterwards")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object too")
     args = parser.parse_args()
@@ -85,9 +88,22 @@ def main() -> int:
             "PYTHONUNBUFFERED": "1",
             "DJANGO_SETTINGS_MODULE": "polling.settings",
         }
-        os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "KAFKA_BROKERS", "KAFKA_TOPIC",
-                                               "KAFKA_CONSUMER_GROUP", "SECRET_KEY", "ALLOWED_HOSTS", "DEBUG",
-                                               "DJANGO_SETTINGS_MODULE")})
+        os.environ.update(
+            {
+                k: env[k]
+                for k in (
+                    "DATABASE_URL",
+                    "REDIS_URL",
+                    "KAFKA_BROKERS",
+                    "KAFKA_TOPIC",
+                    "KAFKA_CONSUMER_GROUP",
+                    "SECRET_KEY",
+                    "ALLOWED_HOSTS",
+                    "DEBUG",
+                    "DJANGO_SETTINGS_MODULE",
+                )
+            }
+        )
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=env, check=True)
         import django
 
@@ -135,12 +151,22 @@ def main() -> int:
             journal.append(line)
             print(line, flush=True)
 
-        note(f"seed {seed}; services under {root}; {len(polls)} polls; {args.workers} workers; "
-             f"{args.rate:g} votes/s asked from {args.threads} threads for {args.minutes:g} min")
+        note(
+            f"seed {seed}; services under {root}; {len(polls)} polls; {args.workers} workers; "
+            f"{args.rate:g} votes/s asked from {args.threads} threads for {args.minutes:g} min"
+        )
         cycle: list[str] = []
         duration = args.minutes * 60
-        stream = VoteStream(port=web.port, polls=polls, rate=args.rate, threads=args.threads,
-                            max_votes=10_000_000, max_seconds=duration + 600, timeout=15, seed=seed)
+        stream = VoteStream(
+            port=web.port,
+            polls=polls,
+            rate=args.rate,
+            threads=args.threads,
+            max_votes=10_000_000,
+            max_seconds=duration + 600,
+            timeout=15,
+            seed=seed,
+        )
         stream.start()
         end = time.monotonic() + duration
         kinds = ("accepted", "refused", "rejected", "unsent", "unknown")
@@ -211,22 +237,35 @@ def main() -> int:
             # What a 503 asks of a client: the same vote again, with the same key.
             retries = resend(port=web.port, outcomes=refused, first_seq=15_000_000)
             note(f"refused votes sent again with their keys: {summarize(retries)}")
-        report = settle(outcomes=outcomes + retries, poll_ids=polls, brokers=settings.KAFKA_BROKERS, topic=topic,
-                        direct=publisher.published, timeout=600)
+        report = settle(
+            outcomes=outcomes + retries,
+            poll_ids=polls,
+            brokers=settings.KAFKA_BROKERS,
+            topic=topic,
+            direct=publisher.published,
+            timeout=600,
+        )
         publisher.close()
         batches = batches_in_log("".join(p.log() for p in processes if isinstance(p, WorkerProcess)))
         f, sf = report.figures, summarize(outcomes)
         retried_ok = sum(1 for o in retries if o.kind == ACCEPTED)
         print()
         print(f"soak of {args.minutes:g} min, seed {seed}, faults {', '.join(faults)} every {args.fault_every:g} s")
-        print(f"  votes sent          {sf['requests']}  ({sf['per_second']}/s; p50 {sf['p50_ms']} ms, p99 {sf['p99_ms']} ms)")
+        print(
+            f"  votes sent          {sf['requests']}  ({sf['per_second']}/s; "
+            f"p50 {sf['p50_ms']} ms, p99 {sf['p99_ms']} ms)"
+        )
         print(f"  accepted (204)      {sf['accepted']}")
-        print(f"  refused (503)       {sf['refused']}, of which {len(refused_written)} were written to Kafka all the same")
+        print(
+            f"  refused (503)       {sf['refused']}, of which {len(refused_written)} were written to Kafka all the same"
+        )
         print(f"  other answers       {sf['rejected']} {sf['statuses']}")
         print(f"  never sent          {sf['unsent']} (connection refused: web down)")
         print(f"  no answer           {sf['unknown']} (in flight at a crash), {f['unknown_counted']} of them counted")
-        print(f"  503s retried        {len(retries)} attempts (same Idempotency-Key) for {len(refused)} votes: "
-              f"{retried_ok} accepted")
+        print(
+            f"  503s retried        {len(retries)} attempts (same Idempotency-Key) for {len(refused)} votes: "
+            f"{retried_ok} accepted"
+        )
         print(f"  direct to Kafka     {f['direct']}, lost {f['direct_lost']}")
         print(f"  lost                {f['lost']}")
         print(f"  duplicated          {f['duplicated']}")
@@ -238,9 +277,20 @@ def main() -> int:
         for problem in report.problems[:20]:
             print(f"    {problem}")
         if args.json:
-            print(json.dumps({"seed": seed, "minutes": args.minutes, "faults": faults, **f,
-                              "refused_but_written": len(refused_written),
-                              "exact": report.exact, "worker_batches": batches, "journal": journal}))
+            print(
+                json.dumps(
+                    {
+                        "seed": seed,
+                        "minutes": args.minutes,
+                        "faults": faults,
+                        **f,
+                        "refused_but_written": len(refused_written),
+                        "exact": report.exact,
+                        "worker_batches": batches,
+                        "journal": journal,
+                    }
+                )
+            )
         return 0 if report.exact else 1
     finally:
         for process in processes:

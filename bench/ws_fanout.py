@@ -63,8 +63,16 @@ class WsStack:
             self.services.stop()
 
 
-def start_ws_stack(*, name: str, work_dir: Path, services=None, extra_env: dict[str, str] | None = None,
-                   web_procs: int = 1, server: str = "uvicorn", worker_args: list[str] | None = None) -> WsStack:
+def start_ws_stack(
+    *,
+    name: str,
+    work_dir: Path,
+    services=None,
+    extra_env: dict[str, str] | None = None,
+    web_procs: int = 1,
+    server: str = "uvicorn",
+    worker_args: list[str] | None = None,
+) -> WsStack:
     """Web (`web_procs` processes on one socket) + worker on a fresh database and topic;
     services started here unless given."""
     from bench.common import Worker, django_env, log, manage
@@ -84,8 +92,13 @@ def start_ws_stack(*, name: str, work_dir: Path, services=None, extra_env: dict[
             extra={"WS_MAX_CONNECTIONS": "50000", "LOG_LEVEL": "WARNING", **(extra_env or {})},
         )
         manage(env, "migrate", "--no-input")
-        worker = Worker(name=f"{name}-worker", env=dict(env, LOG_LEVEL="INFO"), log_dir=work_dir, group=f"bench-{topic}",
-                        extra=worker_args or []).start()
+        worker = Worker(
+            name=f"{name}-worker",
+            env=dict(env, LOG_LEVEL="INFO"),
+            log_dir=work_dir,
+            group=f"bench-{topic}",
+            extra=worker_args or [],
+        ).start()
         web = SocketWebServer(name=f"{name}-web", env=env, log_dir=work_dir, procs=web_procs, server=server).start()
         poll_id = _create_poll(web.url)
         log(f"{name}: web on {web.url}, poll {poll_id}")
@@ -97,18 +110,27 @@ def start_ws_stack(*, name: str, work_dir: Path, services=None, extra_env: dict[
 
 
 def _create_poll(base_url: str) -> int:
-    body = {"question": "Which colour wins the fan-out?", "option1": "Red", "option2": "Blue",
-            "option3": "Green", "option4": "Yellow"}
-    request = urllib.request.Request(f"{base_url}/polls", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    body = {
+        "question": "Which colour wins the fan-out?",
+        "option1": "Red",
+        "option2": "Blue",
+        "option3": "Green",
+        "option4": "Yellow",
+    }
+    request = urllib.request.Request(
+        f"{base_url}/polls", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as answer:
         return json.load(answer)["id"]
 
 
 def cast_vote(base_url: str, poll_id: int, option: int) -> float:
     """POST one vote; the wall-clock time of its 204."""
-    request = urllib.request.Request(f"{base_url}/polls/{poll_id}/vote", data=json.dumps({"option": option}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base_url}/polls/{poll_id}/vote",
+        data=json.dumps({"option": option}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as answer:
         if answer.status != 204:
             raise RuntimeError(f"vote answered {answer.status}")
@@ -143,7 +165,9 @@ async def _viewers_main(args) -> None:
     began = time.time()
     viewers, connected = await connect_viewers(
         lambda index, ready: _VersionViewer(seen=seen, host=host, path=args.path, ready=ready, origin=True),
-        ports=[args.port], count=args.count, concurrency=args.connect_concurrency,
+        ports=[args.port],
+        count=args.count,
+        concurrency=args.connect_concurrency,
     )
     print(json.dumps({"connected": connected, "connect_s": round(time.time() - began, 2)}), flush=True)
     read_raw(viewers, until=lambda: stopping)
@@ -184,8 +208,16 @@ def _connections_per_process(pids: list[int], port: int) -> list[int]:
     return counts
 
 
-def fanout(stack: WsStack, *, viewers: int, procs: int, rounds: int, settle: float, connect_concurrency: int = 100,
-           profile: Path | None = None) -> dict:
+def fanout(
+    stack: WsStack,
+    *,
+    viewers: int,
+    procs: int,
+    rounds: int,
+    settle: float,
+    connect_concurrency: int = 100,
+    profile: Path | None = None,
+) -> dict:
     from bench.common import Profiler, log
     from testsupport.processes import proc_cpu_seconds
 
@@ -194,9 +226,23 @@ def fanout(stack: WsStack, *, viewers: int, procs: int, rounds: int, settle: flo
     per_proc = [viewers // procs + (1 if i < viewers % procs else 0) for i in range(procs)]
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "bench.ws_fanout", "_viewers", "--port", str(stack.web.port), "--path", f"/ws/polls/{stack.poll_id}",
-             "--count", str(count), "--connect-concurrency", str(max(1, connect_concurrency // procs))],
-            cwd=REPO, stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "bench.ws_fanout",
+                "_viewers",
+                "--port",
+                str(stack.web.port),
+                "--path",
+                f"/ws/polls/{stack.poll_id}",
+                "--count",
+                str(count),
+                "--connect-concurrency",
+                str(max(1, connect_concurrency // procs)),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for count in per_proc
     ]
@@ -213,9 +259,11 @@ def fanout(stack: WsStack, *, viewers: int, procs: int, rounds: int, settle: flo
             profile.mkdir(parents=True, exist_ok=True)
             Profiler.directory = profile
             seconds = rounds * settle
-            spies = (Profiler.attach("fanout-web", web_pids, seconds)
-                     + Profiler.attach("fanout-worker", [stack.worker.pid], seconds)
-                     + Profiler.attach("fanout-viewers", [child.pid for child in children], seconds))
+            spies = (
+                Profiler.attach("fanout-web", web_pids, seconds)
+                + Profiler.attach("fanout-worker", [stack.worker.pid], seconds)
+                + Profiler.attach("fanout-viewers", [child.pid for child in children], seconds)
+            )
         voted_at = {}
         client_pids = [child.pid for child in children]
         cpu_before = ([proc_cpu_seconds(pid) for pid in web_pids], [proc_cpu_seconds(pid) for pid in client_pids])
@@ -244,7 +292,9 @@ def fanout(stack: WsStack, *, viewers: int, procs: int, rounds: int, settle: flo
     for round_index, at in voted_at.items():
         # Each vote is applied in its own batch (they are seconds apart): version == round.
         count, first, last = seen.get(round_index, [0, float("nan"), float("nan")])
-        rows.append({"round": round_index, "received": count, "first_ms": (first - at) * 1000, "all_ms": (last - at) * 1000})
+        rows.append(
+            {"round": round_index, "received": count, "first_ms": (first - at) * 1000, "all_ms": (last - at) * 1000}
+        )
     return {
         "viewers": viewers,
         "connected": connected,
@@ -263,18 +313,25 @@ def fanout(stack: WsStack, *, viewers: int, procs: int, rounds: int, settle: flo
 
 
 def print_fanout(result: dict) -> None:
-    print(f"\nfan-out to {result['connected']} of {result['viewers']} viewers of one poll "
-          f"(connected in {result['connect_s']:.1f} s), {result['web_procs']} {result['server']} process(es) "
-          f"holding {' + '.join(str(n) for n in result['spread'])} viewers:")
+    print(
+        f"\nfan-out to {result['connected']} of {result['viewers']} viewers of one poll "
+        f"(connected in {result['connect_s']:.1f} s), {result['web_procs']} {result['server']} process(es) "
+        f"holding {' + '.join(str(n) for n in result['spread'])} viewers:"
+    )
     print(f"{'vote':>5} {'received':>9} {'first (ms)':>11} {'all (ms)':>9}")
     for row in result["rounds"]:
         print(f"{row['round']:>5} {row['received']:>9} {row['first_ms']:>11.0f} {row['all_ms']:>9.0f}")
     alls = sorted(row["all_ms"] for row in result["rounds"])
     print(f"median time for all viewers to have the update: {alls[len(alls) // 2]:.0f} ms")
-    print(f"CPU during the {len(result['rounds'])} rounds ({result['rounds_s']:.0f} s): servers {result['web_cpu_s']:.2f} s, "
-          f"viewer clients {result['client_cpu_s']:.2f} s; load average {os.getloadavg()[0]:.1f}")
-    print(f"server RSS {result['rss_before_mb']:.0f} MB before, {result['rss_after_mb']:.0f} MB with all viewers "
-          f"(all processes): {result['kb_per_connection']:.1f} KB per connection")
+    print(
+        f"CPU during the {len(result['rounds'])} rounds ({result['rounds_s']:.0f} s): "
+        f"servers {result['web_cpu_s']:.2f} s, "
+        f"viewer clients {result['client_cpu_s']:.2f} s; load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"server RSS {result['rss_before_mb']:.0f} MB before, {result['rss_after_mb']:.0f} MB with all viewers "
+        f"(all processes): {result['kb_per_connection']:.1f} KB per connection"
+    )
 
 
 def bench_rows(ctx) -> list:
@@ -282,8 +339,15 @@ def bench_rows(ctx) -> list:
     from bench.common import Row
 
     web_procs = max(2, ctx.web_procs)
-    stack = start_ws_stack(name="ws_fanout", work_dir=ctx.work_dir, services=ctx.services, web_procs=web_procs,
-                           server=ctx.ws_server, extra_env=ctx.product_env, worker_args=ctx.worker_args)
+    stack = start_ws_stack(
+        name="ws_fanout",
+        work_dir=ctx.work_dir,
+        services=ctx.services,
+        web_procs=web_procs,
+        server=ctx.ws_server,
+        extra_env=ctx.product_env,
+        worker_args=ctx.worker_args,
+    )
     try:
         viewers = 2000 if ctx.quick else 10000
         result = fanout(stack, viewers=viewers, procs=2, rounds=3 if ctx.quick else 5, settle=3.0)
@@ -293,13 +357,25 @@ def bench_rows(ctx) -> list:
     alls = sorted(row["all_ms"] for row in result["rounds"])
     worst = max(alls)
     return [
-        Row("5 fan-out", f"all {result['connected']} viewers have a vote's update", alls[len(alls) // 2], "ms",
-            target="< 800 ms", ok=worst < 800,
+        Row(
+            "5 fan-out",
+            f"all {result['connected']} viewers have a vote's update",
+            alls[len(alls) // 2],
+            "ms",
+            target="< 800 ms",
+            ok=worst < 800,
             note=f"from the 204, worst round {worst:.0f} ms; {web_procs} server processes holding "
-                 f"{' + '.join(str(n) for n in result['spread'])}; connected in {result['connect_s']:.1f} s"),
-        Row("5 fan-out", "memory per WebSocket connection", result["kb_per_connection"], "KB",
-            target="< 40 KB", ok=result["kb_per_connection"] < 40,
-            note=f"server RSS {result['rss_before_mb']:.0f} -> {result['rss_after_mb']:.0f} MB, all processes"),
+            f"{' + '.join(str(n) for n in result['spread'])}; connected in {result['connect_s']:.1f} s",
+        ),
+        Row(
+            "5 fan-out",
+            "memory per WebSocket connection",
+            result["kb_per_connection"],
+            "KB",
+            target="< 40 KB",
+            ok=result["kb_per_connection"] < 40,
+            note=f"server RSS {result['rss_before_mb']:.0f} -> {result['rss_after_mb']:.0f} MB, all processes",
+        ),
     ]
 
 
@@ -315,24 +391,41 @@ def main() -> None:
         return
     import tempfile
 
-    parser = argparse.ArgumentParser(prog="python -m bench.ws_fanout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ws_fanout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--viewers", type=int, default=10000)
     parser.add_argument("--procs", type=int, default=2, help="viewer client processes")
     parser.add_argument("--web-procs", type=int, default=2, help="server processes on one socket")
     parser.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
-    parser.add_argument("--connect-concurrency", type=int, default=100, help="handshakes in flight, all viewer processes")
-    parser.add_argument("--profile", type=Path, help="py-spy stacks of the servers and viewer processes during the rounds")
+    parser.add_argument(
+        "--connect-concurrency", type=int, default=100, help="handshakes in flight, all viewer processes"
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy stacks of the servers and viewer processes during the rounds"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="votes cast, one every --settle seconds")
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--channel-layer", choices=["pubsub", "core"], default="pubsub", help="REDIS_CHANNEL_LAYER")
     args = parser.parse_args()
     work_dir = Path(tempfile.mkdtemp(prefix="polling-bench-ws-"))
-    stack = start_ws_stack(name="ws_fanout", work_dir=work_dir, extra_env={"REDIS_CHANNEL_LAYER": args.channel_layer},
-                           web_procs=args.web_procs, server=args.server)
+    stack = start_ws_stack(
+        name="ws_fanout",
+        work_dir=work_dir,
+        extra_env={"REDIS_CHANNEL_LAYER": args.channel_layer},
+        web_procs=args.web_procs,
+        server=args.server,
+    )
     try:
-        result = fanout(stack, viewers=args.viewers, procs=args.procs, rounds=args.rounds, settle=args.settle,
-                        connect_concurrency=args.connect_concurrency,
-                        profile=args.profile.resolve() if args.profile else None)
+        result = fanout(
+            stack,
+            viewers=args.viewers,
+            procs=args.procs,
+            rounds=args.rounds,
+            settle=args.settle,
+            connect_concurrency=args.connect_concurrency,
+            profile=args.profile.resolve() if args.profile else None,
+        )
     finally:
         stack.stop()
     print(f"channel layer: {args.channel_layer}")

@@ -61,8 +61,10 @@ class _VoteSender:
     def __init__(self, *, port: int, poll_id: int, connections: int) -> None:
         self.port = port
         self.requests = [
-            (f"POST /polls/{poll_id}/vote HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-             f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+            (
+                f"POST /polls/{poll_id}/vote HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n{body}"
+            ).encode()
             for body in (json.dumps({"option": option}) for option in (1, 2, 3, 4))
         ]
         self.connections = connections
@@ -117,9 +119,22 @@ class _VoteSender:
 async def _publish(stack: WsStack, *, rate: float, count: int, seconds: float) -> tuple[list[float], int, float]:
     """Run the kafka source (`_publish`, a separate process); its acknowledgement times, errors, start."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.ws_latency", "_publish", "--poll-id", str(stack.poll_id), "--rate", str(rate),
-        "--count", str(count), "--seconds", str(seconds),
-        cwd=REPO, env=stack.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bench.ws_latency",
+        "_publish",
+        "--poll-id",
+        str(stack.poll_id),
+        "--rate",
+        str(rate),
+        "--count",
+        str(count),
+        "--seconds",
+        str(seconds),
+        cwd=REPO,
+        env=stack.env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await process.communicate()
     if process.returncode != 0:
@@ -128,8 +143,16 @@ async def _publish(stack: WsStack, *, rate: float, count: int, seconds: float) -
     return result["acked"], result["errors"], result["started"]
 
 
-async def _measure(stack: WsStack, *, rate: float, duration: float, warmup: float, source: str = "http",
-                   connections: int = 64, audience: int = 0) -> dict:
+async def _measure(
+    stack: WsStack,
+    *,
+    rate: float,
+    duration: float,
+    warmup: float,
+    source: str = "http",
+    connections: int = 64,
+    audience: int = 0,
+) -> dict:
     from bench.common import Viewers
 
     ws_url = stack.web.url.replace("http://", "ws://") + f"/ws/polls/{stack.poll_id}"
@@ -138,14 +161,16 @@ async def _measure(stack: WsStack, *, rate: float, duration: float, warmup: floa
     if audience:
         # The others watching the same poll, from their own process, connected first; the
         # measuring viewer is one more of the poll's group, at no chosen place in it.
-        crowd = Viewers(port=stack.web.port, path=f"/ws/polls/{stack.poll_id}", count=audience,
-                        max_seconds=warmup + duration + 120).start()
+        crowd = Viewers(
+            port=stack.web.port, path=f"/ws/polls/{stack.poll_id}", count=audience, max_seconds=warmup + duration + 120
+        ).start()
         if crowd.connected < audience:
             crowd.stop()
             raise RuntimeError(f"only {crowd.connected} of {audience} viewers connected")
     try:
-        result = await _watch(stack, ws_url, arrivals, rate=rate, duration=duration, warmup=warmup, source=source,
-                              connections=connections)
+        result = await _watch(
+            stack, ws_url, arrivals, rate=rate, duration=duration, warmup=warmup, source=source, connections=connections
+        )
     finally:
         if crowd is not None:
             crowd.stop()
@@ -153,8 +178,17 @@ async def _measure(stack: WsStack, *, rate: float, duration: float, warmup: floa
     return result
 
 
-async def _watch(stack: WsStack, ws_url: str, arrivals: list[tuple[float, int]], *, rate: float, duration: float,
-                 warmup: float, source: str, connections: int) -> dict:
+async def _watch(
+    stack: WsStack,
+    ws_url: str,
+    arrivals: list[tuple[float, int]],
+    *,
+    rate: float,
+    duration: float,
+    warmup: float,
+    source: str,
+    connections: int,
+) -> dict:
     import websockets
 
     async with websockets.connect(ws_url, origin=stack.web.url, max_queue=None) as ws:
@@ -218,10 +252,13 @@ async def _watch(stack: WsStack, ws_url: str, arrivals: list[tuple[float, int]],
     }
 
 
-def latency(stack: WsStack, *, rates: list[float], duration: float, warmup: float, source: str = "http",
-            audience: int = 0) -> list[dict]:
-    return [asyncio.run(_measure(stack, rate=rate, duration=duration, warmup=warmup, source=source, audience=audience))
-            for rate in rates]
+def latency(
+    stack: WsStack, *, rates: list[float], duration: float, warmup: float, source: str = "http", audience: int = 0
+) -> list[dict]:
+    return [
+        asyncio.run(_measure(stack, rate=rate, duration=duration, warmup=warmup, source=source, audience=audience))
+        for rate in rates
+    ]
 
 
 SOURCES = {
@@ -237,13 +274,18 @@ def print_latency(results: list[dict], web_procs: int = 1) -> None:
             continue
         print(f"\nvote-to-screen latency, {label}, {web_procs} web process(es), one worker:")
         answers = source == "http"
-        print(f"{'votes/s':>8} {'viewers':>8} {'achieved':>9} {'votes':>6} {'msgs/s':>7} {'p50 (ms)':>9} {'p90 (ms)':>9} "
-              f"{'p99 (ms)':>9} {'max (ms)':>9}" + (f" {'204 p50':>8} {'204 p99':>8}" if answers else ""))
+        print(
+            f"{'votes/s':>8} {'viewers':>8} {'achieved':>9} {'votes':>6} {'msgs/s':>7} {'p50 (ms)':>9} {'p90 (ms)':>9} "
+            f"{'p99 (ms)':>9} {'max (ms)':>9}" + (f" {'204 p50':>8} {'204 p99':>8}" if answers else "")
+        )
         for r in rows:
-            print(f"{r['rate']:>8.0f} {r['audience'] + 1:>8} {r['achieved_rate']:>9.1f} {r['votes']:>6} {r['messages_per_s']:>7.1f} "
-                  f"{r['p50_ms']:>9.0f} {r['p90_ms']:>9.0f} {r['p99_ms']:>9.0f} {r['max_ms']:>9.0f}"
-                  + (f" {r['answer_p50_ms']:>8.1f} {r['answer_p99_ms']:>8.1f}" if answers else "")
-                  + (f"   ({r['errors']} errors, {r['missing']} never shown)" if r["errors"] or r["missing"] else ""))
+            print(
+                f"{r['rate']:>8.0f} {r['audience'] + 1:>8} {r['achieved_rate']:>9.1f} {r['votes']:>6} "
+                f"{r['messages_per_s']:>7.1f} "
+                f"{r['p50_ms']:>9.0f} {r['p90_ms']:>9.0f} {r['p99_ms']:>9.0f} {r['max_ms']:>9.0f}"
+                + (f" {r['answer_p50_ms']:>8.1f} {r['answer_p99_ms']:>8.1f}" if answers else "")
+                + (f"   ({r['errors']} errors, {r['missing']} never shown)" if r["errors"] or r["missing"] else "")
+            )
         if answers:
             print("(204 p50 / p99: from a vote's request to its answer, what the voting client waits)")
 
@@ -253,13 +295,21 @@ def bench_rows(ctx) -> list:
     ctx.viewers others watching), the Kafka source at 1,000."""
     from bench.common import Row
 
-    stack = start_ws_stack(name="ws_latency", work_dir=ctx.work_dir, services=ctx.services, web_procs=ctx.web_procs,
-                           server=ctx.server, extra_env=ctx.product_env, worker_args=ctx.worker_args)
+    stack = start_ws_stack(
+        name="ws_latency",
+        work_dir=ctx.work_dir,
+        services=ctx.services,
+        web_procs=ctx.web_procs,
+        server=ctx.server,
+        extra_env=ctx.product_env,
+        worker_args=ctx.worker_args,
+    )
     try:
         results = latency(stack, rates=[100.0, 1000.0], duration=ctx.duration, warmup=ctx.warmup, source="http")
         # What one viewer among ctx.viewers sees while the intake saturates the process.
-        results += latency(stack, rates=[1000.0], duration=ctx.duration, warmup=ctx.warmup, source="http",
-                           audience=ctx.viewers)
+        results += latency(
+            stack, rates=[1000.0], duration=ctx.duration, warmup=ctx.warmup, source="http", audience=ctx.viewers
+        )
         results += latency(stack, rates=[1000.0], duration=ctx.duration, warmup=ctx.warmup, source="kafka")
     finally:
         stack.stop()
@@ -277,17 +327,31 @@ def bench_rows(ctx) -> list:
             note += f"; {r['errors']} errors, {r['missing']} never shown"
         rows.append(Row("4 latency", f"vote-to-screen p50, {what}", r["p50_ms"], "ms", note=note))
         kept_up = r["achieved_rate"] >= 0.95 * r["rate"]
-        rows.append(Row("4 latency", f"vote-to-screen p99, {what}", r["p99_ms"], "ms",
-                        target="< 250 ms at 1,000/s" if r["rate"] >= 1000 else "< 250 ms",
-                        ok=r["p99_ms"] < 250 and (kept_up or short == "http" and r["rate"] < 1000),
-                        note="" if kept_up else
-                        f"the {short} source sustained only {r['achieved_rate']:.0f} votes/s: the figure is at that rate"))
+        rows.append(
+            Row(
+                "4 latency",
+                f"vote-to-screen p99, {what}",
+                r["p99_ms"],
+                "ms",
+                target="< 250 ms at 1,000/s" if r["rate"] >= 1000 else "< 250 ms",
+                ok=r["p99_ms"] < 250 and (kept_up or short == "http" and r["rate"] < 1000),
+                note=""
+                if kept_up
+                else f"the {short} source sustained only {r['achieved_rate']:.0f} votes/s: the figure is at that rate",
+            )
+        )
         if short == "http" and not r["audience"]:
             # Section 1's 64 clients send as fast as they are answered, so their latency is
             # the queue of a saturated process; this is the answer at a rate asked of it.
-            rows.append(Row("4 latency", f"answer (204) p99, {r['rate']:,.0f} votes/s asked over HTTP, 64 connections",
-                            r["answer_p99_ms"], "ms",
-                            note=f"p50 {r['answer_p50_ms']:.1f} ms; open loop, achieved {r['achieved_rate']:.0f} votes/s"))
+            rows.append(
+                Row(
+                    "4 latency",
+                    f"answer (204) p99, {r['rate']:,.0f} votes/s asked over HTTP, 64 connections",
+                    r["answer_p99_ms"],
+                    "ms",
+                    note=f"p50 {r['answer_p50_ms']:.1f} ms; open loop, achieved {r['achieved_rate']:.0f} votes/s",
+                )
+            )
     return rows
 
 
@@ -347,22 +411,39 @@ def main() -> None:
             parser.add_argument(name, type=kind, required=True)
         _cmd_publish(parser.parse_args(sys.argv[2:]))
         return
-    parser = argparse.ArgumentParser(prog="python -m bench.ws_latency", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ws_latency", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rates", type=float, nargs="+", default=[100.0, 1000.0], help="votes per second")
-    parser.add_argument("--source", choices=list(SOURCES), nargs="+", default=list(SOURCES),
-                        help="where the votes come from (default: both, http first)")
+    parser.add_argument(
+        "--source",
+        choices=list(SOURCES),
+        nargs="+",
+        default=list(SOURCES),
+        help="where the votes come from (default: both, http first)",
+    )
     parser.add_argument("--web-procs", type=int, default=1, help="server processes on one socket")
-    parser.add_argument("--audience", type=int, nargs="+", default=[0],
-                        help="other viewers of the poll besides the measuring one, from their own process "
-                             "(several values: a run for each; default 0)")
+    parser.add_argument(
+        "--audience",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="other viewers of the poll besides the measuring one, from their own process "
+        "(several values: a run for each; default 0)",
+    )
     add_experiment_args(parser)
     parser.add_argument("--profile", type=Path, help="py-spy stacks of the servers and the worker, per rate")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per rate")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of votes not measured first")
     args = parser.parse_args()
     work_dir = Path(tempfile.mkdtemp(prefix="polling-bench-ws-"))
-    stack = start_ws_stack(name="ws_latency", work_dir=work_dir, web_procs=args.web_procs,
-                           extra_env=experiment_env(args), worker_args=args.worker_arg)
+    stack = start_ws_stack(
+        name="ws_latency",
+        work_dir=work_dir,
+        web_procs=args.web_procs,
+        extra_env=experiment_env(args),
+        worker_args=args.worker_arg,
+    )
     try:
         if args.profile:
             from bench.common import Profiler
@@ -372,11 +453,15 @@ def main() -> None:
         results = []
         for source, rate, audience in ((s, r, a) for s in args.source for r in args.rates for a in args.audience):
             name = f"latency-{source}-{rate:.0f}-{audience}"
-            spies = Profiler.attach(f"{name}-web", stack.web.pids(), args.warmup + args.duration) + \
-                Profiler.attach(f"{name}-worker", [stack.worker.pid], args.warmup + args.duration) \
-                if args.profile else []
-            results += latency(stack, rates=[rate], duration=args.duration, warmup=args.warmup, source=source,
-                               audience=audience)
+            spies = (
+                Profiler.attach(f"{name}-web", stack.web.pids(), args.warmup + args.duration)
+                + Profiler.attach(f"{name}-worker", [stack.worker.pid], args.warmup + args.duration)
+                if args.profile
+                else []
+            )
+            results += latency(
+                stack, rates=[rate], duration=args.duration, warmup=args.warmup, source=source, audience=audience
+            )
             if spies:
                 Profiler.wait(spies)
     finally:

@@ -89,7 +89,9 @@ def _layer(kind: str, redis_url: str):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.ws_layer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ws_layer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--group-size", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--rounds", type=int, default=5)
@@ -97,7 +99,10 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"group_send to one group, {args.rounds} rounds each, Redis at {args.redis_url}")
-    print(f"{'layer':8} {'group':>7} {'group_add all (s)':>18} {'send (ms)':>10} {'all received p50 (ms)':>22} {'max (ms)':>9}")
+    print(
+        f"{'layer':8} {'group':>7} {'group_add all (s)':>18} {'send (ms)':>10} "
+        f"{'all received p50 (ms)':>22} {'max (ms)':>9}"
+    )
     for size in args.group_size:
         for kind in args.layers:
             figures = asyncio.run(_measure(_layer(kind, args.redis_url), group_size=size, rounds=args.rounds))

@@ -65,8 +65,10 @@ def _stop_debian_cluster(port: int) -> None:
     for line in listing.stdout.splitlines():
         version, cluster, cluster_port, status = line.split()[:4]
         if cluster_port == str(port) and status.startswith("online"):
-            print(f"devservices: stopping Debian's PostgreSQL cluster {version}/{cluster} "
-                  f"to free port {port}", file=sys.stderr)
+            print(
+                f"devservices: stopping Debian's PostgreSQL cluster {version}/{cluster} to free port {port}",
+                file=sys.stderr,
+            )
             subprocess.run(["pg_ctlcluster", version, cluster, "stop"], check=False)
 
 

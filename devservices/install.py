@@ -27,9 +27,7 @@ _apt_updated = False
 
 def postgres_bin_dir() -> Path | None:
     """The newest installed /usr/lib/postgresql/<major>/bin that has a server, if any."""
-    candidates = [
-        d for d in Path("/usr/lib/postgresql").glob("*/bin") if (d / "postgres").is_file()
-    ]
+    candidates = [d for d in Path("/usr/lib/postgresql").glob("*/bin") if (d / "postgres").is_file()]
     return max(candidates, key=lambda d: int(d.parent.name), default=None)
 
 
@@ -144,8 +142,15 @@ def ensure_kafka_jars(version: str) -> Path:
         print(f"devservices: fetching Kafka {version} jars ...", file=sys.stderr, flush=True)
         _run(
             [
-                "mvn", "-B", "-q", "-f", str(pom), _MAVEN_COPY,
-                "-DincludeScope=runtime", f"-DoutputDirectory={libs}", f"-Dkafka.version={version}",
+                "mvn",
+                "-B",
+                "-q",
+                "-f",
+                str(pom),
+                _MAVEN_COPY,
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={libs}",
+                f"-Dkafka.version={version}",
             ],
             cwd=home,
             what=f"Maven download of Kafka {version} (is that version on Maven Central?)",
@@ -154,13 +159,9 @@ def ensure_kafka_jars(version: str) -> Path:
     return libs
 
 
-def _run(
-    argv: list[str], *, what: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> None:
+def _run(argv: list[str], *, what: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
     """Run a command, raising ServiceError with the end of its output if it fails."""
-    result = subprocess.run(
-        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, cwd=cwd
-    )
+    result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, cwd=cwd)
     if result.returncode != 0:
         output = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
         raise ServiceError(f"{what} failed with exit code {result.returncode}:\n{output}")

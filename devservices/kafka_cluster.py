@@ -71,8 +71,14 @@ class KafkaCluster:
         settings = {**replicated_properties(size), **(properties or {})}
         self.nodes = [
             KafkaServer(
-                port=port, controller_port=controller_port, data_dir=self.data_dir / f"node-{n}",
-                version=version, properties=settings, node_id=n, quorum_voters=voters, cluster_id=cluster_id,
+                port=port,
+                controller_port=controller_port,
+                data_dir=self.data_dir / f"node-{n}",
+                version=version,
+                properties=settings,
+                node_id=n,
+                quorum_voters=voters,
+                cluster_id=cluster_id,
             )
             for n, (port, controller_port) in enumerate(zip(ports, controller_ports, strict=True), start=1)
         ]
@@ -147,7 +153,8 @@ class KafkaCluster:
 
         admin = KafkaAdminClient(
             bootstrap_servers=[node.bootstrap for node in self.nodes if node.is_running()],
-            client_id="devservices-cluster", request_timeout_ms=5000,
+            client_id="devservices-cluster",
+            request_timeout_ms=5000,
         )
         try:
             (described,) = admin.describe_topics([topic])

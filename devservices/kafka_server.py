@@ -128,9 +128,7 @@ def _admin_client_works(bootstrap: str) -> bool:
     except ImportError:
         return True
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap, request_timeout_ms=5000, bootstrap_timeout_ms=5000
-        )
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, bootstrap_timeout_ms=5000)
     except Exception:
         return False
     try:
@@ -197,8 +195,14 @@ class _KafkaBroker(Service):
     def _java_command(self, heap: Sequence[str], main: str, *args: str) -> list[str]:
         # The classpath wildcard is expanded by java itself, not by a shell.
         return [
-            str(self._executable()), *heap, *_JVM_FLAGS, *self._logging,
-            "-cp", f"{self._libs}/*", main, *args,
+            str(self._executable()),
+            *heap,
+            *_JVM_FLAGS,
+            *self._logging,
+            "-cp",
+            f"{self._libs}/*",
+            main,
+            *args,
         ]
 
     def _command(self) -> list[str]:
@@ -269,12 +273,15 @@ class KafkaServer(_KafkaBroker):
         if (self.log_dirs / "meta.properties").exists():
             return
         format_command = self._java_command(
-            ["-Xmx256m"], "kafka.tools.StorageTool",
-            "format", "--cluster-id", self.cluster_id or _new_cluster_id(), "--config", str(self.properties_file),
+            ["-Xmx256m"],
+            "kafka.tools.StorageTool",
+            "format",
+            "--cluster-id",
+            self.cluster_id or _new_cluster_id(),
+            "--config",
+            str(self.properties_file),
         )
-        result = subprocess.run(
-            format_command, stdin=subprocess.DEVNULL, capture_output=True, text=True
-        )
+        result = subprocess.run(format_command, stdin=subprocess.DEVNULL, capture_output=True, text=True)
         if result.returncode != 0:
             output = result.stdout + result.stderr
             raise ServiceError(f"formatting {self.log_dirs} failed:\n{output}")
@@ -311,9 +318,14 @@ class ZooKeeperServer(Service):
 
     def _command(self) -> list[str]:
         return [
-            str(self._executable()), "-Xmx256m", *_JVM_FLAGS, *self._logging,
-            "-cp", f"{self._libs}/*",
-            "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(self.data_dir / "zoo.cfg"),
+            str(self._executable()),
+            "-Xmx256m",
+            *_JVM_FLAGS,
+            *self._logging,
+            "-cp",
+            f"{self._libs}/*",
+            "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+            str(self.data_dir / "zoo.cfg"),
         ]
 
     def _probe_ready(self) -> bool:
@@ -360,9 +372,7 @@ class KafkaZooKeeperServer(_KafkaBroker):
         properties: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(port=port, data_dir=data_dir, version=version, properties=properties)
-        self.zookeeper = ZooKeeperServer(
-            port=zk_port, data_dir=self.data_dir / "zookeeper", version=version
-        )
+        self.zookeeper = ZooKeeperServer(port=zk_port, data_dir=self.data_dir / "zookeeper", version=version)
 
     @property
     def broker_id(self) -> str:

@@ -74,9 +74,7 @@ class PostgresServer(Service):
         try:
             return pwd.getpwnam("postgres")
         except KeyError:
-            raise ServiceError(
-                "running as root needs the 'postgres' OS user (from the postgresql package)"
-            ) from None
+            raise ServiceError("running as root needs the 'postgres' OS user (from the postgresql package)") from None
 
     def _popen_kwargs(self) -> dict[str, Any]:
         # Popen(user=...) switches user in the child before exec, so the pid we hold is
@@ -103,10 +101,20 @@ class PostgresServer(Service):
         try:
             result = subprocess.run(
                 [
-                    str(self._bin("initdb")), "--pgdata", str(self.pgdata),
-                    "--username", self.user, "--pwfile", str(pwfile),
-                    "--auth-host", "scram-sha-256", "--auth-local", "peer",
-                    "--encoding", "UTF8", "--no-locale",
+                    str(self._bin("initdb")),
+                    "--pgdata",
+                    str(self.pgdata),
+                    "--username",
+                    self.user,
+                    "--pwfile",
+                    str(pwfile),
+                    "--auth-host",
+                    "scram-sha-256",
+                    "--auth-local",
+                    "peer",
+                    "--encoding",
+                    "UTF8",
+                    "--no-locale",
                 ],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
@@ -142,9 +150,23 @@ class PostgresServer(Service):
         )
         result = subprocess.run(
             [
-                str(self._bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1",
-                "-v", f"db={self.database}", "-v", f"owner={self.user}",
-                "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-d", "postgres",
+                str(self._bin("psql")),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-v",
+                f"db={self.database}",
+                "-v",
+                f"owner={self.user}",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                "-d",
+                "postgres",
             ],
             input=script,
             capture_output=True,
@@ -153,9 +175,7 @@ class PostgresServer(Service):
             timeout=60,
         )
         if result.returncode != 0:
-            raise ServiceError(
-                f"creating database {self.database!r} failed:\n{result.stdout}{result.stderr}"
-            )
+            raise ServiceError(f"creating database {self.database!r} failed:\n{result.stdout}{result.stderr}")
 
 
 def _grant_search(path: Path, account: pwd.struct_passwd) -> None:

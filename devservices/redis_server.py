@@ -28,13 +28,20 @@ class RedisServer(Service):
     def _command(self) -> list[str]:
         return [
             str(self._executable()),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.data_dir),
-            "--save", "",
-            "--appendonly", "no",
-            "--daemonize", "no",
-            "--logfile", "",  # stdout, which is our log file
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",  # stdout, which is our log file
         ]
 
     def _probe_ready(self) -> bool:

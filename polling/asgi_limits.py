@@ -43,9 +43,15 @@ def too_large_detail(limit: int, length: int | None = None) -> str:
 def _too_large(limit: int, length: int | None) -> tuple[dict, dict]:
     """The ASGI messages of a 413 answer: its start and its body."""
     body = json.dumps({"detail": too_large_detail(limit, length)}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
-    return {"type": "http.response.start", "status": 413, "headers": headers}, {"type": "http.response.body", "body": body}
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    return {"type": "http.response.start", "status": 413, "headers": headers}, {
+        "type": "http.response.body",
+        "body": body,
+    }
 
 
 def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:

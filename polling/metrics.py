@@ -243,8 +243,13 @@ class RequestMetricsMiddleware:
     def __call__(self, request):
         started = time.perf_counter()
         response = self.get_response(request)
-        request_observed(view=view_label(request), method=request.method, path=request.path,
-                         status=response.status_code, seconds=time.perf_counter() - started)
+        request_observed(
+            view=view_label(request),
+            method=request.method,
+            path=request.path,
+            status=response.status_code,
+            seconds=time.perf_counter() - started,
+        )
         return response
 
 
@@ -260,14 +265,27 @@ def request_observed(*, view: str, method: str, path: str, status: int, seconds:
     if series is None:
         labels = (view, label, str(status))
         series = _request_series[view, label, status] = (
-            HTTP_REQUESTS.labels(*labels), HTTP_REQUEST_DURATION.labels(*labels))
+            HTTP_REQUESTS.labels(*labels),
+            HTTP_REQUEST_DURATION.labels(*labels),
+        )
     series[0].inc()
     series[1].observe(seconds)
     if settings.ACCESS_LOG:
         access_logger.info(
-            '"%s %s" %d %.1f ms', method, path, status, seconds * 1000,
-            extra={"http": {"method": method, "path": path, "status": status,
-                            "view": view, "duration_ms": round(seconds * 1000, 2)}},
+            '"%s %s" %d %.1f ms',
+            method,
+            path,
+            status,
+            seconds * 1000,
+            extra={
+                "http": {
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "view": view,
+                    "duration_ms": round(seconds * 1000, 2),
+                }
+            },
         )
 
 

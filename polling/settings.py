@@ -133,9 +133,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "polling" / "static"]
-# The web process serves the static files itself (WhiteNoise): the ASGI server does not, and without them the admin had no styles or scripts
-# and /api/docs no Swagger UI. They are found where the apps keep them, so no
-# collectstatic is needed (the image runs it anyway); read once at the start.
+# The web process serves the static files itself (WhiteNoise): the ASGI server does
+# not, and without them the admin had no styles or scripts and /api/docs no Swagger UI.
+# They are found where the apps keep them, so no collectstatic is needed (the image runs
+# it anyway); read once at the start.
 WHITENOISE_USE_FINDERS = True
 # Until collectstatic fills STATIC_ROOT, the finders serve everything: no warning line.
 warnings.filterwarnings("ignore", message=r"No directory at: .*staticfiles", category=UserWarning)
@@ -253,12 +254,16 @@ RATE_LIMIT_DEFAULTS = {
     "RATE_LIMIT_VOTES_PER_VOTER": "60/min",
     "RATE_LIMIT_POLLS_PER_ADDRESS": "60/min",
 }
-RATE_LIMIT_VOTES_PER_ADDRESS = env_rate("RATE_LIMIT_VOTES_PER_ADDRESS", RATE_LIMIT_DEFAULTS["RATE_LIMIT_VOTES_PER_ADDRESS"])
+RATE_LIMIT_VOTES_PER_ADDRESS = env_rate(
+    "RATE_LIMIT_VOTES_PER_ADDRESS", RATE_LIMIT_DEFAULTS["RATE_LIMIT_VOTES_PER_ADDRESS"]
+)
 RATE_LIMIT_NEW_VOTERS_PER_ADDRESS = env_rate(
     "RATE_LIMIT_NEW_VOTERS_PER_ADDRESS", RATE_LIMIT_DEFAULTS["RATE_LIMIT_NEW_VOTERS_PER_ADDRESS"]
 )
 RATE_LIMIT_VOTES_PER_VOTER = env_rate("RATE_LIMIT_VOTES_PER_VOTER", RATE_LIMIT_DEFAULTS["RATE_LIMIT_VOTES_PER_VOTER"])
-RATE_LIMIT_POLLS_PER_ADDRESS = env_rate("RATE_LIMIT_POLLS_PER_ADDRESS", RATE_LIMIT_DEFAULTS["RATE_LIMIT_POLLS_PER_ADDRESS"])
+RATE_LIMIT_POLLS_PER_ADDRESS = env_rate(
+    "RATE_LIMIT_POLLS_PER_ADDRESS", RATE_LIMIT_DEFAULTS["RATE_LIMIT_POLLS_PER_ADDRESS"]
+)
 RATE_LIMIT_CACHE = "default"
 # With Redis, a request is decided in process and its count reaches Redis in the
 # background, at most this often; a process learns the others' counts at these syncs.
@@ -375,7 +380,11 @@ MIDDLEWARE = [
     "polling.middleware.SecurityHeadersMiddleware",
     "polling.metrics.RequestMetricsMiddleware",
     "polling.health.ProbeMiddleware",
-    *(name for name in MIDDLEWARE if name not in ("polling.metrics.RequestMetricsMiddleware", "polling.health.ProbeMiddleware")),
+    *(
+        name
+        for name in MIDDLEWARE
+        if name not in ("polling.metrics.RequestMetricsMiddleware", "polling.health.ProbeMiddleware")
+    ),
 ]
 
 # One access-log line per HTTP request (logger "polling.access"), through the formatter above.

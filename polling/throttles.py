@@ -30,6 +30,7 @@ from polling.metrics import rate_limits_synced
 
 logger = logging.getLogger(__name__)
 
+
 class FixedWindowThrottle(BaseThrottle):
     scope = ""
     setting = ""
@@ -78,8 +79,11 @@ def throttles_check(throttles, request) -> float | None:
     except Exception as exc:  # noqa: BLE001 - any failure of the cache backend
         # Redis is down: voting must keep working (found by tests/faults), so the
         # limit is not checked rather than every vote failing with a 500.
-        logger.warning("rate limits %s not checked, the cache is unavailable: %r",
-                       ", ".join(throttle.scope for throttle, _ in windows), exc)
+        logger.warning(
+            "rate limits %s not checked, the cache is unavailable: %r",
+            ", ".join(throttle.scope for throttle, _ in windows),
+            exc,
+        )
         return None
     waits = []
     for (throttle, (_, limit, wait)), count in zip(windows, counts):
@@ -187,8 +191,11 @@ class SharedWindowCounts:
                     # twice: a failure errs on the strict side.
                     rate_limits_synced(ok=False)
                     if not self._failing:
-                        logger.warning("rate-limit counts not shared, the cache is unavailable "
-                                       "(limits hold per process until it is back): %r", exc)
+                        logger.warning(
+                            "rate-limit counts not shared, the cache is unavailable "
+                            "(limits hold per process until it is back): %r",
+                            exc,
+                        )
                     self._failing = True
                     return False
                 rate_limits_synced(ok=True)
@@ -272,7 +279,8 @@ def _shared_counts(cache) -> SharedWindowCounts:
             counts = _shared_counts_by_cache.get(alias)
             if counts is None:
                 counts = _shared_counts_by_cache[alias] = SharedWindowCounts(
-                    cache, interval=settings.RATE_LIMIT_SYNC_MS / 1000)
+                    cache, interval=settings.RATE_LIMIT_SYNC_MS / 1000
+                )
     return counts
 
 

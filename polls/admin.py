@@ -100,7 +100,16 @@ class AuditEntryInline(admin.TabularInline):
 @admin.register(Poll)
 class PollAdmin(admin.ModelAdmin):
     form = PollAdminForm
-    list_display = ["id", "question_isolated", "status", "hidden", "total_votes", "one_vote_per", "results_visibility", "created_at"]
+    list_display = [
+        "id",
+        "question_isolated",
+        "status",
+        "hidden",
+        "total_votes",
+        "one_vote_per",
+        "results_visibility",
+        "created_at",
+    ]
     list_filter = ["status", "hidden", "one_vote_per", "results_visibility", ("created_at", admin.DateFieldListFilter)]
     search_fields = ["question", "options__text"]
     date_hierarchy = "created_at"

@@ -81,7 +81,8 @@ class Poll(models.Model):
             models.Index(fields=["-created_at", "-id"], name="poll_listed_idx", condition=models.Q(hidden=False)),
             # The leaderboard of polls, read off the index: the public, visible ones.
             models.Index(
-                fields=["-total", "id"], name="poll_total_rank_idx",
+                fields=["-total", "id"],
+                name="poll_total_rank_idx",
                 condition=models.Q(hidden=False, results_visibility="always"),
             ),
         ]
@@ -204,6 +205,4 @@ class AuditEntry(models.Model):
 def poll_total_reset(using: str | None = None, **poll_filter) -> None:
     """Set the total of the polls `poll_filter` selects to the sum of their options' counters."""
     sums = Option.objects.filter(poll=models.OuterRef("pk")).order_by().values("poll").annotate(s=models.Sum("votes"))
-    Poll.objects.using(using).filter(**poll_filter).update(
-        total=Coalesce(models.Subquery(sums.values("s")), 0)
-    )
+    Poll.objects.using(using).filter(**poll_filter).update(total=Coalesce(models.Subquery(sums.values("s")), 0))

@@ -256,7 +256,9 @@ class Broadcaster:
         if len(self._last_sent) > 1000:
             self._last_sent = {k: t for k, t in self._last_sent.items() if t > now - self.interval}
             self._last_text = {
-                k: text for k, text in self._last_text.items() if (k[0] if isinstance(k, tuple) else k) in self._last_sent
+                k: text
+                for k, text in self._last_text.items()
+                if (k[0] if isinstance(k, tuple) else k) in self._last_sent
             }
 
     def _send(self, keys: list[int | str], loop: asyncio.AbstractEventLoop) -> None:
@@ -278,7 +280,10 @@ class Broadcaster:
                 # Hidden by a moderator or deleted since: its viewers are told to leave.
                 removed = poll_removed_layer_message(poll_id=poll_id)
                 if self._is_new(poll_id, removed["text"]):
-                    messages += [(poll_id, group, removed) for group in (poll_group(poll_id), poll_results_group(poll_id), POLLS_GROUP)]
+                    messages += [
+                        (poll_id, group, removed)
+                        for group in (poll_group(poll_id), poll_results_group(poll_id), POLLS_GROUP)
+                    ]
                 continue
             public = poll_updated_layer_message(totals=live.public)
             # Counts held back: the public totals change only with the poll's state, so
@@ -335,7 +340,9 @@ class Broadcaster:
 
         async def send_all() -> list[Any]:
             return await asyncio.wait_for(
-                asyncio.gather(*(layer.group_send(group, message) for group, message in messages), return_exceptions=True),
+                asyncio.gather(
+                    *(layer.group_send(group, message) for group, message in messages), return_exceptions=True
+                ),
                 timeout=self.send_timeout,
             )
 
@@ -343,7 +350,9 @@ class Broadcaster:
             if isinstance(layer, InMemoryChannelLayer):
                 if self._consumer_loop is None or self._consumer_loop.is_closed():
                     return []  # no consumer ever ran in this process: nobody could receive it
-                results = asyncio.run_coroutine_threadsafe(send_all(), self._consumer_loop).result(self.send_timeout + 1)
+                results = asyncio.run_coroutine_threadsafe(send_all(), self._consumer_loop).result(
+                    self.send_timeout + 1
+                )
             else:
                 results = loop.run_until_complete(send_all())
         except Exception as exc:  # noqa: BLE001 - timeouts and closed loops alike: sent again later
@@ -351,7 +360,9 @@ class Broadcaster:
             return list(range(len(messages)))
         failed = [index for index, result in enumerate(results) if isinstance(result, BaseException)]
         if failed:
-            self._note_failure(f"{len(failed)} of {len(messages)} group sends failed, to be sent again: {results[failed[0]]!r}")
+            self._note_failure(
+                f"{len(failed)} of {len(messages)} group sends failed, to be sent again: {results[failed[0]]!r}"
+            )
         self.sends += len(messages) - len(failed)
         return failed
 

@@ -244,7 +244,7 @@ class _LiveConsumer(AsyncJsonWebsocketConsumer):
             await self._refuse("binary_not_supported", "Send JSON text frames, not binary ones.")
             return
         if len(text_data) > _MAX_MESSAGE_CHARS:  # not a ping: refused unread
-            await self._refuse("unknown_message", f'{_ONLY_PING} This one has over {_MAX_MESSAGE_CHARS} characters.')
+            await self._refuse("unknown_message", f"{_ONLY_PING} This one has over {_MAX_MESSAGE_CHARS} characters.")
             return
         try:
             content = json_loads(text_data)

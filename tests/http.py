@@ -20,7 +20,13 @@ class Answer:
 
 
 def request(
-    method: str, url: str, body=None, *, raw: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 30
+    method: str,
+    url: str,
+    body=None,
+    *,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30,
 ) -> Answer:
     """`body` is sent as JSON; `raw`, when given, as it is."""
     data = raw if raw is not None else None if body is None else json.dumps(body).encode()

@@ -32,17 +32,30 @@ def schemathesis_run(web_server, tmp_path, *extra: str, config: str = "") -> int
     config_file.write_text(config)
     result = subprocess.run(
         [
-            sys.executable, "-m", "schemathesis.cli", "--config-file", str(config_file), "--no-color",
-            "run", f"{web_server.url}/api/schema",
-            "--url", web_server.url,
-            "--checks", "all",
-            "--max-examples", "100",
-            "--seed", "20261125",
-            "--request-timeout", "20",
-            "--suppress-health-check", "all",
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "--config-file",
+            str(config_file),
+            "--no-color",
+            "run",
+            f"{web_server.url}/api/schema",
+            "--url",
+            web_server.url,
+            "--checks",
+            "all",
+            "--max-examples",
+            "100",
+            "--seed",
+            "20261125",
+            "--request-timeout",
+            "20",
+            "--suppress-health-check",
+            "all",
             # One worker: Python 3.11.7's ast.parse is not safe across threads, and
             # hypothesis uses it to describe its filters.
-            "--workers", "1",
+            "--workers",
+            "1",
             *extra,
         ],
         capture_output=True,
@@ -55,10 +68,16 @@ def schemathesis_run(web_server, tmp_path, *extra: str, config: str = "") -> int
 
 
 def test_valid_generated_requests_on_a_live_poll_get_no_5xx_and_match_the_schema(web_server, vote_worker, tmp_path):
-    poll = request("POST", f"{web_server.url}/polls",
-                   {"question": "Fuzzed?", "options": ["a", "b", "c", "d"], "max_choices": 2}).json()
+    poll = request(
+        "POST", f"{web_server.url}/polls", {"question": "Fuzzed?", "options": ["a", "b", "c", "d"], "max_choices": 2}
+    ).json()
     generated = schemathesis_run(
-        web_server, tmp_path, "--mode", "positive", "--phases", "examples,fuzzing",
+        web_server,
+        tmp_path,
+        "--mode",
+        "positive",
+        "--phases",
+        "examples,fuzzing",
         config=f'[parameters]\n"path.poll_id" = {poll["id"]}\n',
     )
     assert generated >= 500

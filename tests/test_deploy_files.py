@@ -271,8 +271,12 @@ def test_the_zookeeper_override_holds_only_the_broker_and_leaves_nothing_of_kraf
     for service in ("postgres", "redis", *APP_SERVICES):
         assert merged["services"][service] == base["services"][service], f"{service} differs from the base"
     assert override.get("name"), "the ZooKeeper variant needs a project name of its own (separate volumes)"
-    kraft_only = {"KAFKA_NODE_ID", "KAFKA_PROCESS_ROLES", "KAFKA_CONTROLLER_LISTENER_NAMES",
-                  "KAFKA_CONTROLLER_QUORUM_VOTERS"}
+    kraft_only = {
+        "KAFKA_NODE_ID",
+        "KAFKA_PROCESS_ROLES",
+        "KAFKA_CONTROLLER_LISTENER_NAMES",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS",
+    }
     assert not kraft_only & set(service_env(merged["services"]["kafka"])), "KRaft settings left on the 3.9 broker"
     assert {"zookeeper-data", "zookeeper-log", *base["volumes"]} <= set(merged["volumes"])
 
@@ -303,8 +307,9 @@ def load_settings(environment: dict[str, str]) -> dict:
         " 'LOG_FORMAT': s.LOG_FORMAT, 'MIDDLEWARE': s.MIDDLEWARE}, default=str))\n"
     )
     env = {"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "polling.settings", **environment}
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, f"the settings refuse this environment:\n{result.stderr[-2000:]}"
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -326,7 +331,10 @@ def test_settings_load_in_production_mode_with_exactly_the_compose_environment(c
         assert loaded["DB_HOST"] in services and "postgres" in services[loaded["DB_HOST"]]["image"]
         assert int(loaded["DB_PORT"]) == 5432
         assert (loaded["DB_NAME"], loaded["DB_USER"], loaded["DB_PASSWORD"]) == (
-            postgres["POSTGRES_DB"], postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"])
+            postgres["POSTGRES_DB"],
+            postgres["POSTGRES_USER"],
+            postgres["POSTGRES_PASSWORD"],
+        )
 
         # Kafka: every bootstrap address is a listener the broker advertises.
         advertised = service_env(services["kafka"])["KAFKA_ADVERTISED_LISTENERS"]
@@ -355,7 +363,9 @@ def check_command(argv: list[str]) -> dict:
         module_name, attribute = APPLICATION.split(":")
         assert callable(getattr(importlib.import_module(module_name), attribute)), APPLICATION
         assert args.host == "0.0.0.0", "in a container the server must listen on every interface"
-        assert server_options()["access_log"] is False, "uvicorn's plain-text access log would break the JSON log stream"
+        assert server_options()["access_log"] is False, (
+            "uvicorn's plain-text access log would break the JSON log stream"
+        )
         return {"role": "web", "port": args.port}
     assert argv[1] == "manage.py" and (REPO / "manage.py").exists()
     name = argv[2]
@@ -478,8 +488,9 @@ def _distributions(modules: set[str]) -> dict[str, str]:
 
 
 def _app_code() -> list[Path]:
-    return [path for package in PROJECT_PACKAGES for path in (REPO / package).rglob("*.py")
-            if "tests" not in path.parts]
+    return [
+        path for package in PROJECT_PACKAGES for path in (REPO / package).rglob("*.py") if "tests" not in path.parts
+    ]
 
 
 def _test_code() -> list[Path]:
@@ -524,16 +535,21 @@ def _installed_with(pins: dict[str, str]) -> set[str]:
 def test_every_test_import_is_installed_by_requirements_dev_txt():
     """Test code may lean on what the pinned packages bring along (asgiref with Django)."""
     installed = _installed_with(_pins(REPO / "requirements-dev.txt"))
-    missing = sorted(f"{dist} (imported as {module})"
-                     for module, dist in _distributions(_third_party_imports(_test_code())).items()
-                     if dist not in installed)
+    missing = sorted(
+        f"{dist} (imported as {module})"
+        for module, dist in _distributions(_third_party_imports(_test_code())).items()
+        if dist not in installed
+    )
     assert not missing, f"not pinned in requirements-dev.txt: {missing}"
 
 
 def test_the_makefile_serves_the_same_application_as_the_image():
     makefile = (REPO / "Makefile").read_text()
-    commands = [shlex.split(line.split("$(BIN)/python", 1)[1]) for line in makefile.splitlines()
-                if "-m polling.serve" in line and "$(BIN)/python" in line]
+    commands = [
+        shlex.split(line.split("$(BIN)/python", 1)[1])
+        for line in makefile.splitlines()
+        if "-m polling.serve" in line and "$(BIN)/python" in line
+    ]
     assert len(commands) == 2  # make run and make web
     for argv in commands:
         assert argv[:2] == dockerfile_cmd()[1:3]
@@ -556,7 +572,9 @@ def compose_web_server(env: dict[str, str], log_dir: Path) -> WebServer:
     processes), on a free port of 127.0.0.1."""
     port = free_port()
     web = load_compose("docker-compose.yml")["services"]["web"]
-    server = WebServer(env={**env, "WEB_CONCURRENCY": web["environment"]["WEB_CONCURRENCY"]}, log_dir=log_dir, port=port)
+    server = WebServer(
+        env={**env, "WEB_CONCURRENCY": web["environment"]["WEB_CONCURRENCY"]}, log_dir=log_dir, port=port
+    )
     replace = {"python": sys.executable, "8000": str(port)}
     server.args = [replace.get(arg, arg) for arg in web["command"]] + ["--host", "127.0.0.1"]
     return server
@@ -569,8 +587,11 @@ def test_the_image_and_compose_commands_run_and_pass_the_compose_health_checks(p
     web = image_web_server({**process_env, "READYZ_TIMEOUT": "3"}, tmp_path)
     compose_web = compose_web_server({**process_env, "READYZ_TIMEOUT": "3"}, tmp_path)
     metrics_port = free_port()
-    worker = WorkerProcess(env={**process_env, "WORKER_METRICS_PORT": str(metrics_port)}, log_dir=tmp_path,
-                           group=process_env["KAFKA_CONSUMER_GROUP"])
+    worker = WorkerProcess(
+        env={**process_env, "WORKER_METRICS_PORT": str(metrics_port)},
+        log_dir=tmp_path,
+        group=process_env["KAFKA_CONSUMER_GROUP"],
+    )
     # The compose worker command as is; the group and metrics port come from the environment.
     worker.args = [sys.executable if arg == "python" else arg for arg in services["worker"]["command"]]
     worker_url = healthcheck_url(services["worker"])
@@ -581,7 +602,8 @@ def test_the_image_and_compose_commands_run_and_pass_the_compose_health_checks(p
         probe = services["web"]["healthcheck"]["test"][3]
         web_probes = [probe.replace(":8000/", f":{server.port}/") for server in (web, compose_web)]
         worker_probe = services["worker"]["healthcheck"]["test"][3].replace(
-            f":{urlsplit(worker_url).port}/", f":{metrics_port}/")
+            f":{urlsplit(worker_url).port}/", f":{metrics_port}/"
+        )
         for probe in (*web_probes, worker_probe):
             result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
             assert result.returncode == 0, result.stderr
@@ -629,22 +651,33 @@ def test_the_cluster_override_runs_three_kraft_brokers_with_replicated_topics(cl
     assert services["kafka"]["image"].startswith("apache/kafka:4.")
     assert sorted(int(env["KAFKA_NODE_ID"]) for env in envs) == [1, 2, 3]
     controller_port = urlsplit(
-        next(item for item in envs[0]["KAFKA_LISTENERS"].split(",") if item.startswith("CONTROLLER"))).port
+        next(item for item in envs[0]["KAFKA_LISTENERS"].split(",") if item.startswith("CONTROLLER"))
+    ).port
     voters = {f"{env['KAFKA_NODE_ID']}@{name}:{controller_port}" for name, env in zip(BROKERS, envs)}
     for name, env in zip(BROKERS, envs):
         assert set(env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")) == voters, name
         assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092"
         assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
         assert env["CLUSTER_ID"] == envs[0]["CLUSTER_ID"]
-        for setting in ("DEFAULT_REPLICATION_FACTOR", "OFFSETS_TOPIC_REPLICATION_FACTOR",
-                        "TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR"):
+        for setting in (
+            "DEFAULT_REPLICATION_FACTOR",
+            "OFFSETS_TOPIC_REPLICATION_FACTOR",
+            "TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+            "SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR",
+        ):
             assert env[f"KAFKA_{setting}"] == "3", (name, setting)
-        for setting in ("MIN_INSYNC_REPLICAS", "TRANSACTION_STATE_LOG_MIN_ISR", "SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR"):
+        for setting in (
+            "MIN_INSYNC_REPLICAS",
+            "TRANSACTION_STATE_LOG_MIN_ISR",
+            "SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR",
+        ):
             assert env[f"KAFKA_{setting}"] == "2", (name, setting)
         assert "healthcheck" in services[name]
     # Each broker keeps its log in a volume of its own.
-    data = [next(v.split(":")[0] for v in services[name]["volumes"] if v.endswith(":/var/lib/kafka/data"))
-            for name in BROKERS]
+    data = [
+        next(v.split(":")[0] for v in services[name]["volumes"] if v.endswith(":/var/lib/kafka/data"))
+        for name in BROKERS
+    ]
     assert len(set(data)) == 3 and set(data) <= set(cluster_compose["volumes"])
 
 
@@ -662,7 +695,9 @@ def test_the_cluster_override_app_services_load_and_bootstrap_from_every_broker(
         assert loaded["DB_HOST"] in services
     # The processes that publish or consume wait for every broker.
     for app in ("http", "ws", "worker"):
-        assert {name: {"condition": "service_healthy"} for name in BROKERS}.items() <= services[app]["depends_on"].items()
+        assert {name: {"condition": "service_healthy"} for name in BROKERS}.items() <= services[app][
+            "depends_on"
+        ].items()
 
 
 def test_the_cluster_override_scales_the_processes_behind_one_front_door(cluster_compose):
@@ -684,8 +719,9 @@ def test_the_cluster_override_scales_the_processes_behind_one_front_door(cluster
     for app in ("http", "ws"):
         command = services[app]["command"]
         ports[app] = check_command(command)["port"]
-        assert service_env(services[app], {"SECRET_KEY": "any"}).get("FORWARDED_ALLOW_IPS"), \
+        assert service_env(services[app], {"SECRET_KEY": "any"}).get("FORWARDED_ALLOW_IPS"), (
             f"{app} must take the client's address from the front door"
+        )
         assert not services[app].get("ports"), f"{app} is reached through the front door only"
         assert urlsplit(healthcheck_url(services[app])).port == ports[app]
 

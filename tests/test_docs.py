@@ -25,7 +25,10 @@ PACKAGES = ("polling", "polls", "leaderboard", "realtime", "devservices", "tests
 README_MAX_LINES = 250
 # .env.example shows the production values of these, not the code's defaults.
 ENV_EXAMPLE_PRODUCTION_VALUES = {
-    "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD",
+    "SECURE_SSL_REDIRECT",
+    "SECURE_HSTS_SECONDS",
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+    "SECURE_HSTS_PRELOAD",
 }
 
 _FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", flags=re.MULTILINE | re.DOTALL)
@@ -122,8 +125,16 @@ def test_readme_is_a_front_door_of_at_most_250_lines():
 
 def test_readme_keeps_the_two_commands_and_the_seeds_contract():
     text = README.read_text()
-    for needed in ("make run", "make test", "POST /polls", "POST /polls/{id}/vote", "GET /polls/{id}",
-                   "GET /leaderboard", "ws://host/ws", "curl"):
+    for needed in (
+        "make run",
+        "make test",
+        "POST /polls",
+        "POST /polls/{id}/vote",
+        "GET /polls/{id}",
+        "GET /leaderboard",
+        "ws://host/ws",
+        "curl",
+    ):
         assert needed in text, needed
 
 

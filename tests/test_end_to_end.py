@@ -20,8 +20,13 @@ from testsupport.processes import REPO, WebServer, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SEED_POLL = {"question": "What is your favorite color?", "option1": "Red", "option2": "Blue",
-             "option3": "Green", "option4": "Yellow"}
+SEED_POLL = {
+    "question": "What is your favorite color?",
+    "option1": "Red",
+    "option2": "Blue",
+    "option3": "Green",
+    "option4": "Yellow",
+}
 
 
 # The web server as `make web` runs it (one process) and as compose does (two on one port).
@@ -56,13 +61,17 @@ def test_hundreds_of_concurrent_votes_are_all_counted_exactly(http_server, vote_
         statuses = list(pool.map(vote, plan))
     assert statuses.count(204) == len(plan), {s: statuses.count(s) for s in set(statuses)}
 
-    wait_until(lambda: totals(web_server, poll_id) == [150, 150, 250, 150], timeout=60,
-               what="all 700 votes counted")
+    wait_until(lambda: totals(web_server, poll_id) == [150, 150, 250, 150], timeout=60, what="all 700 votes counted")
     body = request("GET", f"{web_server.url}/polls/{poll_id}").json()
     assert body["total"] == 700
     board = request("GET", f"{web_server.url}/leaderboard").json()["leaderboard"]
-    assert board[0] == {"option": "Green", "count": 250, "poll_id": poll_id, "position": 3,
-                        "question": "What is your favorite color?"}
+    assert board[0] == {
+        "option": "Green",
+        "count": 250,
+        "poll_id": poll_id,
+        "position": 3,
+        "question": "What is your favorite color?",
+    }
     assert counters_verify() == []
 
 
@@ -146,8 +155,9 @@ def test_form_bodies_reach_the_api_and_get_its_json_415(web_server):
         ("multipart/form-data; boundary=xyz", b"not a multipart body"),
         ("application/x-www-form-urlencoded", b"option=1"),
     ]:
-        req = urllib.request.Request(f"{web_server.url}/polls/{poll_id}/vote", data=body, method="POST",
-                                     headers={"Content-Type": content_type})
+        req = urllib.request.Request(
+            f"{web_server.url}/polls/{poll_id}/vote", data=body, method="POST", headers={"Content-Type": content_type}
+        )
         with pytest.raises(urllib.error.HTTPError) as answer:
             urllib.request.urlopen(req, timeout=10)
         assert answer.value.code == 415, (content_type, answer.value.code, answer.value.read())
@@ -160,12 +170,19 @@ def test_a_chunked_body_gets_411_asking_for_a_content_length(http_server):
     web_server = http_server
     """Django and DRF read a body only up to its Content-Length: a vote sent chunked
     (no Content-Length) was read as empty and refused as if it named no option."""
-    poll_id = request("POST", f"{web_server.url}/polls", {"question": "Chunked?", "option1": "a", "option2": "b"}).json()["id"]
+    poll_id = request(
+        "POST", f"{web_server.url}/polls", {"question": "Chunked?", "option1": "a", "option2": "b"}
+    ).json()["id"]
     host, port = web_server.url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
-        connection.request("POST", f"/polls/{poll_id}/vote", body=iter([b'{"option":', b" 1}"]),
-                           headers={"Content-Type": "application/json"}, encode_chunked=True)
+        connection.request(
+            "POST",
+            f"/polls/{poll_id}/vote",
+            body=iter([b'{"option":', b" 1}"]),
+            headers={"Content-Type": "application/json"},
+            encode_chunked=True,
+        )
         answer = connection.getresponse()
         status, body = answer.status, json.loads(answer.read())
     finally:

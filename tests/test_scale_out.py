@@ -93,8 +93,11 @@ def test_votes_counted_once_and_viewers_on_both_ws_processes_updated_while_worke
             stream.wait_for(ACCEPTED, 300, timeout=60)
             added.start()
             joined = time.monotonic()
-            wait_until(lambda: batches_in_log(added.log()).get("applied", 0) > 0, timeout=60,
-                       what="the added worker to apply votes")
+            wait_until(
+                lambda: batches_in_log(added.log()).get("applied", 0) > 0,
+                timeout=60,
+                what="the added worker to apply votes",
+            )
             stream.wait_for(ACCEPTED, 300, since=joined, timeout=60)
             leaving = workers[0]
             assert leaving.terminate() == 0, leaving.log()[-3000:]
@@ -103,8 +106,10 @@ def test_votes_counted_once_and_viewers_on_both_ws_processes_updated_while_worke
         outcomes = stream.outcomes()
 
         report = settle(outcomes=outcomes, poll_ids=polls, brokers=cluster_env["KAFKA_BROKERS"].split(","), topic=topic)
-        print(f"\n{report.line()}\nthrough the front door: {summarize(outcomes)}; applied per worker: "
-              f"{ {w.name: batches_in_log(w.log()).get('applied', 0) for w in (*workers, added)} }")
+        print(
+            f"\n{report.line()}\nthrough the front door: {summarize(outcomes)}; applied per worker: "
+            f"{ {w.name: batches_in_log(w.log()).get('applied', 0) for w in (*workers, added)} }"
+        )
         report.assert_exact()
         assert {o.kind for o in outcomes} == {ACCEPTED}, summarize(outcomes)
 
@@ -112,8 +117,11 @@ def test_votes_counted_once_and_viewers_on_both_ws_processes_updated_while_worke
         final = {poll_id: request("GET", f"{front.url}/polls/{poll_id}").json() for poll_id in polls}
         expected = {poll_id: tuple(body[o] for o in OPTIONS) for poll_id, body in final.items()}
         assert sum(sum(counts) for counts in expected.values()) == report.figures["counters"]
-        wait_until(lambda: all(v.counts() == expected[v.poll_id] for v in viewers), timeout=30,
-                   what="every viewer to show the final counts")
+        wait_until(
+            lambda: all(v.counts() == expected[v.poll_id] for v in viewers),
+            timeout=30,
+            what="every viewer to show the final counts",
+        )
         assert all(v.messages > 1 for v in viewers)  # updated live, not only the snapshot
         for worker in (*workers[1:], added):
             assert worker.alive(), worker.log()[-3000:]

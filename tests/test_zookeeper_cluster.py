@@ -23,16 +23,22 @@ from testsupport.processes import WebServer, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SEED_POLL = {"question": "What is your favorite color?", "option1": "Red", "option2": "Blue",
-             "option3": "Green", "option4": "Yellow"}
+SEED_POLL = {
+    "question": "What is your favorite color?",
+    "option1": "Red",
+    "option2": "Blue",
+    "option3": "Green",
+    "option4": "Yellow",
+}
 
 
 @pytest.fixture(scope="module")
 def zookeeper_kafka(tmp_path_factory):
     """A Kafka 3.9 broker registered in its own ZooKeeper, both on free ports."""
     ensure_installed(postgres=False, redis=False, kafka=True, kafka_versions=(KAFKA_ZK_VERSION,))
-    server = KafkaZooKeeperServer(port=free_port(), zk_port=free_port(),
-                                  data_dir=tmp_path_factory.mktemp("kafka-zookeeper"))
+    server = KafkaZooKeeperServer(
+        port=free_port(), zk_port=free_port(), data_dir=tmp_path_factory.mktemp("kafka-zookeeper")
+    )
     server.start()
     yield server
     server.stop()

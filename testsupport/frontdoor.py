@@ -43,17 +43,21 @@ class FrontDoor(WebServer):
     through it), whose process is nginx.
     """
 
-    def __init__(self, *, http: Sequence[WebServer], ws: Sequence[WebServer], log_dir: Path,
-                 port: int | None = None) -> None:
+    def __init__(
+        self, *, http: Sequence[WebServer], ws: Sequence[WebServer], log_dir: Path, port: int | None = None
+    ) -> None:
         self.port = port or free_port()
         self.directory = log_dir / f"frontdoor-{self.port}"
         self.directory.mkdir(parents=True, exist_ok=True)
         self.access_log = self.directory / "access.log"
-        site = render_template(TEMPLATE.read_text(), {
-            "POLLING_FRONT_DOOR_PORT": f"127.0.0.1:{self.port}",
-            "POLLING_HTTP_SERVERS": " ".join(f"server 127.0.0.1:{s.port};" for s in http),
-            "POLLING_WS_SERVERS": " ".join(f"server 127.0.0.1:{s.port};" for s in ws),
-        })
+        site = render_template(
+            TEMPLATE.read_text(),
+            {
+                "POLLING_FRONT_DOOR_PORT": f"127.0.0.1:{self.port}",
+                "POLLING_HTTP_SERVERS": " ".join(f"server 127.0.0.1:{s.port};" for s in http),
+                "POLLING_WS_SERVERS": " ".join(f"server 127.0.0.1:{s.port};" for s in ws),
+            },
+        )
         (self.directory / "polling.conf").write_text(site)
         # One worker process: round robin over the servers is then exact, connection by connection.
         (self.directory / "nginx.conf").write_text(
@@ -66,8 +70,10 @@ class FrontDoor(WebServer):
             "http {\n"
             f"    log_format upstreams {_ACCESS_FORMAT};\n"
             f"    access_log {self.access_log} upstreams;\n"
-            + "".join(f"    {kind}_temp_path {self.directory}/{kind}-temp;\n"
-                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+            + "".join(
+                f"    {kind}_temp_path {self.directory}/{kind}-temp;\n"
+                for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+            )
             + f"    include {self.directory}/polling.conf;\n"
             "}\n"
         )
@@ -77,8 +83,15 @@ class FrontDoor(WebServer):
         ManagedProcess.__init__(
             self,
             name=f"frontdoor-{self.port}",
-            args=[str(nginx), "-e", str(self.directory / "error.log"), "-p", str(self.directory),
-                  "-c", str(self.directory / "nginx.conf")],
+            args=[
+                str(nginx),
+                "-e",
+                str(self.directory / "error.log"),
+                "-p",
+                str(self.directory),
+                "-c",
+                str(self.directory / "nginx.conf"),
+            ],
             env=dict(os.environ),
             log_dir=log_dir,
         )

@@ -53,8 +53,9 @@ def topic_events(*, brokers: Sequence[str] | str, topic: str, timeout: float = 6
     """Every message of the topic, read from the beginning to the end offsets of now."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False, group_id=None,
-                             client_id="fault-test-reader")
+    consumer = KafkaConsumer(
+        bootstrap_servers=brokers, enable_auto_commit=False, group_id=None, client_id="fault-test-reader"
+    )
     try:
         deadline = time.monotonic() + timeout
         while not consumer.partitions_for_topic(topic):
@@ -83,8 +84,14 @@ def _decode(record) -> TopicEvent:
         option = data.get("option")
         if option is None and data.get("options"):
             option = data["options"][0]
-        return TopicEvent(record.partition, record.offset, str(data["vote_id"]), int(data["poll_id"]),
-                          int(option), str(data["voter_key"]))
+        return TopicEvent(
+            record.partition,
+            record.offset,
+            str(data["vote_id"]),
+            int(data["poll_id"]),
+            int(option),
+            str(data["voter_key"]),
+        )
     except (ValueError, TypeError, KeyError):
         return TopicEvent(record.partition, record.offset, None, None, None, None)
 
@@ -97,8 +104,9 @@ def group_lag(*, brokers: Sequence[str] | str, topic: str, group: str) -> tuple[
     """
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=brokers, group_id=group, enable_auto_commit=False,
-                             client_id="fault-test-offsets")
+    consumer = KafkaConsumer(
+        bootstrap_servers=brokers, group_id=group, enable_auto_commit=False, client_id="fault-test-offsets"
+    )
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not partitions:
@@ -108,7 +116,6 @@ def group_lag(*, brokers: Sequence[str] | str, topic: str, group: str) -> tuple[
         return done, sum(end.values())
     finally:
         consumer.close(autocommit=False)
-
 
 
 def make_vote_worker(*, group: str, batch_size: int = 500, **options):
@@ -121,7 +128,8 @@ def make_vote_worker(*, group: str, batch_size: int = 500, **options):
 
     consumer = vote_consumer(group_id=group, max_records=batch_size)
     producer = KafkaProducer(**dead_letter_producer_config())
-    worker = VoteWorker(consumer=consumer, dead_letter_producer=producer, batch_size=batch_size, batch_wait_ms=50,
-                        **options)
+    worker = VoteWorker(
+        consumer=consumer, dead_letter_producer=producer, batch_size=batch_size, batch_wait_ms=50, **options
+    )
     worker.subscribe([settings.KAFKA_TOPIC])
     return worker

@@ -200,9 +200,7 @@ class VoteStream:
     def count(self, kind: str | None = None, *, since: float | None = None) -> int:
         with self._lock:
             return sum(
-                1
-                for o in self._outcomes
-                if (kind is None or o.kind == kind) and (since is None or o.started >= since)
+                1 for o in self._outcomes if (kind is None or o.kind == kind) and (since is None or o.started >= since)
             )
 
     def wait_for(self, kind: str, n: int, *, since: float | None = None, timeout: float = 60) -> None:
@@ -254,17 +252,25 @@ class VoteStream:
                 self._outcomes.append(outcome)
 
     def _vote(self, seq: int, poll_id: int, option: int) -> Outcome:
-        return send_vote(port=self.port, seq=seq, poll_id=poll_id, option=option, key=uuid.uuid4().hex,
-                         timeout=self.timeout)
+        return send_vote(
+            port=self.port, seq=seq, poll_id=poll_id, option=option, key=uuid.uuid4().hex, timeout=self.timeout
+        )
 
 
-def send_vote(*, port: int, seq: int, poll_id: int, option: int, key: str, timeout: float,
-              address: str | None = None) -> Outcome:
+def send_vote(
+    *, port: int, seq: int, poll_id: int, option: int, key: str, timeout: float, address: str | None = None
+) -> Outcome:
     """POST one vote to 127.0.0.1:port from `address` (source_address(seq) by default), with this Idempotency-Key."""
     address = address or source_address(seq)
     outcome = Outcome(
-        seq=seq, address=address, key=key, poll_id=poll_id, option=option,
-        started=time.monotonic(), ended=0.0, kind=UNKNOWN,
+        seq=seq,
+        address=address,
+        key=key,
+        poll_id=poll_id,
+        option=option,
+        started=time.monotonic(),
+        ended=0.0,
+        kind=UNKNOWN,
     )
     body = json.dumps({"poll_id": poll_id, "option": option}).encode()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(address, 0))
@@ -277,7 +283,9 @@ def send_vote(*, port: int, seq: int, poll_id: int, option: int, key: str, timeo
             return outcome
         try:
             conn.request(
-                "POST", f"/polls/{poll_id}/vote", body=body,
+                "POST",
+                f"/polls/{poll_id}/vote",
+                body=body,
                 headers={"Content-Type": "application/json", "Connection": "close", "Idempotency-Key": key},
             )
             response = conn.getresponse()
@@ -295,8 +303,16 @@ def send_vote(*, port: int, seq: int, poll_id: int, option: int, key: str, timeo
         conn.close()
 
 
-def resend(*, port: int, outcomes: Sequence[Outcome], first_seq: int, attempts: int = 5,
-           threads: int = 8, timeout: float = 15.0, max_seconds: float = 180.0) -> list[Outcome]:
+def resend(
+    *,
+    port: int,
+    outcomes: Sequence[Outcome],
+    first_seq: int,
+    attempts: int = 5,
+    threads: int = 8,
+    timeout: float = 15.0,
+    max_seconds: float = 180.0,
+) -> list[Outcome]:
     """What the API tells a client to do after a 503: send the same vote again, same key.
 
     Each vote is sent again (from its first address: a client without a voter token has
@@ -317,8 +333,15 @@ def resend(*, port: int, outcomes: Sequence[Outcome], first_seq: int, attempts: 
                 break
             with lock:
                 seq = next(seqs)
-            result = send_vote(port=port, seq=seq, poll_id=original.poll_id, option=original.option,
-                               key=original.key, timeout=timeout, address=original.address)
+            result = send_vote(
+                port=port,
+                seq=seq,
+                poll_id=original.poll_id,
+                option=original.option,
+                key=original.key,
+                timeout=timeout,
+                address=original.address,
+            )
             tries.append(result)
             if result.kind == ACCEPTED:
                 break
@@ -373,7 +396,10 @@ class DirectPublisher:
         self.topic = topic
         self.published: list[DirectVote] = []
         self._producer = KafkaProducer(
-            bootstrap_servers=brokers, acks="all", enable_idempotence=True, linger_ms=5,
+            bootstrap_servers=brokers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
             client_id="fault-test-direct",
         )
 
@@ -383,13 +409,18 @@ class DirectPublisher:
         for _ in range(n):
             poll_id = rng.choice(sorted(polls))
             vote = DirectVote(
-                vote_id=uuid.uuid4(), poll_id=poll_id, option=rng.randint(1, polls[poll_id]),
+                vote_id=uuid.uuid4(),
+                poll_id=poll_id,
+                option=rng.randint(1, polls[poll_id]),
                 voter_key=f"fault-direct:{len(self.published) + len(batch)}",
             )
             value = json.dumps(
                 {
-                    "vote_id": str(vote.vote_id), "poll_id": vote.poll_id, "option": vote.option,
-                    "voter_key": vote.voter_key, "cast_at": datetime.now(UTC).isoformat(),
+                    "vote_id": str(vote.vote_id),
+                    "poll_id": vote.poll_id,
+                    "option": vote.option,
+                    "voter_key": vote.voter_key,
+                    "cast_at": datetime.now(UTC).isoformat(),
                 },
                 separators=(",", ":"),
             ).encode()
@@ -447,8 +478,9 @@ def reconcile(
     A ballot is one Idempotency-Key: a vote and the retries a client sent with the same
     key. A ballot answered 204 (at any attempt) must have its row, of its poll and option;
     one never accepted (503, any other answer, never sent) must have none, nor be in the
-    topic; one with an unanswered attempt may have one. Every option counter must equal the ledger's votes for it (204s, plus
-    the unanswered ones that were counted, plus direct events), and
+    topic; one with an unanswered attempt may have one. Every option counter must equal the
+    ledger's votes for it (204s, plus the unanswered ones that were counted, plus direct
+    events), and
     polls.domain.services.counters_verify() must find no counter that differs from its rows.
     (Vote ids are unique in the table, so a vote counted twice shows as a counter above
     its rows and above the ledger.)
@@ -484,22 +516,27 @@ def reconcile(
         row = rows.get(vote_id)
         if row is not None and row != (o.poll_id, o.option):
             wrong += 1
-            problems.append(f"vote #{o.seq} for poll {o.poll_id} option {o.option} was counted as "
-                            f"poll {row[0]} option {row[1]}")
+            problems.append(
+                f"vote #{o.seq} for poll {o.poll_id} option {o.option} was counted as poll {row[0]} option {row[1]}"
+            )
         if ACCEPTED in kinds:
             expected[(o.poll_id, o.option)] += 1
             if row is None:
                 lost += 1
-                problems.append(f"vote #{o.seq} ({vote_id}) answered 204 (poll {o.poll_id} option "
-                                f"{o.option}, Idempotency-Key {o.key}) is not counted")
+                problems.append(
+                    f"vote #{o.seq} ({vote_id}) answered 204 (poll {o.poll_id} option "
+                    f"{o.option}, Idempotency-Key {o.key}) is not counted"
+                )
         elif UNKNOWN in kinds:
             if row is not None:
                 unknown_counted += 1
                 expected[(o.poll_id, o.option)] += 1
         elif row is not None:
             phantom += 1
-            problems.append(f"vote #{o.seq} ({vote_id}) answered {o.status or o.kind} after {o.latency:.2f} s "
-                            f"({o.body[:120]!r}) was counted anyway")
+            problems.append(
+                f"vote #{o.seq} ({vote_id}) answered {o.status or o.kind} after {o.latency:.2f} s "
+                f"({o.body[:120]!r}) was counted anyway"
+            )
 
     direct_lost = 0
     known = set(attempts_of)
@@ -539,16 +576,29 @@ def reconcile(
             attempts = attempts_of.get(e.vote_id or "", [])
             if attempts and not {a.kind for a in attempts} & {ACCEPTED, UNKNOWN}:
                 o = attempts[0]
-                problems.append(f"vote #{o.seq} answered {o.status or o.kind} after {o.latency:.2f} s is in "
-                                f"the topic anyway ({e.partition}@{e.offset})")
+                problems.append(
+                    f"vote #{o.seq} answered {o.status or o.kind} after {o.latency:.2f} s is in "
+                    f"the topic anyway ({e.partition}@{e.offset})"
+                )
         missing = set(in_topic) - set(rows)
         if missing:
             problems.append(f"{len(missing)} events in the topic have no vote row, e.g. {sorted(missing)[:3]}")
 
     figures.update(
-        ballots=len(attempts_of), retried=len(outcomes) - len(attempts_of), lost=lost, duplicated=over, phantom=phantom, wrong_option=wrong, unknown_counted=unknown_counted,
-        direct=len(direct), direct_lost=direct_lost, rows=len(rows), strangers=len(strangers),
-        counters=sum(counters.values()), ledger=sum(expected.values()), **topic_figures,
+        ballots=len(attempts_of),
+        retried=len(outcomes) - len(attempts_of),
+        lost=lost,
+        duplicated=over,
+        phantom=phantom,
+        wrong_option=wrong,
+        unknown_counted=unknown_counted,
+        direct=len(direct),
+        direct_lost=direct_lost,
+        rows=len(rows),
+        strangers=len(strangers),
+        counters=sum(counters.values()),
+        ledger=sum(expected.values()),
+        **topic_figures,
     )
     return Reconciliation(figures=figures, problems=problems)
 
@@ -614,8 +664,12 @@ def batches_in_log(text: str) -> dict[str, int]:
 # The test plugin turns the rate limits off for the whole suite (load tests vote from
 # 127.0.0.1); the fault tests run the web process with the production defaults instead,
 # which their traffic (one source address and one voter per vote) never reaches.
-_TEST_ONLY_SETTINGS = ("RATE_LIMIT_VOTES_PER_ADDRESS", "RATE_LIMIT_NEW_VOTERS_PER_ADDRESS", "RATE_LIMIT_VOTES_PER_VOTER",
-                       "RATE_LIMIT_POLLS_PER_ADDRESS")
+_TEST_ONLY_SETTINGS = (
+    "RATE_LIMIT_VOTES_PER_ADDRESS",
+    "RATE_LIMIT_NEW_VOTERS_PER_ADDRESS",
+    "RATE_LIMIT_VOTES_PER_VOTER",
+    "RATE_LIMIT_POLLS_PER_ADDRESS",
+)
 
 
 def production_env(env: Mapping[str, str], **overrides: str) -> dict[str, str]:
@@ -633,8 +687,9 @@ def create_poll(base_url: str, *, question: str = "Which colour?", options: Sequ
     # From an address of its own, like the votes: a run creates dozens of polls, more than
     # the per-address limit on poll creation allows one client in a minute.
     source = f"127.0.{random.randint(2, 254)}.{random.randint(1, 254)}"
-    conn = http.client.HTTPConnection("127.0.0.1", int(base_url.rsplit(":", 1)[1]), timeout=30,
-                                      source_address=(source, 0))
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", int(base_url.rsplit(":", 1)[1]), timeout=30, source_address=(source, 0)
+    )
     try:
         conn.request("POST", "/polls", body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
         response = conn.getresponse()

@@ -35,8 +35,12 @@ def pytest_load_initial_conftests(early_config, parser, args):
     os.environ.setdefault("DEBUG", "0")
     # Load tests send thousands of votes from 127.0.0.1; the rate-limit tests turn the
     # limits on for themselves.
-    for name in ("RATE_LIMIT_VOTES_PER_ADDRESS", "RATE_LIMIT_NEW_VOTERS_PER_ADDRESS", "RATE_LIMIT_VOTES_PER_VOTER",
-                 "RATE_LIMIT_POLLS_PER_ADDRESS"):
+    for name in (
+        "RATE_LIMIT_VOTES_PER_ADDRESS",
+        "RATE_LIMIT_NEW_VOTERS_PER_ADDRESS",
+        "RATE_LIMIT_VOTES_PER_VOTER",
+        "RATE_LIMIT_POLLS_PER_ADDRESS",
+    ):
         os.environ.setdefault(name, "0")
     if os.environ.get("POLLING_TEST_SERVICES") != "external":
         _stack = ServiceStack.start_all()

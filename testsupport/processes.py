@@ -26,7 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 _started: list[ManagedProcess] = []
 
 
-def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05, what: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -102,8 +104,16 @@ class ManagedProcess:
     from (the bench runs another checkout's worker for an A/B comparison).
     """
 
-    def __init__(self, *, name: str, args: list[str], env: dict[str, str], log_dir: Path,
-                 pass_fds: Sequence[int] = (), cwd: Path = REPO) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        log_dir: Path,
+        pass_fds: Sequence[int] = (),
+        cwd: Path = REPO,
+    ) -> None:
         self.name = name
         self.args = args
         self.env = env
@@ -115,7 +125,12 @@ class ManagedProcess:
     def start(self):
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
-                self.args, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                self.args,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 pass_fds=self.pass_fds,
             )
         _started.append(self)
@@ -178,8 +193,17 @@ class WebServer(ManagedProcess):
         self.workers = workers
         super().__init__(
             name=f"web-{self.port}",
-            args=[sys.executable, "-m", "polling.serve", "--host", "127.0.0.1", "--port", str(self.port),
-                  "--workers", str(workers)],
+            args=[
+                sys.executable,
+                "-m",
+                "polling.serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+            ],
             env=env,
             log_dir=log_dir,
         )
@@ -213,9 +237,18 @@ class SocketWebServer:
     development server. BENCH_PYTHON in `env` names another interpreter to run them.
     """
 
-    def __init__(self, *, name: str, env: dict[str, str], log_dir: Path, procs: int = 1,
-                 server: str = "uvicorn", app: str = "polling.asgi:application", repo: Path = REPO,
-                 server_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        env: dict[str, str],
+        log_dir: Path,
+        procs: int = 1,
+        server: str = "uvicorn",
+        app: str = "polling.asgi:application",
+        repo: Path = REPO,
+        server_args: Sequence[str] = (),
+    ) -> None:
         self.name = name
         self.repo = repo
         self.server_args = list(server_args)
@@ -241,8 +274,22 @@ class SocketWebServer:
         if self.server == "uvicorn" and self.app == "polling.asgi:application":
             return [python, "-m", "polling.serve", "--fd", str(fd), *self.server_args]
         if self.server == "uvicorn":
-            return [python, "-m", "uvicorn", "--no-access-log", "--lifespan", "off", "--ws", "websockets-sansio",
-                    "--ws-per-message-deflate", "false", "--fd", str(fd), *self.server_args, self.app]
+            return [
+                python,
+                "-m",
+                "uvicorn",
+                "--no-access-log",
+                "--lifespan",
+                "off",
+                "--ws",
+                "websockets-sansio",
+                "--ws-per-message-deflate",
+                "false",
+                "--fd",
+                str(fd),
+                *self.server_args,
+                self.app,
+            ]
         raise ValueError(f"unknown server {self.server}")
 
     def start(self, timeout: float = 60) -> SocketWebServer:
@@ -254,8 +301,14 @@ class SocketWebServer:
         self.port = self.socket.getsockname()[1]
         fd = self.socket.fileno()
         for index in range(self.procs_wanted):
-            process = ManagedProcess(name=f"{self.name}-{index}", args=self._args(fd), env=self.env,
-                                     log_dir=self.log_dir, pass_fds=[fd], cwd=self.repo)
+            process = ManagedProcess(
+                name=f"{self.name}-{index}",
+                args=self._args(fd),
+                env=self.env,
+                log_dir=self.log_dir,
+                pass_fds=[fd],
+                cwd=self.repo,
+            )
             self.processes.append(process.start())
 
         def answers() -> bool:
@@ -306,9 +359,18 @@ class WorkerProcess(ManagedProcess):
     `batch_wait_ms` None leaves the product's default (the bench measures that one).
     """
 
-    def __init__(self, *, env: dict[str, str], log_dir: Path, group: str, name: str = "worker",
-                 extra: Sequence[str] = (), batch_wait_ms: int | None = 50, python: str = sys.executable,
-                 cwd: Path = REPO) -> None:
+    def __init__(
+        self,
+        *,
+        env: dict[str, str],
+        log_dir: Path,
+        group: str,
+        name: str = "worker",
+        extra: Sequence[str] = (),
+        batch_wait_ms: int | None = 50,
+        python: str = sys.executable,
+        cwd: Path = REPO,
+    ) -> None:
         wait = ["--batch-wait-ms", str(batch_wait_ms)] if batch_wait_ms is not None else []
         super().__init__(
             name=name,
@@ -333,7 +395,8 @@ class WorkerProcess(ManagedProcess):
         """
         self._wait_logged(
             lambda log: any("partitions assigned: " in line and f"{topic}[" in line for line in log.splitlines()),
-            timeout=timeout, what=f"be assigned partitions of {topic}",
+            timeout=timeout,
+            what=f"be assigned partitions of {topic}",
         )
 
     def _wait_logged(self, found: Callable[[str], bool], *, timeout: float, what: str) -> None:

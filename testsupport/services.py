@@ -43,8 +43,12 @@ def start_in_parallel(servers, root: Path) -> None:
     if failed:
         stop_all(servers, root)
         raise failed[0]
-    print(f"\nservices up in {time.monotonic() - began:.1f} s under {root}: "
-          + ", ".join(f"{s.name}:{s.port}" for s in servers), file=sys.stderr, flush=True)
+    print(
+        f"\nservices up in {time.monotonic() - began:.1f} s under {root}: "
+        + ", ".join(f"{s.name}:{s.port}" for s in servers),
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def stop_all(servers, root: Path | None = None) -> None:
@@ -140,8 +144,9 @@ class Services:
         import psycopg
 
         pg = self.pg
-        conn = psycopg.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"],
-                               dbname="postgres")
+        conn = psycopg.connect(
+            host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"], dbname="postgres"
+        )
         conn.autocommit = True
         with conn.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

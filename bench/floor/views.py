@@ -30,8 +30,13 @@ except ImportError:  # pragma: no cover
 # A leaderboard answer of the product's default size (10 entries), served from memory.
 _LEADERBOARD = {
     "leaderboard": [
-        {"option": f"Option {rank}", "count": 1000 - rank, "poll_id": rank, "position": 1,
-         "question": f"Benchmark question {rank}?"}
+        {
+            "option": f"Option {rank}",
+            "count": 1000 - rank,
+            "poll_id": rank,
+            "position": 1,
+            "question": f"Benchmark question {rank}?",
+        }
         for rank in range(1, 11)
     ]
 }

@@ -149,9 +149,7 @@ def test_kafka_keeps_acknowledged_messages_across_a_kill(kafka: KafkaServer) -> 
 
 
 def test_kafka_that_cannot_start_fails_loudly(tmp_path: Path) -> None:
-    server = KafkaServer(
-        port=free_port(), data_dir=tmp_path / "kafka", properties={"num.partitions": "many"}
-    )
+    server = KafkaServer(port=free_port(), data_dir=tmp_path / "kafka", properties={"num.partitions": "many"})
     with pytest.raises(ServiceError, match="num.partitions"):
         server.start()
     assert not server.is_running()

@@ -49,7 +49,7 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         return (byte >> 1) ^ -(byte & 1), pos + 1
     second = data[pos + 1]
     if second < 0x80:
-        raw = (byte & 0x7f) | (second << 7)
+        raw = (byte & 0x7F) | (second << 7)
         return (raw >> 1) ^ -(raw & 1), pos + 2
     return decode_varint(data, pos)
 
@@ -83,10 +83,10 @@ def plain_records(batch: DefaultRecordBatch, topic: str, partition: int) -> tupl
             offset_delta, pos = _varint(data, pos)
             # Key and value: a length, then its bytes; a negative length is null.
             key_size, pos = _varint(data, pos)
-            key = data[pos:pos + key_size] if key_size >= 0 else None
+            key = data[pos : pos + key_size] if key_size >= 0 else None
             pos += key_size if key_size > 0 else 0
             value_size, pos = _varint(data, pos)
-            value = data[pos:pos + value_size] if value_size >= 0 else None
+            value = data[pos : pos + value_size] if value_size >= 0 else None
             pos += value_size if value_size > 0 else 0
             if data[pos] == 0:  # no headers, as in every vote
                 pos += 1
@@ -97,16 +97,29 @@ def plain_records(batch: DefaultRecordBatch, topic: str, partition: int) -> tupl
                 headers, header_size, pos = _headers(data, pos, header_count)
             if pos - start != length or pos > len(data):
                 raise CorruptRecordError(
-                    f"record at offset {base_offset + offset_delta} has {pos - start} bytes, "
-                    f"its length says {length}")
+                    f"record at offset {base_offset + offset_delta} has {pos - start} bytes, its length says {length}"
+                )
             append_size(length)
-            append(_new(ConsumerRecord, (
-                topic, partition, epoch, base_offset + offset_delta,
-                fixed_timestamp if fixed_timestamp is not None else first_timestamp + timestamp_delta,
-                timestamp_type, key, value, headers, None,
-                key_size if key is not None else -1, value_size if value is not None else -1,
-                header_size,
-            )))
+            append(
+                _new(
+                    ConsumerRecord,
+                    (
+                        topic,
+                        partition,
+                        epoch,
+                        base_offset + offset_delta,
+                        fixed_timestamp if fixed_timestamp is not None else first_timestamp + timestamp_delta,
+                        timestamp_type,
+                        key,
+                        value,
+                        headers,
+                        None,
+                        key_size if key is not None else -1,
+                        value_size if value is not None else -1,
+                        header_size,
+                    ),
+                )
+            )
     except (IndexError, ValueError) as exc:
         raise CorruptRecordError(f"malformed record in the batch at offset {base_offset}: {exc!r}") from exc
     if pos != len(data):
@@ -123,11 +136,11 @@ def _headers(data: bytes, pos: int, count: int) -> tuple[list[tuple[str, bytes |
         key_size, pos = _varint(data, pos)
         if key_size < 0:
             raise CorruptRecordError(f"invalid header key size: {key_size}")
-        encoded = data[pos:pos + key_size]
+        encoded = data[pos : pos + key_size]
         pos += key_size
         value_size, pos = _varint(data, pos)
         if value_size >= 0:
-            value = data[pos:pos + value_size]
+            value = data[pos : pos + value_size]
             pos += value_size
             size += key_size + value_size
         else:
@@ -150,8 +163,11 @@ class LeanPartitionRecords(Fetcher.PartitionRecords):
     """kafka-python's records of one fetched partition, read by `plain_records` where it can."""
 
     def _unpack_records(self, tp, records, key_deserializer, value_deserializer) -> Iterator[ConsumerRecord]:
-        if (key_deserializer is not None or value_deserializer is not None
-                or self.isolation_level != IsolationLevel.READ_UNCOMMITTED):
+        if (
+            key_deserializer is not None
+            or value_deserializer is not None
+            or self.isolation_level != IsolationLevel.READ_UNCOMMITTED
+        ):
             yield from super()._unpack_records(tp, records, key_deserializer, value_deserializer)
             return
         topic, partition = tp.topic, tp.partition
@@ -161,7 +177,8 @@ class LeanPartitionRecords(Fetcher.PartitionRecords):
             last = batch
             if self.check_crcs and not batch.validate_crc():
                 raise CorruptRecordError(
-                    f"Record batch for partition {tp} at offset {batch.base_offset} failed crc check")
+                    f"Record batch for partition {tp} at offset {batch.base_offset} failed crc check"
+                )
             if batch.magic == 2:
                 self.leader_epoch = batch.leader_epoch
                 if batch.is_control_batch:  # a transaction's marker, not a message
@@ -179,14 +196,27 @@ class LeanPartitionRecords(Fetcher.PartitionRecords):
                 for record in batch:
                     if self.check_crcs and not record.validate_crc():
                         raise CorruptRecordError(
-                            f"Record for partition {tp} at offset {record.offset} failed crc check")
+                            f"Record for partition {tp} at offset {record.offset} failed crc check"
+                        )
                     self.records_read += 1
                     self.bytes_read += record.size_in_bytes
                     self.next_fetch_offset = record.offset + 1
-                    yield _new(ConsumerRecord, (
-                        topic, partition, self.leader_epoch, record.offset, record.timestamp,
-                        record.timestamp_type, record.key, record.value, record.headers,
-                        record.checksum, *_record_sizes(record)))
+                    yield _new(
+                        ConsumerRecord,
+                        (
+                            topic,
+                            partition,
+                            self.leader_epoch,
+                            record.offset,
+                            record.timestamp,
+                            record.timestamp_type,
+                            record.key,
+                            record.value,
+                            record.headers,
+                            record.checksum,
+                            *_record_sizes(record),
+                        ),
+                    )
             batch = records.next_batch()
         # Format v2 keeps a batch's last offset even when compaction removed its last
         # records: fetch from past it, or the same batch comes back forever.
@@ -205,7 +235,10 @@ def install(consumer) -> bool:
     if isinstance(fetcher, Fetcher) and getattr(fetcher, "PartitionRecords", None) is LeanPartitionRecords:
         return True
     if not isinstance(fetcher, Fetcher) or getattr(fetcher, "PartitionRecords", None) is not Fetcher.PartitionRecords:
-        logger.warning("kafka-python's fetcher is not the one polling.patches.kafka_records knows; records are read by kafka-python")
+        logger.warning(
+            "kafka-python's fetcher is not the one polling.patches.kafka_records knows; "
+            "records are read by kafka-python"
+        )
         return False
     fetcher.PartitionRecords = LeanPartitionRecords
     return True

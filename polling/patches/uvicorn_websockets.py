@@ -31,7 +31,9 @@ def socket_writer(send: Callable) -> Callable[[bytes], bool] | None:
     if protocol is None or type(protocol).__qualname__ != "WebSocketsSansIOProtocol":
         return None
     transport = getattr(protocol, "transport", None)
-    if transport is None or not all(hasattr(protocol, name) for name in ("close_sent", "disconnected", "handshake_complete")):
+    if transport is None or not all(
+        hasattr(protocol, name) for name in ("close_sent", "disconnected", "handshake_complete")
+    ):
         return None
 
     def write(frame: bytes) -> bool:

@@ -45,14 +45,33 @@ def test_polling_asgi_serves_http_with_it_behind_the_body_limit():
 
 
 def _scope(path: str, method: str = "GET", body: bytes = b"", headers: list | None = None) -> dict:
-    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-            "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-            "headers": [(b"host", b"testserver"), (b"content-length", str(len(body)).encode()), *(headers or [])],
-            "client": ("127.0.0.1", 50000), "server": ("testserver", 80)}
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"content-length", str(len(body)).encode()), *(headers or [])],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
 
 
-async def _serve(app, path: str, *, method: str = "GET", body: bytes = b"", headers=None, cancel: str | None = None,
-                 held=None, hang_up: bool = False) -> list[dict]:
+async def _serve(
+    app,
+    path: str,
+    *,
+    method: str = "GET",
+    body: bytes = b"",
+    headers=None,
+    cancel: str | None = None,
+    held=None,
+    hang_up: bool = False,
+) -> list[dict]:
     """One request through the handler, as an ASGI server calls it.
 
     hang_up: the client closes its connection once the response is out (the server then
@@ -193,8 +212,12 @@ def test_probes_metrics_and_the_body_limit_through_the_handler():
         return messages[0]["status"], b"".join(m.get("body", b"") for m in messages[1:])
 
     assert status("/healthz") == (200, b'{"status": "ok"}')
-    code, body = status("/polls/1/vote", method="POST", body=b" " * (settings.API_MAX_BODY_BYTES + 1),
-                        headers=[(b"content-type", b"application/json")])
+    code, body = status(
+        "/polls/1/vote",
+        method="POST",
+        body=b" " * (settings.API_MAX_BODY_BYTES + 1),
+        headers=[(b"content-type", b"application/json")],
+    )
     assert code == 413 and json.loads(body)["detail"].startswith("Request body too large")
     code, body = status("/metrics")
     assert code == 200
@@ -213,8 +236,14 @@ def test_a_vote_leaves_no_reference_cycles_behind(kafka_topic):
 
     async def votes(count: int) -> None:
         for _ in range(count):
-            messages = await _serve(app, f"/polls/{poll.pk}/vote", method="POST", body=body,
-                                    headers=[(b"content-type", b"application/json")], hang_up=True)
+            messages = await _serve(
+                app,
+                f"/polls/{poll.pk}/vote",
+                method="POST",
+                body=body,
+                headers=[(b"content-type", b"application/json")],
+                hang_up=True,
+            )
             assert messages[0]["status"] == 204, messages
 
     async def window() -> tuple[collections.Counter, set[threading.Thread]]:
@@ -269,10 +298,21 @@ def test_a_vote_through_the_wsgi_handler_leaves_no_reference_cycles_behind(kafka
 
     def vote() -> str:
         started: list[str] = []
-        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": f"/polls/{poll.pk}/vote", "SCRIPT_NAME": "",
-                   "QUERY_STRING": "", "SERVER_NAME": "testserver", "SERVER_PORT": "80", "HTTP_HOST": "testserver",
-                   "REMOTE_ADDR": "127.0.0.1", "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
-                   "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http", "wsgi.errors": io.StringIO()}
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": f"/polls/{poll.pk}/vote",
+            "SCRIPT_NAME": "",
+            "QUERY_STRING": "",
+            "SERVER_NAME": "testserver",
+            "SERVER_PORT": "80",
+            "HTTP_HOST": "testserver",
+            "REMOTE_ADDR": "127.0.0.1",
+            "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": io.StringIO(),
+        }
         response = app(environ, lambda status, headers: started.append(status))
         b"".join(response)
         response.close()

@@ -36,8 +36,9 @@ def send_large(port: int, *, chunked: bool) -> tuple[int, dict]:
     """POST 200 MB to the vote endpoint; return the answer's status and JSON body."""
     framing = b"Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {BODY}\r\n".encode()
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        sock.sendall(b"POST /polls/1/vote HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     + framing + b"\r\n")
+        sock.sendall(
+            b"POST /polls/1/vote HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + framing + b"\r\n"
+        )
         try:
             for _ in range(0, BODY, len(PIECE)):
                 sock.sendall(b"%x\r\n%s\r\n" % (len(PIECE), PIECE) if chunked else PIECE)
@@ -52,7 +53,7 @@ def send_large(port: int, *, chunked: bool) -> tuple[int, dict]:
                 break
             answer += data
     head, body = answer.split(b"\r\n\r\n", 1)
-    return int(head.split()[1]), json.loads(body[:_length(answer)])
+    return int(head.split()[1]), json.loads(body[: _length(answer)])
 
 
 def _length(answer: bytes) -> int:
@@ -99,10 +100,20 @@ def asgi_call(scope_headers: list, messages):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/polls/1/vote", "raw_path": b"/polls/1/vote", "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"localhost"), (b"content-type", b"application/json"), *scope_headers],
-             "client": ("127.0.0.1", 50000), "server": ("localhost", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/polls/1/vote",
+        "raw_path": b"/polls/1/vote",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"localhost"), (b"content-type", b"application/json"), *scope_headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("localhost", 80),
+    }
     asyncio.run(django_asgi_app(scope, receive, send))
     return sent, received
 

@@ -49,8 +49,15 @@ def test_a_rate_limit_that_is_not_one_stops_the_start_with_its_name(monkeypatch,
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("60/min", (60, 60)), ("5/s", (5, 1)), ("100/day", (100, 86400)), (" 10 / Hour ", (10, 3600)),
-     ("0", None), ("off", None), ("", (1200, 60))],
+    [
+        ("60/min", (60, 60)),
+        ("5/s", (5, 1)),
+        ("100/day", (100, 86400)),
+        (" 10 / Hour ", (10, 3600)),
+        ("0", None),
+        ("off", None),
+        ("", (1200, 60)),
+    ],
 )
 def test_a_rate_limit_is_read_as_a_count_and_its_window(monkeypatch, value, expected):
     monkeypatch.setenv("RATE_LIMIT_VOTES_PER_ADDRESS", value)

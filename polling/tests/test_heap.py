@@ -71,8 +71,9 @@ def test_the_web_process_freezes_its_start_with_every_view_imported():
         "'leaderboard': 'leaderboard.apis' in sys.modules}))"
     )
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="polling.settings", DEBUG="1")
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     # Django, DRF, Channels and the project's views: well over a hundred thousand objects.

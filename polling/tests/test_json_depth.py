@@ -21,8 +21,8 @@ TOO_DEEP_ANSWER = {"detail": TOO_DEEP}
 
 def nested(depth: int, inner: str = "1") -> str:
     """An option (or anything) nested `depth` levels of arrays and objects deep, alternating."""
-    opening = "".join('[' if level % 2 else '{"a":' for level in range(depth))
-    closing = "".join(']' if level % 2 else '}' for level in reversed(range(depth)))
+    opening = "".join("[" if level % 2 else '{"a":' for level in range(depth))
+    closing = "".join("]" if level % 2 else "}" for level in reversed(range(depth)))
     return opening + inner + closing
 
 
@@ -64,21 +64,27 @@ def every_endpoint(poll_id: int) -> list[tuple[str, str]]:
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "application/merge-patch+json"])
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", "application/merge-patch+json"]
+)
 def test_json_ten_thousand_deep_is_a_400_that_says_so_on_every_endpoint(staff_headers, content_type, settings):
     settings.API_MAX_BODY_BYTES = 1 << 20  # room for 10,000 levels (an operator may allow that much)
     client = Client(HTTP_HOST="localhost")
     poll = make_poll()
-    bodies = [nested(DEEP), json.dumps({"question": "q", "option1": "a", "option2": "b"})[:-1] + ', "x": ' + nested(DEEP) + "}",
-              '{"option": ' + nested(DEEP) + "}"]
+    bodies = [
+        nested(DEEP),
+        json.dumps({"question": "q", "option1": "a", "option2": "b"})[:-1] + ', "x": ' + nested(DEEP) + "}",
+        '{"option": ' + nested(DEEP) + "}",
+    ]
     for method, path in every_endpoint(poll.pk):
         for body in bodies:
             answer = client.generic(method.upper(), path, body, content_type=content_type, **staff_headers)
             assert (answer.status_code, answer.json()) == (400, TOO_DEEP_ANSWER), (method, path)
     assert poll.options.get(position=1).votes == 0
     # Nested as deep as allowed: the usual answers (a refused option, not a refused body).
-    vote = client.post(f"/polls/{poll.pk}/vote", '{"option": ' + nested(JSON_MAX_DEPTH - 1) + "}",
-                       content_type="application/json")
+    vote = client.post(
+        f"/polls/{poll.pk}/vote", '{"option": ' + nested(JSON_MAX_DEPTH - 1) + "}", content_type="application/json"
+    )
     assert (vote.status_code, vote.json()) == (400, {"option": ["A valid integer is required."]})
 
 
@@ -93,4 +99,3 @@ def test_a_real_server_answers_deep_json_with_400_and_logs_no_traceback(process_
             assert (answer.status, answer.json()) == (400, TOO_DEEP_ANSWER), (path, depth)
     log = web_server.log()
     assert "Traceback" not in log and "RecursionError" not in log
-

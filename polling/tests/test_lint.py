@@ -27,6 +27,11 @@ def test_ruff_finds_nothing():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_code_is_formatted_as_ruff_formats_it():
+    result = _run(_tool("ruff"), "format", "--check", "--no-cache", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_the_import_contracts_are_kept():
     """Dependencies point one way (docs/architecture.md, "Which code may import which")."""
     result = _run(_tool("lint-imports"), "--no-cache", "--no-logo")

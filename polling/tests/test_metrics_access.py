@@ -79,15 +79,21 @@ def test_no_metric_gives_an_outsider_a_held_back_poll_s_votes(visibility, in_pro
     client = Client(HTTP_HOST="localhost", REMOTE_ADDR=OUTSIDER)
     poll = poll_create(question="Held back?", options=("a", "b"), results_visibility=visibility)
     for _ in range(3):
-        assert client.post(f"/polls/{poll.pk}/vote", '{"option": 1}', content_type="application/json").status_code == 204
+        assert (
+            client.post(f"/polls/{poll.pk}/vote", '{"option": 1}', content_type="application/json").status_code == 204
+        )
     stranger = Client(HTTP_HOST="localhost", REMOTE_ADDR="198.51.100.9")
     assert stranger.get(f"/polls/{poll.pk}").json()["total"] is None
     answer = stranger.get("/metrics")
     assert (answer.status_code, answer.json()) == REFUSED
     operator = scrape()
     assert operator.status_code == 200
-    labels = {name for family in text_string_to_metric_families(operator.content.decode())
-              for sample in family.samples for name in sample.labels}
+    labels = {
+        name
+        for family in text_string_to_metric_families(operator.content.decode())
+        for sample in family.samples
+        for name in sample.labels
+    }
     assert not {name for name in labels if "poll" in name}, labels
 
 
@@ -99,7 +105,13 @@ def test_a_real_server_serves_its_metrics_to_loopback_and_the_token_only(process
         assert request("GET", f"{server.url}/metrics").status == 200
         proxied = request("GET", f"{server.url}/metrics", headers={"X-Forwarded-For": OUTSIDER})
         assert (proxied.status, proxied.json()) == REFUSED
-        assert request("GET", f"{server.url}/metrics",
-                       headers={"X-Forwarded-For": OUTSIDER, "Authorization": f"Bearer {TOKEN}"}).status == 200
+        assert (
+            request(
+                "GET",
+                f"{server.url}/metrics",
+                headers={"X-Forwarded-For": OUTSIDER, "Authorization": f"Bearer {TOKEN}"},
+            ).status
+            == 200
+        )
     finally:
         server.kill()

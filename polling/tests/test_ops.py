@@ -33,8 +33,13 @@ from tests.http import request
 from tests.test_deploy_files import compose_web_server, image_web_server
 from testsupport.processes import REPO, WebServer, WorkerProcess, wait_until
 
-SEED_POLL = {"question": "What is your favorite color?", "option1": "Red", "option2": "Blue",
-             "option3": "Green", "option4": "Yellow"}
+SEED_POLL = {
+    "question": "What is your favorite color?",
+    "option1": "Red",
+    "option2": "Blue",
+    "option3": "Green",
+    "option4": "Yellow",
+}
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
@@ -116,8 +121,12 @@ def test_readyz_answers_503_naming_redis_while_redis_is_stopped(client, services
     finally:
         services.redis.start()
     # The kept connection pool reconnects by itself.
-    wait_until(lambda: client.get("/readyz").status_code == 200, timeout=15, interval=0.2,
-               what="/readyz to recover with Redis back")
+    wait_until(
+        lambda: client.get("/readyz").status_code == 200,
+        timeout=15,
+        interval=0.2,
+        what="/readyz to recover with Redis back",
+    )
 
 
 @pytest.mark.django_db
@@ -143,6 +152,7 @@ def test_readyz_answers_503_naming_kafka_until_the_vote_topic_exists(client, set
 def test_readyz_is_bounded_and_leaks_nothing_when_kafka_is_unreachable(client, settings):
     settings.READYZ_TIMEOUT = 1.0  # the default
     wait_readiness_settled()
+
     def other_threads():
         # The probes' own pool (thread names "readyz_N") may still grow up to its size.
         return sum(1 for thread in threading.enumerate() if not thread.name.startswith("readyz"))
@@ -231,9 +241,12 @@ def test_the_vote_view_counts_its_intake():
 def test_votes_publish_latency_and_intake_and_worker_metrics_from_real_processes(process_env, tmp_path):
     metrics_port = free_port()
     web = WebServer(env=process_env, log_dir=tmp_path)
-    worker = WorkerProcess(env=process_env, log_dir=tmp_path, group=process_env["KAFKA_CONSUMER_GROUP"],
-                           extra=["--metrics-port", str(metrics_port), "--metrics-addr", "127.0.0.1",
-                                  "--progress-interval", "1"])
+    worker = WorkerProcess(
+        env=process_env,
+        log_dir=tmp_path,
+        group=process_env["KAFKA_CONSUMER_GROUP"],
+        extra=["--metrics-port", str(metrics_port), "--metrics-addr", "127.0.0.1", "--progress-interval", "1"],
+    )
     web.start()
     worker.start()
     try:
@@ -251,19 +264,32 @@ def test_votes_publish_latency_and_intake_and_worker_metrics_from_real_processes
         producer.close()
 
         worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
-        wait_until(lambda: value(scrape(worker_metrics), "polling_worker_votes_applied_total") == 40
-                   and value(scrape(worker_metrics), "polling_worker_votes_dead_lettered_total") == 1,
-                   timeout=60, interval=0.3, what="the worker to apply 40 votes and dead-letter 1")
+        wait_until(
+            lambda: (
+                value(scrape(worker_metrics), "polling_worker_votes_applied_total") == 40
+                and value(scrape(worker_metrics), "polling_worker_votes_dead_lettered_total") == 1
+            ),
+            timeout=60,
+            interval=0.3,
+            what="the worker to apply 40 votes and dead-letter 1",
+        )
+
         # Lag is reported per partition and drops to 0 once everything is consumed.
         def lag_settled():
-            lags = {dict(labels)["partition"]: v for (name, labels), v in scrape(worker_metrics).items()
-                    if name == "polling_worker_consumer_lag"}
+            lags = {
+                dict(labels)["partition"]: v
+                for (name, labels), v in scrape(worker_metrics).items()
+                if name == "polling_worker_consumer_lag"
+            }
             return lags and all(v == 0 for v in lags.values()) and lags
+
         wait_until(lag_settled, timeout=30, interval=0.3, what="per-partition lag at 0")
         scraped = scrape(worker_metrics)
         assert value(scraped, "polling_worker_batch_size_sum") == 41
         assert value(scraped, "polling_worker_batch_size_count") >= 1
-        assert value(scraped, "polling_worker_batch_duration_seconds_count") == value(scraped, "polling_worker_batch_size_count")
+        assert value(scraped, "polling_worker_batch_duration_seconds_count") == value(
+            scraped, "polling_worker_batch_size_count"
+        )
         assert value(scraped, "polling_worker_votes_duplicates_total") == 0
         lags = [labels for name, labels in scraped if name == "polling_worker_consumer_lag"]
         assert {dict(labels)["topic"] for labels in lags} == {process_env["KAFKA_TOPIC"]}
@@ -280,10 +306,16 @@ def test_votes_publish_latency_and_intake_and_worker_metrics_from_real_processes
         # The worker reports progress every --progress-interval seconds as JSON lines.
         def progress_lines():
             return [entry for entry in map(json.loads, worker.log().splitlines()) if "progress" in entry]
+
         def reported(field):
             return sum(entry["progress"][field] for entry in progress_lines())
-        wait_until(lambda: reported("votes_applied") == 40 and reported("dead_lettered") == 1, timeout=15,
-                   interval=0.3, what="progress lines reporting all 40 votes and the dead letter")
+
+        wait_until(
+            lambda: reported("votes_applied") == 40 and reported("dead_lettered") == 1,
+            timeout=15,
+            interval=0.3,
+            what="progress lines reporting all 40 votes and the dead letter",
+        )
     finally:
         web.kill()
         worker.kill()
@@ -331,29 +363,47 @@ def test_production_logs_are_one_json_object_per_line(process_env, tmp_path):
         assert any(e["logger"] == "django.request" and e["status_code"] == 404 for e in entries)
         # The access log, in place of the server's plain-text one; no client address in it.
         (access,) = [e for e in entries if e["logger"] == "polling.access" and e["http"]["path"] == "/polls/999999999"]
-        assert access["http"] == {"method": "GET", "path": "/polls/999999999", "status": 404, "view": "poll-detail",
-                                  "duration_ms": access["http"]["duration_ms"]}
+        assert access["http"] == {
+            "method": "GET",
+            "path": "/polls/999999999",
+            "status": 404,
+            "view": "poll-detail",
+            "duration_ms": access["http"]["duration_ms"],
+        }
         assert "127.0.0.1" not in json.dumps(access)
-
 
 
 def test_plain_logs_in_debug_mode_or_when_asked(tmp_path):
     env = {"LOG_FORMAT": "plain"}
     script = "import logging, django; django.setup(); logging.getLogger('x').warning('hello %s', 'there')"
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                            env={**_django_env(), **env}, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**_django_env(), **env},
+        check=True,
+    )
     assert result.stderr.strip().endswith("WARNING x hello there")
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                            env={**_django_env(), "DEBUG": "1"}, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**_django_env(), "DEBUG": "1"},
+        check=True,
+    )
     assert result.stderr.strip().endswith("WARNING x hello there")
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                            env=_django_env(), check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, env=_django_env(), check=True
+    )
     assert json.loads(result.stderr)["message"] == "hello there"
 
 
 def _django_env() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key != "LOG_FORMAT"} | {
-        "DJANGO_SETTINGS_MODULE": "polling.settings"}
+        "DJANGO_SETTINGS_MODULE": "polling.settings"
+    }
 
 
 def test_json_formatter_keeps_extras_and_tracebacks_on_one_line():
@@ -362,8 +412,16 @@ def test_json_formatter_keeps_extras_and_tracebacks_on_one_line():
     try:
         raise ValueError("bad\nvalue")
     except ValueError:
-        record = logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "failed for %s", ("poll 7",),
-                                   sys.exc_info(), extra={"poll_id": 7, "detail": {"a": [1, 2]}, "obj": object()})
+        record = logger.makeRecord(
+            logger.name,
+            logging.ERROR,
+            __file__,
+            1,
+            "failed for %s",
+            ("poll 7",),
+            sys.exc_info(),
+            extra={"poll_id": 7, "detail": {"a": [1, 2]}, "obj": object()},
+        )
     line = JsonFormatter().format(record)
     assert "\n" not in line
     entry = json.loads(line)
@@ -393,12 +451,27 @@ def test_every_project_command_documents_itself_and_its_options():
             assert action.help, f"{name} {'/'.join(action.option_strings) or action.dest} has no help"
 
 
-_DJANGO_OPTIONS = {"help", "version", "verbosity", "settings", "pythonpath", "traceback", "no_color",
-                   "force_color", "skip_checks"}
+_DJANGO_OPTIONS = {
+    "help",
+    "version",
+    "verbosity",
+    "settings",
+    "pythonpath",
+    "traceback",
+    "no_color",
+    "force_color",
+    "skip_checks",
+}
 
 
 def test_consume_votes_help_runs_and_names_its_options():
-    result = subprocess.run([sys.executable, "manage.py", "consume_votes", "--help"], cwd=REPO,
-                            capture_output=True, text=True, timeout=60, check=True)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "consume_votes", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     for option in ("--batch-size", "--batch-wait-ms", "--group", "--metrics-port", "--progress-interval"):
         assert option in result.stdout

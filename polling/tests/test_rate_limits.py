@@ -144,8 +144,10 @@ def test_a_vote_is_decided_without_waiting_for_redis(settings, in_process_bus):
     poll = make_poll()
     shared = throttles._shared_counts(cache)
     with shared._sync_lock:  # no sync can run: a request that waited for Redis would hang here
-        statuses = [client.post(f"/polls/{poll.pk}/vote", '{"option": 1}', content_type="application/json").status_code
-                    for _ in range(7)]
+        statuses = [
+            client.post(f"/polls/{poll.pk}/vote", '{"option": 1}', content_type="application/json").status_code
+            for _ in range(7)
+        ]
     assert statuses == [204] * 5 + [429] * 2
     assert poll.options.get(position=1).votes == 5
     assert shared.sync() is True
@@ -167,8 +169,12 @@ def test_with_sync_off_every_request_is_counted_in_redis_at_once(settings, in_pr
     poll = make_poll()
     seen = []
     for _ in range(6):
-        seen.append((client.post(f"/polls/{poll.pk}/vote", '{"option": 2}', content_type="application/json").status_code,
-                     sum(_address_counts())))
+        seen.append(
+            (
+                client.post(f"/polls/{poll.pk}/vote", '{"option": 2}', content_type="application/json").status_code,
+                sum(_address_counts()),
+            )
+        )
     assert seen == [(204, 1), (204, 2), (204, 3), (204, 4), (204, 5), (429, 6)]
 
 
@@ -179,12 +185,20 @@ def test_a_voters_limit_holds_across_two_web_processes(process_env, tmp_path):
     try:
         for server in servers:
             server.start()
-        poll_id = request("POST", f"{servers[0].url}/polls", {"question": "q", "option1": "a", "option2": "b"}).json()["id"]
+        poll_id = request("POST", f"{servers[0].url}/polls", {"question": "q", "option1": "a", "option2": "b"}).json()[
+            "id"
+        ]
         token = request("POST", f"{servers[0].url}/voters").json()["voter_token"]
         statuses = []
         for n in range(24):
-            statuses.append(request("POST", f"{servers[n % 2].url}/polls/{poll_id}/vote", {"option": 1},
-                                    headers={"X-Voter-Token": token}).status)
+            statuses.append(
+                request(
+                    "POST",
+                    f"{servers[n % 2].url}/polls/{poll_id}/vote",
+                    {"option": 1},
+                    headers={"X-Voter-Token": token},
+                ).status
+            )
             time.sleep(0.1)  # longer than a sync (20 ms and a round trip)
         # A process decides on the count it read at its last sync plus its own votes
         # since, so each may take one vote the other took meanwhile; never more. With
@@ -215,7 +229,9 @@ def default_limits(settings):
 
 
 def _vote(client: Client, poll_id: int, **headers) -> int:
-    return client.post(f"/polls/{poll_id}/vote", '{"option": 1}', content_type="application/json", **headers).status_code
+    return client.post(
+        f"/polls/{poll_id}/vote", '{"option": 1}', content_type="application/json", **headers
+    ).status_code
 
 
 @pytest.mark.django_db(transaction=True)
@@ -225,14 +241,22 @@ def test_3000_distinct_voters_from_one_address_within_a_minute_are_all_counted(p
     server = WebServer(env=env, log_dir=tmp_path)
     server.start()
     try:
-        poll_id = request("POST", f"{server.url}/polls", {"question": "Venue?", "option1": "a", "option2": "b"}).json()["id"]
+        poll_id = request("POST", f"{server.url}/polls", {"question": "Venue?", "option1": "a", "option2": "b"}).json()[
+            "id"
+        ]
         # Every vote from 127.0.0.1 with no voter token: each a new voter, as each phone's first vote is.
         with ThreadPoolExecutor(max_workers=8) as pool:
-            statuses = Counter(pool.map(lambda _: request("POST", f"{server.url}/polls/{poll_id}/vote", {"option": 1}).status,
-                                        range(3000)))
+            statuses = Counter(
+                pool.map(
+                    lambda _: request("POST", f"{server.url}/polls/{poll_id}/vote", {"option": 1}).status, range(3000)
+                )
+            )
         assert statuses == {204: 3000}
-        wait_until(lambda: request("GET", f"{server.url}/polls/{poll_id}").json()["total"] == 3000,
-                   timeout=120, what="3,000 votes counted")
+        wait_until(
+            lambda: request("GET", f"{server.url}/polls/{poll_id}").json()["total"] == 3000,
+            timeout=120,
+            what="3,000 votes counted",
+        )
     finally:
         server.terminate()
 

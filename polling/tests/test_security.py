@@ -30,8 +30,10 @@ def client():
 def test_votes_over_the_per_address_limit_get_429_with_retry_after(client, settings, in_process_bus):
     settings.RATE_LIMIT_VOTES_PER_ADDRESS = "5/hour"  # an hour: the requests cannot straddle two windows
     poll = make_poll()
-    statuses = [client.post(f"/polls/{poll.pk}/vote", '{"option": 1}', content_type="application/json").status_code
-                for _ in range(7)]
+    statuses = [
+        client.post(f"/polls/{poll.pk}/vote", '{"option": 1}', content_type="application/json").status_code
+        for _ in range(7)
+    ]
     assert statuses == [204] * 5 + [429] * 2
     limited = client.post(f"/polls/{poll.pk}/vote", '{"option": 1}', content_type="application/json")
     assert limited.status_code == 429
@@ -47,8 +49,9 @@ def test_votes_over_the_per_voter_limit_get_429(client, settings, in_process_bus
     other = client.post("/voters", content_type="application/json").json()["voter_token"]
 
     def cast(voter):
-        return client.post(f"/polls/{poll.pk}/vote", '{"option": 2}', content_type="application/json",
-                           HTTP_X_VOTER_TOKEN=voter).status_code
+        return client.post(
+            f"/polls/{poll.pk}/vote", '{"option": 2}', content_type="application/json", HTTP_X_VOTER_TOKEN=voter
+        ).status_code
 
     assert [cast(token) for _ in range(3)] == [204, 204, 429]
     assert cast(other) == 204  # another voter on the same address is not affected
@@ -57,7 +60,11 @@ def test_votes_over_the_per_voter_limit_get_429(client, settings, in_process_bus
 def test_poll_creation_over_the_limit_gets_429(client, settings):
     settings.RATE_LIMIT_POLLS_PER_ADDRESS = "2/hour"
     body = json.dumps({"question": "q", "option1": "a", "option2": "b"})
-    assert [client.post("/polls", body, content_type="application/json").status_code for _ in range(3)] == [201, 201, 429]
+    assert [client.post("/polls", body, content_type="application/json").status_code for _ in range(3)] == [
+        201,
+        201,
+        429,
+    ]
 
 
 def test_poll_creation_can_require_authentication(client, settings):
@@ -146,7 +153,9 @@ def test_the_html_pages_load_their_scripts_and_styles_from_files(client):
         assert response.status_code == 200 and "text/html" in response["Content-Type"]
         assert "<style" not in html and " style=" not in html
         # Only data blocks (json_script) may sit inline; every script has a src.
-        assert html.count("<script") == html.count("<script src=") + html.count('<script id="initial-poll" type="application/json">')
+        assert html.count("<script") == html.count("<script src=") + html.count(
+            '<script id="initial-poll" type="application/json">'
+        )
 
 
 def test_votes_go_on_when_the_rate_limit_cache_is_down(client, settings, in_process_bus, services):
@@ -154,8 +163,10 @@ def test_votes_go_on_when_the_rate_limit_cache_is_down(client, settings, in_proc
     poll = make_poll()
     services.redis.stop()
     try:
-        statuses = [client.post(f"/polls/{poll.pk}/vote", '{"option": 3}', content_type="application/json").status_code
-                    for _ in range(3)]
+        statuses = [
+            client.post(f"/polls/{poll.pk}/vote", '{"option": 3}', content_type="application/json").status_code
+            for _ in range(3)
+        ]
     finally:
         services.redis.start()
     assert statuses == [204, 204, 204]

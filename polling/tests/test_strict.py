@@ -35,15 +35,22 @@ def no_collections():
 
 
 def test_gives_the_validated_data_and_frees_the_serializer_with_its_last_reference(no_collections):
-    serializer = Body(data={"option": 1, "options": [2, 3], "tags": {"a": "b"}, "nested": {"label": "x"},
-                            "many": [{"label": "y"}]})
+    serializer = Body(
+        data={"option": 1, "options": [2, 3], "tags": {"a": "b"}, "nested": {"label": "x"}, "many": [{"label": "y"}]}
+    )
     fields = serializer.fields
     field_refs = [weakref.ref(f) for f in (*fields.values(), fields["options"].child, fields["many"].child)]
     serializer_ref = weakref.ref(serializer)
 
     data = validated_data(serializer)
 
-    assert data == {"option": 1, "options": [2, 3], "tags": {"a": "b"}, "nested": {"label": "x"}, "many": [{"label": "y"}]}
+    assert data == {
+        "option": 1,
+        "options": [2, 3],
+        "tags": {"a": "b"},
+        "nested": {"label": "x"},
+        "many": [{"label": "y"}],
+    }
     del serializer, fields
     assert serializer_ref() is None, "the serializer outlived its last reference (a cycle is left)"
     assert [ref() for ref in field_refs] == [None] * len(field_refs)

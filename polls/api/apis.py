@@ -109,12 +109,18 @@ class PollsApi(APIView):
             numbered = [text for _, text in given if text is not None]
             listed = attrs.pop("options", None)
             if listed and numbered:
-                raise serializers.ValidationError({"options": ["Give options either as a list or as option1..optionN, not both."]})
+                raise serializers.ValidationError(
+                    {"options": ["Give options either as a list or as option1..optionN, not both."]}
+                )
             if listed is None or not listed:
                 first_missing = next((position for position, text in given if text is None), None)
                 if first_missing is not None and first_missing <= len(numbered):
                     raise serializers.ValidationError(
-                        {f"option{first_missing}": [f"Options must be consecutive from option1: option{first_missing} is missing."]}
+                        {
+                            f"option{first_missing}": [
+                                f"Options must be consecutive from option1: option{first_missing} is missing."
+                            ]
+                        }
                     )
                 options = numbered
             else:
@@ -126,7 +132,10 @@ class PollsApi(APIView):
     class ListFilterSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=Poll.Status.choices, required=False)
         search = serializers.CharField(
-            max_length=200, required=False, allow_blank=True, help_text="Case-insensitive part of the question.",
+            max_length=200,
+            required=False,
+            allow_blank=True,
+            help_text="Case-insensitive part of the question.",
             validators=[RegexValidator(r"^[^\x00]*$", "Null characters are not allowed.")],  # the schema's pattern
         )
         page = serializers.IntegerField(min_value=1, required=False)
@@ -160,7 +169,7 @@ class PollsApi(APIView):
             401: docs.ErrorSerializer,
             409: OpenApiResponse(
                 OpenApiTypes.OBJECT,
-                description='Text the schema allows and a poll cannot have (options that look the same, text that '
+                description="Text the schema allows and a poll cannot have (options that look the same, text that "
                 'shows nothing): {"<field>": ["<message>"]}.',
             ),
             429: docs.ErrorSerializer,
@@ -217,7 +226,12 @@ class PollStatusApi(APIView):
 
     @extend_schema(
         request=None,
-        responses={200: docs.PollSerializer, 401: docs.ErrorSerializer, 403: docs.ErrorSerializer, 404: docs.ErrorSerializer},
+        responses={
+            200: docs.PollSerializer,
+            401: docs.ErrorSerializer,
+            403: docs.ErrorSerializer,
+            404: docs.ErrorSerializer,
+        },
         description=(
             "Closes or reopens the poll and answers it as GET /polls/{id} shows it to the caller: counts "
             "the poll holds back from the caller are null, for its creator and staff too, also when nothing "
@@ -241,11 +255,19 @@ class PollExportApi(APIView):
 
     export_format = "json"
 
-    @extend_schema(responses={200: OpenApiResponse(description="The results, one row per option."), 403: docs.ErrorSerializer, 404: docs.ErrorSerializer})
+    @extend_schema(
+        responses={
+            200: OpenApiResponse(description="The results, one row per option."),
+            403: docs.ErrorSerializer,
+            404: docs.ErrorSerializer,
+        }
+    )
     def get(self, request: Request, poll_id: int):
         poll = poll_get(poll_id=poll_id)
         if not poll_results_visible(poll=poll, voter=voter_from_request(request)):
-            return Response({"detail": "The results of this poll are not visible yet."}, status=status.HTTP_403_FORBIDDEN)
+            return Response(
+                {"detail": "The results of this poll are not visible yet."}, status=status.HTTP_403_FORBIDDEN
+            )
         totals = poll_totals(poll=poll)
         filename = f"poll-{poll.pk}-results.{self.export_format}"
         if self.export_format == "csv":

@@ -19,7 +19,9 @@ class ErrorSerializer(serializers.Serializer):
 VALIDATION_ERROR = OpenApiResponse(
     response=OpenApiTypes.OBJECT,
     description='The request is invalid: {"<field>": ["<message>", ...]} or {"detail": "<message>"}.',
-    examples=[OpenApiExample("A wrong field", value={"option": ["Option 5 does not exist: this poll has options 1 to 4."]})],
+    examples=[
+        OpenApiExample("A wrong field", value={"option": ["Option 5 does not exist: this poll has options 1 to 4."]})
+    ],
 )
 
 
@@ -100,7 +102,13 @@ POLL_PAGE_EXAMPLE = OpenApiExample(
 )
 SEED_CREATE_EXAMPLE = OpenApiExample(
     "The seed's body",
-    value={"question": "What is your favorite color?", "option1": "Red", "option2": "Blue", "option3": "Green", "option4": "Yellow"},
+    value={
+        "question": "What is your favorite color?",
+        "option1": "Red",
+        "option2": "Blue",
+        "option3": "Green",
+        "option4": "Yellow",
+    },
     request_only=True,
 )
 LIST_CREATE_EXAMPLE = OpenApiExample(
@@ -132,7 +140,8 @@ LEADERBOARD_EXAMPLE = OpenApiExample(
 IDEMPOTENCY_KEY = (
     "1 to 200 characters, a UUID is best (or `vote_id` in the body). Scoped to the poll and the voter: the "
     "signed-in user, else the voter token, else the client's address. The same key with the same choice is "
-    "answered as the first time (204) and counted once; with another choice it is 409 (the key was used for another request); while the first "
+    "answered as the first time (204) and counted once; with another choice it is 409 (the key was used "
+    "for another request); while the first "
     "request is in progress, 409. A first request refused with a 4xx leaves the key free; after a 503 only "
     "the same choice may retry. Kept IDEMPOTENCY_KEY_TTL (24 h) in the cache, then checked against the stored ballot."
 )
@@ -159,12 +168,20 @@ def create_poll_request() -> dict:
     most = settings.POLL_MAX_OPTIONS
     common = {
         "question": _text(500),
-        "closes_at": {"type": "string", "format": "date-time", "nullable": True,
-                      "description": "Votes are refused from then on; a moment already past creates a closed poll."},
+        "closes_at": {
+            "type": "string",
+            "format": "date-time",
+            "nullable": True,
+            "description": "Votes are refused from then on; a moment already past creates a closed poll.",
+        },
         "results_visibility": {"type": "string", "enum": ["always", "after_vote", "after_close"], "default": "always"},
         "one_vote_per": {"type": "string", "enum": ["none", "voter", "user"], "default": "none"},
-        "max_choices": {"type": "integer", "minimum": 1, "default": 1,
-                        "description": "Options a ballot may choose; more than the poll has means all of them."},
+        "max_choices": {
+            "type": "integer",
+            "minimum": 1,
+            "default": 1,
+            "description": "Options a ballot may choose; more than the poll has means all of them.",
+        },
     }
     numbered = [
         {
@@ -187,8 +204,11 @@ def create_poll_request() -> dict:
     }
     return {
         "type": "object",
-        "properties": {**common, "options": {"type": "array", "items": _text(200)},
-                       **{f"option{n}": {**_text(200), "nullable": True} for n in range(1, most + 1)}},
+        "properties": {
+            **common,
+            "options": {"type": "array", "items": _text(200)},
+            **{f"option{n}": {**_text(200), "nullable": True} for n in range(1, most + 1)},
+        },
         "required": ["question"],
         "oneOf": [*numbered, listed],
     }
@@ -197,8 +217,14 @@ def create_poll_request() -> dict:
 def vote_request() -> dict:
     """POST /polls/{id}/vote: one option, or a list of distinct options."""
     option = {"type": "integer", "description": "1-based; one the poll has (409 otherwise)."}
-    options = {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 100, "uniqueItems": True,
-               "description": "A multiple-choice ballot: at most the poll's max_choices (409 otherwise)."}
+    options = {
+        "type": "array",
+        "items": {"type": "integer"},
+        "minItems": 1,
+        "maxItems": 100,
+        "uniqueItems": True,
+        "description": "A multiple-choice ballot: at most the poll's max_choices (409 otherwise).",
+    }
     return {
         "type": "object",
         "properties": {
@@ -250,9 +276,15 @@ VOTE_OPERATION = dict(
     ),
     request=VoteSerializer,
     parameters=[
-        OpenApiParameter("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 200}, OpenApiParameter.HEADER,
-                         description=IDEMPOTENCY_KEY),
-        OpenApiParameter("X-Voter-Token", str, OpenApiParameter.HEADER, description="An anonymous voter token from POST /voters."),
+        OpenApiParameter(
+            "Idempotency-Key",
+            {"type": "string", "minLength": 1, "maxLength": 200},
+            OpenApiParameter.HEADER,
+            description=IDEMPOTENCY_KEY,
+        ),
+        OpenApiParameter(
+            "X-Voter-Token", str, OpenApiParameter.HEADER, description="An anonymous voter token from POST /voters."
+        ),
     ],
     responses={
         204: OpenApiResponse(description="The vote is durable and will be counted."),

@@ -35,12 +35,21 @@ from polls.models import Poll
 # Open polls listed on the home page, newest first.
 HOME_POLLS = 20
 # The closing times the create form offers, in minutes from now ("" : no deadline).
-CLOSES_IN_CHOICES = [("", "No deadline"), ("2", "In 2 minutes"), ("5", "In 5 minutes"), ("15", "In 15 minutes"),
-                     ("30", "In 30 minutes"), ("60", "In 1 hour"), ("1440", "In 1 day")]
+CLOSES_IN_CHOICES = [
+    ("", "No deadline"),
+    ("2", "In 2 minutes"),
+    ("5", "In 5 minutes"),
+    ("15", "In 15 minutes"),
+    ("30", "In 30 minutes"),
+    ("60", "In 1 hour"),
+    ("1440", "In 1 day"),
+]
 # How many votes each person has, in the words of the create form.
-ONE_VOTE_PER_CHOICES = [(Poll.OneVotePer.VOTER, "One per device (browser)"),
-                        (Poll.OneVotePer.USER, "One per signed-in user"),
-                        (Poll.OneVotePer.NONE, "No limit")]
+ONE_VOTE_PER_CHOICES = [
+    (Poll.OneVotePer.VOTER, "One per device (browser)"),
+    (Poll.OneVotePer.USER, "One per signed-in user"),
+    (Poll.OneVotePer.NONE, "No limit"),
+]
 
 
 @require_http_methods(["GET", "POST"])
@@ -72,7 +81,9 @@ def home(request: HttpRequest) -> HttpResponse:
         "may_create": may_create,
         "values": values,
         "errors": errors,
-        "option_fields": [(n, f"option{n}", values.get(f"option{n}", "")) for n in range(1, settings.POLL_MAX_OPTIONS + 1)],
+        "option_fields": [
+            (n, f"option{n}", values.get(f"option{n}", "")) for n in range(1, settings.POLL_MAX_OPTIONS + 1)
+        ],
         "closes_in_choices": CLOSES_IN_CHOICES,
         "visibility_choices": Poll.Visibility.choices,
         "one_vote_per_choices": ONE_VOTE_PER_CHOICES,
@@ -82,7 +93,9 @@ def home(request: HttpRequest) -> HttpResponse:
 
 def _create_input(form) -> dict[str, Any]:
     """The create form as POST /polls's body, for its serializer to check by the API's rules."""
-    options = [text.strip() for n in range(1, settings.POLL_MAX_OPTIONS + 1) if (text := form.get(f"option{n}", "")).strip()]
+    options = [
+        text.strip() for n in range(1, settings.POLL_MAX_OPTIONS + 1) if (text := form.get(f"option{n}", "")).strip()
+    ]
     data: dict[str, Any] = {
         "question": form.get("question", "").strip(),
         "options": options,
@@ -120,12 +133,16 @@ def _vote(request: HttpRequest, totals: dict[str, Any]) -> HttpResponse:
         return response
     choices = _choices(request.POST)
     if not choices:
-        return _refused(request, totals, "Choose an option first." if choices == [] else "That is not an option of this poll.", 400)
+        return _refused(
+            request, totals, "Choose an option first." if choices == [] else "That is not an option of this poll.", 400
+        )
     try:
         voter, new_token = voter_for_vote(voter_from_request(request))
         vote_cast(poll_id=totals["id"], options=choices, voter=voter)
     except VoteBusUnavailable:
-        response = _refused(request, totals, "Your vote was not recorded: the service is busy. Try again in a moment.", 503)
+        response = _refused(
+            request, totals, "Your vote was not recorded: the service is busy. Try again in a moment.", 503
+        )
         response["Retry-After"] = str(settings.VOTE_RETRY_AFTER)
         return response
     except PollError as exc:  # answered with the API's status (polls.domain.exceptions)
@@ -149,13 +166,26 @@ def _choices(form) -> list[int] | None:
 
 def _refused(request, totals, error: str, status: int, *, already_voted: bool = False) -> HttpResponse:
     voter = viewer_of(request)
-    return _vote_page(request, totals, voter=voter, just_voted=already_voted, error=error, status=status,
-                      chosen=_choices(request.POST) or [])
+    return _vote_page(
+        request,
+        totals,
+        voter=voter,
+        just_voted=already_voted,
+        error=error,
+        status=status,
+        chosen=_choices(request.POST) or [],
+    )
 
 
 def _vote_page(
-    request, totals: dict[str, Any], *, voter: Voter | None, just_voted: bool, error: str | None = None,
-    status: int = 200, chosen: list[int] | None = None,
+    request,
+    totals: dict[str, Any],
+    *,
+    voter: Voter | None,
+    just_voted: bool,
+    error: str | None = None,
+    status: int = 200,
+    chosen: list[int] | None = None,
 ) -> HttpResponse:
     is_open = totals["status"] == Poll.Status.OPEN
     voted = just_voted or (

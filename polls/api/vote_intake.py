@@ -83,8 +83,12 @@ class VoteRequest(HttpRequest):
         self.scope = scope
         self.method = "POST"
         self.path = self.path_info = scope["path"]
-        meta = {"REQUEST_METHOD": "POST", "PATH_INFO": self.path, "SCRIPT_NAME": "",
-                "QUERY_STRING": scope.get("query_string", b"").decode("latin1")}
+        meta = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": self.path,
+            "SCRIPT_NAME": "",
+            "QUERY_STRING": scope.get("query_string", b"").decode("latin1"),
+        }
         if scope.get("client"):
             meta["REMOTE_ADDR"] = meta["REMOTE_HOST"] = scope["client"][0]
         server = scope.get("server") or ("unknown", "0")
@@ -134,11 +138,17 @@ async def _vote(request: VoteRequest, poll_id: int, scope, receive, send) -> Non
         status, body, headers = await _answer(request, poll_id, receive)
     except ConnectionResetError:
         return  # nothing was cast, and there is no one to answer
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
-    request_observed(view=VIEW_NAME, method="POST", path=request.path, status=status,
-                     seconds=time.perf_counter() - started)
+    request_observed(
+        view=VIEW_NAME, method="POST", path=request.path, status=status, seconds=time.perf_counter() - started
+    )
 
 
 async def _answer(request: VoteRequest, poll_id: int, receive) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -176,7 +186,11 @@ async def _answer(request: VoteRequest, poll_id: int, receive) -> tuple[int, byt
             return _plain(request, 500, "Internal server error.")
         vote_refused(exc)
         status, data, extra = answer
-        headers = [*_common_headers(request), _JSON, *((k.lower().encode(), v.encode("latin1")) for k, v in extra.items())]
+        headers = [
+            *_common_headers(request),
+            _JSON,
+            *((k.lower().encode(), v.encode("latin1")) for k, v in extra.items()),
+        ]
         return status, _render(data), headers
     vote_accepted()
     headers = _common_headers(request)
@@ -236,7 +250,9 @@ def _security_headers_for(request: VoteRequest) -> list[tuple[bytes, bytes]]:
         response = HttpResponse()
         del response["Content-Type"]
         response = SecurityHeadersMiddleware(lambda request: response).process_response(request, response)
-        headers = _security_headers[secure] = [(name.lower().encode(), value.encode("latin1")) for name, value in response.items()]
+        headers = _security_headers[secure] = [
+            (name.lower().encode(), value.encode("latin1")) for name, value in response.items()
+        ]
     return headers
 
 

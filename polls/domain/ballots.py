@@ -71,7 +71,7 @@ def _decode(body: bytes, content_type: str) -> Any:
     # What the standard parser accepts beyond msgspec (numbers past 64 bits or a double)
     # is decided, and refused, as before: the same data and messages.
     try:
-        ''.encode(encoding)  # only text codecs: a bytes-to-bytes one could expand without bound
+        "".encode(encoding)  # only text codecs: a bytes-to-bytes one could expand without bound
     except (LookupError, UnicodeError):
         raise BodyUnreadable(f'Unsupported charset "{encoding}" in request Content-Type header.') from None
     try:
@@ -99,7 +99,9 @@ def _check(data: Any) -> tuple[Ballot, int | None]:
     if not isinstance(data, dict):
         if data is None:
             raise BallotInvalid({"non_field_errors": ["No data provided"]})
-        raise BallotInvalid({"non_field_errors": [f"Invalid data. Expected a dictionary, but got {type(data).__name__}."]})
+        raise BallotInvalid(
+            {"non_field_errors": [f"Invalid data. Expected a dictionary, but got {type(data).__name__}."]}
+        )
     errors: dict[str, Any] = {}
     option = _field(data, "option", _nullable(_integer), errors)
     options = _field(data, "options", _nullable(_integers), errors)
@@ -108,7 +110,9 @@ def _check(data: Any) -> tuple[Ballot, int | None]:
     if errors:
         raise BallotInvalid(errors)
     if (option is None) == (options is None):
-        raise BallotInvalid({"option": ["Give option (one choice) or options (a list), not both." if option is not None else _REQUIRED]})
+        raise BallotInvalid(
+            {"option": ["Give option (one choice) or options (a list), not both." if option is not None else _REQUIRED]}
+        )
     return Ballot(options=(option,) if options is None else tuple(options), vote_id=vote_id), poll_id
 
 

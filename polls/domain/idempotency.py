@@ -87,7 +87,8 @@ class KeyClaim:
         so that a retry that carries the new cookie finds it too."""
         try:
             cache.set_many(
-                dict.fromkeys(self.cache_keys, (_DONE, self.fingerprint, voter_key, self.vote_id)), timeout=settings.IDEMPOTENCY_KEY_TTL
+                dict.fromkeys(self.cache_keys, (_DONE, self.fingerprint, voter_key, self.vote_id)),
+                timeout=settings.IDEMPOTENCY_KEY_TTL,
             )
         except Exception as exc:  # noqa: BLE001 - any failure of the cache backend
             # The vote is durable: it is answered 204. Until the pending record expires a
@@ -103,7 +104,9 @@ class KeyClaim:
         try:
             cache.delete(self.cache_keys[0])
         except Exception as exc:  # noqa: BLE001 - any failure of the cache backend
-            logger.warning("idempotency record of ballot %s not released, the cache is unavailable: %r", self.vote_id, exc)
+            logger.warning(
+                "idempotency record of ballot %s not released, the cache is unavailable: %r", self.vote_id, exc
+            )
 
     def _write(self, record: tuple, *, timeout: float) -> None:
         try:
@@ -125,7 +128,9 @@ def idempotency_claim(*, poll_id: int, voter: Voter, idempotency_key: str, optio
     claim = KeyClaim(vote_id=vote_id, fingerprint=choice_fingerprint(options), cache_keys=[_cache_key(vote_id)])
     if voter.token_is_new:
         token_scope = f"voter:{voter.token_id}"
-        claim.cache_keys.append(_cache_key(ballot_id(poll_id=poll_id, scope=token_scope, idempotency_key=idempotency_key)))
+        claim.cache_keys.append(
+            _cache_key(ballot_id(poll_id=poll_id, scope=token_scope, idempotency_key=idempotency_key))
+        )
     try:
         record = _claim_record(claim)
     except IdempotencyKeyInUse:

@@ -80,10 +80,26 @@ def _visible_polls_with_options(poll_ids: Iterable[int]) -> dict[int, tuple[Poll
 
 # What the live totals read of a poll and of each option, in the models' field order
 # (Model.from_db takes the values in that order; the fields not read stay deferred).
-_POLL_FIELDS = [f.attname for f in Poll._meta.concrete_fields
-                if f.name in {"id", "question", "status", "closes_at", "results_visibility", "one_vote_per",
-                              "max_choices", "created_at", "version", "state_version"}]
-_OPTION_FIELDS = [f.attname for f in Option._meta.concrete_fields if f.name in {"id", "poll", "position", "text", "votes"}]
+_POLL_FIELDS = [
+    f.attname
+    for f in Poll._meta.concrete_fields
+    if f.name
+    in {
+        "id",
+        "question",
+        "status",
+        "closes_at",
+        "results_visibility",
+        "one_vote_per",
+        "max_choices",
+        "created_at",
+        "version",
+        "state_version",
+    }
+]
+_OPTION_FIELDS = [
+    f.attname for f in Option._meta.concrete_fields if f.name in {"id", "poll", "position", "text", "votes"}
+]
 _POLL_CLOSES_AT = _POLL_FIELDS.index("closes_at")
 _POLL_CREATED_AT = _POLL_FIELDS.index("created_at")
 

@@ -155,7 +155,9 @@ def poll_closed_by_staff(*, poll_id: int) -> bool:
         .order_by("-at", "-id")
         .first()
     )
-    return last is not None and last.action == AuditEntry.Action.CLOSE and last.actor is not None and last.actor.is_staff
+    return (
+        last is not None and last.action == AuditEntry.Action.CLOSE and last.actor is not None and last.actor.is_staff
+    )
 
 
 def voter_has_voted(*, poll_id: int, voter: Voter) -> bool:
@@ -189,7 +191,9 @@ def poll_totals(*, poll: Poll, visible: bool = True, options: Sequence[Option] |
         for option in options
     ]
     data["total"] = sum(option.votes for option in options) if visible else None
-    data["status"] = Poll.Status.OPEN if poll_is_open(status=poll.status, closes_at=poll.closes_at) else Poll.Status.CLOSED
+    data["status"] = (
+        Poll.Status.OPEN if poll_is_open(status=poll.status, closes_at=poll.closes_at) else Poll.Status.CLOSED
+    )
     data["closes_at"] = poll.closes_at.isoformat() if poll.closes_at else None
     data["results_visibility"] = poll.results_visibility
     data["results_hidden"] = not visible
@@ -234,8 +238,10 @@ def polls_results_visible(*, polls: Sequence[Poll], voter: Voter | None) -> dict
     """poll_results_visible of each poll, with one query for all of those that depend on
     whether this viewer voted (open after_vote polls), not one each."""
     waiting = {
-        poll.pk for poll in polls
-        if poll.results_visibility == Poll.Visibility.AFTER_VOTE and poll_is_open(status=poll.status, closes_at=poll.closes_at)
+        poll.pk
+        for poll in polls
+        if poll.results_visibility == Poll.Visibility.AFTER_VOTE
+        and poll_is_open(status=poll.status, closes_at=poll.closes_at)
     }
     voted: set[int] = set()
     if waiting and voter is not None:

@@ -115,7 +115,9 @@ def poll_options_clean(*, options: Sequence[str], max_choices: int) -> list[str]
         earlier = first_with.setdefault(text_skeleton(text), position)
         if earlier != position:
             raise InvalidPoll(
-                "options", f"Options {earlier} and {position} look the same; options must differ from one another.", schema_valid=True
+                "options",
+                f"Options {earlier} and {position} look the same; options must differ from one another.",
+                schema_valid=True,
             )
     if not 1 <= max_choices <= len(stored):
         raise InvalidPoll("max_choices", f"Max choices must be between 1 and the number of options ({len(stored)}).")
@@ -129,7 +131,9 @@ def poll_set_status(*, poll: Poll, status: str, actor: AbstractBaseUser | None =
     passed), changes nothing: no audit entry, no new version, no broadcast.
     """
     action = AuditEntry.Action.CLOSE if status == Poll.Status.CLOSED else AuditEntry.Action.REOPEN
-    if poll.status == status and (status == Poll.Status.CLOSED or poll_is_open(status=poll.status, closes_at=poll.closes_at)):
+    if poll.status == status and (
+        status == Poll.Status.CLOSED or poll_is_open(status=poll.status, closes_at=poll.closes_at)
+    ):
         return poll
     with transaction.atomic():
         poll.status = status
@@ -307,11 +311,13 @@ def _vote_publish(event: VoteEvent) -> VoteEvent:
 
 def _then_release(function):
     """`function`, then this thread's database connection back to the pool, whatever happened."""
+
     def call(*args, **kwargs):
         try:
             return function(*args, **kwargs)
         finally:
             _release_connection()
+
     return call
 
 
@@ -328,7 +334,9 @@ def _release_connection() -> None:
         connection.close()
 
 
-def _ballot(vote_id: uuid.UUID, poll_id: int, options: Sequence[int], voter_key: str, dedupe_key: str | None) -> VoteEvent:
+def _ballot(
+    vote_id: uuid.UUID, poll_id: int, options: Sequence[int], voter_key: str, dedupe_key: str | None
+) -> VoteEvent:
     return VoteEvent(
         vote_id=vote_id,
         poll_id=poll_id,
@@ -625,16 +633,14 @@ def counters_verify(*, repair: bool = False) -> list[CounterMismatch]:
     the workers stopped: a batch committing between the check and the repair would be
     reported as a mismatch, although the repair still leaves the counter right.
     """
-    options = (
-        Option.objects.annotate(rows=Count("vote_rows"))
-        .exclude(votes=F("rows"))
-        .order_by("poll_id", "position")
-    )
+    options = Option.objects.annotate(rows=Count("vote_rows")).exclude(votes=F("rows")).order_by("poll_id", "position")
     mismatches = [
         CounterMismatch(poll_id=o.poll_id, position=o.position, counter=o.votes, rows=o.rows) for o in options
     ]
     if repair and mismatches:
-        row_count = Vote.objects.filter(option=OuterRef("pk")).order_by().values("option").annotate(n=Count("*")).values("n")
+        row_count = (
+            Vote.objects.filter(option=OuterRef("pk")).order_by().values("option").annotate(n=Count("*")).values("n")
+        )
         with transaction.atomic():
             for mismatch in mismatches:
                 Option.objects.filter(poll_id=mismatch.poll_id, position=mismatch.position).update(

@@ -183,7 +183,9 @@ def _failed(loop: asyncio.AbstractEventLoop, acknowledged: asyncio.Future, error
     _settle_threadsafe(loop, acknowledged, error)
 
 
-def _settle_threadsafe(loop: asyncio.AbstractEventLoop, acknowledged: asyncio.Future, error: BaseException | None) -> None:
+def _settle_threadsafe(
+    loop: asyncio.AbstractEventLoop, acknowledged: asyncio.Future, error: BaseException | None
+) -> None:
     try:
         loop.call_soon_threadsafe(_settle, acknowledged, error)
     except RuntimeError:  # the loop has closed: nobody waits for this vote any more

@@ -147,7 +147,9 @@ class _Wire(msgspec.Struct, gc=False):
     # Parsed by datetime.fromisoformat, as the checked path does: the same times accepted.
     cast_at: str
     # UNSET, not None, when absent: a null `options` or `option` is refused, as below.
-    options: Annotated[list[_Id], msgspec.Meta(min_length=1, max_length=_MAX_CHOICES)] | msgspec.UnsetType = msgspec.UNSET
+    options: Annotated[list[_Id], msgspec.Meta(min_length=1, max_length=_MAX_CHOICES)] | msgspec.UnsetType = (
+        msgspec.UNSET
+    )
     option: _Id | msgspec.UnsetType = msgspec.UNSET
     dedupe_key: Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_KEY)] | None = None
 

@@ -10,12 +10,17 @@ from polls.kafka.events import VoteEvent
 from polls.models import Poll
 
 
-def make_poll(question: str = "Favourite colour?", options: tuple[str, ...] = ("Red", "Blue", "Green", "Yellow")) -> Poll:
+def make_poll(
+    question: str = "Favourite colour?", options: tuple[str, ...] = ("Red", "Blue", "Green", "Yellow")
+) -> Poll:
     return poll_create(question=question, options=options)
 
 
 def vote_event(
-    poll: Poll | int, *options: int, vote_id: uuid.UUID | None = None, dedupe_key: str | None = None,
+    poll: Poll | int,
+    *options: int,
+    vote_id: uuid.UUID | None = None,
+    dedupe_key: str | None = None,
     voter_key: str = "test",
 ) -> VoteEvent:
     return VoteEvent(

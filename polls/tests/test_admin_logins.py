@@ -51,27 +51,44 @@ def test_wrong_passwords_then_the_right_one_is_refused_for_a_while(moderator):
     assert colleague.get("/admin/").status_code == 200
 
     # Once the lockout time has passed since the last try, the right password works again.
-    AccessAttempt.objects.update(attempt_time=AccessAttempt.objects.get().attempt_time - django_settings.AXES_COOLOFF_TIME
-                                 - timedelta(seconds=1))
+    AccessAttempt.objects.update(
+        attempt_time=AccessAttempt.objects.get().attempt_time - django_settings.AXES_COOLOFF_TIME - timedelta(seconds=1)
+    )
     assert login(attacker, PASSWORD).status_code == 302
     assert attacker.get("/admin/").status_code == 200
 
 
 def test_the_lockout_settings_come_from_the_environment():
     env = {**os.environ, "DEBUG": "1", "ADMIN_LOGIN_FAILURE_LIMIT": "3", "ADMIN_LOGIN_LOCKOUT_MINUTES": "2.5"}
-    code = ("from django.conf import settings; "
-            "print(settings.AXES_FAILURE_LIMIT, settings.AXES_COOLOFF_TIME.total_seconds(), settings.AXES_LOCKOUT_PARAMETERS)")
-    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=REPO, env=env,
-                            capture_output=True, text=True)
+    code = (
+        "from django.conf import settings; "
+        "print(settings.AXES_FAILURE_LIMIT, settings.AXES_COOLOFF_TIME.total_seconds(), "
+        "settings.AXES_LOCKOUT_PARAMETERS)"
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code], cwd=REPO, env=env, capture_output=True, text=True
+    )
     assert result.stdout.strip().splitlines()[-1] == "3 150.0 [['username', 'ip_address']]", result.stderr
 
 
 def test_the_embedded_sqlite_mode_throttles_admin_logins_too(tmp_path):
-    env = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "KAFKA_BROKERS", "REDIS_URL")}
-    env.update(DEBUG="1", SQLITE_PATH=str(tmp_path / "db.sqlite3"), ADMIN_LOGIN_FAILURE_LIMIT="3",
-               DJANGO_SUPERUSER_PASSWORD=PASSWORD, PYTHONUNBUFFERED="1")
-    for command in (["migrate", "--no-input"], ["createsuperuser", "--no-input", "--username", "mod", "--email", "m@example.com"]):
-        done = subprocess.run([sys.executable, "manage.py", *command], cwd=REPO, env=env, capture_output=True, text=True)
+    env = {
+        name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "KAFKA_BROKERS", "REDIS_URL")
+    }
+    env.update(
+        DEBUG="1",
+        SQLITE_PATH=str(tmp_path / "db.sqlite3"),
+        ADMIN_LOGIN_FAILURE_LIMIT="3",
+        DJANGO_SUPERUSER_PASSWORD=PASSWORD,
+        PYTHONUNBUFFERED="1",
+    )
+    for command in (
+        ["migrate", "--no-input"],
+        ["createsuperuser", "--no-input", "--username", "mod", "--email", "m@example.com"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "manage.py", *command], cwd=REPO, env=env, capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr
     server = WebServer(env=env, log_dir=tmp_path)
     server.start()
@@ -97,10 +114,12 @@ class _Browser:
     def login(self, password: str) -> int:
         page = self.opener.open(f"{self.url}/admin/login/", timeout=30).read().decode()
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-        body = urllib.parse.urlencode({"username": "mod", "password": password, "csrfmiddlewaretoken": token,
-                                       "next": "/admin/"}).encode()
-        request = urllib.request.Request(f"{self.url}/admin/login/", data=body, method="POST",
-                                         headers={"Referer": f"{self.url}/admin/login/"})
+        body = urllib.parse.urlencode(
+            {"username": "mod", "password": password, "csrfmiddlewaretoken": token, "next": "/admin/"}
+        ).encode()
+        request = urllib.request.Request(
+            f"{self.url}/admin/login/", data=body, method="POST", headers={"Referer": f"{self.url}/admin/login/"}
+        )
         try:
             with self.opener.open(request, timeout=30) as response:
                 return response.status

@@ -26,7 +26,9 @@ def client():
 
 
 def post_json(client, path, body):
-    return client.post(path, json.dumps(body) if not isinstance(body, (str, bytes)) else body, content_type="application/json")
+    return client.post(
+        path, json.dumps(body) if not isinstance(body, (str, bytes)) else body, content_type="application/json"
+    )
 
 
 @pytest.mark.django_db
@@ -125,7 +127,13 @@ def test_leaderboard_ranks_options_of_all_polls_most_votes_first(client, kafka_t
         ("Blue", 0),
         ("Yellow", 0),
     ]
-    assert board[0] == {"option": "Green", "count": 3, "poll_id": colours.pk, "position": 3, "question": "Favourite colour?"}
+    assert board[0] == {
+        "option": "Green",
+        "count": 3,
+        "poll_id": colours.pk,
+        "position": 3,
+        "question": "Favourite colour?",
+    }
     assert [e["option"] for e in client.get("/leaderboard?limit=2").json()["leaderboard"]] == ["Green", "Red"]
 
 
@@ -163,11 +171,27 @@ LOOK_THE_SAME = "Options 1 and 2 look the same; options must differ from one ano
         ({"option1": "a", "option2": "b"}, 400, {"question": ["This field is required."]}),
         ({"question": "  ", "option1": "a", "option2": "b"}, 400, {"question": ["This field may not be blank."]}),
         ({"question": "q", "option1": "a"}, 400, {"options": ["A poll has 2 to 10 options; this one has 1."]}),
-        ({"question": "q", "option1": "a", "option3": "c"}, 400, {"option2": ["Options must be consecutive from option1: option2 is missing."]}),
+        (
+            {"question": "q", "option1": "a", "option3": "c"},
+            400,
+            {"option2": ["Options must be consecutive from option1: option2 is missing."]},
+        ),
         ({"question": "q", "option1": "a", "option2": "A"}, 409, {"options": [LOOK_THE_SAME]}),
-        ({"question": "q" * 501, "option1": "a", "option2": "b"}, 400, {"question": ["Ensure this field has no more than 500 characters."]}),
-        ({"question": "q", "option1": "a" * 201, "option2": "b"}, 400, {"option1": ["Ensure this field has no more than 200 characters."]}),
-        ({"question": "q\x00", "option1": "a", "option2": "b"}, 400, {"question": ["Null characters are not allowed."]}),
+        (
+            {"question": "q" * 501, "option1": "a", "option2": "b"},
+            400,
+            {"question": ["Ensure this field has no more than 500 characters."]},
+        ),
+        (
+            {"question": "q", "option1": "a" * 201, "option2": "b"},
+            400,
+            {"option1": ["Ensure this field has no more than 200 characters."]},
+        ),
+        (
+            {"question": "q\x00", "option1": "a", "option2": "b"},
+            400,
+            {"question": ["Null characters are not allowed."]},
+        ),
         ({"question": ["q"], "option1": "a", "option2": "b"}, 400, {"question": ["Not a valid string."]}),
         ([1, 2], 400, {"non_field_errors": ["Invalid data. Expected a dictionary, but got list."]}),
     ],
@@ -193,7 +217,10 @@ def test_create_poll_refuses_bad_input(client, kafka_topic, body, status, error)
     ],
 )
 def test_create_poll_refuses_options_that_look_the_same(client, first, second):
-    for body in ({"question": "q", "option1": first, "option2": second}, {"question": "q", "options": ["x", first, second]}):
+    for body in (
+        {"question": "q", "option1": first, "option2": second},
+        {"question": "q", "options": ["x", first, second]},
+    ):
         response = post_json(client, "/polls", body)
         # Schema-valid (no schema can compare two options), so a 409, not a 400.
         assert response.status_code == 409
@@ -202,8 +229,19 @@ def test_create_poll_refuses_options_that_look_the_same(client, first, second):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("invisible", ["\u200b", "\u200b\u200c\u200d\u2060\ufeff", "\u202e\u202c", "\u2066\u2069\u200e",
-                                       "\u3164", "\u00a0\u200b", "\u2800", "\ufe0f"])
+@pytest.mark.parametrize(
+    "invisible",
+    [
+        "\u200b",
+        "\u200b\u200c\u200d\u2060\ufeff",
+        "\u202e\u202c",
+        "\u2066\u2069\u200e",
+        "\u3164",
+        "\u00a0\u200b",
+        "\u2800",
+        "\ufe0f",
+    ],
+)
 def test_create_poll_refuses_text_made_only_of_invisible_characters(client, invisible):
     question = post_json(client, "/polls", {"question": invisible, "option1": "a", "option2": "b"})
     assert (question.status_code, question.json()) == (409, {"question": ["The question has no visible text."]})
@@ -214,12 +252,19 @@ def test_create_poll_refuses_text_made_only_of_invisible_characters(client, invi
 
 @pytest.mark.django_db
 def test_create_poll_stores_nfc_text_with_its_bidi_controls_balanced(client):
-    body = {"question": "Qu'est-ce que c\u0327a ?", "options": ["cafe\u0301", "\u202eevil\u202c txt", "\u202eopen", "a\u202cb\u2069",
-                                                                "\u2067x\u202ay"]}
+    body = {
+        "question": "Qu'est-ce que c\u0327a ?",
+        "options": ["cafe\u0301", "\u202eevil\u202c txt", "\u202eopen", "a\u202cb\u2069", "\u2067x\u202ay"],
+    }
     created = post_json(client, "/polls", body).json()
     assert created["question"] == "Qu'est-ce que \u00e7a ?"
     assert [option["text"] for option in created["options"]] == [
-        "caf\u00e9", "\u202eevil\u202c txt", "\u202eopen\u202c", "ab", "\u2067x\u202ay\u202c\u2069"]
+        "caf\u00e9",
+        "\u202eevil\u202c txt",
+        "\u202eopen\u202c",
+        "ab",
+        "\u2067x\u202ay\u202c\u2069",
+    ]
     poll = Poll.objects.get()
     assert poll.question == created["question"] and poll.options.get(position=3).text == "\u202eopen\u202c"
 
@@ -250,7 +295,9 @@ def test_a_well_formed_vote_for_an_option_the_poll_lacks_is_a_409(client, kafka_
     poll = make_poll()
     response = post_json(client, f"/polls/{poll.pk}/vote", {"option": option})
     assert (response.status_code, response.json()) == (
-        409, {"option": [f"Option {option} does not exist: this poll has options 1 to 4."]})
+        409,
+        {"option": [f"Option {option} does not exist: this poll has options 1 to 4."]},
+    )
     assert read_topic(kafka_topic) == []
 
 

@@ -86,9 +86,15 @@ def test_a_poll_created_on_home_is_voted_from_a_phone_and_the_presenter_view_sho
 def test_a_phone_without_javascript_votes_by_form_post(site):
     from tests.http import request
 
-    poll = request("POST", f"{site.url}/polls", {
-        "question": "Which talks will you attend?", "options": ["Kafka", "Channels", "PostgreSQL"], "max_choices": 2,
-    }).json()
+    poll = request(
+        "POST",
+        f"{site.url}/polls",
+        {
+            "question": "Which talks will you attend?",
+            "options": ["Kafka", "Channels", "PostgreSQL"],
+            "max_choices": 2,
+        },
+    ).json()
     with chromium() as browser:
         phone = browser.new_context(**PHONE, java_script_enabled=False).new_page()
         phone.goto(f"{site.url}/p/{poll['id']}")
@@ -117,9 +123,16 @@ def test_a_phone_without_javascript_votes_by_form_post(site):
 def test_an_after_vote_poll_shows_the_voter_the_results_once_the_vote_is_counted(site):
     from tests.http import request
 
-    poll = request("POST", f"{site.url}/polls", {
-        "question": "Secret ballot?", "option1": "Yes", "option2": "No", "results_visibility": "after_vote",
-    }).json()
+    poll = request(
+        "POST",
+        f"{site.url}/polls",
+        {
+            "question": "Secret ballot?",
+            "option1": "Yes",
+            "option2": "No",
+            "results_visibility": "after_vote",
+        },
+    ).json()
     with chromium() as browser:
         phone = browser.new_context(**PHONE).new_page()
         phone.goto(f"{site.url}/p/{poll['id']}")
@@ -133,8 +146,10 @@ def test_an_after_vote_poll_shows_the_voter_the_results_once_the_vote_is_counted
 
 
 # The policy the project is to send (no unsafe-inline anywhere), added here to every answer.
-STRICT_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-              "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+STRICT_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 def test_the_pages_work_under_a_content_security_policy_without_unsafe_inline(site):
@@ -153,7 +168,10 @@ def test_the_pages_work_under_a_content_security_policy_without_unsafe_inline(si
         context.route("**/*", with_policy)
         page = context.new_page()
         refused = []
-        page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None)
+        page.on(
+            "console",
+            lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None,
+        )
         for path in ("/", f"/p/{poll['id']}/share", f"/p/{poll['id']}/present", f"/polls/{poll['id']}/live"):
             page.goto(f"{site.url}{path}")
             if path != "/" and not path.endswith("/share"):

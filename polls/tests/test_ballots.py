@@ -18,7 +18,10 @@ VOTE_ID = "5f0e1c52-4b0e-4f5e-9d36-2a4f3f0c7a11"
         (b'{"options": [1, 3]}', Ballot(options=(1, 3))),
         (b'{"option": 100000000000000000000000}', Ballot(options=(10**23,))),  # refused later: no such option
         (b'{"option": 1, "vote_id": "%s"}' % VOTE_ID.encode(), Ballot(options=(1,), vote_id=uuid.UUID(VOTE_ID))),
-        (b'{"option": 1, "vote_id": "{%s}"}' % VOTE_ID.replace("-", "").encode(), Ballot(options=(1,), vote_id=uuid.UUID(VOTE_ID))),
+        (
+            b'{"option": 1, "vote_id": "{%s}"}' % VOTE_ID.replace("-", "").encode(),
+            Ballot(options=(1,), vote_id=uuid.UUID(VOTE_ID)),
+        ),
         (b'{"option": 1, "vote_id": 5}', Ballot(options=(1,), vote_id=uuid.UUID(int=5))),
     ],
 )
@@ -34,14 +37,23 @@ def test_a_ballot_is_read_from_the_body(body, ballot):
         (b"null", {"non_field_errors": ["No data provided"]}),
         (b"[1]", {"non_field_errors": ["Invalid data. Expected a dictionary, but got list."]}),
         (b'{"option": 1, "options": [1]}', {"option": ["Give option (one choice) or options (a list), not both."]}),
-        (b'{"option": 1.0, "poll_id": true}', {"option": ["A valid integer is required."], "poll_id": ["A valid integer is required."]}),
+        (
+            b'{"option": 1.0, "poll_id": true}',
+            {"option": ["A valid integer is required."], "poll_id": ["A valid integer is required."]},
+        ),
         (b'{"option": 1e400}', {"option": ["A valid integer is required."]}),
         (b'{"option": null}', {"option": ["This field is required."]}),  # null: left out
         (b'{"option": null, "options": [2]}', None),
-        (b'{"options": [1, "x", null]}', {"options": {"1": ["A valid integer is required."], "2": ["This field may not be null."]}}),
+        (
+            b'{"options": [1, "x", null]}',
+            {"options": {"1": ["A valid integer is required."], "2": ["This field may not be null."]}},
+        ),
         (b'{"options": "12"}', {"options": ['Expected a list of items but got type "str".']}),
         (b'{"options": []}', {"options": ["Ensure this field has at least 1 elements."]}),
-        (b'{"options": [%s]}' % b",".join([b"1"] * 101), {"options": ["Ensure this field has no more than 100 elements."]}),
+        (
+            b'{"options": [%s]}' % b",".join([b"1"] * 101),
+            {"options": ["Ensure this field has no more than 100 elements."]},
+        ),
         (b'{"option": 1, "vote_id": "nope"}', {"vote_id": ["Must be a valid UUID."]}),
     ],
 )
@@ -64,7 +76,10 @@ def test_a_body_naming_another_poll_is_a_mismatch():
     [
         (b'{"option": 1', "JSON parse error - Expecting ',' delimiter: line 1 column 13 (char 12)"),
         (b'{"option": NaN}', "JSON parse error - Out of range float values are not JSON compliant: 'NaN'"),
-        (b'{"option": 1, "x": "\xff"}', "JSON parse error - 'utf-8' codec can't decode byte 0xff in position 20: invalid start byte"),
+        (
+            b'{"option": 1, "x": "\xff"}',
+            "JSON parse error - 'utf-8' codec can't decode byte 0xff in position 20: invalid start byte",
+        ),
     ],
 )
 def test_a_body_that_is_not_json_is_refused_with_the_parsers_message(body, message):

@@ -84,13 +84,54 @@ def test_a_valid_message_is_read_by_the_fast_decoder():
 _VOTE_ID = "153b2987-5699-4bfe-83d7-271be5880602"
 # Values each field is set to in turn: valid, invalid, and the forms where two parsers may differ.
 _ODD_VALUES = [
-    None, True, False, 0, 1, 7, -1, 1.0, 2**63 - 1, 2**63, 2**64, "", "1", "x" * 128, "x" * 129, "é" * 128,
-    "é" * 129, [], [1], [2, 3], [1, 1], [0], [True], [1.0], [2**63], [None], list(range(1, 101)),
-    list(range(1, 102)), {}, {"a": 1}, _VOTE_ID, _VOTE_ID.upper(), _VOTE_ID.replace("-", ""), "{" + _VOTE_ID + "}",
-    "urn:uuid:" + _VOTE_ID, _VOTE_ID[:8] + _VOTE_ID[9:13] + "-" + _VOTE_ID[13:], _VOTE_ID[:-1],
-    "2026-11-25T10:00:00+00:00", "2026-11-25T10:00:00Z", "2026-11-25t10:00:00z", "2026-11-25 10:00:00+01:00",
-    "2026-11-25T10:00:00.1234567+05:30", "20261125T100000Z", "2026-11-25T10:00:00", "2026-11-25", "2026-W48-3T10:00Z",
-    "2026-11-25T24:00:00Z", "2026-11-25T10:00:60Z",
+    None,
+    True,
+    False,
+    0,
+    1,
+    7,
+    -1,
+    1.0,
+    2**63 - 1,
+    2**63,
+    2**64,
+    "",
+    "1",
+    "x" * 128,
+    "x" * 129,
+    "é" * 128,
+    "é" * 129,
+    [],
+    [1],
+    [2, 3],
+    [1, 1],
+    [0],
+    [True],
+    [1.0],
+    [2**63],
+    [None],
+    list(range(1, 101)),
+    list(range(1, 102)),
+    {},
+    {"a": 1},
+    _VOTE_ID,
+    _VOTE_ID.upper(),
+    _VOTE_ID.replace("-", ""),
+    "{" + _VOTE_ID + "}",
+    "urn:uuid:" + _VOTE_ID,
+    _VOTE_ID[:8] + _VOTE_ID[9:13] + "-" + _VOTE_ID[13:],
+    _VOTE_ID[:-1],
+    "2026-11-25T10:00:00+00:00",
+    "2026-11-25T10:00:00Z",
+    "2026-11-25t10:00:00z",
+    "2026-11-25 10:00:00+01:00",
+    "2026-11-25T10:00:00.1234567+05:30",
+    "20261125T100000Z",
+    "2026-11-25T10:00:00",
+    "2026-11-25",
+    "2026-W48-3T10:00Z",
+    "2026-11-25T24:00:00Z",
+    "2026-11-25T10:00:60Z",
 ]
 _FIELDS = ["vote_id", "poll_id", "option", "options", "voter_key", "dedupe_key", "cast_at"]
 
@@ -103,8 +144,16 @@ def _odd_messages():
         for value in _ODD_VALUES:
             yield json.dumps({**base, field: value}).encode()
             if field in ("option", "options"):  # each shape of the choice alone
-                yield json.dumps({**without, "option" if field == "options" else "options": None, field: value}).encode()
-                yield json.dumps({k: v for k, v in {**base, field: value}.items() if k != ("option" if field == "options" else "options")}).encode()
+                yield json.dumps(
+                    {**without, "option" if field == "options" else "options": None, field: value}
+                ).encode()
+                yield json.dumps(
+                    {
+                        k: v
+                        for k, v in {**base, field: value}.items()
+                        if k != ("option" if field == "options" else "options")
+                    }
+                ).encode()
     yield b'{"vote_id": "%s", "vote_id": 5}' % _VOTE_ID.encode()
     yield json.dumps({**base, "poll_id": 3}).encode().replace(b"}", b', "poll_id": 4}')
     yield b"null"

@@ -61,8 +61,14 @@ def test_lag_is_the_topics_end_against_the_groups_committed_offsets(kafka_topic,
         # Nothing committed yet: every vote in the topic is waiting.
         assert sum(measured(admin, "lag-measured").values()) == 4
         messages = []
-        wait_until(lambda: messages.extend(r for rs in worker.consumer.poll(timeout_ms=200).values() for r in rs)
-                   or len(messages) == 4, timeout=30, what="the four votes")
+        wait_until(
+            lambda: (
+                messages.extend(r for rs in worker.consumer.poll(timeout_ms=200).values() for r in rs)
+                or len(messages) == 4
+            ),
+            timeout=30,
+            what="the four votes",
+        )
         worker.consume_batch(messages)
         worker.commit_offsets({TopicPartition(m.topic, m.partition): m.offset + 1 for m in messages})
         assert measured(admin, "lag-measured") == {
@@ -74,7 +80,9 @@ def test_lag_is_the_topics_end_against_the_groups_committed_offsets(kafka_topic,
         worker.dead_letter_producer.close(timeout=5)
 
 
-def test_a_worker_that_applies_nothing_while_votes_wait_is_reported_once_and_recovers(kafka_topic, transactional_db, caplog):
+def test_a_worker_that_applies_nothing_while_votes_wait_is_reported_once_and_recovers(
+    kafka_topic, transactional_db, caplog
+):
     """Its consumer holds every partition and its loop consumes nothing: the lag from the broker
     grows, the watchdog logs an ERROR, counts the stall and calls on_stall, once."""
     called = threading.Event()
@@ -82,8 +90,11 @@ def test_a_worker_that_applies_nothing_while_votes_wait_is_reported_once_and_rec
     before = stalls()
     poll = make_poll()
     try:
-        wait_until(lambda: worker.consumer.poll(timeout_ms=200) == {} and len(worker.consumer.assignment()) == 6,
-                   timeout=30, what="the worker's partitions")
+        wait_until(
+            lambda: worker.consumer.poll(timeout_ms=200) == {} and len(worker.consumer.assignment()) == 6,
+            timeout=30,
+            what="the worker's partitions",
+        )
         for option in (1, 2, 2):
             get_vote_bus().publish(vote_event(poll, option))
         with caplog.at_level(logging.ERROR, logger="polls.worker.lag"):

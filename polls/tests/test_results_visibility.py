@@ -66,9 +66,17 @@ def test_close_and_reopen_answer_the_poll_as_the_caller_may_see_it(visibility, p
     again = client.post(f"/polls/{poll.pk}/close", **headers).json()
     assert again == closed == client.get(f"/polls/{poll.pk}", **headers).json()
     reopened = client.post(f"/polls/{poll.pk}/reopen", **headers).json()
-    assert (reopened["status"], reopened["option1"], reopened["total"], reopened["results_hidden"]) == ("open", None, None, True)
+    assert (reopened["status"], reopened["option1"], reopened["total"], reopened["results_hidden"]) == (
+        "open",
+        None,
+        None,
+        True,
+    )
     assert reopened == client.get(f"/polls/{poll.pk}", **headers).json()
-    assert list(AuditEntry.objects.filter(poll=poll).order_by("id").values_list("action", flat=True)) == ["close", "reopen"]
+    assert list(AuditEntry.objects.filter(poll=poll).order_by("id").values_list("action", flat=True)) == [
+        "close",
+        "reopen",
+    ]
 
 
 def test_a_creator_who_voted_in_an_after_vote_poll_sees_its_counts_when_reopening(people):
@@ -87,14 +95,20 @@ def test_exports_are_refused_while_the_counts_are_held_back_from_the_caller(visi
     poll = held_back_poll(visibility, people["creator"])
     for who in ("creator", "staff"):
         refused = client.get(f"/polls/{poll.pk}/{export}", **as_user(people[who]))
-        assert (refused.status_code, refused.json()) == (403, {"detail": "The results of this poll are not visible yet."})
+        assert (refused.status_code, refused.json()) == (
+            403,
+            {"detail": "The results of this poll are not visible yet."},
+        )
     assert client.get(f"/polls/{poll.pk}/{export}").status_code == 403
     poll_set_status(poll=poll, status=Poll.Status.CLOSED)
     exported = client.get(f"/polls/{poll.pk}/{export}")
     assert exported.status_code == 200
     if export == "export.csv":
         rows = list(csv.reader(io.StringIO(exported.content.decode())))[1:]
-        assert rows == [[str(poll.pk), "Held back?", "1", "a", "2", "66.7"], [str(poll.pk), "Held back?", "2", "b", "1", "33.3"]]
+        assert rows == [
+            [str(poll.pk), "Held back?", "1", "a", "2", "66.7"],
+            [str(poll.pk), "Held back?", "2", "b", "1", "33.3"],
+        ]
     else:
         assert (exported.json()["option1"], exported.json()["option2"]) == (2, 1)
 
@@ -112,7 +126,9 @@ def test_an_after_vote_export_opens_to_the_voter_who_voted(people):
 @pytest.mark.parametrize("visibility", HELD_BACK)
 def test_the_admin_export_of_held_back_counts_is_on_the_audit_trail(visibility, people):
     moderator = get_user_model().objects.create_user("mod", is_staff=True)
-    moderator.user_permissions.add(*Permission.objects.filter(codename__in=["view_poll", "change_poll", "view_auditentry"]))
+    moderator.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_poll", "change_poll", "view_auditentry"])
+    )
     client = Client(HTTP_HOST="localhost")
     client.force_login(moderator)
     poll = held_back_poll(visibility, people["creator"])

@@ -54,7 +54,13 @@ def test_a_vote_repeated_inside_one_batch_is_counted_once():
 
 def test_votes_for_a_missing_poll_or_option_are_rejected_not_counted():
     poll = make_poll(options=("Yes", "No"))
-    events = [vote_event(poll, 3), vote_event(987654, 1), vote_event(poll, 1), vote_event(poll, 2, 3), vote_event(poll, 3, 2)]
+    events = [
+        vote_event(poll, 3),
+        vote_event(987654, 1),
+        vote_event(poll, 1),
+        vote_event(poll, 2, 3),
+        vote_event(poll, 3, 2),
+    ]
     result = votes_apply(events=events)
     assert result.applied == 1
     assert [(event, reason) for event, reason in result.rejected] == [
@@ -137,7 +143,12 @@ def test_an_idempotency_key_is_scoped_to_the_voter_and_bound_to_its_choice(setti
     user = Voter(user_id=7, token_id="t0ken", address_key="abc")
     tokenless = Voter(user_id=None, token_id=None, address_key="abc")
     new_token = Voter(user_id=None, token_id="fresh", address_key="abc", token_is_new=True)
-    assert [idempotency_scope(v) for v in (user, VOTER, tokenless, new_token)] == ["user:7", "voter:t0ken", "ip:abc", "ip:abc"]
+    assert [idempotency_scope(v) for v in (user, VOTER, tokenless, new_token)] == [
+        "user:7",
+        "voter:t0ken",
+        "ip:abc",
+        "ip:abc",
+    ]
     assert choice_fingerprint([3, 1]) == choice_fingerprint([1, 3]) != choice_fingerprint([1])
 
     first = vote_cast(poll_id=poll.pk, options=[1, 3], voter=VOTER, idempotency_key="k")
@@ -149,8 +160,12 @@ def test_an_idempotency_key_is_scoped_to_the_voter_and_bound_to_its_choice(setti
         vote_cast(poll_id=poll.pk, options=[1], voter=VOTER, idempotency_key="k")
     # A first vote that was given a new token: its retry with that token is the same ballot.
     cast = vote_cast(poll_id=poll.pk, options=[2], voter=new_token, idempotency_key="k2")
-    retried = vote_cast(poll_id=poll.pk, options=[2], voter=Voter(user_id=None, token_id="fresh", address_key="abc"),
-                        idempotency_key="k2")
+    retried = vote_cast(
+        poll_id=poll.pk,
+        options=[2],
+        voter=Voter(user_id=None, token_id="fresh", address_key="abc"),
+        idempotency_key="k2",
+    )
     assert (retried.vote_id, retried.voter_key) == (cast.vote_id, "voter:fresh")
     assert counts(poll) == [1, 2, 1]
     reset_vote_bus()

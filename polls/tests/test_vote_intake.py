@@ -28,13 +28,25 @@ def _scope(path: str, headers: list[tuple[str, str]], body: bytes) -> dict:
     raw = [(b"host", b"localhost"), *((k.encode(), v.encode()) for k, v in headers)]
     if not any(k in ("content-length", "transfer-encoding") for k, _ in headers):
         raw.append((b"content-length", str(len(body)).encode()))
-    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-            "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": raw,
-            "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": raw,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
 
 
 def serve(app, path: str, body: bytes = b"", headers: list[tuple[str, str]] = JSON) -> tuple[int, bytes, dict]:
     """Status, body and headers (the voter token's value left out) of one request to an ASGI app."""
+
     async def call():
         sent = []
         received = [{"type": "http.request", "body": body, "more_body": False}]
@@ -87,7 +99,7 @@ def test_the_lean_path_answers_as_the_django_view_byte_for_byte(in_process_bus):
         (vote, b'{"options": [1, 1]}', JSON),
         (vote, b'{"option": "1", "options": {}, "vote_id": "x"}', JSON),
         (vote, b'{"poll_id": 1000000, "option": 1}', JSON),
-        (vote, b'[1]', JSON),
+        (vote, b"[1]", JSON),
         (vote, b'{"option": 1', JSON),
         (vote, b'{"option": NaN}', JSON),
         (vote, b'{"option": 1, "deep": ' + b"[" * 40 + b"]" * 40 + b"}", JSON),
@@ -183,7 +195,9 @@ def test_a_real_server_answers_every_status_of_the_vote(web_server, vote_worker)
     reused = request("POST", url, {"option": 1}, headers=keyed)
     assert (reused.status, reused.json()["detail"]) == (409, str(IdempotencyKeyReused()))
 
-    assert request("POST", url, {"option": 3}).json() == {"option": ["Option 3 does not exist: this poll has options 1 to 2."]}
+    assert request("POST", url, {"option": 3}).json() == {
+        "option": ["Option 3 does not exist: this poll has options 1 to 2."]
+    }
     assert request("POST", f"{web_server.url}/polls/{members.pk}/vote", {"option": 1}).status == 401
     assert request("POST", f"{web_server.url}/polls/999999/vote", {"option": 1}).status == 404
     assert request("POST", f"{web_server.url}/polls/{closed.pk}/vote", {"option": 1}).status == 409
@@ -191,17 +205,28 @@ def test_a_real_server_answers_every_status_of_the_vote(web_server, vote_worker)
     assert request("POST", once_url, {"option": 1}, headers={"X-Voter-Token": token}).status == 204
     wait_until(lambda: counts(once) == [1, 0], timeout=30, what="the first ballot counted")
     again = request("POST", once_url, {"option": 2}, headers={"X-Voter-Token": token})
-    assert (again.status, again.json()) == (409, {"detail": f"You have already voted in poll {once.pk}: it takes one vote per voter."})
+    assert (again.status, again.json()) == (
+        409,
+        {"detail": f"You have already voted in poll {once.pk}: it takes one vote per voter."},
+    )
 
     path = f"/polls/{poll.pk}/vote"
     chunked = b'0d\r\n{"option": 1}\r\n0\r\n\r\n'
-    status, headers, body = _raw_post(web_server, path, chunked, {"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    status, headers, body = _raw_post(
+        web_server, path, chunked, {"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+    )
     assert status == 411, body
     limit = settings.API_MAX_BODY_BYTES
-    status, headers, body = _raw_post(web_server, path, b" " * (limit + 1),
-                                      {"Content-Type": "application/json", "Content-Length": str(limit + 1)})
-    assert (status, json.loads(body)) == (413, {"detail": f"Request body too large: {limit + 1} bytes, at most {limit} accepted."})
-    status, headers, body = _raw_post(web_server, path, b"option=1", {"Content-Type": "text/plain", "Content-Length": "8"})
+    status, headers, body = _raw_post(
+        web_server, path, b" " * (limit + 1), {"Content-Type": "application/json", "Content-Length": str(limit + 1)}
+    )
+    assert (status, json.loads(body)) == (
+        413,
+        {"detail": f"Request body too large: {limit + 1} bytes, at most {limit} accepted."},
+    )
+    status, headers, body = _raw_post(
+        web_server, path, b"option=1", {"Content-Type": "text/plain", "Content-Length": "8"}
+    )
     assert status == 415 and headers["Content-Type"] == "application/json"
 
     wait_until(lambda: counts(poll) == [2, 2], timeout=30, what="the four ballots counted once each")
@@ -212,7 +237,9 @@ def test_a_real_server_answers_429_over_the_rate_limit_and_503_without_the_broke
     poll = poll_create(question="Colour?", options=["Red", "Blue"])
     limited = WebServer(env={**process_env, "RATE_LIMIT_VOTES_PER_ADDRESS": "2/min"}, log_dir=tmp_path)
     # A broker that is not there: no acknowledgement within the budget.
-    unavailable = WebServer(env={**process_env, "KAFKA_BROKERS": "127.0.0.1:9", "VOTE_PUBLISH_TIMEOUT": "0.5"}, log_dir=tmp_path)
+    unavailable = WebServer(
+        env={**process_env, "KAFKA_BROKERS": "127.0.0.1:9", "VOTE_PUBLISH_TIMEOUT": "0.5"}, log_dir=tmp_path
+    )
     for server in (limited, unavailable):
         server.start()
     try:

@@ -60,6 +60,7 @@ def test_a_form_of_this_site_with_its_csrf_token_gets_a_voter_token():
     client.cookies["csrftoken"] = secret
     response = client.post("/voters", "a=b", content_type="application/x-www-form-urlencoded", HTTP_X_CSRFTOKEN=secret)
     assert response.status_code == 201
-    forged = client.post("/voters", "a=b", content_type="application/x-www-form-urlencoded",
-                         HTTP_X_CSRFTOKEN=_get_new_csrf_string())
+    forged = client.post(
+        "/voters", "a=b", content_type="application/x-www-form-urlencoded", HTTP_X_CSRFTOKEN=_get_new_csrf_string()
+    )
     assert forged.status_code == 415

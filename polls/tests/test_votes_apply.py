@@ -111,7 +111,8 @@ def test_a_batch_without_conflicts_is_copied_and_one_with_a_conflict_skips_only_
 
 
 def _thread(call, results: list) -> threading.Thread:
-    """A thread that appends call()'s result (or the exception it raised) to results, on a database connection of its own."""
+    """A thread that appends call()'s result (or the exception it raised) to results, on a
+    database connection of its own."""
 
     def run() -> None:
         try:
@@ -140,7 +141,9 @@ def test_a_deletion_while_a_batch_holds_the_options_waits_and_its_cascade_takes_
 
     monkeypatch.setattr(services, "_counters_add", held)
     applied, deleted = [], []
-    applier = _thread(lambda: votes_apply(events=[vote_event(poll, 1), vote_event(poll, 2), vote_event(kept, 1)]), applied)
+    applier = _thread(
+        lambda: votes_apply(events=[vote_event(poll, 1), vote_event(poll, 2), vote_event(kept, 1)]), applied
+    )
     applier.start()
     assert inside.wait(30)
     deleter = _thread(Poll.objects.get(pk=poll.pk).delete if deleting == "poll" else first.delete, deleted)
@@ -172,7 +175,10 @@ def test_a_deletion_locks_the_options_of_its_poll_with_one_statement(deleting):
     locks = [q["sql"] for q in queries if q["sql"].endswith("FOR UPDATE")]
     assert len(locks) == 1, locks
     # In id order (the first column, the id), like the batches' lock.
-    assert locks[0] == f'SELECT "polls_option"."id" AS "id" FROM "polls_option" WHERE "polls_option"."poll_id" = {poll.pk} ORDER BY 1 ASC FOR UPDATE'
+    assert (
+        locks[0] == 'SELECT "polls_option"."id" AS "id" FROM "polls_option" '
+        f'WHERE "polls_option"."poll_id" = {poll.pk} ORDER BY 1 ASC FOR UPDATE'
+    )
 
 
 def test_a_bulk_deletion_locks_the_options_of_all_its_polls_with_one_statement_and_deletes_them():
@@ -183,7 +189,9 @@ def test_a_bulk_deletion_locks_the_options_of_all_its_polls_with_one_statement_a
         deleted, by_model = Poll.objects.filter(pk__in=[poll.pk for poll in polls]).delete()
     locks = [q["sql"] for q in queries if q["sql"].endswith("FOR UPDATE")]
     assert len(locks) == 1, locks
-    assert locks[0].startswith('SELECT "polls_option"."id" AS "id" FROM "polls_option" WHERE "polls_option"."poll_id" IN (SELECT')
+    assert locks[0].startswith(
+        'SELECT "polls_option"."id" AS "id" FROM "polls_option" WHERE "polls_option"."poll_id" IN (SELECT'
+    )
     assert locks[0].endswith("ORDER BY 1 ASC FOR UPDATE")
     assert (by_model["polls.Poll"], by_model["polls.Option"], by_model["polls.Vote"]) == (3, 12, 3)
     assert list(Poll.objects.values_list("pk", flat=True)) == [kept.pk]
@@ -199,7 +207,9 @@ def test_a_bulk_deletion_of_options_of_several_polls_locks_their_options_with_on
     assert len(locks) == 1, locks
     assert locks[0].endswith("ORDER BY 1 ASC FOR UPDATE")
     assert (by_model["polls.Option"], by_model["polls.Vote"]) == (2, 2)
-    assert sorted(Vote.objects.values_list("option_id", flat=True)) == sorted(poll.options.get(position=1).pk for poll in polls)
+    assert sorted(Vote.objects.values_list("option_id", flat=True)) == sorted(
+        poll.options.get(position=1).pk for poll in polls
+    )
     assert counters_verify() == []
 
 

@@ -49,14 +49,18 @@ def test_a_second_ballot_with_the_same_dedupe_key_is_never_counted():
 
 
 def test_one_vote_per_voter_holds_under_100_concurrent_duplicates(web_server, vote_worker):
-    created = request("POST", f"{web_server.url}/polls",
-                      {"question": "Once?", "option1": "yes", "option2": "no", "one_vote_per": "voter"})
+    created = request(
+        "POST",
+        f"{web_server.url}/polls",
+        {"question": "Once?", "option1": "yes", "option2": "no", "one_vote_per": "voter"},
+    )
     poll_id = created.json()["id"]
     token = request("POST", f"{web_server.url}/voters").json()["voter_token"]
 
     def cast(n):
-        return request("POST", f"{web_server.url}/polls/{poll_id}/vote", {"option": 1 + n % 2},
-                       headers={"X-Voter-Token": token}).status
+        return request(
+            "POST", f"{web_server.url}/polls/{poll_id}/vote", {"option": 1 + n % 2}, headers={"X-Voter-Token": token}
+        ).status
 
     with ThreadPoolExecutor(max_workers=50) as pool:
         statuses = list(pool.map(cast, range(100)))
@@ -79,7 +83,9 @@ def test_a_detectable_duplicate_gets_409(client, in_process_bus):
     assert vote(client, poll, {"option": 1}, HTTP_X_VOTER_TOKEN=token).status_code == 204
     response = vote(client, poll, {"option": 2}, HTTP_X_VOTER_TOKEN=token)
     assert (response.status_code, response.json()) == (
-        409, {"detail": f"You have already voted in poll {poll.pk}: it takes one vote per voter."})
+        409,
+        {"detail": f"You have already voted in poll {poll.pk}: it takes one vote per voter."},
+    )
     assert counts(poll) == [1, 0]
 
 
@@ -89,7 +95,9 @@ def test_a_forged_voter_token_is_refused(client, kafka_topic):
     response = vote(client, poll, {"option": 1}, HTTP_X_VOTER_TOKEN="made-up:token")
     assert response.status_code == 401
     assert response["WWW-Authenticate"] == "Voter-Token"
-    assert response.json() == {"detail": "X-Voter-Token is not a voter token issued by this server: get one from POST /voters."}
+    assert response.json() == {
+        "detail": "X-Voter-Token is not a voter token issued by this server: get one from POST /voters."
+    }
     assert read_topic(kafka_topic) == []
 
 
@@ -107,7 +115,9 @@ def test_one_vote_per_user_needs_a_signed_in_user_and_counts_once(client, in_pro
     poll = poll_create(question="Members only", options=["a", "b"], one_vote_per=Poll.OneVotePer.USER)
     response = vote(client, poll, {"option": 1})
     assert (response.status_code, response.json()) == (
-        401, {"detail": "Sign in to vote in this poll: it takes one vote per signed-in user."})
+        401,
+        {"detail": "Sign in to vote in this poll: it takes one vote per signed-in user."},
+    )
     user = get_user_model().objects.create_user("ada", password="pw-not-used-here")
     auth = {"HTTP_AUTHORIZATION": f"Token {Token.objects.create(user=user).key}"}
     assert vote(client, poll, {"option": 2}, **auth).status_code == 204
@@ -140,8 +150,11 @@ def test_an_idempotency_key_makes_a_retried_vote_count_once(client, kafka_topic,
 
 
 def test_multiple_choice_ballots_are_counted_exactly(client, kafka_topic, worker_thread):
-    response = client.post("/polls", json.dumps({"question": "Pick two", "options": ["a", "b", "c", "d", "e"], "max_choices": 2}),
-                           content_type="application/json")
+    response = client.post(
+        "/polls",
+        json.dumps({"question": "Pick two", "options": ["a", "b", "c", "d", "e"], "max_choices": 2}),
+        content_type="application/json",
+    )
     assert response.status_code == 201
     poll = Poll.objects.get(pk=response.json()["id"])
     for options in ([1, 3], [3, 5], [2], [1, 3]):
@@ -149,7 +162,10 @@ def test_multiple_choice_ballots_are_counted_exactly(client, kafka_topic, worker
     wait_until(lambda: counts(poll) == [2, 1, 3, 0, 1], timeout=30, what="4 ballots, 7 choices")
     assert Vote.objects.filter(poll=poll).values("ballot_id").distinct().count() == 4
     too_many = vote(client, poll, {"options": [1, 2, 3]})
-    assert (too_many.status_code, too_many.json()) == (409, {"options": ["At most 2 options may be chosen in this poll."]})
+    assert (too_many.status_code, too_many.json()) == (
+        409,
+        {"options": ["At most 2 options may be chosen in this poll."]},
+    )
     repeated = vote(client, poll, {"options": [4, 4]})
     assert (repeated.status_code, repeated.json()) == (400, {"options": ["The same option is chosen twice."]})
     both = vote(client, poll, {"option": 1, "options": [1]})
@@ -198,8 +214,9 @@ def test_two_voters_sending_the_same_key_both_count(client, kafka_topic, worker_
     assert vote(client, poll, {"option": 2}, HTTP_X_VOTER_TOKEN=y, HTTP_IDEMPOTENCY_KEY="vote-1").status_code == 204
     # Two clients without a token, from two addresses: two more voters.
     for address, option in (("10.0.0.1", 1), ("10.0.0.2", 2)):
-        response = vote(Client(HTTP_HOST="localhost"), poll, {"option": option}, HTTP_IDEMPOTENCY_KEY="vote-1",
-                        REMOTE_ADDR=address)
+        response = vote(
+            Client(HTTP_HOST="localhost"), poll, {"option": option}, HTTP_IDEMPOTENCY_KEY="vote-1", REMOTE_ADDR=address
+        )
         assert response.status_code == 204
     wait_until(lambda: counts(poll) == [2, 2], timeout=30, what="four voters' ballots counted")
     # Each of X and Y is recorded as having voted: another vote, keyed or not, is refused.
@@ -216,9 +233,15 @@ def test_a_key_reused_with_another_choice_is_409_and_nothing_more_is_counted(cli
     assert vote(client, poll, {"option": 1}, **keyed).status_code == 204
     for other in ({"option": 2}, {"options": [1, 2]}, {"option": 99}):
         response = vote(client, poll, other, **keyed)
-        assert (response.status_code, response.json()) == (409, {"detail": (
-            "This Idempotency-Key was already used with a different request (another choice of options): "
-            "send the same request to retry it, or a new key for a new vote.")}), other
+        assert (response.status_code, response.json()) == (
+            409,
+            {
+                "detail": (
+                    "This Idempotency-Key was already used with a different request (another choice of options): "
+                    "send the same request to retry it, or a new key for a new vote."
+                )
+            },
+        ), other
     # The same choice, in either shape, is the first request again: 204, published once.
     assert vote(client, poll, {"option": 1}, **keyed).status_code == 204
     assert vote(client, poll, {"options": [1]}, **keyed).status_code == 204
@@ -230,7 +253,10 @@ def test_a_key_reused_with_another_choice_is_409_and_nothing_more_is_counted(cli
     assert vote(client, poll, {"option": 2}, **keyed).status_code == 409
     assert vote(client, poll, {"option": 1}, **keyed).status_code == 204
     # A ballot of several choices is compared whole, in any order.
-    assert vote(client, poll, {"options": [3, 2]}, HTTP_X_VOTER_TOKEN=token, HTTP_IDEMPOTENCY_KEY="vote-2").status_code == 204
+    assert (
+        vote(client, poll, {"options": [3, 2]}, HTTP_X_VOTER_TOKEN=token, HTTP_IDEMPOTENCY_KEY="vote-2").status_code
+        == 204
+    )
     wait_until(lambda: counts(poll) == [1, 1, 1], timeout=30, what="the second ballot counted")
     cache.clear()
     for other, status in (({"options": [2]}, 409), ({"options": [2, 3, 1]}, 409), ({"options": [2, 3]}, 204)):
@@ -271,7 +297,9 @@ def test_a_key_in_flight_is_409_until_its_first_request_ends(in_process_bus, mon
         assert gated.reached.wait(30)
         again = vote(Client(HTTP_HOST="localhost"), poll, {"option": 1}, **keyed)
         assert (again.status_code, again.json()) == (
-            409, {"detail": "A request with this Idempotency-Key is still being processed: retry later."})
+            409,
+            {"detail": "A request with this Idempotency-Key is still being processed: retry later."},
+        )
         assert again["Retry-After"] == "2"
         gated.go.set()
         assert first_status.result(30) == 204
@@ -326,10 +354,18 @@ def test_a_first_votes_retry_without_its_cookie_is_the_same_ballot(in_process_bu
 @pytest.mark.django_db
 def test_with_the_cache_down_a_keyed_vote_is_503_and_a_vote_without_a_key_goes_on(client, settings, in_process_bus):
     poll = make_poll()
-    settings.CACHES = {"default": {"BACKEND": "polling.cache.SharedClientRedisCache", "LOCATION": "redis://127.0.0.1:9",
-                                   "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}}}
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "polling.cache.SharedClientRedisCache",
+            "LOCATION": "redis://127.0.0.1:9",
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
     refused = vote(client, poll, {"option": 1}, HTTP_IDEMPOTENCY_KEY="vote-1")
-    assert (refused.status_code, refused["Retry-After"], refused.json()) == (503, "2", {
-        "detail": "The vote was not recorded: its Idempotency-Key cannot be checked now. Retry later."})
+    assert (refused.status_code, refused["Retry-After"], refused.json()) == (
+        503,
+        "2",
+        {"detail": "The vote was not recorded: its Idempotency-Key cannot be checked now. Retry later."},
+    )
     assert vote(client, poll, {"option": 2}).status_code == 204
     assert counts(poll) == [0, 1, 0, 0]

@@ -85,8 +85,11 @@ def test_a_worker_stopped_between_db_commit_and_offset_commit_counts_nothing_twi
     worker = WorkerProcess(env=process_env, log_dir=tmp_path, group=group)
     worker.start()
     try:
-        wait_until(lambda: "25 duplicates" in worker.log() or "30 applied" in worker.log(), timeout=60,
-                   what="the restarted worker to see the redelivered batch")
+        wait_until(
+            lambda: "25 duplicates" in worker.log() or "30 applied" in worker.log(),
+            timeout=60,
+            what="the restarted worker to see the redelivered batch",
+        )
         wait_until(lambda: counts(poll) == [0, 25, 5, 0], timeout=30, what="the new votes")
         time.sleep(1)  # nothing more may arrive
     finally:
@@ -119,9 +122,9 @@ def set_dead_letter_size_limit(limit: int) -> None:
     """The dead-letter topic's max.message.bytes: the broker refuses a larger message."""
     admin = KafkaAdminClient(bootstrap_servers=settings.KAFKA_BROKERS)
     try:
-        admin.alter_configs([
-            ConfigResource(ConfigResourceType.TOPIC, dead_letter_topic(), configs={"max.message.bytes": str(limit)})
-        ])
+        admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, dead_letter_topic(), configs={"max.message.bytes": str(limit)})]
+        )
     finally:
         admin.close()
 
@@ -157,8 +160,11 @@ def test_a_dead_letter_the_broker_refuses_holds_its_batch_until_it_is_written(ka
     try:
         thread = threading.Thread(target=consume, args=(poll_batch(worker, 2),), daemon=True)
         thread.start()
-        wait_until(lambda: dead_letter_retries() >= retries_before + 2, timeout=30,
-                   what="the refused dead letter to be sent again")
+        wait_until(
+            lambda: dead_letter_retries() >= retries_before + 2,
+            timeout=30,
+            what="the refused dead letter to be sent again",
+        )
         assert thread.is_alive(), ended  # the batch is not done: its offsets cannot be committed
         assert counts(poll) == [1, 0, 0, 0]  # its good vote is in the database already
         assert read_topic(dead_letter_topic(), timeout_ms=500) == []
@@ -184,8 +190,9 @@ def test_a_dead_letter_the_broker_refuses_holds_its_batch_until_it_is_written(ka
 
 def test_the_worker_command_stops_cleanly_on_sigterm_and_sigint(process_env, tmp_path):
     for number, sig in enumerate((signal.SIGTERM, signal.SIGINT)):
-        worker = WorkerProcess(env=process_env, log_dir=tmp_path, group=process_env["KAFKA_CONSUMER_GROUP"],
-                               name=f"worker-{number}")
+        worker = WorkerProcess(
+            env=process_env, log_dir=tmp_path, group=process_env["KAFKA_CONSUMER_GROUP"], name=f"worker-{number}"
+        )
         worker.start()
         worker.process.send_signal(sig)
         assert worker.process.wait(30) == 0
@@ -250,7 +257,6 @@ def test_the_worker_consumer_lets_the_broker_hold_a_fetch_for_its_wait_and_min_b
         close(worker)
 
 
-
 def test_the_worker_takes_partitions_added_to_its_topic_within_seconds(kafka_topic, settings):
     """The worker's consumer learns of a topic's partitions only when its metadata ages out
     (kafka-python: 5 minutes by default) unless an error makes it ask sooner. A consumer
@@ -267,6 +273,7 @@ def test_the_worker_takes_partitions_added_to_its_topic_within_seconds(kafka_top
             def check() -> bool:
                 consumer.poll(timeout_ms=200)
                 return len(consumer.assignment()) == count
+
             return check
 
         wait_until(assigned(settings.KAFKA_TOPIC_PARTITIONS), timeout=30, what="the topic's partitions")

@@ -34,8 +34,21 @@ P0, P1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
 def records(partition: TopicPartition, poll, first: int, count: int) -> list[ConsumerRecord]:
     """`count` valid votes for `poll` at offsets first, first + 1, ... of `partition`."""
     return [
-        ConsumerRecord(partition.topic, partition.partition, -1, offset, 0, 0, str(poll.pk).encode(),
-                       vote_event(poll, 1 + offset % 4).to_bytes(), [], None, -1, -1, -1)
+        ConsumerRecord(
+            partition.topic,
+            partition.partition,
+            -1,
+            offset,
+            0,
+            0,
+            str(poll.pk).encode(),
+            vote_event(poll, 1 + offset % 4).to_bytes(),
+            [],
+            None,
+            -1,
+            -1,
+            -1,
+        )
         for offset in range(first, first + count)
     ]
 
@@ -89,10 +102,22 @@ class NullProducer:
 class ObservedWorker(VoteWorker):
     """A VoteWorker whose batches pass through `before_apply(partitions)` in the applying thread."""
 
-    def __init__(self, consumer: ScriptedConsumer, *, before_apply: Callable[[frozenset[int]], None] = lambda p: None,
-                 apply_threads: int = 2, batch_size: int = 10) -> None:
-        super().__init__(consumer=consumer, dead_letter_producer=NullProducer(), batch_size=batch_size,
-                         batch_wait_ms=20, apply_threads=apply_threads, db_retry_max_wait=0.2)
+    def __init__(
+        self,
+        consumer: ScriptedConsumer,
+        *,
+        before_apply: Callable[[frozenset[int]], None] = lambda p: None,
+        apply_threads: int = 2,
+        batch_size: int = 10,
+    ) -> None:
+        super().__init__(
+            consumer=consumer,
+            dead_letter_producer=NullProducer(),
+            batch_size=batch_size,
+            batch_wait_ms=20,
+            apply_threads=apply_threads,
+            db_retry_max_wait=0.2,
+        )
         self.before_apply = before_apply
         self.lock = threading.Lock()
         self.running: list[frozenset[int]] = []  # partitions of the batches in the database now
@@ -153,11 +178,13 @@ def held_until(release: threading.Event, partition: int, times: int = 1) -> Call
 
 def test_a_batch_of_one_partition_commits_while_another_partitions_batch_is_still_in_the_database():
     red, blue = make_poll(), make_poll()
-    consumer = ScriptedConsumer([
-        {P0: records(P0, red, 0, 10)},
-        {P1: records(P1, blue, 0, 10)},
-        {P0: records(P0, red, 10, 10)},
-    ])
+    consumer = ScriptedConsumer(
+        [
+            {P0: records(P0, red, 0, 10)},
+            {P1: records(P1, blue, 0, 10)},
+            {P0: records(P0, red, 10, 10)},
+        ]
+    )
     release = threading.Event()
     worker = ObservedWorker(consumer, before_apply=held_until(release, 0))
     running = Running(worker)
@@ -191,8 +218,11 @@ def test_the_batches_of_one_partition_never_run_at_once():
     running = Running(worker)
     try:
         wait_until(lambda: sum(counts(red)) + sum(counts(blue)) == 120, timeout=30, what="every vote")
-        wait_until(lambda: consumer.committed(P0)[-1:] == [60] and consumer.committed(P1)[-1:] == [60],
-                   timeout=15, what="the last offsets")
+        wait_until(
+            lambda: consumer.committed(P0)[-1:] == [60] and consumer.committed(P1)[-1:] == [60],
+            timeout=15,
+            what="the last offsets",
+        )
     finally:
         assert running.stop() is None
     assert worker.overlaps == []
@@ -284,11 +314,13 @@ def test_a_revoked_partition_is_neither_applied_from_the_read_ahead_nor_committe
         consumer.assigned = {P1}
         return {P1: records(P1, blue, 0, 10)}
 
-    consumer = ScriptedConsumer([
-        {P0: records(P0, red, 0, 10)},  # in the database, held, while partition 0 is revoked
-        {P0: records(P0, red, 10, 10)},  # read ahead: its new owner reads it again
-        revoke_partition_0,
-    ])
+    consumer = ScriptedConsumer(
+        [
+            {P0: records(P0, red, 0, 10)},  # in the database, held, while partition 0 is revoked
+            {P0: records(P0, red, 10, 10)},  # read ahead: its new owner reads it again
+            revoke_partition_0,
+        ]
+    )
     worker = ObservedWorker(consumer, before_apply=held_until(release, 0))
     running = Running(worker)
     try:
@@ -336,14 +368,17 @@ def test_a_partition_given_back_from_its_last_commit_drops_the_read_ahead_it_get
     red = make_poll()
     release = threading.Event()
     first, second = records(P0, red, 0, 10), records(P0, red, 10, 10)
-    consumer = ScriptedConsumer([
-        {P0: first},  # in the database, held
-        {P0: second},  # read ahead
-        # A rebalance gave partition 0 back, from its last committed offset (none yet): the
-        # records come again, and the read-ahead above must not be applied a second time.
-        {P0: first},
-        {P0: second},
-    ], partitions=(P0,))
+    consumer = ScriptedConsumer(
+        [
+            {P0: first},  # in the database, held
+            {P0: second},  # read ahead
+            # A rebalance gave partition 0 back, from its last committed offset (none yet): the
+            # records come again, and the read-ahead above must not be applied a second time.
+            {P0: first},
+            {P0: second},
+        ],
+        partitions=(P0,),
+    )
     worker = ObservedWorker(consumer, before_apply=held_until(release, 0))
     running = Running(worker)
     try:

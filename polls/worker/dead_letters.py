@@ -42,9 +42,7 @@ class DeadLetterWriter:
         votes are skipped as duplicates then).
         """
         for record, reason in poison:
-            logger.error(
-                "dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
-            )
+            logger.error("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
         delay = 0.1
         while True:
             sent = []
@@ -65,7 +63,13 @@ class DeadLetterWriter:
             record, _, error = failed[0]
             logger.error(
                 "%d of %d dead letter(s) not written (%s[%d]@%d: %r); retrying in %.1f s, offsets held",
-                len(failed), len(poison), record.topic, record.partition, record.offset, error, delay,
+                len(failed),
+                len(poison),
+                record.topic,
+                record.partition,
+                record.offset,
+                error,
+                delay,
             )
             if self.retry.stop.wait(delay):
                 raise WorkerStopped("stopped while dead letters could not be written")
@@ -100,7 +104,9 @@ class DeadLetter:
         return self.headers.get("dlq.reason", "")
 
 
-def dead_letters_read(*, group: str | None = None, limit: int | None = None, timeout_ms: int = 2000) -> Iterator[tuple[KafkaConsumer, DeadLetter]]:
+def dead_letters_read(
+    *, group: str | None = None, limit: int | None = None, timeout_ms: int = 2000
+) -> Iterator[tuple[KafkaConsumer, DeadLetter]]:
     """Dead letters from the start (no group) or from the group's committed position."""
     consumer = KafkaConsumer(
         bootstrap_servers=settings.KAFKA_BROKERS,
@@ -132,11 +138,14 @@ def dead_letters_replay(*, limit: int | None = None) -> int:
     producer = KafkaProducer(bootstrap_servers=settings.KAFKA_BROKERS, acks="all", enable_idempotence=False)
     replayed = 0
     try:
-        for consumer, letter in dead_letters_read(group=settings.KAFKA_CONSUMER_GROUP + REPLAY_GROUP_SUFFIX, limit=limit):
+        for consumer, letter in dead_letters_read(
+            group=settings.KAFKA_CONSUMER_GROUP + REPLAY_GROUP_SUFFIX, limit=limit
+        ):
             producer.send(vote_topic(), key=letter.key, value=letter.value).get(timeout=30)
-            consumer.commit({TopicPartition(dead_letter_topic(), letter.partition): OffsetAndMetadata(letter.offset + 1, "", -1)})
+            consumer.commit(
+                {TopicPartition(dead_letter_topic(), letter.partition): OffsetAndMetadata(letter.offset + 1, "", -1)}
+            )
             replayed += 1
     finally:
         producer.close(timeout=10)
     return replayed
-

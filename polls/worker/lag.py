@@ -114,7 +114,9 @@ class LagMonitor:
         """Ask the broker for the lag of the worker's partitions, and publish it."""
         try:
             if self._admin is None:
-                self._admin = KafkaAdminClient(bootstrap_servers=self._bootstrap_servers, client_id="polling-worker-lag")
+                self._admin = KafkaAdminClient(
+                    bootstrap_servers=self._bootstrap_servers, client_id="polling-worker-lag"
+                )
             lags = group_lags(self._admin, group_id=self._group_id, partitions=set(self._partitions()))
         except KafkaError as exc:
             # The broker is unreachable: the last figures stand until it is back.
@@ -145,7 +147,9 @@ class LagMonitor:
             metrics.WORKER_STALLS.inc()
             logger.error(
                 "worker stalled: %d votes waiting on %d partitions and no batch applied for %.0f s",
-                lag, len(self.lags), waited,
+                lag,
+                len(self.lags),
+                waited,
                 extra={"stall": {"lag": lag, "waited_s": round(waited, 1)}},
             )
             if self._on_stall is not None:

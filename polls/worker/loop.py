@@ -87,14 +87,18 @@ class VoteWorker:
         # Lag from the broker and the stall watchdog, in a thread of their own while run()
         # runs; a consumer that is no KafkaConsumer (a test's script) has no broker to ask.
         self.activity = Activity()
-        self.lag_monitor = LagMonitor(
-            bootstrap_servers=consumer.config["bootstrap_servers"],
-            group_id=consumer.config["group_id"],
-            partitions=lambda: self.consumer.assignment() or set(),
-            activity=self.activity,
-            stall_timeout=stall_timeout,
-            on_stall=on_stall,
-        ) if isinstance(consumer, KafkaConsumer) else None
+        self.lag_monitor = (
+            LagMonitor(
+                bootstrap_servers=consumer.config["bootstrap_servers"],
+                group_id=consumer.config["group_id"],
+                partitions=lambda: self.consumer.assignment() or set(),
+                activity=self.activity,
+                stall_timeout=stall_timeout,
+                on_stall=on_stall,
+            )
+            if isinstance(consumer, KafkaConsumer)
+            else None
+        )
         self.progress = ProgressReport(interval=progress_interval, lag_monitor=self.lag_monitor)
         self.total = self.progress.total
 
@@ -131,8 +135,12 @@ class VoteWorker:
         transaction committed, and so never past a batch of its partition still in
         the database.
         """
-        logger.info("vote worker started: batches of up to %d, waiting %d ms, %d applying thread(s)",
-                    self.batch_size, self.batch_wait_ms, self.apply_threads)
+        logger.info(
+            "vote worker started: batches of up to %d, waiting %d ms, %d applying thread(s)",
+            self.batch_size,
+            self.batch_wait_ms,
+            self.apply_threads,
+        )
         appliers = [
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"vote-apply-{n}") for n in range(self.apply_threads)
         ]

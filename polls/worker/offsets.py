@@ -44,7 +44,10 @@ def describe_partitions(partitions) -> str:
     by_topic: dict[str, list[int]] = {}
     for partition in partitions:
         by_topic.setdefault(partition.topic, []).append(partition.partition)
-    return ", ".join(f"{topic}[{','.join(map(str, sorted(numbers)))}]" for topic, numbers in sorted(by_topic.items())) or "none"
+    return (
+        ", ".join(f"{topic}[{','.join(map(str, sorted(numbers)))}]" for topic, numbers in sorted(by_topic.items()))
+        or "none"
+    )
 
 
 class OffsetCommits:

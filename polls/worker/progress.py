@@ -64,19 +64,28 @@ class ProgressReport:
         logger.info(
             "progress: %d votes applied, %d duplicates, %d dead-lettered in %d batches over the last %.0f s "
             "(%.1f votes/s); %d applied since start; lag %d on %d partitions",
-            done.applied, done.duplicates, done.dead_lettered, done.batches, elapsed,
-            done.applied / elapsed, self.total.applied, lag, len(lags),
-            extra={"progress": {
-                "interval_s": round(elapsed, 1),
-                "batches": done.batches,
-                "votes_applied": done.applied,
-                "duplicates": done.duplicates,
-                "dead_lettered": done.dead_lettered,
-                "votes_applied_total": self.total.applied,
-                "batches_total": self.total.batches,
-                "lag": lag,
-                "lag_by_partition": {f"{topic}[{partition}]": n for (topic, partition), n in sorted(lags.items())},
-            }},
+            done.applied,
+            done.duplicates,
+            done.dead_lettered,
+            done.batches,
+            elapsed,
+            done.applied / elapsed,
+            self.total.applied,
+            lag,
+            len(lags),
+            extra={
+                "progress": {
+                    "interval_s": round(elapsed, 1),
+                    "batches": done.batches,
+                    "votes_applied": done.applied,
+                    "duplicates": done.duplicates,
+                    "dead_lettered": done.dead_lettered,
+                    "votes_applied_total": self.total.applied,
+                    "batches_total": self.total.batches,
+                    "lag": lag,
+                    "lag_by_partition": {f"{topic}[{partition}]": n for (topic, partition), n in sorted(lags.items())},
+                }
+            },
         )
         self._since_report = Progress()
         self._last_report = now

@@ -27,4 +27,3 @@ def live(transactional_db, settings):
     reset_broadcaster()
     channel_layers.backends.clear()
     assert connection_slots.open == 0, "a test left WebSocket connections counted as open"
-

@@ -201,8 +201,12 @@ def test_a_passing_deadline_reaches_the_viewers_and_shows_what_an_after_close_po
     watched deadlines, viewers saw such a poll open, its counts hidden, until they
     reconnected."""
     closes_at = timezone.now() + timedelta(seconds=3)
-    poll = poll_create(question="Reveal at the close?", options=("Yes", "No"), closes_at=closes_at,
-                       results_visibility=Poll.Visibility.AFTER_CLOSE)
+    poll = poll_create(
+        question="Reveal at the close?",
+        options=("Yes", "No"),
+        closes_at=closes_at,
+        results_visibility=Poll.Visibility.AFTER_CLOSE,
+    )
     votes_apply(events=[vote_event(poll, 1), vote_event(poll, 1), vote_event(poll, 2)])
 
     def closed(message) -> bool:

@@ -153,8 +153,16 @@ async def _handshakes(poll, cases) -> list[bool]:
 
 def test_an_origin_of_another_site_scheme_or_port_is_refused_at_the_handshake(live):
     poll = make_poll()
-    origins = [b"http://evil.example", b"http://localhost.evil.example", b"null", b"http://localhost:9999",
-               b"https://localhost", b"https://localhost:8443", b"http://127.0.0.1:8000", b"ws://localhost"]
+    origins = [
+        b"http://evil.example",
+        b"http://localhost.evil.example",
+        b"null",
+        b"http://localhost:9999",
+        b"https://localhost",
+        b"https://localhost:8443",
+        b"http://127.0.0.1:8000",
+        b"ws://localhost",
+    ]
     assert run(_handshakes, poll, [{"origin": origin} for origin in origins]) == [False] * len(origins)
     # A host outside ALLOWED_HOSTS is refused even when Origin names it (DNS rebinding).
     assert run(_handshakes, poll, [{"origin": b"http://evil.example", "host": b"evil.example"}]) == [False]
@@ -163,16 +171,24 @@ def test_an_origin_of_another_site_scheme_or_port_is_refused_at_the_handshake(li
 
 def test_the_sites_own_origin_and_non_browser_clients_without_origin_are_accepted(live):
     poll = make_poll()
-    cases = [{"origin": b"http://localhost"}, {"origin": None},
-             {"origin": b"http://127.0.0.1:8000", "host": b"127.0.0.1:8000"}]
+    cases = [
+        {"origin": b"http://localhost"},
+        {"origin": None},
+        {"origin": b"http://127.0.0.1:8000", "host": b"127.0.0.1:8000"},
+    ]
     assert run(_handshakes, poll, cases) == [True, True, True]
 
 
 def test_trusted_origins_are_accepted_as_django_trusts_them_for_csrf(live, settings):
     settings.CSRF_TRUSTED_ORIGINS = ["https://polls.example.com", "https://*.example.org"]
     poll = make_poll()
-    origins = [b"https://polls.example.com", b"https://live.example.org", b"http://polls.example.com",
-               b"http://live.example.org", b"https://example.org.evil.example"]
+    origins = [
+        b"https://polls.example.com",
+        b"https://live.example.org",
+        b"http://polls.example.com",
+        b"http://live.example.org",
+        b"https://example.org.evil.example",
+    ]
     results = run(_handshakes, poll, [{"origin": origin} for origin in origins])
     assert results == [True, True, False, False, False]
 
@@ -181,8 +197,11 @@ def test_behind_a_tls_proxy_the_https_page_of_the_site_is_its_origin(live, setti
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     poll = make_poll()
     proxied = [(b"x-forwarded-proto", b"https")]
-    cases = [{"origin": b"https://localhost", "headers": proxied}, {"origin": b"http://localhost", "headers": proxied},
-             {"origin": b"http://localhost"}]
+    cases = [
+        {"origin": b"https://localhost", "headers": proxied},
+        {"origin": b"http://localhost", "headers": proxied},
+        {"origin": b"http://localhost"},
+    ]
     assert run(_handshakes, poll, cases) == [True, False, True]
 
 
@@ -191,7 +210,14 @@ def test_an_unknown_or_malformed_poll_id_closes_with_4404_and_says_why(live):
 
     async def scenario():
         outcomes = []
-        for path in (f"/ws/polls/{poll.pk + 1000}", "/ws/polls/abc", "/ws/polls/1e3", "/ws/polls/" + "9" * 30, "/ws/nope", "/elsewhere"):
+        for path in (
+            f"/ws/polls/{poll.pk + 1000}",
+            "/ws/polls/abc",
+            "/ws/polls/1e3",
+            "/ws/polls/" + "9" * 30,
+            "/ws/nope",
+            "/elsewhere",
+        ):
             comm = communicator(path)
             connected, _ = await comm.connect()
             first = await receive(comm)
@@ -260,14 +286,21 @@ def test_results_held_back_until_close_are_null_on_the_socket(live):
         assert message["version"] == 0
     assert len(held) <= 1
     assert after_close["results_hidden"] is False
-    assert (after_close["option1"], after_close["option2"], after_close["total"], after_close["version"]) == (2, 1, 3, 3)
+    assert (after_close["option1"], after_close["option2"], after_close["total"], after_close["version"]) == (
+        2,
+        1,
+        3,
+        3,
+    )
 
 
 def test_a_voter_watching_an_after_vote_poll_is_told_of_its_close(live):
     """A viewer who voted watches from the poll's results group, and the public group's
     updates do not reach it: once the poll closed, the broadcaster sent only those, and
     the voter's page stayed 'open' until it reconnected."""
-    poll = poll_create(question="Seen once voted?", options=("Yes", "No"), results_visibility=Poll.Visibility.AFTER_VOTE)
+    poll = poll_create(
+        question="Seen once voted?", options=("Yes", "No"), results_visibility=Poll.Visibility.AFTER_VOTE
+    )
     token_id, signed = voter_token_issue()
     voter = Voter(user_id=None, token_id=token_id, address_key=client_address_key("unknown"))
     votes_apply(events=[vote_event(poll, 1, voter_key=voter.key), vote_event(poll, 2), vote_event(poll, 2)])
@@ -306,7 +339,16 @@ def test_garbage_from_a_client_gets_error_messages_then_a_4400_close(live):
         await comm.send_to(text_data='{"type": "ping"}')
         pong = await receive(comm)
         answers = []
-        garbage = ["not json", "[1, 2]", '{"type": "vote", "option": 1}', "{", '"ping"', "[" * 100_000, "null", "1e999999"]
+        garbage = [
+            "not json",
+            "[1, 2]",
+            '{"type": "vote", "option": 1}',
+            "{",
+            '"ping"',
+            "[" * 100_000,
+            "null",
+            "1e999999",
+        ]
         for text in garbage:
             await comm.send_to(text_data=text)
             answers.append(await receive(comm))

@@ -33,8 +33,11 @@ def test_deep_json_gets_an_error_saying_so_and_ten_thousand_deep_is_refused_unre
         answers, closed = run(scenario)
     assert answers[0] == {"type": "error", "code": "invalid_json", "message": TOO_DEEP}
     assert answers[1] == {"type": "error", "code": "invalid_json", "message": TOO_DEEP}
-    assert answers[2] == {"type": "error", "code": "unknown_message", "message":
-                          'The only message a client may send is {"type": "ping"}. This one has over 1024 characters.'}
+    assert answers[2] == {
+        "type": "error",
+        "code": "unknown_message",
+        "message": 'The only message a client may send is {"type": "ping"}. This one has over 1024 characters.',
+    }
     assert answers[3] == {"type": "pong"}  # the connection went on serving
     assert closed == {"type": "websocket.close", "code": CLOSE_BAD_MESSAGES}
     assert connection_slots.open == 0

@@ -56,9 +56,10 @@ def test_a_vote_posted_over_http_reaches_websocket_viewers_through_kafka_and_the
 
     async def scenario():
         origin = web_server.url
-        async with websockets.connect(f"{ws_url}/ws/polls/{poll_id}", origin=origin) as one, websockets.connect(
-            f"{ws_url}/ws", origin=origin
-        ) as every:
+        async with (
+            websockets.connect(f"{ws_url}/ws/polls/{poll_id}", origin=origin) as one,
+            websockets.connect(f"{ws_url}/ws", origin=origin) as every,
+        ):
             snapshot = json.loads(await one.recv())
             every_snapshot = json.loads(await every.recv())
             answer = await asyncio.to_thread(request, "POST", f"{web_server.url}/polls/{poll_id}/vote", {"option": 2})
@@ -143,8 +144,11 @@ def test_viewers_of_a_restarted_server_reconnect_and_resync_from_the_snapshot(we
 
 def test_the_worker_tells_viewers_when_a_polls_deadline_passes(web_server, vote_worker):
     closes_at = datetime.now(UTC) + timedelta(seconds=4)
-    poll_id = request("POST", f"{web_server.url}/polls", {**POLL, "closes_at": closes_at.isoformat(),
-                                                          "results_visibility": "after_close"}).json()["id"]
+    poll_id = request(
+        "POST",
+        f"{web_server.url}/polls",
+        {**POLL, "closes_at": closes_at.isoformat(), "results_visibility": "after_close"},
+    ).json()["id"]
     assert request("POST", f"{web_server.url}/polls/{poll_id}/vote", {"option": 2}).status == 204
     ws_url = f"{web_server.url.replace('http://', 'ws://')}/ws/polls/{poll_id}"
 
@@ -158,7 +162,6 @@ def test_the_worker_tells_viewers_when_a_polls_deadline_passes(web_server, vote_
     assert (snapshot["status"], snapshot["results_hidden"]) == ("open", True)
     assert received_at >= closes_at
     assert (update["results_hidden"], update["option1"], update["option2"], update["total"]) == (False, 0, 1, 1)
-
 
 
 def _raw_websocket(url: str, path: str) -> socket.socket:
@@ -207,7 +210,9 @@ def test_a_client_closed_for_bad_messages_leaves_no_traceback_in_the_server_log(
     # eleventh still queued. Then messages followed at once by the client's close.
     eleven = _websocket_burst(web_server.url, f"/ws/polls/{poll_id}", [garbage] * 11)
     for _ in range(3):
-        _websocket_burst(web_server.url, f"/ws/polls/{poll_id}", [garbage, _client_frame(0x1, b'{"type": "ping"}'), client_close])
+        _websocket_burst(
+            web_server.url, f"/ws/polls/{poll_id}", [garbage, _client_frame(0x1, b'{"type": "ping"}'), client_close]
+        )
     assert struct.pack("!H", CLOSE_BAD_MESSAGES) in eleven
     assert request("GET", f"{web_server.url}/polls/{poll_id}").status == 200
     _no_traceback_in(web_server)

@@ -155,7 +155,9 @@ def _burn(seconds: float) -> None:
         pass
 
 
-def _writes(layer, group: str, *, cpu_share: float, cost: float, sends: list[list[dict]]) -> list[tuple[float, list[dict], float, float]]:
+def _writes(
+    layer, group: str, *, cpu_share: float, cost: float, sends: list[list[dict]]
+) -> list[tuple[float, list[dict], float, float]]:
     """The group's writes: (when, the events written, the loop's time the group rested until
     before it, the loop's time it began), each send list going out once the viewer has the
     last event of the one before; a viewer costs `cost` of CPU an event."""
@@ -198,7 +200,9 @@ def _update(version: int) -> dict:
 
 def test_a_costly_audience_rests_its_share_and_gets_the_updates_of_the_rest_folded(live):
     # 20 ms of CPU a write at a share of 0.05: the group rests until 400 ms after the write began.
-    writes = _writes(live, "fanout-share", cpu_share=0.05, cost=0.02, sends=[[_update(1)], [_update(2), _update(3), _update(4)]])
+    writes = _writes(
+        live, "fanout-share", cpu_share=0.05, cost=0.02, sends=[[_update(1)], [_update(2), _update(3), _update(4)]]
+    )
     assert [events for _, events, _, _ in writes] == [[_update(1)], [_update(4)]]
     assert writes[1][0] - writes[0][0] >= 0.39
 

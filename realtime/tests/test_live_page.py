@@ -39,7 +39,9 @@ def _keep_screenshot(path, name: str) -> None:
         shutil.copy(path, os.path.join(target, name))
 
 
-def test_the_live_page_shows_the_poll_and_its_bars_follow_votes_cast_through_the_api(web_server, vote_worker, page, tmp_path):
+def test_the_live_page_shows_the_poll_and_its_bars_follow_votes_cast_through_the_api(
+    web_server, vote_worker, page, tmp_path
+):
     poll_id = request("POST", f"{web_server.url}/polls", POLL).json()["id"]
     _vote(web_server, poll_id, 1)
 
@@ -124,7 +126,9 @@ def unbalanced_poll(transactional_db):
     from polls.models import Option, Poll
 
     poll = Poll.objects.create(question="\u202eWhich one?")
-    Option.objects.bulk_create([Option(poll=poll, position=1, text="\u202eevil txt"), Option(poll=poll, position=2, text="Blue")])
+    Option.objects.bulk_create(
+        [Option(poll=poll, position=1, text="\u202eevil txt"), Option(poll=poll, position=2, text="Blue")]
+    )
     return poll
 
 
@@ -143,7 +147,9 @@ def _label_layout(page, position: int) -> dict:
     )
 
 
-def test_a_right_to_left_override_in_an_option_does_not_move_the_leading_badge(web_server, vote_worker, unbalanced_poll, page):
+def test_a_right_to_left_override_in_an_option_does_not_move_the_leading_badge(
+    web_server, vote_worker, unbalanced_poll, page
+):
     _vote(web_server, unbalanced_poll.pk, 1)
     page.goto(f"{web_server.url}/polls/{unbalanced_poll.pk}/live")
     expect(_option(page, 1)).to_have_class(re.compile(r"\bleading\b"), timeout=30_000)

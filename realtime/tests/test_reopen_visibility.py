@@ -30,5 +30,10 @@ def test_a_reopened_poll_hides_its_counts_from_live_viewers_again(live, visibili
     snapshot, closed, reopened = run(scenario)
     assert (snapshot["results_hidden"], snapshot["option1"], snapshot["total"]) == (True, None, None)
     assert (closed["results_hidden"], closed["option1"], closed["option2"], closed["total"]) == (False, 1, 2, 3)
-    assert (reopened["results_hidden"], reopened["option1"], reopened["option2"], reopened["total"]) == (True, None, None, None)
+    assert (reopened["results_hidden"], reopened["option1"], reopened["option2"], reopened["total"]) == (
+        True,
+        None,
+        None,
+        None,
+    )
     assert [option["count"] for option in reopened["options"]] == [None, None]

@@ -22,13 +22,16 @@ class Stack:
 
 
 @contextmanager
-def web_and_worker(process_env: Mapping[str, str], log_dir: Path, *, label: str, polls: int = 3,
-                   workers: int = 1, **overrides: str) -> Iterator[Stack]:
+def web_and_worker(
+    process_env: Mapping[str, str], log_dir: Path, *, label: str, polls: int = 3, workers: int = 1, **overrides: str
+) -> Iterator[Stack]:
     """Start a web server (`workers` processes) and a worker (production rate limits,
     `overrides` on top), create `polls` polls; kill both at the end."""
     env = production_env(process_env, **overrides)
     worker = WorkerProcess(env=env, log_dir=log_dir, group=env["KAFKA_CONSUMER_GROUP"])
-    stack = Stack(env=env, web=WebServer(env=env, log_dir=log_dir, workers=workers), worker=worker, polls={}, log_dir=log_dir)
+    stack = Stack(
+        env=env, web=WebServer(env=env, log_dir=log_dir, workers=workers), worker=worker, polls={}, log_dir=log_dir
+    )
     try:
         stack.web.start()
         worker.start()
@@ -39,8 +42,14 @@ def web_and_worker(process_env: Mapping[str, str], log_dir: Path, *, label: str,
         worker.kill()
 
 
-def restart_mid_stream(stack: Stack, stream: VoteStream, *, times: int, stop: Callable[[WebServer], object],
-                       pause: Callable[[], float] = lambda: 0.0) -> list[tuple[float, float, float]]:
+def restart_mid_stream(
+    stack: Stack,
+    stream: VoteStream,
+    *,
+    times: int,
+    stop: Callable[[WebServer], object],
+    pause: Callable[[], float] = lambda: 0.0,
+) -> list[tuple[float, float, float]]:
     """`times` times, after `pause()` seconds: stop the stack's server with `stop` and start
     another of its kind on the same port at once, as a supervisor does; then wait for 150
     accepted votes. Returns (stop sent, process gone, new one ready) of each restart."""

@@ -31,8 +31,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_broker_killed_and_restarted_mid_stream(services, process_env, tmp_path):
     try:
-        with web_and_worker(process_env, tmp_path, label="Broker", polls=4,
-                            VOTE_PUBLISH_TIMEOUT="2", VOTE_RETRY_AFTER="3") as stack:
+        with web_and_worker(
+            process_env, tmp_path, label="Broker", polls=4, VOTE_PUBLISH_TIMEOUT="2", VOTE_RETRY_AFTER="3"
+        ) as stack:
             env, web, worker, polls = stack.env, stack.web, stack.worker, stack.polls
             with VoteStream(port=web.port, polls=polls, rate=100, threads=16, timeout=15) as stream:
                 stream.wait_for(ACCEPTED, 200, timeout=60)
@@ -56,14 +57,17 @@ def test_broker_killed_and_restarted_mid_stream(services, process_env, tmp_path)
             during = [o for o in outcomes if o.started >= dead and o.ended <= restarting]
             # The client's side of a 503: the same vote again, same key, until it is accepted.
             retries = resend(port=web.port, outcomes=refused, first_seq=10_000_000)
-            report = settle(outcomes=outcomes + retries, poll_ids=polls, brokers=settings.KAFKA_BROKERS,
-                            topic=env["KAFKA_TOPIC"])
-            print(f"\n{report.line()}\nbroker down {restarting - killed:.1f} s, restart took "
-                  f"{ready - restarting:.1f} s; during the outage: {summarize(during)}; "
-                  f"{len(written)} of {len(refused)} votes answered 503 were written anyway "
-                  f"(started {[round(o.started - dead, 2) for o in written]} s after the kill, "
-                  f"ended {[round(o.ended - restarting, 2) for o in written]} s after the restart began); "
-                  f"retries: {summarize(retries)}")
+            report = settle(
+                outcomes=outcomes + retries, poll_ids=polls, brokers=settings.KAFKA_BROKERS, topic=env["KAFKA_TOPIC"]
+            )
+            print(
+                f"\n{report.line()}\nbroker down {restarting - killed:.1f} s, restart took "
+                f"{ready - restarting:.1f} s; during the outage: {summarize(during)}; "
+                f"{len(written)} of {len(refused)} votes answered 503 were written anyway "
+                f"(started {[round(o.started - dead, 2) for o in written]} s after the kill, "
+                f"ended {[round(o.ended - restarting, 2) for o in written]} s after the restart began); "
+                f"retries: {summarize(retries)}"
+            )
             report.assert_exact()
             # Every refused vote was accepted on retry, and each ballot is counted once (above).
             assert {o.key for o in retries if o.kind == ACCEPTED} == {o.key for o in refused}

@@ -73,8 +73,9 @@ def test_partition_leader_then_a_second_broker_killed_mid_stream(kafka_cluster, 
     assert topic_min_insync(brokers, topic) == "2"
     killed_nodes = []
     try:
-        with web_and_worker(cluster_env, tmp_path, label="Cluster", polls=1,
-                            VOTE_PUBLISH_TIMEOUT="2", VOTE_RETRY_AFTER="1") as stack:
+        with web_and_worker(
+            cluster_env, tmp_path, label="Cluster", polls=1, VOTE_PUBLISH_TIMEOUT="2", VOTE_RETRY_AFTER="1"
+        ) as stack:
             (hot,) = stack.polls
             partition = partition_of(hot, settings.KAFKA_TOPIC_PARTITIONS)
             with VoteStream(port=stack.web.port, polls=stack.polls, rate=100, threads=16, timeout=15) as stream:
@@ -111,14 +112,16 @@ def test_partition_leader_then_a_second_broker_killed_mid_stream(kafka_cluster, 
             run_votes, run_seconds = longest_refused_run(failover)
             retries = resend(port=stack.web.port, outcomes=refused, first_seq=10_000_000)
             report = settle(outcomes=outcomes + retries, poll_ids=stack.polls, brokers=brokers, topic=topic)
-            print(f"\n{report.line()}\nleader of {topic}[{partition}] (node {first.node_id}) killed; "
-                  f"with one broker down for {killed_again - killed:.1f} s: {summarize(failover)}, "
-                  f"longest run of 503s {run_votes} votes over {run_seconds:.2f} s, "
-                  f"p99 of every answer {p99_ms(failover)} ms; "
-                  f"then node {second.node_id} killed: two down {restarting - killed_again:.1f} s, "
-                  f"restart took {ready - restarting:.1f} s; below min ISR: {summarize(below_min_isr)}; "
-                  f"{len(written)} of {len(refused)} votes answered 503 were written anyway; "
-                  f"retries: {summarize(retries)}")
+            print(
+                f"\n{report.line()}\nleader of {topic}[{partition}] (node {first.node_id}) killed; "
+                f"with one broker down for {killed_again - killed:.1f} s: {summarize(failover)}, "
+                f"longest run of 503s {run_votes} votes over {run_seconds:.2f} s, "
+                f"p99 of every answer {p99_ms(failover)} ms; "
+                f"then node {second.node_id} killed: two down {restarting - killed_again:.1f} s, "
+                f"restart took {ready - restarting:.1f} s; below min ISR: {summarize(below_min_isr)}; "
+                f"{len(written)} of {len(refused)} votes answered 503 were written anyway; "
+                f"retries: {summarize(retries)}"
+            )
             report.assert_exact()
             assert {o.key for o in retries if o.kind == ACCEPTED} == {o.key for o in refused}
 

@@ -42,16 +42,22 @@ def test_postgresql_outage_is_waited_out(services, process_env, tmp_path, how):
             web, worker, polls = stack.web, stack.worker, stack.polls
             with VoteStream(port=web.port, polls=polls, rate=80, threads=12, timeout=15) as stream:
                 stream.wait_for(ACCEPTED, 200, timeout=60)
-                wait_until(lambda: batches_in_log(worker.log()).get("applied", 0) > 0, timeout=30,
-                           what="the worker to apply votes")
+                wait_until(
+                    lambda: batches_in_log(worker.log()).get("applied", 0) > 0,
+                    timeout=30,
+                    what="the worker to apply votes",
+                )
 
                 (services.postgres.stop if how == "stop" else services.postgres.kill)()
                 down = time.monotonic()
                 try:
                     connection.close()  # this process's connection died with the server
                     publisher.publish(polls=polls, n=150, rng=rng)
-                    wait_until(lambda: "database unavailable" in worker.log(), timeout=30,
-                               what="the worker to notice the outage")
+                    wait_until(
+                        lambda: "database unavailable" in worker.log(),
+                        timeout=30,
+                        what="the worker to notice the outage",
+                    )
                     time.sleep(1.0)  # whatever the worker committed before the outage is in by now
                     committed_before, _ = group_lag(brokers=settings.KAFKA_BROKERS, topic=topic, group=group)
                     publisher.publish(polls=polls, n=150, rng=rng)
@@ -65,13 +71,20 @@ def test_postgresql_outage_is_waited_out(services, process_env, tmp_path, how):
                 stream.wait_for(ACCEPTED, 200, since=up, timeout=90)
             outcomes = stream.outcomes()
 
-            report = settle(outcomes=outcomes, poll_ids=polls, brokers=settings.KAFKA_BROKERS, topic=topic,
-                            direct=publisher.published)
+            report = settle(
+                outcomes=outcomes,
+                poll_ids=polls,
+                brokers=settings.KAFKA_BROKERS,
+                topic=topic,
+                direct=publisher.published,
+            )
             during = [o for o in outcomes if o.started >= down and o.ended <= restarting]
-            print(f"\n{report.line()}\nPostgreSQL {how}: down {restarting - down:.1f} s, start took "
-                  f"{up - restarting:.1f} s; during the outage {summarize(during)}; answers "
-                  f"{sorted({(o.status, o.content_type, o.retry_after, o.body[:80]) for o in during if o.status})}"
-                  f"\ncommitted offsets {committed_before} -> {committed_after} while the topic ends at {end}")
+            print(
+                f"\n{report.line()}\nPostgreSQL {how}: down {restarting - down:.1f} s, start took "
+                f"{up - restarting:.1f} s; during the outage {summarize(during)}; answers "
+                f"{sorted({(o.status, o.content_type, o.retry_after, o.body[:80]) for o in during if o.status})}"
+                f"\ncommitted offsets {committed_before} -> {committed_after} while the topic ends at {end}"
+            )
             report.assert_exact()
 
             # Not one offset was committed while nothing could be written, though votes waited.
@@ -100,7 +113,8 @@ def test_postgresql_outage_is_waited_out(services, process_env, tmp_path, how):
             # the connection pool retries PostgreSQL 1 s, then 2 s, 4 s... apart.)
             back = min(o.ended for o in outcomes if o.kind == ACCEPTED and o.started > up)
             assert {o.kind for o in outcomes if o.started > back} == {ACCEPTED}, summarize(
-                [o for o in outcomes if o.started > back])
+                [o for o in outcomes if o.started > back]
+            )
     finally:
         publisher.close()
         if not services.postgres.is_running():

@@ -43,9 +43,14 @@ def test_redis_stopped_voting_keeps_working(services, process_env, tmp_path):
                 try:
                     stream.wait_for(REFUSED, 300, since=down, timeout=90)
                     for _ in range(150):
-                        unkeyed.append(request("POST", f"{web.url}/polls/{unkeyed_poll}/vote", {"option": 1}, timeout=15))
-                    wait_until(lambda: Vote.objects.filter(poll_id=unkeyed_poll).count() == 150, timeout=60,
-                               what="the votes without a key applied while Redis is down")
+                        unkeyed.append(
+                            request("POST", f"{web.url}/polls/{unkeyed_poll}/vote", {"option": 1}, timeout=15)
+                        )
+                    wait_until(
+                        lambda: Vote.objects.filter(poll_id=unkeyed_poll).count() == 150,
+                        timeout=60,
+                        what="the votes without a key applied while Redis is down",
+                    )
                 finally:
                     restarting, up_wall = time.monotonic(), datetime.now(UTC)
                     services.redis.start()
@@ -56,13 +61,21 @@ def test_redis_stopped_voting_keeps_working(services, process_env, tmp_path):
             # The client's side of a 503: the same vote again, same key, until it is accepted.
             retries = resend(port=web.port, outcomes=refused, first_seq=10_000_000)
 
-            report = settle(outcomes=outcomes + retries, poll_ids=polls, brokers=settings.KAFKA_BROKERS,
-                            topic=env["KAFKA_TOPIC"], other_polls=[unkeyed_poll])
+            report = settle(
+                outcomes=outcomes + retries,
+                poll_ids=polls,
+                brokers=settings.KAFKA_BROKERS,
+                topic=env["KAFKA_TOPIC"],
+                other_polls=[unkeyed_poll],
+            )
             during = [o for o in outcomes if o.started >= down and o.ended <= restarting]
-            applied_during = Vote.objects.filter(poll_id=unkeyed_poll, applied_at__gt=down_wall,
-                                                 applied_at__lt=up_wall).count()
-            print(f"\n{report.line()}\nRedis down {restarting - down:.1f} s: keyed {summarize(during)}; "
-                  f"{applied_during} votes without a key applied meanwhile; retries: {summarize(retries)}")
+            applied_during = Vote.objects.filter(
+                poll_id=unkeyed_poll, applied_at__gt=down_wall, applied_at__lt=up_wall
+            ).count()
+            print(
+                f"\n{report.line()}\nRedis down {restarting - down:.1f} s: keyed {summarize(during)}; "
+                f"{applied_during} votes without a key applied meanwhile; retries: {summarize(retries)}"
+            )
             report.assert_exact()
             # Votes without a key were all accepted during the outage, and applied while Redis was down.
             assert {answer.status for answer in unkeyed} == {204}

@@ -29,19 +29,23 @@ pytestmark = pytest.mark.django_db(transaction=True)
 THREADS = 16
 
 
-def stream_through_restarts(stack: Stack, *, times: int, stop: Callable[[WebServer], object],
-                            pause: Callable[[], float] = lambda: 0.0):
+def stream_through_restarts(
+    stack: Stack, *, times: int, stop: Callable[[WebServer], object], pause: Callable[[], float] = lambda: 0.0
+):
     """Votes streamed while the server is stopped and restarted `times` times; the books
     settled and checked exact. Returns (outcomes, the failed ones, the restart windows)."""
     with VoteStream(port=stack.web.port, polls=stack.polls, rate=100, threads=THREADS, timeout=20) as stream:
         stream.wait_for(ACCEPTED, 150, timeout=60)
         windows = restart_mid_stream(stack, stream, times=times, stop=stop, pause=pause)
     outcomes = stream.outcomes()
-    report = settle(outcomes=outcomes, poll_ids=stack.polls, brokers=settings.KAFKA_BROKERS,
-                    topic=stack.env["KAFKA_TOPIC"])
+    report = settle(
+        outcomes=outcomes, poll_ids=stack.polls, brokers=settings.KAFKA_BROKERS, topic=stack.env["KAFKA_TOPIC"]
+    )
     failed = [o for o in outcomes if o.kind != ACCEPTED]
-    print(f"\n{report.line()}\nstops {[round(g - s, 2) for s, g, _ in windows]} s, "
-          f"downtimes {[round(r - s, 1) for s, _, r in windows]} s; failed {summarize(failed)}")
+    print(
+        f"\n{report.line()}\nstops {[round(g - s, 2) for s, g, _ in windows]} s, "
+        f"downtimes {[round(r - s, 1) for s, _, r in windows]} s; failed {summarize(failed)}"
+    )
     report.assert_exact()
     assert stack.worker.alive(), stack.worker.log()[-3000:]
     return outcomes, failed, windows
@@ -51,7 +55,8 @@ def test_web_process_sigkilled_mid_stream(process_env, tmp_path):
     crashes, rng = 3, random.Random()
     with web_and_worker(process_env, tmp_path, label="Web") as stack:
         outcomes, failed, windows = stream_through_restarts(
-            stack, times=crashes, stop=lambda web: web.kill(), pause=lambda: rng.uniform(0.0, 1.0))
+            stack, times=crashes, stop=lambda web: web.kill(), pause=lambda: rng.uniform(0.0, 1.0)
+        )
 
     # Only requests in flight at a crash, or sent while nothing listened, failed.
     in_flight = [o for o in failed if o.kind == UNKNOWN]

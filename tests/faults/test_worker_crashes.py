@@ -38,11 +38,13 @@ def _applied(worker: WorkerProcess) -> int:
 
 def _wait_applied(worker: WorkerProcess, stream: VoteStream, more_than: int = 0, timeout: float = 60) -> None:
     try:
-        wait_until(lambda: _applied(worker) > more_than, timeout=timeout,
-                   what=f"{worker.name} to apply over {more_than} votes")
+        wait_until(
+            lambda: _applied(worker) > more_than, timeout=timeout, what=f"{worker.name} to apply over {more_than} votes"
+        )
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; stream so far {summarize(stream.outcomes())}; "
-                             f"{worker.name} log:\n{worker.log()[-4000:]}") from None
+        raise AssertionError(
+            f"{exc}; stream so far {summarize(stream.outcomes())}; {worker.name} log:\n{worker.log()[-4000:]}"
+        ) from None
 
 
 @pytest.fixture
@@ -88,8 +90,9 @@ def test_worker_sigkilled_at_random_points_many_times(process_env, web_server, t
             stream.wait_for(ACCEPTED, 200, since=time.monotonic(), timeout=60)
         outcomes = stream.outcomes()
 
-        report = settle(outcomes=outcomes, poll_ids=polls,
-                        brokers=settings.KAFKA_BROKERS, topic=process_env["KAFKA_TOPIC"])
+        report = settle(
+            outcomes=outcomes, poll_ids=polls, brokers=settings.KAFKA_BROKERS, topic=process_env["KAFKA_TOPIC"]
+        )
         logs = {w.name: batches_in_log(w.log()) for w in workers}
         print(f"\nseed {seed}; {report.line()}\n" + "\n".join(kills) + f"\nworker batches: {logs}")
         report.assert_exact()
@@ -128,8 +131,9 @@ def test_two_workers_in_one_group_rebalance_mid_stream(process_env, web_server, 
             _wait_applied(second, stream, applied_b + 400)
         outcomes = stream.outcomes()
 
-        report = settle(outcomes=outcomes, poll_ids=polls,
-                        brokers=settings.KAFKA_BROKERS, topic=process_env["KAFKA_TOPIC"])
+        report = settle(
+            outcomes=outcomes, poll_ids=polls, brokers=settings.KAFKA_BROKERS, topic=process_env["KAFKA_TOPIC"]
+        )
         a, b = batches_in_log(first.log()), batches_in_log(second.log())
         print(f"\n{report.line()}\nworker-a {a}\nworker-b {b}")
         report.assert_exact()

@@ -83,7 +83,10 @@ def test_kafka_python_still_needs_the_fix(kafka_topic):
 
         def fetched_again() -> bool:
             consumer.poll(timeout_ms=200)
-            return not coordinator.rebalance_in_progress() and len(consumer.assignment()) == settings.KAFKA_TOPIC_PARTITIONS + 2
+            return (
+                not coordinator.rebalance_in_progress()
+                and len(consumer.assignment()) == settings.KAFKA_TOPIC_PARTITIONS + 2
+            )
 
         wait_until(fetched_again, timeout=30, what="the hanging rebalance to finish")
     finally:

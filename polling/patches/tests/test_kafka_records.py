@@ -73,8 +73,17 @@ def read(cls, data: bytes, *, fetch_offset=0, takes=(None,), drain=False, **opti
     partition read to its end, and one it seeks, resets or gives back in mid-read)."""
     aggregator = Aggregator()
     partition = cls(fetch_offset, TP, MemoryRecords(data), metric_aggregator=aggregator, **options)
-    steps = [(partition.take(n), partition.next_fetch_offset, partition.records_read, partition.bytes_read,
-              partition.leader_epoch, bool(partition)) for n in takes]
+    steps = [
+        (
+            partition.take(n),
+            partition.next_fetch_offset,
+            partition.records_read,
+            partition.bytes_read,
+            partition.leader_epoch,
+            bool(partition),
+        )
+        for n in takes
+    ]
     if drain:
         partition.drain()
     return steps, aggregator.recorded
@@ -88,14 +97,22 @@ def assert_same(data: bytes, **kwargs):
 
 
 def vote_values(count: int) -> list[bytes]:
-    return [VoteEvent(vote_id=uuid.uuid4(), poll_id=7, options=(2,), voter_key=f"ip:10.0.0.{i % 250}",
-                      cast_at=datetime(2026, 11, 26, 10, tzinfo=UTC)).to_bytes() for i in range(count)]
+    return [
+        VoteEvent(
+            vote_id=uuid.uuid4(),
+            poll_id=7,
+            options=(2,),
+            voter_key=f"ip:10.0.0.{i % 250}",
+            cast_at=datetime(2026, 11, 26, 10, tzinfo=UTC),
+        ).to_bytes()
+        for i in range(count)
+    ]
 
 
 def test_vote_batches_read_alike():
     values = vote_values(300)
     data = b"".join(
-        batch([(T0 + i, b"7", v, []) for i, v in enumerate(values[start:start + 100])], offset=start)
+        batch([(T0 + i, b"7", v, []) for i, v in enumerate(values[start : start + 100])], offset=start)
         for start in (0, 100, 200)
     )
     [(got, next_offset, count, size, _, more)], recorded = assert_same(data)
@@ -106,9 +123,20 @@ def test_vote_batches_read_alike():
     assert size > 300 * len(values[0])
 
 
-@pytest.mark.parametrize("shape", [
-    "null key and value", "empty key and value", "one-byte edge", "two-byte edge", "long value",
-    "very long value", "headers", "far timestamps", "wide offsets"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "null key and value",
+        "empty key and value",
+        "one-byte edge",
+        "two-byte edge",
+        "long value",
+        "very long value",
+        "headers",
+        "far timestamps",
+        "wide offsets",
+    ],
+)
 def test_every_record_shape_reads_alike(shape):
     records = {
         "null key and value": [(T0, None, None, []), (T0, None, b"v", []), (T0, b"k", None, [])],
@@ -118,23 +146,25 @@ def test_every_record_shape_reads_alike(shape):
         "two-byte edge": [(T0, b"k" * 8_191, b"v" * 8_192, [])],
         "long value": [(T0, b"k" * 70, b"v" * 300, [])],
         "very long value": [(T0, b"k", b"v" * 20_000, [])],
-        "headers": [(T0, b"k", b"v", [("trace", b"abc"), ("empty", None), ("clé", b"")]),
-                    (T0, b"k", b"v", [])],
+        "headers": [(T0, b"k", b"v", [("trace", b"abc"), ("empty", None), ("clé", b"")]), (T0, b"k", b"v", [])],
         # Deltas of a day and negative ones (a producer's clock stepping back).
         "far timestamps": [(T0, b"k", b"a", []), (T0 + 86_400_000, b"k", b"b", []), (T0 - 5_000, b"k", b"c", [])],
         "wide offsets": [(T0 + i, b"k", str(i).encode(), []) for i in range(200)],
     }[shape]
     [(got, *_)], _ = assert_same(batch(records, offset=1_000_000_000_000))
-    assert [(r.timestamp, r.key, r.value, r.headers) for r in got] == [
-        (t, k, v, h) for t, k, v, h in records]
+    assert [(r.timestamp, r.key, r.value, r.headers) for r in got] == [(t, k, v, h) for t, k, v, h in records]
 
 
 def test_a_poll_stopping_inside_a_batch_moves_the_position_record_by_record():
     data = batch([(T0, b"k", v, []) for v in vote_values(10)], offset=50) + batch(
-        [(T0, b"k", v, []) for v in vote_values(5)], offset=60)
+        [(T0, b"k", v, []) for v in vote_values(5)], offset=60
+    )
     steps, _ = assert_same(data, fetch_offset=50, takes=(3, 4, 100))
     assert [(len(got), next_offset, more) for got, next_offset, *_, more in steps] == [
-        (3, 53, True), (4, 57, True), (8, 65, False)]
+        (3, 53, True),
+        (4, 57, True),
+        (8, 65, False),
+    ]
 
 
 def test_a_partition_drained_in_mid_read_reports_what_was_read():
@@ -206,10 +236,14 @@ def test_a_fetch_from_inside_a_batch_skips_what_came_before():
 
 def test_control_batches_are_skipped_and_log_append_time_is_the_batch_s():
     plain = batch([(T0, b"k", b"a", [])], offset=0)
-    control = with_attributes(batch([(T0, b"\x00\x00\x00\x01", b"\x00\x00\x00\x00\x00\x00", [])], offset=1),
-                              set_bits=DefaultRecordBatch.CONTROL_MASK)
-    appended = with_attributes(batch([(T0, b"k", b"b", []), (T0 + 9, b"k", b"c", [])], offset=2),
-                               set_bits=DefaultRecordBatch.TIMESTAMP_TYPE_MASK)
+    control = with_attributes(
+        batch([(T0, b"\x00\x00\x00\x01", b"\x00\x00\x00\x00\x00\x00", [])], offset=1),
+        set_bits=DefaultRecordBatch.CONTROL_MASK,
+    )
+    appended = with_attributes(
+        batch([(T0, b"k", b"b", []), (T0 + 9, b"k", b"c", [])], offset=2),
+        set_bits=DefaultRecordBatch.TIMESTAMP_TYPE_MASK,
+    )
     [(got, next_offset, *_)], _ = assert_same(plain + control + appended)
     assert [(r.offset, r.value, r.timestamp_type) for r in got] == [(0, b"a", 0), (2, b"b", 1), (3, b"c", 1)]
     assert got[1].timestamp == got[2].timestamp == T0 + 9
@@ -219,7 +253,9 @@ def test_control_batches_are_skipped_and_log_append_time_is_the_batch_s():
 @pytest.mark.parametrize("magic,compression", [(2, 1), (1, 0), (0, 0), (1, 1)])
 def test_compressed_and_old_format_batches_go_through_kafka_python(magic, compression):
     headers = [("trace", b"abc"), ("none", None)] if magic == 2 else []
-    data = batch([(T0 + i, b"k", v, headers) for i, v in enumerate(vote_values(20))], magic=magic, compression=compression)
+    data = batch(
+        [(T0 + i, b"k", v, headers) for i, v in enumerate(vote_values(20))], magic=magic, compression=compression
+    )
     [(got, next_offset, *_)], _ = assert_same(data)
     assert len(got) == 20 and next_offset == 20
     assert {r.serialized_header_size for r in got} == ({12} if headers else {-1})
@@ -341,8 +377,11 @@ def test_the_worker_s_consumer_reads_the_broker_s_fetches_as_kafka_python_does(k
             consumer.assign(partitions)
             consumer.seek_to_beginning()
             got = []
-            wait_until(lambda: got.extend(r for rs in consumer.poll(timeout_ms=200).values() for r in rs)
-                       or len(got) >= 502, timeout=20, what="502 records")
+            wait_until(
+                lambda: got.extend(r for rs in consumer.poll(timeout_ms=200).values() for r in rs) or len(got) >= 502,
+                timeout=20,
+                what="502 records",
+            )
             return sorted(got, key=lambda r: (r.partition, r.offset))
         finally:
             consumer.close()
@@ -351,8 +390,11 @@ def test_the_worker_s_consumer_reads_the_broker_s_fetches_as_kafka_python_does(k
     reader = ours_consumer._fetcher.PartitionRecords
     ours = read_all(ours_consumer)
     assert reader is lean.LeanPartitionRecords
-    theirs = read_all(KafkaConsumer(bootstrap_servers=settings.KAFKA_BROKERS, enable_auto_commit=False,
-                                    group_id=None, max_poll_records=64))
+    theirs = read_all(
+        KafkaConsumer(
+            bootstrap_servers=settings.KAFKA_BROKERS, enable_auto_commit=False, group_id=None, max_poll_records=64
+        )
+    )
     assert ours == theirs
     assert sorted(r.value for r in ours if r.key == b"7" and r.value) == sorted(values)
     assert [r.headers for r in ours if r.key is None] == [[("h", b"1"), ("empty", b"")]]

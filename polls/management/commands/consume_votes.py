@@ -31,33 +31,76 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--batch-size", type=int, default=settings.VOTE_BATCH_SIZE,
-                            help="Most votes applied in one transaction (default: VOTE_BATCH_SIZE).")
-        parser.add_argument("--batch-wait-ms", type=int, default=settings.VOTE_BATCH_WAIT_MS,
-                            help="How long a poll for a batch waits for votes (default: VOTE_BATCH_WAIT_MS).")
-        parser.add_argument("--apply-threads", type=int, default=settings.VOTE_APPLY_THREADS,
-                            help="Threads applying batches of different partitions at once, each on its own "
-                                 "database connection (default: VOTE_APPLY_THREADS; 1 on SQLite).")
-        parser.add_argument("--group", default=settings.KAFKA_CONSUMER_GROUP,
-                            help="Kafka consumer group (default: KAFKA_CONSUMER_GROUP).")
-        parser.add_argument("--metrics-port", type=int, default=settings.WORKER_METRICS_PORT,
-                            help="Serve Prometheus metrics at http://<addr>:PORT/metrics; 0 turns "
-                                 "them off (default: WORKER_METRICS_PORT, off).")
-        parser.add_argument("--metrics-addr", default="0.0.0.0",
-                            help="Address the metrics server listens on (default: 0.0.0.0).")
-        parser.add_argument("--progress-interval", type=float, default=settings.WORKER_PROGRESS_INTERVAL,
-                            help="Seconds between progress lines (votes applied, batches, lag); 0 turns "
-                                 "them off (default: WORKER_PROGRESS_INTERVAL, 30).")
-        parser.add_argument("--stall-timeout", type=float, default=settings.WORKER_STALL_TIMEOUT,
-                            help="Seconds votes may wait while nothing is applied before the worker logs "
-                                 "an ERROR and counts a stall; 0 turns that off (default: WORKER_STALL_TIMEOUT, 60).")
-        parser.add_argument("--exit-on-stall", action=argparse.BooleanOptionalAction,
-                            default=settings.WORKER_EXIT_ON_STALL,
-                            help="Stop with exit status 1 on a stall, for a supervisor to restart the worker "
-                                 "(default: WORKER_EXIT_ON_STALL, off).")
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=settings.VOTE_BATCH_SIZE,
+            help="Most votes applied in one transaction (default: VOTE_BATCH_SIZE).",
+        )
+        parser.add_argument(
+            "--batch-wait-ms",
+            type=int,
+            default=settings.VOTE_BATCH_WAIT_MS,
+            help="How long a poll for a batch waits for votes (default: VOTE_BATCH_WAIT_MS).",
+        )
+        parser.add_argument(
+            "--apply-threads",
+            type=int,
+            default=settings.VOTE_APPLY_THREADS,
+            help="Threads applying batches of different partitions at once, each on its own "
+            "database connection (default: VOTE_APPLY_THREADS; 1 on SQLite).",
+        )
+        parser.add_argument(
+            "--group",
+            default=settings.KAFKA_CONSUMER_GROUP,
+            help="Kafka consumer group (default: KAFKA_CONSUMER_GROUP).",
+        )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=settings.WORKER_METRICS_PORT,
+            help="Serve Prometheus metrics at http://<addr>:PORT/metrics; 0 turns "
+            "them off (default: WORKER_METRICS_PORT, off).",
+        )
+        parser.add_argument(
+            "--metrics-addr", default="0.0.0.0", help="Address the metrics server listens on (default: 0.0.0.0)."
+        )
+        parser.add_argument(
+            "--progress-interval",
+            type=float,
+            default=settings.WORKER_PROGRESS_INTERVAL,
+            help="Seconds between progress lines (votes applied, batches, lag); 0 turns "
+            "them off (default: WORKER_PROGRESS_INTERVAL, 30).",
+        )
+        parser.add_argument(
+            "--stall-timeout",
+            type=float,
+            default=settings.WORKER_STALL_TIMEOUT,
+            help="Seconds votes may wait while nothing is applied before the worker logs "
+            "an ERROR and counts a stall; 0 turns that off (default: WORKER_STALL_TIMEOUT, 60).",
+        )
+        parser.add_argument(
+            "--exit-on-stall",
+            action=argparse.BooleanOptionalAction,
+            default=settings.WORKER_EXIT_ON_STALL,
+            help="Stop with exit status 1 on a stall, for a supervisor to restart the worker "
+            "(default: WORKER_EXIT_ON_STALL, off).",
+        )
 
-    def handle(self, *args, batch_size, batch_wait_ms, apply_threads, group, metrics_port, metrics_addr,
-               progress_interval, stall_timeout, exit_on_stall, **options):
+    def handle(
+        self,
+        *args,
+        batch_size,
+        batch_wait_ms,
+        apply_threads,
+        group,
+        metrics_port,
+        metrics_addr,
+        progress_interval,
+        stall_timeout,
+        exit_on_stall,
+        **options,
+    ):
         if not settings.KAFKA_BROKERS:
             raise CommandError("KAFKA_BROKERS is not set: the worker reads votes from Kafka.")
         if batch_size < 1 or batch_wait_ms < 0 or apply_threads < 1:
@@ -72,17 +115,24 @@ class Command(BaseCommand):
                 raise CommandError(f"cannot serve metrics on {metrics_addr}:{metrics_port}: {exc}") from exc
             logger.info("metrics at http://%s:%d/metrics", metrics_addr, metrics_port)
         try:
-            stalled = self._consume(group=group, batch_size=batch_size, batch_wait_ms=batch_wait_ms,
-                                    apply_threads=apply_threads, progress_interval=progress_interval,
-                                    stall_timeout=stall_timeout, exit_on_stall=exit_on_stall)
+            stalled = self._consume(
+                group=group,
+                batch_size=batch_size,
+                batch_wait_ms=batch_wait_ms,
+                apply_threads=apply_threads,
+                progress_interval=progress_interval,
+                stall_timeout=stall_timeout,
+                exit_on_stall=exit_on_stall,
+            )
         finally:
             if metrics_server is not None:
                 metrics_server.shutdown()
         if stalled:
             raise CommandError("stopped after a stall (--exit-on-stall): votes were waiting and none was applied")
 
-    def _consume(self, *, group, batch_size, batch_wait_ms, apply_threads, progress_interval, stall_timeout,
-                 exit_on_stall) -> bool:
+    def _consume(
+        self, *, group, batch_size, batch_wait_ms, apply_threads, progress_interval, stall_timeout, exit_on_stall
+    ) -> bool:
         """Run the worker until a signal (False) or, with exit_on_stall, a stall (True)."""
         stop = threading.Event()
         stalled = threading.Event()
@@ -107,15 +157,26 @@ class Command(BaseCommand):
         consumer, producer = self._connect(group=group, batch_size=batch_size, stop=stop)
         if consumer is None:
             return False
-        worker = VoteWorker(consumer=consumer, dead_letter_producer=producer,
-                            batch_size=batch_size, batch_wait_ms=batch_wait_ms, stop_event=stop,
-                            progress_interval=progress_interval, apply_threads=apply_threads,
-                            stall_timeout=stall_timeout, on_stall=stop_on_stall if exit_on_stall else None)
+        worker = VoteWorker(
+            consumer=consumer,
+            dead_letter_producer=producer,
+            batch_size=batch_size,
+            batch_wait_ms=batch_wait_ms,
+            stop_event=stop,
+            progress_interval=progress_interval,
+            apply_threads=apply_threads,
+            stall_timeout=stall_timeout,
+            on_stall=stop_on_stall if exit_on_stall else None,
+        )
         worker.subscribe([vote_topic()])
         # The worker tells viewers of the polls whose deadline passes (realtime's broadcaster).
         poll_deadlines_watch()
-        logger.info("consuming %s as group %s (thread switch interval %.2f ms); SIGTERM or Ctrl-C stops",
-                    vote_topic(), group, sys.getswitchinterval() * 1000)
+        logger.info(
+            "consuming %s as group %s (thread switch interval %.2f ms); SIGTERM or Ctrl-C stops",
+            vote_topic(),
+            group,
+            sys.getswitchinterval() * 1000,
+        )
         # Full garbage collections skip the imports and the clients built above (see polling.heap).
         freeze_startup_heap()
         try:
@@ -142,8 +203,9 @@ class Command(BaseCommand):
                 producer = KafkaProducer(**dead_letter_producer_config())
                 return consumer, producer
             except KafkaError as exc:
-                logger.warning("Kafka at %s unreachable (%s); retrying in %.0f s",
-                               ",".join(settings.KAFKA_BROKERS), exc, wait)
+                logger.warning(
+                    "Kafka at %s unreachable (%s); retrying in %.0f s", ",".join(settings.KAFKA_BROKERS), exc, wait
+                )
                 stop.wait(wait)
                 wait = min(wait * 2, 30.0)
         return None, None

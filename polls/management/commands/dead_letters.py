@@ -12,7 +12,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("action", choices=["list", "replay"], help="list: show them; replay: send them back to the vote topic.")
+        parser.add_argument(
+            "action", choices=["list", "replay"], help="list: show them; replay: send them back to the vote topic."
+        )
         parser.add_argument("--limit", type=int, default=None, help="At most this many dead letters.")
 
     def handle(self, *args, action, limit, **options):

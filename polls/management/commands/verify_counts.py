@@ -18,8 +18,10 @@ class Command(BaseCommand):
             if mismatch.position == 0:
                 what = f"poll {mismatch.poll_id} total: {mismatch.counter}, vote rows {mismatch.rows}"
             else:
-                what = (f"poll {mismatch.poll_id} option {mismatch.position}: counter {mismatch.counter}, "
-                        f"vote rows {mismatch.rows}")
+                what = (
+                    f"poll {mismatch.poll_id} option {mismatch.position}: counter {mismatch.counter}, "
+                    f"vote rows {mismatch.rows}"
+                )
             self.stdout.write(what + (" (repaired)" if repair else ""))
         if not mismatches:
             self.stdout.write("all counters match their vote rows")
