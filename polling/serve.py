@@ -5,7 +5,7 @@
 
 Votes take their lean path on uvicorn's event loop (polls.api.vote_intake), every other
 request goes to Django, and WebSockets to the realtime app, whose fan-out writes frames
-to uvicorn's sockets (realtime.fanout). The options are fixed here so that every place
+to uvicorn's sockets (polling.patches.uvicorn_websockets). The options are fixed here so that every place
 that runs the server (the image, compose, make, the tests, the bench) runs the same one.
 """
 
@@ -28,7 +28,7 @@ def server_options() -> dict[str, Any]:
     return {
         "loop": "uvloop",
         "http": "httptools",
-        # The sans-I/O protocol exposes the transport realtime.fanout writes frames to;
+        # The sans-I/O protocol exposes the transport the fan-out writes frames to;
         # broadcasts are small JSON, not worth deflating once per viewer.
         "ws": "websockets-sansio",
         "ws_per_message_deflate": False,
@@ -36,9 +36,9 @@ def server_options() -> dict[str, Any]:
         # The application writes one JSON line per request (logger "polling.access").
         "access_log": False,
         "server_header": False,
-        # The client's address (rate limits, anonymous ballots) from X-Forwarded-For, only
-        # when the connection comes from a proxy listed here (a front door); the scheme is
-        # Django's to trust (SECURE_PROXY_SSL_HEADER).
+        # The client's address (rate limits, anonymous ballots) and scheme from
+        # X-Forwarded-For and -Proto, only when the connection comes from a proxy listed
+        # here (a front door); with none listed, the peer is the client.
         "proxy_headers": bool(trusted_proxies),
         "forwarded_allow_ips": trusted_proxies or None,
         # Longer than the 60 s idle timeout of common load balancers, so the balancer, not
