@@ -25,7 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import PYTHON, Profiler, Row, Worker, django_env, log, manage, median, paired_ratio, sql
+from bench.common import PYTHON, Profiler, Row, Worker, log, manage, median, paired_ratio, section_env, sql
 from testsupport.processes import REPO, proc_cpu_seconds, tree_cpu_seconds
 
 
@@ -156,15 +156,7 @@ def _time_worker(
 
 def run_apply(ctx) -> list[Row]:
     services = ctx.services
-    topic = f"bench-apply-{uuid.uuid4().hex[:8]}"
-    database_url = services.database_url("bench_apply")
-    env = django_env(
-        database_url=database_url,
-        kafka=services.kafka_bootstrap,
-        redis=services.redis_url,
-        topic=topic,
-        extra=ctx.product_env,
-    )
+    database_url, topic, env = section_env(services, "apply", extra=ctx.product_env)
     manage(env, "migrate", "--no-input")
     setup = _helper(env, "setup", "--polls", str(ctx.apply_polls))
     poll_ids = setup["poll_ids"]

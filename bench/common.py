@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,23 @@ def experiment_env(args) -> dict[str, str]:
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def section_env(
+    services, name: str, *, topic: bool = True, extra: dict[str, str] | None = None
+) -> tuple[str, str | None, dict[str, str]]:
+    """A section's own database (and vote topic) on the run's services: (database URL,
+    topic, the product's environment)."""
+    topic_name = f"bench-{name}-{uuid.uuid4().hex[:8]}" if topic else None
+    database_url = services.database_url(f"bench_{name}")
+    env = django_env(
+        database_url=database_url,
+        kafka=services.kafka_bootstrap,
+        redis=services.redis_url,
+        topic=topic_name,
+        extra=extra,
+    )
+    return database_url, topic_name, env
 
 
 def django_env(

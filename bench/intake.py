@@ -21,12 +21,24 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import LoadResult, Row, Viewers, Worker, django_env, http_load, log, manage, median, paired_ratio, sql
+from bench.common import (
+    LoadResult,
+    Row,
+    Viewers,
+    Worker,
+    django_env,
+    http_load,
+    log,
+    manage,
+    median,
+    paired_ratio,
+    section_env,
+    sql,
+)
 from testsupport.processes import SocketWebServer, tree_cpu_seconds
 
 
@@ -68,15 +80,7 @@ class Stack:
 def start_stack(ctx, *, name: str, floor: bool, naive: bool, viewers: bool = False, server: str | None = None) -> Stack:
     services = ctx.services
     server = server or ctx.server
-    topic = f"bench-{name}-{uuid.uuid4().hex[:8]}"
-    database_url = services.database_url(f"bench_{name}")
-    env = django_env(
-        database_url=database_url,
-        kafka=services.kafka_bootstrap,
-        redis=services.redis_url,
-        topic=topic,
-        extra=ctx.product_env,
-    )
+    database_url, topic, env = section_env(services, name, extra=ctx.product_env)
     naive_env = None
     if naive:
         naive_db = services.database_url(f"bench_{name}_naive")

@@ -19,16 +19,13 @@ import json
 import subprocess
 import time
 
-from bench.common import PYTHON, Row, django_env, http_load, log, manage, median, paired_ratio
+from bench.common import PYTHON, Row, http_load, log, manage, median, paired_ratio, section_env
 from testsupport.processes import REPO, SocketWebServer
 
 
 def run_leaderboard(ctx) -> list[Row]:
     services = ctx.services
-    database_url = services.database_url("bench_leaderboard")
-    env = django_env(
-        database_url=database_url, kafka=services.kafka_bootstrap, redis=services.redis_url, extra=ctx.product_env
-    )
+    database_url, _, env = section_env(services, "leaderboard", topic=False, extra=ctx.product_env)
     manage(env, "migrate", "--no-input")
     began = time.monotonic()
     result = subprocess.run(

@@ -29,7 +29,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +74,7 @@ def start_ws_stack(
 ) -> WsStack:
     """Web (`web_procs` processes on one socket) + worker on a fresh database and topic;
     services started here unless given."""
-    from bench.common import Worker, django_env, log, manage
+    from bench.common import Worker, log, manage, section_env
     from testsupport.processes import SocketWebServer
     from testsupport.services import Services
 
@@ -83,13 +82,8 @@ def start_ws_stack(
     if own:
         services = Services.start(postgres=True, redis=True, kafka=True)
     try:
-        topic = f"bench-{name}-{uuid.uuid4().hex[:8]}"
-        env = django_env(
-            database_url=services.database_url(f"bench_{name}"),
-            kafka=services.kafka_bootstrap,
-            redis=services.redis_url,
-            topic=topic,
-            extra={"WS_MAX_CONNECTIONS": "50000", "LOG_LEVEL": "WARNING", **(extra_env or {})},
+        _, topic, env = section_env(
+            services, name, extra={"WS_MAX_CONNECTIONS": "50000", "LOG_LEVEL": "WARNING", **(extra_env or {})}
         )
         manage(env, "migrate", "--no-input")
         worker = Worker(
