@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from typing import Any
 
@@ -79,8 +80,25 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
-    where = {"fd": args.fd} if args.fd is not None else {"host": args.host, "port": args.port}
-    uvicorn.run(APPLICATION, workers=args.workers, **where, **server_options())
+    if args.fd is None:
+        uvicorn.run(APPLICATION, host=args.host, port=args.port, workers=args.workers, **server_options())
+        return
+    # uvicorn takes a socket given by number for a Unix one, and then leaves Nagle's
+    # algorithm on for TCP connections: an answer written in two parts waited for the
+    # client's delayed ACK. The socket of its real family avoids that.
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(APPLICATION, workers=args.workers, **server_options())
+    sockets = [inherited_socket(args.fd)]
+    if args.workers > 1:
+        Multiprocess(config, sockets=sockets).run()
+    else:
+        uvicorn.Server(config).run(sockets=sockets)
+
+
+def inherited_socket(fd: int) -> socket.socket:
+    """The listening socket a supervisor passed by number, of its real family."""
+    return socket.socket(fileno=fd)
 
 
 if __name__ == "__main__":
